@@ -1,0 +1,200 @@
+"""Load and save VisualBERT checkpoints in transformers' folder format; initialise from a BERT folder.
+
+A transformers folder holds ``config.json`` (model_type ``visual_bert``) and ``model.safetensors`` or
+``pytorch_model.bin``. Task models (``VisualBertForQuestionAnswering`` …, e.g. the ``uclanlp/visualbert-*``
+checkpoints) prefix the encoder's keys with ``visual_bert.``; their head weights are set aside and noted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import BertConfig, VisualBertConfig
+
+from vb_probe.atomic import atomic_dir
+from vb_probe.errors import CheckpointError
+from vb_probe.model import VisualBertModel
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Buffers some older checkpoints carry; they are derived, never learned.
+_IGNORED_KEYS = ("embeddings.position_ids",)
+
+
+def weights_file(folder: str | Path) -> Path:
+    """The weight file of a checkpoint folder (safetensors preferred)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found; pass a folder holding config.json and model weights")
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"{folder}: no model.safetensors or pytorch_model.bin; expected a transformers checkpoint folder "
+        "(sharded checkpoints: merge the shards first)"
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_config_json(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a checkpoint folder needs the config.json that transformers writes")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-save the checkpoint") from None
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or corrupt files raise many different types
+        raise CheckpointError(
+            f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+            "the file is truncated or corrupt, copy or download it again"
+        ) from None
+
+
+def _fit_state_dict(
+    model: VisualBertModel, state: dict[str, torch.Tensor], source: Path, prefixes: tuple[str, ...]
+) -> list[str]:
+    """Load ``state`` into ``model`` after stripping ``prefixes``; returns the keys set aside (task heads).
+
+    Raises CheckpointError naming missing keys or mismatched shapes.
+    """
+    own = model.state_dict()
+    fitted: dict[str, torch.Tensor] = {}
+    set_aside: list[str] = []
+    for key, tensor in state.items():
+        stripped = key
+        for prefix in prefixes:
+            if stripped.startswith(prefix):
+                stripped = stripped[len(prefix):]
+                break
+        if stripped in own:
+            fitted[stripped] = tensor
+        elif stripped not in _IGNORED_KEYS:
+            set_aside.append(key)
+    missing = sorted(set(own) - set(fitted))
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        raise CheckpointError(
+            f"{source}: {len(missing)} weights missing ({shown}); the file is not a VisualBERT/BERT encoder "
+            "of this config — check the folder, or its config.json (num_hidden_layers, bypass_transformer)"
+        )
+    for key, tensor in fitted.items():
+        if tuple(tensor.shape) != tuple(own[key].shape):
+            raise CheckpointError(
+                f"{source}: weight {key} has shape {tuple(tensor.shape)} but config.json implies "
+                f"{tuple(own[key].shape)}; fix config.json (e.g. visual_embedding_dim, vocab_size) to match the weights"
+            )
+    model.load_state_dict(fitted, strict=True)
+    return set_aside
+
+
+def load_model(
+    path: str | Path, *, device: str | torch.device | None = None, config_overrides: dict | None = None
+) -> VisualBertModel:
+    """Load a transformers VisualBERT folder into :class:`VisualBertModel`, in eval mode.
+
+    ``model.load_notes`` lists what was set aside (task-head weights); ``model.checkpoint_path`` the folder.
+    """
+    folder = Path(path)
+    weights = weights_file(folder)
+    raw = _read_config_json(folder)
+    if raw.get("model_type") != "visual_bert":
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, expected 'visual_bert'; "
+            "pass a VisualBERT checkpoint (a BERT folder initialises training with `vb-train … --init-bert`)"
+        )
+    config = VisualBertConfig.from_dict({**raw, **(config_overrides or {})})
+    model = VisualBertModel(config)
+    set_aside = _fit_state_dict(model, _read_state_dict(weights), weights, prefixes=("visual_bert.",))
+    heads = sorted({k.split(".")[0] for k in set_aside})
+    model.load_notes = (
+        [f"set aside {len(set_aside)} task-head weights ({', '.join(heads)}): the probe uses the encoder only"]
+        if set_aside else []
+    )
+    model.checkpoint_path = folder
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def visual_config_from_bert(bert: BertConfig, visual_embedding_dim: int, **overrides) -> VisualBertConfig:
+    """A VisualBERT config with the text side of ``bert`` and the given region feature width."""
+    fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+              "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+              "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id")
+    values = {f: getattr(bert, f) for f in fields}
+    values.update(visual_embedding_dim=visual_embedding_dim)
+    values.update(overrides)
+    return VisualBertConfig(**values)
+
+
+def init_from_bert(
+    bert_folder: str | Path, visual_embedding_dim: int, **config_overrides
+) -> VisualBertModel:
+    """Build VisualBERT whose text side is a local BERT checkpoint (any BertModel folder).
+
+    The visual projection starts random; the visual token-type and position embeddings are copied from
+    the text ones (the paper's initialisation).
+    """
+    folder = Path(bert_folder)
+    weights = weights_file(folder)
+    raw = _read_config_json(folder)
+    if raw.get("model_type") not in ("bert", None):
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, expected 'bert'; "
+            "pass a BERT checkpoint folder such as bert-base-uncased"
+        )
+    config = visual_config_from_bert(BertConfig.from_dict(raw), visual_embedding_dim, **config_overrides)
+    model = VisualBertModel(config)
+    own = model.state_dict()
+    state = {}
+    for key, tensor in _read_state_dict(weights).items():
+        stripped = key[len("bert."):] if key.startswith("bert.") else key
+        state[stripped] = tensor
+    visual_keys = [k for k in own if k.startswith(("embeddings.visual_", "additional_layer."))]
+    for key in visual_keys:
+        state.setdefault(key, own[key])  # kept from the random init; visual embeddings copied below
+    missing_pooler = "pooler.dense.weight" not in state
+    if missing_pooler:  # sentence-embedding checkpoints often drop the pooler; start it fresh
+        state["pooler.dense.weight"], state["pooler.dense.bias"] = own["pooler.dense.weight"], own["pooler.dense.bias"]
+    set_aside = _fit_state_dict(model, state, weights, prefixes=())
+    model.copy_visual_embeddings_from_text()
+    model.load_notes = [f"text side from {folder}"] + (["pooler initialised randomly"] if missing_pooler else []) + (
+        [f"set aside {len(set_aside)} BERT head weights"] if set_aside else [])
+    model.checkpoint_path = folder
+    return model
+
+
+def save_model(model: VisualBertModel, path: str | Path, tokenizer=None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files) atomically.
+
+    transformers' ``VisualBertModel.from_pretrained(path)`` loads the result as it is.
+    """
+    path = Path(path)
+    config = model.config
+    config.architectures = ["VisualBertModel"]
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        config.to_json_file(str(tmp / "config.json"))
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    return path

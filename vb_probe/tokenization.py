@@ -1,0 +1,51 @@
+"""Word-by-word tokenisation with transformers' fast BERT tokenizer, keeping a word → sub-word map."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vb_probe.errors import CheckpointError
+
+
+@dataclass(frozen=True)
+class TokenizedWords:
+    """``input_ids`` of ``[CLS] sub-words [SEP]``; ``word_last_token[i]`` is the position of word i's last
+    sub-word (None when truncation dropped it); ``word_first_token`` likewise for the first."""
+
+    input_ids: list[int]
+    word_first_token: list[int | None]
+    word_last_token: list[int | None]
+
+
+def load_tokenizer(folder: str | Path, vocab_size: int | None = None):
+    """``BertTokenizerFast`` from a folder with vocab.txt or tokenizer.json; checks it fits the model."""
+    from transformers import BertTokenizerFast
+
+    folder = Path(folder)
+    if not ((folder / "vocab.txt").is_file() or (folder / "tokenizer.json").is_file()):
+        raise CheckpointError(
+            f"{folder}: no vocab.txt or tokenizer.json; pass --tokenizer with a BERT tokenizer folder"
+        )
+    tokenizer = BertTokenizerFast.from_pretrained(str(folder))
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise CheckpointError(
+            f"{folder}: tokenizer has {len(tokenizer)} tokens but the checkpoint's vocab_size is {vocab_size}; "
+            "pass the tokenizer the checkpoint was trained with (--tokenizer)"
+        )
+    return tokenizer
+
+
+def tokenize_words(tokenizer, words: list[str], max_length: int = 512) -> TokenizedWords:
+    """Tokenise pre-split ``words`` as one sequence; sub-words keep their word index."""
+    encoding = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+                         add_special_tokens=True)
+    first: list[int | None] = [None] * len(words)
+    last: list[int | None] = [None] * len(words)
+    for position, word in enumerate(encoding.word_ids()):
+        if word is None:
+            continue
+        if first[word] is None:
+            first[word] = position
+        last[word] = position
+    return TokenizedWords(list(encoding["input_ids"]), first, last)
