@@ -1,0 +1,392 @@
+"""Detector region features behind one interface, over three layouts real users have:
+
+* LXMERT TSV (no header; ``img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes,
+  boxes, features``; arrays base64 of raw little-endian buffers). A byte-offset index is built once and
+  cached beside the file (``<file>.vbindex.json``), so one image is read without reading the rest.
+* BAN HDF5 (``image_features``, ``image_bb``, ``pos_boxes`` [images, 2] row ranges, optional
+  ``spatial_features``; ``<stem>_imgid2idx.pkl`` beside it). Read lazily, one slice at a time.
+* A folder of ``<img_id>.npz`` (``boxes``, ``features``, optional ``confidences``, ``image_w``, ``image_h``).
+
+Every read is validated: shapes, at least one region, finite values, boxes inside the image (tolerance
+``BOX_TOLERANCE`` of the side, at least 2 pixels).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from vb_probe.errors import DataError
+
+BOX_TOLERANCE = 0.02
+TSV_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
+              "num_boxes", "boxes", "features")
+ConfidenceSource = Literal["objects_conf", "attrs_conf", "none"]
+
+
+@dataclass
+class Regions:
+    """One image's regions: ``boxes`` [N, 4] (x1, y1, x2, y2 pixels), ``features`` [N, D],
+    ``confidences`` [N] or None when the file has none, image size when known."""
+
+    image_id: str
+    boxes: np.ndarray
+    features: np.ndarray
+    confidences: np.ndarray | None
+    image_w: float | None
+    image_h: float | None
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def validate_regions(regions: Regions, source: str) -> Regions:
+    """Check shapes, N ≥ 1, finiteness and boxes inside the image; raise DataError naming the image."""
+    where = f"{source}: image {regions.image_id}"
+    boxes, features = regions.boxes, regions.features
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DataError(f"{where}: boxes have shape {boxes.shape}, expected [N, 4]; re-extract the features")
+    if features.ndim != 2 or features.shape[0] != boxes.shape[0]:
+        raise DataError(f"{where}: features have shape {features.shape} for {boxes.shape[0]} boxes, expected "
+                        "[N, D]; re-extract the features")
+    if len(boxes) == 0:
+        raise DataError(f"{where}: no regions; every image needs at least one region (re-run the detector)")
+    if regions.confidences is not None and regions.confidences.shape != (len(boxes),):
+        raise DataError(f"{where}: confidences have shape {regions.confidences.shape}, expected [{len(boxes)}]")
+    for name, array in (("boxes", boxes), ("features", features), ("confidences", regions.confidences)):
+        if array is not None and not np.isfinite(array).all():
+            raise DataError(f"{where}: {name} contain NaN or infinite values; re-extract the features")
+    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+        raise DataError(f"{where}: a box has x2 < x1 or y2 < y1; boxes must be x1, y1, x2, y2 pixels")
+    if regions.image_w and regions.image_h:
+        tol_w = max(2.0, BOX_TOLERANCE * regions.image_w)
+        tol_h = max(2.0, BOX_TOLERANCE * regions.image_h)
+        outside = ((boxes[:, [0, 2]] < -tol_w) | (boxes[:, [0, 2]] > regions.image_w + tol_w)).any() or (
+            (boxes[:, [1, 3]] < -tol_h) | (boxes[:, [1, 3]] > regions.image_h + tol_h)).any()
+        if outside:
+            raise DataError(f"{where}: boxes reach outside the {regions.image_w:g}×{regions.image_h:g} image; "
+                            "boxes must be pixel coordinates of this image (not normalised)")
+    return regions
+
+
+class RegionFeatures(Protocol):
+    """What the probes need of a feature store."""
+
+    source: str
+
+    def __contains__(self, image_id: str) -> bool: ...
+    def __getitem__(self, image_id: str) -> Regions: ...
+    def ids(self) -> list[str]: ...
+    @property
+    def dim(self) -> int: ...
+
+
+def _missing(source: str, image_id: str) -> DataError:
+    return DataError(f"{source}: image {image_id} is not in the features; extract features for it, or pass "
+                     "--skip-missing-features to count its phrases as skipped")
+
+
+class TsvFeatures:
+    """LXMERT-style TSV read through a cached byte-offset index."""
+
+    def __init__(self, path: str | Path, confidence: ConfidenceSource = "objects_conf"):
+        self.path = Path(path)
+        self.source = str(self.path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: feature file not found; pass --features <file.tsv>")
+        if confidence not in ("objects_conf", "attrs_conf", "none"):
+            raise ValueError(f"confidence source {confidence!r}: use objects_conf, attrs_conf or none")
+        self.confidence = confidence
+        self._offsets = self._load_or_build_index()
+        self._dim: int | None = None
+
+    def _index_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".vbindex.json")
+
+    def _load_or_build_index(self) -> dict[str, int]:
+        stat = self.path.stat()
+        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        index_path = self._index_path()
+        try:
+            cached = json.loads(index_path.read_text())
+            if cached.get("stamp") == stamp:
+                return cached["offsets"]
+        except (OSError, ValueError, KeyError):
+            pass
+        offsets: dict[str, int] = {}
+        with open(self.path, "rb") as handle:
+            position = 0
+            for line_number, line in enumerate(handle, start=1):
+                tab = line.find(b"\t")
+                if tab <= 0:
+                    if line.strip():
+                        raise DataError(f"{self.path}:{line_number}: not a tab-separated feature row; expected "
+                                        f"the {len(TSV_FIELDS)} LXMERT fields")
+                else:
+                    offsets[line[:tab].decode("utf-8", "replace")] = position
+                position += len(line)
+        try:  # the cache is a convenience: a read-only folder just means rebuilding next time
+            from vb_probe.atomic import write_json
+
+            write_json(index_path, {"stamp": stamp, "offsets": offsets})
+        except OSError:
+            pass
+        return offsets
+
+    def __contains__(self, image_id: str) -> bool:
+        return str(image_id) in self._offsets
+
+    def ids(self) -> list[str]:
+        return list(self._offsets)
+
+    def _row(self, image_id: str) -> dict[str, str]:
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offsets[image_id])
+            line = handle.readline().decode("utf-8", "replace").rstrip("\r\n")
+        values = line.split("\t")
+        if len(values) != len(TSV_FIELDS):
+            raise DataError(f"{self.path}: image {image_id} row has {len(values)} fields, expected "
+                            f"{len(TSV_FIELDS)} ({', '.join(TSV_FIELDS)}); the row is truncated or not LXMERT TSV")
+        return dict(zip(TSV_FIELDS, values))
+
+    def _decode(self, row: dict[str, str], name: str, image_id: str) -> bytes:
+        try:
+            return base64.b64decode(row[name], validate=True)
+        except (binascii.Error, ValueError):
+            raise DataError(f"{self.path}: image {image_id} field {name} is not valid base64 (truncated?); "
+                            "re-extract this row") from None
+
+    def _array(self, row: dict[str, str], name: str, dtype, image_id: str, n: int, width: int | None) -> np.ndarray:
+        """Decode field ``name`` as ``[n]`` (width None) or ``[n, width]``; width -1 infers it."""
+        raw = self._decode(row, name, image_id)
+        item = np.dtype(dtype).itemsize
+        per_row = item * (1 if width is None else max(width, 1))
+        if width == -1:
+            if n <= 0 or len(raw) % (item * n):
+                raise DataError(f"{self.path}: image {image_id} field {name} holds {len(raw)} bytes, not a multiple "
+                                f"of {n} rows × {item} bytes; the row is truncated, re-extract it")
+            per_row = len(raw) // n
+        elif len(raw) != n * per_row:
+            raise DataError(f"{self.path}: image {image_id} field {name} holds {len(raw)} bytes, expected "
+                            f"{n * per_row} for {n} rows; the row is truncated, re-extract it")
+        array = np.frombuffer(raw, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype)
+        return array if width is None else array.reshape(n, -1)
+
+    def __getitem__(self, image_id: str) -> Regions:
+        image_id = str(image_id)
+        if image_id not in self._offsets:
+            raise _missing(self.source, image_id)
+        row = self._row(image_id)
+        try:
+            n = int(row["num_boxes"])
+            image_h, image_w = float(row["img_h"]), float(row["img_w"])
+        except ValueError:
+            raise DataError(f"{self.path}: image {image_id} has non-numeric num_boxes/img_h/img_w; "
+                            "expected LXMERT TSV") from None
+        if n < 1:
+            raise DataError(f"{self.path}: image {image_id} has num_boxes {n}; every image needs at least one region")
+        boxes = self._array(row, "boxes", np.float32, image_id, n, 4)
+        features = self._array(row, "features", np.float32, image_id, n, -1)
+        conf = None if self.confidence == "none" else self._array(row, self.confidence, np.float32, image_id, n, None)
+        return validate_regions(Regions(image_id, boxes, features, conf, image_w, image_h), self.source)
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            first = next(iter(self._offsets), None)
+            if first is None:
+                raise DataError(f"{self.path}: no feature rows; the file is empty")
+            self._dim = self[first].features.shape[1]
+        return self._dim
+
+
+class Hdf5Features:
+    """BAN-style HDF5 with ``<stem>_imgid2idx.pkl`` beside it; datasets are sliced lazily."""
+
+    def __init__(self, path: str | Path, confidence_key: str | None = "confidences"):
+        import h5py
+
+        self.path = Path(path)
+        self.source = str(self.path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: feature file not found; pass --features <file.h5>")
+        index_path = self.path.with_name(f"{self.path.stem}_imgid2idx.pkl")
+        if not index_path.is_file():
+            raise DataError(f"{index_path}: missing; BAN HDF5 features need <stem>_imgid2idx.pkl beside the .h5 file")
+        try:
+            with open(index_path, "rb") as handle:
+                self._index = {str(k): int(v) for k, v in pickle.load(handle).items()}
+        except Exception as exc:
+            raise DataError(f"{index_path}: cannot read the image-id index ({type(exc).__name__}); "
+                            "expected a pickled dict image id → row") from None
+        try:
+            self._file = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise DataError(f"{self.path}: not a readable HDF5 file ({exc}); re-copy it") from None
+        for name in ("image_features", "image_bb", "pos_boxes"):
+            if name not in self._file:
+                raise DataError(f"{self.path}: dataset {name!r} missing; expected BAN layout "
+                                "(image_features, image_bb, pos_boxes)")
+        self.confidence_key = confidence_key if confidence_key and confidence_key in self._file else None
+
+    def __contains__(self, image_id: str) -> bool:
+        return str(image_id) in self._index
+
+    def ids(self) -> list[str]:
+        return list(self._index)
+
+    def __getitem__(self, image_id: str) -> Regions:
+        image_id = str(image_id)
+        if image_id not in self._index:
+            raise _missing(self.source, image_id)
+        row = self._index[image_id]
+        start, end = (int(v) for v in self._file["pos_boxes"][row])
+        conf = None
+        if self.confidence_key is not None:
+            conf = np.asarray(self._file[self.confidence_key][start:end], dtype=np.float32)
+        size = self._file["image_wh"][row] if "image_wh" in self._file else (None, None)
+        regions = Regions(
+            image_id,
+            np.asarray(self._file["image_bb"][start:end], dtype=np.float32),
+            np.asarray(self._file["image_features"][start:end], dtype=np.float32),
+            conf,
+            float(size[0]) if size[0] is not None else None,
+            float(size[1]) if size[1] is not None else None,
+        )
+        return validate_regions(regions, self.source)
+
+    @property
+    def dim(self) -> int:
+        return int(self._file["image_features"].shape[1])
+
+
+class NpzFeatures:
+    """A folder of ``<img_id>.npz`` files."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.source = str(self.folder)
+        if not self.folder.is_dir():
+            raise DataError(f"{self.folder}: not a folder of <img_id>.npz files; pass --features <folder>")
+        self._ids = sorted(p.stem for p in self.folder.glob("*.npz"))
+        self._dim: int | None = None
+
+    def __contains__(self, image_id: str) -> bool:
+        return (self.folder / f"{image_id}.npz").is_file()
+
+    def ids(self) -> list[str]:
+        return list(self._ids)
+
+    def __getitem__(self, image_id: str) -> Regions:
+        image_id = str(image_id)
+        path = self.folder / f"{image_id}.npz"
+        if not path.is_file():
+            raise _missing(self.source, image_id)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read ({type(exc).__name__}); the file is truncated or not .npz") from None
+        for key in ("boxes", "features"):
+            if key not in arrays:
+                raise DataError(f"{path}: array {key!r} missing; expected boxes, features (confidences optional)")
+        regions = Regions(
+            image_id,
+            arrays["boxes"].astype(np.float32),
+            arrays["features"].astype(np.float32),
+            arrays["confidences"].astype(np.float32) if "confidences" in arrays else None,
+            float(arrays["image_w"]) if "image_w" in arrays else None,
+            float(arrays["image_h"]) if "image_h" in arrays else None,
+        )
+        return validate_regions(regions, str(path))
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            if not self._ids:
+                raise DataError(f"{self.folder}: no .npz files; extract features first")
+            self._dim = self[self._ids[0]].features.shape[1]
+        return self._dim
+
+
+def open_features(path: str | Path, confidence: str | None = None) -> RegionFeatures:
+    """Open any of the three layouts by what ``path`` is: a folder (npz), ``.h5``/``.hdf5``, else TSV.
+
+    ``confidence``: for TSV the field (``objects_conf`` default, ``attrs_conf``, ``none``); for HDF5 the
+    dataset name (``confidences`` default, ``none`` for no confidence).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return NpzFeatures(path)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return Hdf5Features(path, None if confidence == "none" else (confidence or "confidences"))
+    return TsvFeatures(path, confidence or "objects_conf")  # type: ignore[arg-type]
+
+
+def encode_array(array: np.ndarray) -> str:
+    """base64 of a little-endian raw buffer, the TSV's encoding."""
+    return base64.b64encode(np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()).decode("ascii")
+
+
+def tsv_row(regions: Regions, object_ids: np.ndarray | None = None) -> list[str]:
+    """The LXMERT TSV fields of one image (writers: the built-in world, tests)."""
+    n = len(regions)
+    conf = regions.confidences if regions.confidences is not None else np.zeros(n, np.float32)
+    ids = object_ids if object_ids is not None else np.zeros(n, np.int64)
+    return [regions.image_id, str(int(regions.image_h or 0)), str(int(regions.image_w or 0)),
+            encode_array(ids.astype(np.int64)), encode_array(conf.astype(np.float32)),
+            encode_array(np.zeros(n, np.int64)), encode_array(np.zeros(n, np.float32)), str(n),
+            encode_array(regions.boxes.astype(np.float32)), encode_array(regions.features.astype(np.float32))]
+
+
+def write_tsv(path: str | Path, all_regions: list[Regions]) -> None:
+    from vb_probe.atomic import atomic_open
+
+    with atomic_open(path, "w", newline="") as handle:
+        for regions in all_regions:
+            handle.write("\t".join(tsv_row(regions)) + "\n")
+
+
+def write_hdf5(path: str | Path, all_regions: list[Regions]) -> None:
+    """BAN layout + ``<stem>_imgid2idx.pkl``; confidences in ``confidences``, image sizes in ``image_wh``."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    counts = np.array([len(r) for r in all_regions])
+    ends = np.cumsum(counts)
+    with h5py.File(tmp, "w") as out:
+        out["image_features"] = np.concatenate([r.features for r in all_regions]).astype(np.float32)
+        out["image_bb"] = np.concatenate([r.boxes for r in all_regions]).astype(np.float32)
+        out["pos_boxes"] = np.stack([ends - counts, ends], axis=1).astype(np.int64)
+        out["image_wh"] = np.array([[r.image_w or 0, r.image_h or 0] for r in all_regions], np.float32)
+        if all(r.confidences is not None for r in all_regions):
+            out["confidences"] = np.concatenate([r.confidences for r in all_regions]).astype(np.float32)
+    os.replace(tmp, path)
+    from vb_probe.atomic import atomic_open
+
+    with atomic_open(path.with_name(f"{path.stem}_imgid2idx.pkl"), "wb") as handle:
+        pickle.dump({r.image_id: i for i, r in enumerate(all_regions)}, handle)
+
+
+def write_npz(folder: str | Path, all_regions: list[Regions]) -> None:
+    from vb_probe.atomic import atomic_open
+
+    folder = Path(folder)
+    for r in all_regions:
+        arrays = {"boxes": r.boxes, "features": r.features}
+        if r.confidences is not None:
+            arrays["confidences"] = r.confidences
+        if r.image_w:
+            arrays.update(image_w=np.float32(r.image_w), image_h=np.float32(r.image_h))
+        with atomic_open(folder / f"{r.image_id}.npz", "wb") as handle:
+            np.savez(handle, **arrays)
