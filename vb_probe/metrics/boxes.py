@@ -1,0 +1,29 @@
+"""Box geometry. Boxes are x1, y1, x2, y2 in pixels; areas are continuous ((x2 - x1) × (y2 - y1), no +1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+IOU_THRESHOLD = 0.5
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection over union: ``a`` [n, 4], ``b`` [m, 4] → [n, m]."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def region_hits(regions: np.ndarray, gold: np.ndarray, threshold: float = IOU_THRESHOLD) -> np.ndarray:
+    """[R] bool: region r is correct when IoU(r, g) ≥ threshold for any gold box g (no union box)."""
+    if len(gold) == 0:
+        return np.zeros(len(regions), dtype=bool)
+    return (iou(regions, gold) >= threshold).any(axis=1)

@@ -1,0 +1,411 @@
+"""load → collect queries → batch → capture attention rows → score. One forward pass serves every probe.
+
+``run_probes`` is the single entry point behind ``vb-probe entity-grounding``, ``vb-probe syntactic`` and
+the demo; it returns :class:`ProbeResults` (counts per group) that :mod:`vb_probe.tables` writes out.
+Groups: ``entity`` for phrases, ``<relation>/<direction>`` for dependency arcs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from vb_probe.batching import ProbeItem, Query, collate
+from vb_probe.data.features import RegionFeatures, open_features
+from vb_probe.data.flickr30k import NOTVISUAL_ID, Caption, Flickr30kEntities
+from vb_probe.data.parses import Parse, SpacyParser, check_parse_matches, read_conllu, to_conllu
+from vb_probe.errors import DataError, VbProbeError
+from vb_probe.hooks import capture_attention_rows, mask_text_to_text
+from vb_probe.metrics.boxes import region_hits
+from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
+
+MaskMode = Literal["posthoc", "intervene"]
+DIRECTIONS = ("head_to_dependent", "dependent_to_head")
+ENTITY = "entity"
+PROTOCOL_CHOICES = {
+    "query_token": "last sub-word of the phrase's last word (syntactic: of the query word)",
+    "correct_if": "IoU(argmax region, any gold box of the entity) >= 0.5, no union box",
+    "iou_area": "continuous (x2-x1)*(y2-y1), gold boxes = XML pixels minus one",
+    "argmax_ties": "lowest region index wins; padding regions never win",
+    "region_columns": "text-to-text attention masked out post hoc (posthoc) or inside every layer (intervene)",
+}
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Everything a probe run depends on; recorded in run.json."""
+
+    ckpt: Path
+    flickr30k: Path
+    features: Path
+    split: str = "test"
+    tokenizer: Path | None = None
+    visual_token_type: int | None = None
+    mask: MaskMode = "posthoc"
+    batch_size: int = 32
+    device: str = "cpu"
+    limit: int | None = None
+    confidence: str | None = None
+    skip_unannotated: bool = False
+    skip_missing_features: bool = False
+    max_text_len: int = 128
+    select_on: str | None = None
+    control: bool = False
+    seed: int = 0
+    entity: bool = True
+    relations: tuple[str, ...] = ()
+    parses: Path | None = None
+    parser: Literal["spacy"] | None = None
+    spacy_model: str | None = None
+    parse_cache: Path | None = None
+
+
+@dataclass
+class SplitResult:
+    """Counts of one pass over one split with one model."""
+
+    counts: dict[str, HeadCounts]
+    skipped: dict[str, Counter]  # group family ("entity" / relation/direction) → reason → count
+    n_units: dict[str, int]  # "phrases" / "arcs" → how many were considered
+    n_images: int = 0
+    n_captions: int = 0
+
+
+@dataclass
+class ProbeResults:
+    config: ProbeConfig
+    main: SplitResult
+    select: SplitResult | None = None
+    control: SplitResult | None = None
+    checkpoint: dict = field(default_factory=dict)
+    parser: str | None = None
+    parses_file: Path | None = None
+    visual_token_type: int = 1
+    wall_time_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise VbProbeError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise VbProbeError(f"--device {name}: unknown device; use cpu or cuda")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------------------------- collection
+
+def _phrase_of_word(caption: Caption, word: int):
+    for phrase in caption.phrases:
+        if phrase.first_word_index <= word <= phrase.last_word_index:
+            return phrase
+    return None
+
+
+def _entity_status(flickr: Flickr30kEntities, image_id: str, entity_id: int, skip_unannotated: bool) -> str | None:
+    """None when the entity has gold boxes, else the skip reason."""
+    if entity_id == NOTVISUAL_ID:
+        return "notvisual"
+    annotation = flickr.annotation(image_id)
+    if entity_id in annotation.boxes:
+        return None
+    if entity_id in annotation.scene:
+        return "scene"
+    if entity_id in annotation.nobox:
+        return "nobox"
+    if skip_unannotated:
+        return "not_in_annotation"
+    flickr.check_entities(image_id)  # raises the one-line error naming the phrase
+    return "not_in_annotation"
+
+
+def load_parses(cfg: ProbeConfig, flickr: Flickr30kEntities, image_ids: list[str], out: Path | None
+                ) -> tuple[dict[str, Parse], str, Path | None]:
+    """Parses of every caption: from --parses CoNLL-U, or spaCy (cached as CoNLL-U by caption-set hash)."""
+    if cfg.parses is not None:
+        return read_conllu(cfg.parses), f"conllu:{cfg.parses}", Path(cfg.parses)
+    if cfg.parser != "spacy":
+        raise VbProbeError("syntactic probing needs --parses FILE.conllu or --parser spacy")
+    items = [(c.key, c.words) for i in image_ids for c in flickr.captions(i)]
+    parser = SpacyParser(cfg.spacy_model)
+    digest = hashlib.sha256(json.dumps([parser.version, items]).encode()).hexdigest()[:16]
+    cache_root = cfg.parse_cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vb-probe" / "parses"
+    cached = Path(cache_root) / f"{digest}.conllu"
+    from vb_probe.atomic import write_text
+
+    if cached.is_file():
+        parses = read_conllu(cached)
+    else:
+        parses_list = parser.parse(items)
+        text = to_conllu(parses_list)
+        try:
+            write_text(cached, text)
+        except OSError:
+            pass  # the cache is a convenience
+        parses = {p.sent_id: p for p in parses_list}
+    copy = None
+    if out is not None:
+        copy = out / f"parses.{cfg.split}.conllu"
+        write_text(copy, cached.read_text() if cached.is_file() else to_conllu(list(parses.values())))
+    return parses, parser.version, copy
+
+
+def collect_items(
+    cfg: ProbeConfig,
+    flickr: Flickr30kEntities,
+    features: RegionFeatures,
+    image_ids: list[str],
+    parses: dict[str, Parse] | None,
+    parse_source: str,
+) -> tuple[list[ProbeItem], dict[str, Counter], dict[str, int], int]:
+    """Every phrase (and arc direction) of the split is turned into a query or counted as skipped."""
+    skipped: dict[str, Counter] = {}
+    n_units = Counter()
+    items: list[ProbeItem] = []
+    n_captions = 0
+    relations = set(cfg.relations)
+    all_relations = "all" in relations
+
+    def skip(group: str, reason: str, count: int = 1) -> None:
+        skipped.setdefault(group, Counter())[reason] += count
+
+    for image_id in image_ids:
+        captions = flickr.captions(image_id)
+        n_captions += len(captions)
+        annotation = flickr.annotation(image_id)
+        has_features = image_id in features
+        if not has_features and not cfg.skip_missing_features:
+            features[image_id]  # raises the one-line error naming the image
+        regions = features[image_id] if has_features else None
+        hits_cache: dict[int, np.ndarray] = {}
+
+        def hits_for(entity_id: int) -> np.ndarray:
+            if entity_id not in hits_cache:
+                hits_cache[entity_id] = region_hits(regions.boxes, annotation.boxes[entity_id])
+            return hits_cache[entity_id]
+
+        for caption in captions:
+            queries: list[Query] = []
+            if cfg.entity:
+                for phrase in caption.phrases:
+                    n_units["phrases"] += 1
+                    reason = _entity_status(flickr, image_id, phrase.entity_id, cfg.skip_unannotated)
+                    if reason is None and regions is None:
+                        reason = "missing_features"
+                    if reason:
+                        skip(ENTITY, reason)
+                        continue
+                    queries.append(Query(ENTITY, phrase.last_word_index, hits_for(phrase.entity_id),
+                                         f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}"))
+            if parses is not None:
+                parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, parse_source)
+                for head, dep, relation in parse.arcs():
+                    if not (all_relations or relation in relations):
+                        continue
+                    n_units["arcs"] += 1
+                    for direction, query_word, target_word in (("head_to_dependent", head, dep),
+                                                               ("dependent_to_head", dep, head)):
+                        group = f"{relation}/{direction}"
+                        phrase = _phrase_of_word(caption, target_word)
+                        if phrase is None:
+                            skip(group, "target_not_in_phrase")
+                            continue
+                        reason = _entity_status(flickr, image_id, phrase.entity_id, True)
+                        if reason is None and regions is None:
+                            reason = "missing_features"
+                        if reason:
+                            skip(group, f"target_{reason}")
+                            continue
+                        queries.append(Query(group, query_word, hits_for(phrase.entity_id),
+                                             f"{caption.key}:{head}->{dep}"))
+            if queries:
+                items.append(ProbeItem(caption.key, caption.words, regions, queries))
+    return items, skipped, dict(n_units), n_captions
+
+
+# ----------------------------------------------------------------------------------------------- the pass
+
+def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem]]:
+    for start in range(0, len(items), batch_size):
+        yield items[start:start + batch_size]
+
+
+@torch.no_grad()
+def probe_pass(
+    model,
+    tokenizer,
+    items: list[ProbeItem],
+    *,
+    batch_size: int,
+    visual_token_type: int,
+    max_text_len: int,
+    mask: MaskMode = "posthoc",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    description: str = "probing",
+    state_path: Path | None = None,
+    resume: bool = False,
+    save_every: int = 10,
+) -> tuple[dict[str, HeadCounts], Counter]:
+    """Score every query of ``items``; only the probed attention rows are computed and reduced per batch.
+
+    With ``state_path``, counts and the number of finished batches are saved atomically every
+    ``save_every`` batches; ``resume`` continues from there without counting anything twice.
+    """
+    from tqdm.auto import tqdm
+
+    from vb_probe.atomic import write_json
+
+    layers, heads = len(model.blocks), model.config.num_attention_heads
+    counts: dict[str, HeadCounts] = {}
+    truncated: Counter = Counter()
+    done = 0
+    n_batches = (len(items) + batch_size - 1) // batch_size
+    if resume and state_path is not None and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state.get("n_items") != len(items) or state.get("batch_size") != batch_size:
+            raise VbProbeError(f"{state_path}: saved progress is for another run (different data or --batch-size); "
+                               "run again without --resume, or with the same options")
+        done = state["done"]
+        counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
+        truncated = Counter(state["truncated"])
+    model.eval()  # attention dropout would distort the weights being read
+    bar = tqdm(total=n_batches, initial=done, desc=description, unit="batch", disable=not progress, leave=False)
+    for number, chunk in enumerate(_batches(items, batch_size)):
+        if number < done:
+            continue
+        batch = collate(chunk, tokenizer, visual_token_type, max_text_len, device)
+        for query in batch.truncated:
+            truncated[query.group] += 1
+        if len(batch.groups):
+            with capture_attention_rows(model, batch.batch_index, batch.query_index) as cache:
+                if mask == "intervene":
+                    with mask_text_to_text(model):
+                        model(**batch.inputs)
+                else:
+                    model(**batch.inputs)
+            rows = cache.stack("attn.pattern_rows")  # [layer, n, head, key]
+            region_rows = rows[..., batch.text_len:].float().cpu()  # text-to-text masked out post hoc
+            mass = region_rows.sum(-1)  # [layer, n, head]
+            correct = head_correct(region_rows, batch.region_valid, batch.hits)
+            base = baseline_scores(batch.hits, batch.region_valid, batch.confidences)
+            groups = np.array(batch.groups)
+            for group in dict.fromkeys(batch.groups):
+                sel = torch.from_numpy(np.flatnonzero(groups == group))
+                counts.setdefault(group, HeadCounts(layers, heads)).add(
+                    correct[:, sel], mass[:, sel], {k: v[sel] for k, v in base.items()})
+        bar.update(1)
+        if state_path is not None and ((number + 1) % save_every == 0):
+            write_json(state_path, {"n_items": len(items), "batch_size": batch_size, "done": number + 1,
+                                    "counts": {g: c.to_state() for g, c in counts.items()},
+                                    "truncated": dict(truncated)})
+    bar.close()
+    return counts, truncated
+
+
+# ----------------------------------------------------------------------------------------------- entry point
+
+def _checkpoint_info(ckpt: Path) -> dict:
+    from vb_probe.checkpoints import file_sha256, weights_file
+
+    weights = weights_file(ckpt)
+    return {"path": str(Path(ckpt).resolve()), "weights": weights.name, "sha256": file_sha256(weights)}
+
+
+def load_model_and_tokenizer(cfg: ProbeConfig):
+    from vb_probe.checkpoints import load_model
+    from vb_probe.tokenization import load_tokenizer
+
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.ckpt, device=device)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.ckpt, vocab_size=model.config.vocab_size)
+    return model, tokenizer, device
+
+
+def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True, resume: bool = False,
+               model=None, tokenizer=None) -> ProbeResults:
+    """Run the probes ``cfg`` asks for (entity grounding and/or syntactic) in one pass per split/model."""
+    started = time.time()
+    if cfg.batch_size < 1:
+        raise VbProbeError(f"--batch-size {cfg.batch_size}: must be at least 1")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise VbProbeError(f"--limit {cfg.limit}: must be at least 1 image (leave it out to use the whole split)")
+    if cfg.mask not in ("posthoc", "intervene"):
+        raise VbProbeError(f"--mask {cfg.mask}: use posthoc or intervene")
+    device = resolve_device(cfg.device)
+    if model is None:
+        model, tokenizer, device = load_model_and_tokenizer(cfg)
+    if model.config.bypass_transformer:
+        raise VbProbeError(f"{cfg.ckpt}: a model without early fusion has regions in its last layer only; "
+                           "probe an early-fusion checkpoint (bypass_transformer false)")
+    flickr = Flickr30kEntities(cfg.flickr30k)
+    features = open_features(cfg.features, cfg.confidence)
+    if features.dim != model.config.visual_embedding_dim:
+        raise DataError(f"{cfg.features}: region features are {features.dim}-d but the checkpoint's "
+                        f"visual_embedding_dim is {model.config.visual_embedding_dim}; pass the features the "
+                        "checkpoint was trained on")
+    visual_token_type = cfg.visual_token_type
+    if visual_token_type is None:
+        visual_token_type = getattr(model.config, "visual_token_type_id", 1)
+    if not 0 <= visual_token_type < model.config.type_vocab_size:
+        raise VbProbeError(f"--visual-token-type {visual_token_type}: the checkpoint has "
+                           f"{model.config.type_vocab_size} token types; use 0..{model.config.type_vocab_size - 1}")
+    wants_parses = bool(cfg.relations)
+    parser_used: dict[str, str] = {}
+
+    def one_split(split: str, run_model, label: str, state_name: str) -> SplitResult:
+        image_ids = flickr.split(split)
+        if cfg.limit is not None:
+            image_ids = image_ids[: cfg.limit]
+        parses, parse_source = None, ""
+        if wants_parses:
+            parses, parse_source, _ = load_parses(cfg_for(split), flickr, image_ids, out if split == cfg.split else None)
+            parser_used["name"] = parse_source
+        items, skipped, n_units, n_captions = collect_items(cfg, flickr, features, image_ids, parses, parse_source)
+        counts, truncated = probe_pass(
+            run_model, tokenizer, items, batch_size=cfg.batch_size, visual_token_type=visual_token_type,
+            max_text_len=min(cfg.max_text_len, model.config.max_position_embeddings), mask=cfg.mask,
+            device=device, progress=progress, description=label,
+            state_path=(out / f".{state_name}.progress.json") if out is not None else None, resume=resume,
+        )
+        for group, count in truncated.items():
+            skipped.setdefault(group, Counter())["truncated"] += count
+        return SplitResult(counts, skipped, n_units, len(image_ids), n_captions)
+
+    def cfg_for(split: str) -> ProbeConfig:
+        from dataclasses import replace
+
+        return replace(cfg, split=split)
+
+    main = one_split(cfg.split, model, f"probing {cfg.split}", "main")
+    select = one_split(cfg.select_on, model, f"selecting on {cfg.select_on}", "select") if cfg.select_on else None
+    control = None
+    if cfg.control:
+        from vb_probe.model import VisualBertModel
+
+        torch.manual_seed(cfg.seed)
+        random_model = VisualBertModel(model.config).to(device).eval()
+        control = one_split(cfg.split, random_model, "random-init control", "control")
+    results = ProbeResults(
+        config=cfg, main=main, select=select, control=control, checkpoint=_checkpoint_info(cfg.ckpt),
+        parser=parser_used.get("name"), visual_token_type=visual_token_type, wall_time_s=time.time() - started,
+        notes=list(getattr(model, "load_notes", [])),
+    )
+    if out is not None:
+        for state in out.glob(".*.progress.json"):
+            state.unlink()
+    return results
+
+
+def config_dict(cfg: ProbeConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
