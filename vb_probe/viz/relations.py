@@ -33,7 +33,10 @@ def plot_relation_curves(
     ax.set_ylabel("accuracy of the layer's best head")
     ax.set_ylim(0, 1)
     ax.set_title(f"Syntactic grounding: {relation}")
-    ax.legend(fontsize=7, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no arcs of this relation reach a phrase with boxes", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -1,0 +1,176 @@
+"""Training configuration: frozen dataclasses read from TOML, overridden by ``--set section.key=value``.
+
+Each component receives only its own section. The resolved config is saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Literal
+
+from vb_probe.errors import VbProbeError
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """Shape and initialisation. ``init``: ``random`` or ``bert:<folder>`` (any BertModel checkpoint)."""
+
+    hidden_size: int = 192
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 768
+    max_position_embeddings: int = 128
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    init: str = "random"
+    early_fusion: bool = True
+
+
+@dataclass(frozen=True)
+class ObjectiveSection:
+    """The paper's objectives and the ablation switches.
+
+    ``masking``: ``uniform`` (BERT's 15%) or ``entity`` (nouns ``entity_prob``, other content words
+    ``content_prob``, the rest ``other_prob``). ``sentence_image``: ``pair`` (the paper's: two captions,
+    the second from the same image or another, p=1/2), ``itm`` (one caption, matching or not), or ``none``
+    ("w/o objective 2"). ``grounded = false`` is text-only pre-training ("w/o grounded pre-training").
+    """
+
+    masking: Literal["uniform", "entity"] = "entity"
+    mask_prob: float = 0.15
+    entity_prob: float = 0.4
+    content_prob: float = 0.25
+    other_prob: float = 0.1
+    whole_word: bool = False
+    sentence_image: Literal["pair", "itm", "none"] = "pair"
+    grounded: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 600
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 3e-4
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.01
+    clip_norm: float = 1.0
+    eval_every: int = 100
+    eval_batches: int = 4
+    save_every: int = 100
+    seed: int = 0
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    max_regions: int = 100
+    max_text_len: int = 64
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """``captions``: Karpathy JSON relative to --data; ``features``: TSV/HDF5/npz relative to --data."""
+
+    captions: str = "dataset_coco.json"
+    features: str = "features.tsv"
+    tokenizer: str = "tokenizer"
+    train_splits: tuple[str, ...] = ("train", "restval")
+    eval_split: str = "val"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    data: DataSection = field(default_factory=DataSection)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    def digest(self) -> str:
+        """Hash of everything that changes the trained weights (the demo caches models by it)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+_SECTIONS = {"model": ModelSection, "objective": ObjectiveSection, "train": TrainSection, "data": DataSection}
+
+
+def _coerce(section: str, key: str, value, target_type, source: str):
+    expected = {int: int, float: (int, float), bool: bool, str: str}
+    if isinstance(value, str) and target_type is not str:
+        try:
+            value = json.loads(value.lower() if target_type is bool else value)
+        except json.JSONDecodeError:
+            raise VbProbeError(f"{source}: {section}.{key}={value!r} is not a {target_type.__name__}") from None
+    if target_type is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if target_type is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        return tuple(value)
+    wanted = expected.get(target_type)
+    if wanted is not None and (not isinstance(value, wanted) or (target_type is int and isinstance(value, bool))):
+        raise VbProbeError(f"{source}: {section}.{key}={value!r} should be a {target_type.__name__}")
+    return value
+
+
+def _field_type(cls, key: str):
+    hints = {f.name: f for f in fields(cls)}
+    default = getattr(cls(), key)
+    return tuple if isinstance(default, tuple) else type(default)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """A TOML file (sections model/objective/train/data) plus ``section.key=value`` overrides."""
+    raw: dict[str, dict] = {}
+    source = str(path) if path else "defaults"
+    if path is not None:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise VbProbeError(f"{path}: config file not found; pass --config configs/demo.toml or another TOML") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise VbProbeError(f"{path}: not valid TOML ({exc})") from None
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise VbProbeError(f"--set {item!r}: expected section.key=value, e.g. train.steps=300")
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = value
+    built = {}
+    for section, values in raw.items():
+        if section not in _SECTIONS:
+            raise VbProbeError(f"{source}: unknown section [{section}]; sections are {', '.join(_SECTIONS)}")
+        cls = _SECTIONS[section]
+        names = {f.name for f in fields(cls)}
+        checked = {}
+        for key, value in values.items():
+            if key not in names:
+                raise VbProbeError(f"{source}: unknown key {section}.{key}; keys are {', '.join(sorted(names))}")
+            checked[key] = _coerce(section, key, value, _field_type(cls, key), source)
+        built[section] = replace(cls(), **checked)
+    config = TrainConfig(**built)
+    _validate(config, source)
+    return config
+
+
+def _validate(config: TrainConfig, source: str) -> None:
+    m, o, t = config.model, config.objective, config.train
+    if m.hidden_size % m.num_attention_heads:
+        raise VbProbeError(f"{source}: model.hidden_size {m.hidden_size} is not a multiple of num_attention_heads "
+                           f"{m.num_attention_heads}")
+    if o.masking not in ("uniform", "entity") or o.sentence_image not in ("pair", "itm", "none"):
+        raise VbProbeError(f"{source}: objective.masking is uniform|entity and objective.sentence_image pair|itm|none")
+    if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
+        raise VbProbeError(f"{source}: train.steps, train.batch_size and train.grad_accum must be at least 1")
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """Inverse of :meth:`TrainConfig.to_dict` (used when resuming from a checkpoint)."""
+    return TrainConfig(**{name: replace(cls(), **{k: tuple(v) if isinstance(v, list) else v
+                                                  for k, v in data.get(name, {}).items()})
+                          for name, cls in _SECTIONS.items()})

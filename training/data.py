@@ -1,0 +1,210 @@
+"""Pre-training data on the vb_probe readers: Karpathy-split captions + region features.
+
+Every batch is a pure function of (seed, step): resuming at step s rebuilds exactly the batches an
+uninterrupted run would have seen, and each DDP rank takes its slice of the step's global batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.config import DataSection, ObjectiveSection, TrainSection
+from training.objectives import ENTITY, choose_masked, corrupt, word_classes_from_pos
+from vb_probe.data.coco import read_karpathy
+from vb_probe.data.features import open_features
+from vb_probe.errors import DataError
+
+
+@dataclass
+class EncodedCaption:
+    """Sub-word ids of one caption (no special tokens), each token's word index and word class."""
+
+    ids: np.ndarray
+    words: np.ndarray
+    classes: np.ndarray
+
+
+@dataclass
+class PretrainBatch:
+    inputs: dict[str, torch.Tensor]
+    mlm_batch_index: torch.Tensor  # [n_masked]
+    mlm_positions: torch.Tensor  # [n_masked]
+    mlm_labels: torch.Tensor  # [n_masked]
+    mlm_is_entity: torch.Tensor  # [n_masked] bool
+    sip_labels: torch.Tensor | None  # [batch]: 0 = text matches the image, 1 = it does not
+
+
+def tag_captions(captions: list[tuple[str, ...]], cache_dir: Path | None) -> list[list[int]]:
+    """Word classes from spaCy's POS tags (nouns are entity words), cached as JSON by caption-set hash."""
+    digest = hashlib.sha256(json.dumps(captions).encode()).hexdigest()[:16]
+    cache = cache_dir / f"word_classes.{digest}.json" if cache_dir else None
+    if cache is not None and cache.is_file():
+        return json.loads(cache.read_text())
+    import spacy
+    from spacy.tokens import Doc
+
+    from vb_probe.data.parses import resolve_spacy_model
+
+    nlp = spacy.load(resolve_spacy_model(), exclude=["parser", "ner", "lemmatizer"])
+    docs = nlp.pipe((Doc(nlp.vocab, words=list(c)) for c in captions), batch_size=512)
+    classes = [word_classes_from_pos([t.pos_ for t in doc]) for doc in docs]
+    if cache is not None:
+        from vb_probe.atomic import write_json
+
+        write_json(cache, classes)
+    return classes
+
+
+class PretrainData:
+    """Images with their captions and regions; builds deterministic masked batches."""
+
+    def __init__(self, data_dir: Path, data: DataSection, tokenizer, cache_dir: Path | None = None,
+                 visual_dim: int | None = None):
+        data_dir = Path(data_dir)
+        self.tokenizer = tokenizer
+        self.features = open_features(data_dir / data.features)
+        if visual_dim is not None and self.features.dim != visual_dim:
+            raise DataError(f"{data_dir / data.features}: features are {self.features.dim}-d but the model expects "
+                            f"{visual_dim}; pass the features the model was built for")
+        images = read_karpathy(data_dir / data.captions)
+        self.splits: dict[str, list[int]] = {}
+        self.image_ids: list[str] = []
+        self.captions: list[list[int]] = []  # image → caption indices
+        flat: list[tuple[str, ...]] = []
+        missing = 0
+        for image in images:
+            if image.image_id not in self.features:
+                missing += 1
+                continue
+            self.splits.setdefault(image.split, []).append(len(self.image_ids))
+            self.image_ids.append(image.image_id)
+            self.captions.append(list(range(len(flat), len(flat) + len(image.captions))))
+            flat.extend(image.captions)
+        self.skipped_images = missing
+        if not flat:
+            raise DataError(f"{data_dir / data.captions}: no image has both captions and features; check --data")
+        classes = tag_captions(flat, cache_dir)
+        encoded = tokenizer(list(map(list, flat)), is_split_into_words=True, add_special_tokens=False)
+        self.encoded: list[EncodedCaption] = []
+        for index in range(len(flat)):
+            word_ids = np.array(encoded.word_ids(index), dtype=np.int64)
+            self.encoded.append(EncodedCaption(np.array(encoded["input_ids"][index], dtype=np.int64), word_ids,
+                                               np.array(classes[index], dtype=np.int64)[word_ids]))
+        self.train_images = [i for s in data.train_splits for i in self.splits.get(s, [])]
+        self.eval_images = self.splits.get(data.eval_split, [])
+        if not self.train_images:
+            raise DataError(f"{data_dir / data.captions}: no images in splits {list(data.train_splits)}; "
+                            "set data.train_splits")
+        self._regions_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.n_special = max(tokenizer.all_special_ids) + 1
+        self.visual_dim = self.features.dim
+
+    def regions(self, image: int, max_regions: int) -> np.ndarray:
+        if image not in self._regions_cache:
+            self._regions_cache[image] = self.features[self.image_ids[image]].features[:max_regions]
+        return self._regions_cache[image]
+
+    def _sample(self, pool: list[int], rng: np.random.Generator, objective: ObjectiveSection):
+        """(image, [captions], match): the paper's pair, a single-caption ITM sample, or one caption."""
+        image = pool[int(rng.integers(len(pool)))]
+        own = self.captions[image]
+        first = own[int(rng.integers(len(own)))]
+        if objective.sentence_image == "none" or not objective.grounded:
+            return image, [first], True
+        match = bool(rng.random() < 0.5)
+        if match:
+            others = [c for c in own if c != first] or own
+            second = others[int(rng.integers(len(others)))]
+        else:
+            other_image = pool[int(rng.integers(len(pool)))]
+            while other_image == image and len(pool) > 1:
+                other_image = pool[int(rng.integers(len(pool)))]
+            second = self.captions[other_image][int(rng.integers(len(self.captions[other_image])))]
+        if objective.sentence_image == "itm":
+            return image, [first if match else second], match
+        return image, [first, second], match
+
+    def batch(self, step: int, objective: ObjectiveSection, train: TrainSection, *, rank: int = 0, world: int = 1,
+              split: str = "train", micro: tuple[int, int] = (0, 1), device="cpu") -> PretrainBatch:
+        """The rank's share of micro-batch ``micro[0]`` of ``micro[1]`` of step ``step``'s global batch."""
+        pool = self.train_images if split == "train" else self.eval_images
+        if not pool:
+            raise DataError(f"no images in the {split!r} split for pre-training")
+        stream = 0 if split == "train" else 1
+        rng = np.random.default_rng([train.seed, stream, step])
+        samples = [self._sample(pool, rng, objective) for _ in range(train.batch_size)]
+        mask_rngs = [np.random.default_rng([train.seed, stream, step, i]) for i in range(train.batch_size)]
+        per_micro = train.batch_size // micro[1]
+        chosen = list(range(micro[0] * per_micro, (micro[0] + 1) * per_micro))
+        per_rank = len(chosen) // world
+        chosen = chosen[rank * per_rank:(rank + 1) * per_rank]
+        return self._collate([samples[i] for i in chosen], [mask_rngs[i] for i in chosen], objective, train, device)
+
+    def _collate(self, samples, rngs, objective: ObjectiveSection, train: TrainSection, device) -> PretrainBatch:
+        tok = self.tokenizer
+        rows, types, labels_pos = [], [], []
+        for (image, caption_ids, match), rng in zip(samples, rngs):
+            ids, tts, lab = [tok.cls_token_id], [0], [(-1, False)]
+            budget = train.max_text_len - 1 - len(caption_ids)
+            for segment, caption in enumerate(caption_ids):
+                enc = self.encoded[caption]
+                n = min(len(enc.ids), max(1, budget // len(caption_ids)))
+                caption_tokens = enc.ids[:n]
+                # masked LM only where the text describes the image (mismatched text teaches ignoring it)
+                predict = segment == 0 or match
+                chosen = choose_masked(enc.classes[:n], enc.words[:n], objective, rng) if predict else np.zeros(n, bool)
+                corrupted = corrupt(caption_tokens, chosen, tok.mask_token_id, vocab_size=len(tok), n_special=self.n_special, rng=rng)
+                ids.extend(corrupted.tolist())
+                tts.extend([segment] * n)
+                lab.extend((int(t), bool(c == ENTITY)) if m else (-1, False)
+                           for t, m, c in zip(caption_tokens, chosen, enc.classes[:n]))
+                ids.append(tok.sep_token_id)
+                tts.append(segment)
+                lab.append((-1, False))
+            rows.append(ids)
+            types.append(tts)
+            labels_pos.append(lab)
+        batch = len(samples)
+        t_max = max(len(r) for r in rows)
+        input_ids = torch.full((batch, t_max), tok.pad_token_id, dtype=torch.long)
+        token_types = torch.zeros(batch, t_max, dtype=torch.long)
+        attention = torch.zeros(batch, t_max, dtype=torch.long)
+        b_idx, pos, labels, entity = [], [], [], []
+        for b, (ids, tts, lab) in enumerate(zip(rows, types, labels_pos)):
+            input_ids[b, :len(ids)] = torch.tensor(ids)
+            token_types[b, :len(ids)] = torch.tensor(tts)
+            attention[b, :len(ids)] = 1
+            for p, (label, is_entity) in enumerate(lab):
+                if label >= 0:
+                    b_idx.append(b)
+                    pos.append(p)
+                    labels.append(label)
+                    entity.append(is_entity)
+        inputs = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
+        if objective.grounded:
+            feats = [self.regions(image, train.max_regions) for image, _, _ in samples]
+            r_max = max(len(f) for f in feats)
+            visual = torch.zeros(batch, r_max, self.visual_dim)
+            visual_mask = torch.zeros(batch, r_max, dtype=torch.long)
+            for b, f in enumerate(feats):
+                visual[b, :len(f)] = torch.from_numpy(f)
+                visual_mask[b, :len(f)] = 1
+            inputs.update(visual_embeds=visual, visual_attention_mask=visual_mask,
+                          visual_token_type_ids=torch.ones(batch, r_max, dtype=torch.long))
+        sip = None
+        if objective.grounded and objective.sentence_image != "none":
+            sip = torch.tensor([0 if match else 1 for _, _, match in samples], dtype=torch.long, device=device)
+        return PretrainBatch(
+            inputs={k: v.to(device) for k, v in inputs.items()},
+            mlm_batch_index=torch.tensor(b_idx, dtype=torch.long, device=device),
+            mlm_positions=torch.tensor(pos, dtype=torch.long, device=device),
+            mlm_labels=torch.tensor(labels, dtype=torch.long, device=device),
+            mlm_is_entity=torch.tensor(entity, dtype=torch.bool, device=device),
+            sip_labels=sip,
+        )

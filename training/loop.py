@@ -1,0 +1,297 @@
+"""The pre-training loop: reads top to bottom. AdamW, linear warm-up then linear decay, autocast where
+the device has it, gradient accumulation, clipping, periodic evaluation, atomic resumable checkpoints,
+and DDP when started by ``torchrun``.
+
+Losses are normalised by the *global* number of masked tokens (and samples) of the step, so one process
+and several processes with the same global batch compute the same gradient.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from training.config import TrainConfig, config_from_dict
+from training.data import PretrainBatch, PretrainData
+from training.heads import VisualBertForPreTraining
+from vb_probe.atomic import atomic_open, write_text
+from vb_probe.errors import CheckpointError, VbProbeError
+
+
+def lr_at(step: int, total: int, base_lr: float, warmup_frac: float) -> float:
+    """Linear warm-up over ``warmup_frac`` of the steps, then linear decay to 0 (pure function)."""
+    warmup = max(1, int(round(total * warmup_frac)))
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return base_lr * max(0.0, (total - step) / max(1, total - warmup))
+
+
+def build_model(config: TrainConfig, vocab_size: int, visual_dim: int) -> VisualBertForPreTraining:
+    """From random weights, or the text side from a local BERT folder (``model.init = bert:<folder>``)."""
+    from vb_probe.checkpoints import init_from_bert
+    from vb_probe.model import VisualBertConfig, VisualBertModel
+
+    m = config.model
+    shape = dict(hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
+                 bypass_transformer=not m.early_fusion)
+    if m.init.startswith("bert:"):
+        encoder = init_from_bert(m.init[len("bert:"):], visual_dim, **shape)
+        if encoder.config.vocab_size < vocab_size:
+            raise VbProbeError(f"{m.init}: BERT vocabulary ({encoder.config.vocab_size}) is smaller than the "
+                               f"tokenizer's ({vocab_size}); use the tokenizer that came with the BERT folder")
+    elif m.init == "random":
+        torch.manual_seed(config.train.seed)
+        encoder = VisualBertModel(VisualBertConfig(
+            vocab_size=vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
+            num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
+            max_position_embeddings=m.max_position_embeddings, visual_embedding_dim=visual_dim, pad_token_id=0,
+            **shape))
+    else:
+        raise VbProbeError(f"model.init={m.init!r}: use 'random' or 'bert:<folder>'")
+    torch.manual_seed(config.train.seed + 1)
+    return VisualBertForPreTraining(encoder)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """Initialise the process group when launched by torchrun (gloo on CPU, nccl on GPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def _all_sum(value: float, dd: Distributed) -> float:
+    if dd.world == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor.item())
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def losses(model, batch: PretrainBatch, n_masked_global: float, n_sip_global: float, world: int):
+    """(total, mlm, sip) losses of a (micro-)batch, normalised by the step's global counts."""
+    mlm_logits, sip_logits = model(batch.inputs, batch.mlm_batch_index, batch.mlm_positions)
+    mlm = F.cross_entropy(mlm_logits.float(), batch.mlm_labels, reduction="sum") * world / max(n_masked_global, 1)
+    sip = torch.zeros((), device=mlm.device)
+    if batch.sip_labels is not None:
+        sip = F.cross_entropy(sip_logits.float(), batch.sip_labels, reduction="sum") * world / max(n_sip_global, 1)
+    return mlm + sip, mlm, sip
+
+
+@torch.no_grad()
+def evaluate(model: VisualBertForPreTraining, data: PretrainData, config: TrainConfig, device) -> dict[str, float]:
+    """Masked-LM accuracy (all, entity words), sentence-image accuracy, and masked-entity accuracy with the
+    regions removed: the gap between the two entity accuracies says how much the image is used."""
+    model.eval()
+    totals = {"mlm": [0, 0], "entity": [0, 0], "entity_no_image": [0, 0], "sip": [0, 0]}
+    for step in range(config.train.eval_batches):
+        batch = data.batch(step, config.objective, config.train, split="eval", device=device)
+        mlm_logits, sip_logits = model(batch.inputs, batch.mlm_batch_index, batch.mlm_positions)
+        right = mlm_logits.argmax(-1) == batch.mlm_labels
+        totals["mlm"][0] += int(right.sum()); totals["mlm"][1] += len(right)
+        totals["entity"][0] += int(right[batch.mlm_is_entity].sum()); totals["entity"][1] += int(batch.mlm_is_entity.sum())
+        if batch.sip_labels is not None:
+            totals["sip"][0] += int((sip_logits.argmax(-1) == batch.sip_labels).sum()); totals["sip"][1] += len(batch.sip_labels)
+        text_only = {k: v for k, v in batch.inputs.items() if not k.startswith("visual")}
+        if len(text_only) != len(batch.inputs):
+            logits, _ = model(text_only, batch.mlm_batch_index, batch.mlm_positions)
+            right = logits.argmax(-1) == batch.mlm_labels
+            totals["entity_no_image"][0] += int(right[batch.mlm_is_entity].sum())
+            totals["entity_no_image"][1] += int(batch.mlm_is_entity.sum())
+    model.train()
+    return {f"eval_{k}_acc": (c / n if n else float("nan")) for k, (c, n) in totals.items()}
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+def checkpoint_dir(out: Path) -> Path:
+    return out / "checkpoints"
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, config: TrainConfig, keep: int = 2) -> Path:
+    """Atomically write ``checkpoints/step-<N>.pt``: model, optimizer, schedule position, RNG states, config."""
+    state = {
+        "step": step, "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "schedule": {"step": step, "total": config.train.steps},
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "data_position": {"next_step": step},
+    }
+    path = checkpoint_dir(out) / f"step-{step:07d}.pt"
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+    for old in sorted(checkpoint_dir(out).glob("step-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest_checkpoint(out: Path) -> dict | None:
+    """The newest checkpoint that loads (a damaged newest one falls back to the one before)."""
+    for path in sorted(checkpoint_dir(out).glob("step-*.pt"), reverse=True):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:
+            continue
+    return None
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = False, progress: bool = True,
+             init_checkpoint: Path | None = None) -> dict:
+    """Pre-train; returns the last evaluation. Writes ``out/final`` (transformers folder) at the end."""
+    from tqdm.auto import tqdm
+
+    from vb_probe.pipeline import resolve_device
+    from vb_probe.tokenization import load_tokenizer
+
+    t = config.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    dd = setup_distributed(t.device)
+    if t.batch_size % (t.grad_accum * dd.world):
+        raise VbProbeError(f"train.batch_size {t.batch_size} must divide by grad_accum × processes "
+                           f"({t.grad_accum} × {dd.world})")
+    data_dir, out = Path(data_dir), Path(out)
+    tokenizer = load_tokenizer(data_dir / config.data.tokenizer)
+    data = PretrainData(data_dir, config.data, tokenizer, cache_dir=out / "cache")
+    start_step = 0
+    state = latest_checkpoint(out) if resume else None
+    if state is not None:
+        config = config_from_dict(state["config"])
+        start_step = state["step"]
+    model = build_model(config, len(tokenizer), data.visual_dim)
+    if init_checkpoint is not None and state is None:
+        from vb_probe.checkpoints import load_model
+
+        model.visual_bert.load_state_dict(load_model(init_checkpoint).state_dict())
+    model.to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr,
+                                  fused=device.type == "cuda")
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+    trained = model
+    if dd.world > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(model)
+    model.train()
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.csv"
+    writer = _tensorboard(out) if dd.main else None
+    history: list[dict] = _read_log(log_path, start_step) if dd.main else []
+    bar = tqdm(total=t.steps, initial=start_step, desc="pre-training", unit="step", disable=not (progress and dd.main))
+    last_eval: dict = {}
+    for step in range(start_step, t.steps):
+        torch.manual_seed(t.seed * 1_000_003 + step * 101 + dd.rank)  # dropout depends on the step only
+        lr = lr_at(step, t.steps, t.lr, t.warmup_frac)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = [data.batch(step, config.objective, t, rank=dd.rank, world=dd.world,
+                                    micro=(m, t.grad_accum), device=device) for m in range(t.grad_accum)]
+        n_masked = _all_sum(sum(len(b.mlm_labels) for b in micro_batches), dd)
+        n_sip = _all_sum(sum(len(b.sip_labels) if b.sip_labels is not None else 0 for b in micro_batches), dd)
+        totals = np.zeros(3)
+        for m, batch in enumerate(micro_batches):
+            sync = nullcontext() if (dd.world == 1 or m == t.grad_accum - 1) else trained.no_sync()
+            with sync, _autocast(device, t.amp):
+                loss, mlm, sip = losses(trained, batch, n_masked, n_sip, dd.world)
+            loss.backward()
+            totals += [loss.item() / dd.world, mlm.item() / dd.world, sip.item() / dd.world]
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm) if t.clip_norm else torch.tensor(0.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        totals = [_all_sum(v, dd) for v in totals]
+        row = {"step": step + 1, "lr": lr, "loss": totals[0], "mlm_loss": totals[1], "sip_loss": totals[2],
+               "grad_norm": float(grad_norm)}
+        if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
+            last_eval = evaluate(model, data, config, device)
+            row.update(last_eval)
+        bar.update(1)
+        bar.set_postfix(loss=f"{totals[0]:.3f}", **({"ent": f"{last_eval.get('eval_entity_acc', 0):.2f}"} if last_eval else {}))
+        if dd.main:
+            history.append(row)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "step" and isinstance(value, float) and math.isfinite(value):
+                        writer.add_scalar(key, value, step + 1)
+            if (step + 1) % t.save_every == 0 or step + 1 == t.steps:
+                _write_log(log_path, history)
+                save_checkpoint(out, step + 1, model, optimizer, config)
+    bar.close()
+    if dd.main:
+        _write_log(log_path, history)
+        model.save_pretrained(out / "final", tokenizer=tokenizer,
+                              extra_files={"training_config.json": json.dumps(config.to_dict(), indent=2)})
+        if writer is not None:
+            writer.close()
+    if dd.world > 1:
+        dist.barrier()
+    return {"history": history, "eval": last_eval, "skipped_images": data.skipped_images}
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional; the CSV log always exists
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+LOG_COLUMNS = ["step", "lr", "loss", "mlm_loss", "sip_loss", "grad_norm", "eval_mlm_acc", "eval_entity_acc",
+               "eval_entity_no_image_acc", "eval_sip_acc"]
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buffer.getvalue())
+
+
+def _read_log(path: Path, up_to_step: int) -> list[dict]:
+    """Rows of an earlier run up to the step a resumed run starts from (so the log has no gaps or repeats)."""
+    if up_to_step == 0 or not path.is_file():
+        return []
+    with open(path) as handle:
+        rows = [{k: (float(v) if k != "step" else int(v)) for k, v in r.items() if v not in ("", None)}
+                for r in csv.DictReader(handle)]
+    return [r for r in rows if r["step"] <= up_to_step]
