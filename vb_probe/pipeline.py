@@ -409,3 +409,32 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
 
 def config_dict(cfg: ProbeConfig) -> dict:
     return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+
+
+@torch.no_grad()
+def word_region_choices(
+    model, tokenizer, words: tuple[str, ...], regions, visual_token_type: int = 1, max_text_len: int = 128,
+    mask: MaskMode = "posthoc",
+) -> np.ndarray:
+    """For one caption: the region each word's last sub-word attends to most, in every head.
+
+    Returns [layer, head, n_words] region indices (-1 for a word cut by truncation).
+    """
+    query_words = list(range(len(words)))
+    item = ProbeItem("view", tuple(words), regions,
+                     [Query("view", w, np.zeros(len(regions), bool)) for w in query_words])
+    batch = collate([item], tokenizer, visual_token_type, max_text_len, next(model.parameters()).device)
+    with capture_attention_rows(model, batch.batch_index, batch.query_index) as cache:
+        if mask == "intervene":
+            with mask_text_to_text(model):
+                model(**batch.inputs)
+        else:
+            model(**batch.inputs)
+    rows = cache.stack("attn.pattern_rows")[..., batch.text_len:].float().cpu()  # [layer, n, head, R]
+    from vb_probe.metrics.grounding import head_choices
+
+    chosen = head_choices(rows, batch.region_valid).permute(0, 2, 1).numpy()  # [layer, head, n]
+    out = np.full(chosen.shape[:2] + (len(words),), -1, dtype=np.int64)
+    kept = [q.word_index for q in item.queries if q not in batch.truncated]
+    out[..., kept] = chosen
+    return out

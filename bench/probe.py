@@ -1,0 +1,122 @@
+"""Probing throughput (captions/s) of entity grounding over all 144 heads, side by side:
+
+* ours: fused attention everywhere, attention rows computed only for the probed query tokens;
+* (a) transformers' forward with ``output_attentions=True``, then the same scoring;
+* (b) a plain forward without attention output (the ceiling): ours fused, and transformers' too.
+
+Also peak memory of probing 1× and 10× as many captions (the scores are reduced inside each batch, so it
+should stay flat). Ends with one JSON line: ``speedup_vs_output_attentions`` and ``time_vs_plain_forward``.
+
+    python bench/probe.py --device cuda
+    python bench/probe.py --device cpu --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from common import bert_base_config, describe, peak_memory_mb, reset_peak, sync, timed
+
+TEXT, REGIONS, QUERIES = 20, 36, 3
+
+
+def make_batch(batch: int, config, device, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    inputs = {
+        "input_ids": torch.randint(1000, config.vocab_size, (batch, TEXT), generator=g),
+        "attention_mask": torch.ones(batch, TEXT, dtype=torch.long),
+        "visual_embeds": torch.randn(batch, REGIONS, config.visual_embedding_dim, generator=g),
+        "visual_attention_mask": torch.ones(batch, REGIONS, dtype=torch.long),
+    }
+    b_idx = torch.arange(batch).repeat_interleave(QUERIES)
+    q_idx = torch.randint(1, TEXT - 1, (batch * QUERIES,), generator=g)
+    hits = torch.rand(batch * QUERIES, REGIONS, generator=g) < 0.1
+    return ({k: v.to(device) for k, v in inputs.items()}, b_idx.to(device), q_idx.to(device), hits.to(device))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--batches", type=int, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    batch = args.batch_size or (128 if gpu else 16)
+    n_batches = args.batches or (10 if gpu else (2 if args.quick else 4))
+
+    from transformers import VisualBertModel as Reference
+
+    from vb_probe.hooks import capture_attention_rows
+    from vb_probe.metrics.grounding import HeadCounts, head_correct
+    from vb_probe.model import VisualBertModel
+
+    config = bert_base_config(dropout=0.0)
+    torch.manual_seed(0)
+    reference = Reference(config).to(device).eval()
+    ours = VisualBertModel(config).to(device).eval()
+    ours.load_state_dict(reference.state_dict())
+    data = [make_batch(batch, config, device, seed) for seed in range(n_batches)]
+    valid = torch.ones(batch * QUERIES, REGIONS, dtype=torch.bool, device=device)
+
+    @torch.no_grad()
+    def probe_ours(batches=data):
+        counts = HeadCounts(12, 12)
+        for inputs, b_idx, q_idx, hits in batches:
+            with capture_attention_rows(ours, b_idx, q_idx) as cache:
+                ours(**inputs)
+            rows = cache.stack("attn.pattern_rows")[..., TEXT:]
+            counts.add(head_correct(rows, valid, hits), rows.sum(-1), {})
+        return counts
+
+    @torch.no_grad()
+    def probe_output_attentions():
+        counts = HeadCounts(12, 12)
+        for inputs, b_idx, q_idx, hits in data:
+            attentions = reference(**inputs, output_attentions=True).attentions
+            rows = torch.stack([a[b_idx, :, q_idx, TEXT:] for a in attentions])
+            counts.add(head_correct(rows, valid, hits), rows.sum(-1), {})
+        return counts
+
+    @torch.no_grad()
+    def plain_ours():
+        for inputs, *_ in data:
+            ours(**inputs)
+
+    @torch.no_grad()
+    def plain_transformers():
+        for inputs, *_ in data:
+            reference(**inputs)
+
+    a, b = probe_ours(), probe_output_attentions()
+    agree = bool(torch.equal(a.n_correct, b.n_correct))
+    captions = batch * n_batches
+    repeats = 3 if gpu else 1
+    seconds = {name: timed(fn, device, repeats, warmup=1) for name, fn in (
+        ("ours_probe", probe_ours), ("transformers_output_attentions", probe_output_attentions),
+        ("ours_plain_forward", plain_ours), ("transformers_plain_forward", plain_transformers))}
+    throughput = {k: round(captions / v, 2) for k, v in seconds.items()}
+
+    # memory as the data set grows 10× (the same batches streamed ten times)
+    memory = {}
+    for scale in (1, 10):
+        reset_peak(device)
+        sync(device)
+        probe_ours(data * scale)
+        memory[f"peak_mb_{scale}x"] = round(peak_memory_mb(device), 1)
+    result = {
+        "bench": "probe", "device": describe(device), "batch": batch, "captions": captions,
+        "heads": 144, "queries_per_caption": QUERIES, "scores_agree_with_output_attentions": agree,
+        "captions_per_s": throughput, "memory": memory,
+        "memory_growth_10x": round(memory["peak_mb_10x"] / memory["peak_mb_1x"], 3),
+        "speedup_vs_output_attentions": round(seconds["transformers_output_attentions"] / seconds["ours_probe"], 3),
+        "time_vs_plain_forward": round(seconds["ours_probe"] / seconds["ours_plain_forward"], 3),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
