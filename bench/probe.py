@@ -66,7 +66,7 @@ def main() -> None:
     def probe_ours(batches=data):
         counts = HeadCounts(12, 12)
         for inputs, b_idx, q_idx, hits in batches:
-            with capture_attention_rows(ours, b_idx, q_idx) as cache:
+            with capture_attention_rows(ours, b_idx, q_idx, batch) as cache:
                 ours(**inputs)
             rows = cache.stack("attn.pattern_rows")[..., TEXT:]
             counts.add(head_correct(rows, valid, hits), rows.sum(-1), {})

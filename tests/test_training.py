@@ -79,16 +79,25 @@ def _log(path):
         return list(csv.DictReader(handle))
 
 
-def test_resume_is_exact_and_checkpoint_loads_in_transformers(small_world, tmp_path):
+def test_resume_is_exact_and_checkpoint_loads_in_transformers(small_world, tmp_path, monkeypatch):
     from transformers import VisualBertForPreTraining
 
+    from training import loop
     from training.cli import main
     from vb_probe.checkpoints import load_model
 
-    base = ["pretrain", "--data", str(small_world), "--quiet", *sum((["--set", s] for s in TINY), [])]
-    assert main(base + ["--out", str(tmp_path / "full"), "--steps", "6"]) == 0
-    assert main(base + ["--out", str(tmp_path / "part"), "--steps", "3"]) == 0
-    assert main(base + ["--out", str(tmp_path / "part"), "--steps", "6", "--resume"]) == 0
+    base = ["pretrain", "--data", str(small_world), "--quiet", "--steps", "6",
+            *sum((["--set", s] for s in TINY), [])]
+    assert main(base + ["--out", str(tmp_path / "full")]) == 0
+    real_save = loop.save_checkpoint
+
+    def save_then_interrupt(*args, **kwargs):  # the run is stopped right after its step-3 checkpoint
+        path = real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
+    assert main(base + ["--out", str(tmp_path / "part")]) == 130
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert main(base + ["--out", str(tmp_path / "part"), "--resume"]) == 0
     full, part = _log(tmp_path / "full" / "log.csv"), _log(tmp_path / "part" / "log.csv")
     assert [r["step"] for r in part] == [str(s) for s in range(1, 7)]
     assert [r["loss"] for r in full] == [r["loss"] for r in part]  # step for step

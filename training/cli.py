@@ -36,6 +36,66 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args):
+    from training.finetune import FinetuneSettings
+
+    return FinetuneSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            device=args.device)
+
+
+def _print_metrics(result: dict) -> None:
+    chance = result["chance"]
+    shown = {k: v for k, v in result.items() if k in ("vqa_accuracy", "accuracy", "consistency", "q2a", "qa2r", "q2ar",
+                                                     "r@1", "r@5", "r@10", "upper_bound") and v is not None}
+    print(f"{result['task']} on {result['split']}: " + ", ".join(
+        f"{k} {v:.3f}" + (f" (chance {chance[k]:.3f})" if k in chance else "") for k, v in shown.items()))
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from training.finetune import finetune
+
+    result = finetune(args.task, args.data, args.init, args.out, _settings(args), tokenizer_dir=args.tokenizer,
+                      progress=not args.quiet)
+    _print_metrics(result)
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.finetune import evaluate_saved
+    from vb_probe.atomic import write_json
+
+    result = evaluate_saved(args.ckpt, args.data, args.device)
+    _print_metrics(result)
+    out = args.out or args.ckpt
+    write_json(out / "metrics.json", result)
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from training.finetune import ablate
+
+    rows = ablate(args.task, args.data, args.out, [v for v in args.variants.split(",") if v], args.seeds,
+                  args.set, _settings(args), bert=args.bert, progress=not args.quiet)
+    print("variant, mean ± std over seeds (held-out " + rows[0]["metric"] + ")")
+    for row in rows:
+        print(f"  {row['variant']:26s} {float(row['mean']):.3f} ± {float(row['std']):.3f}   (chance {float(row['chance']):.3f})")
+    print(f"wrote {args.out / 'ablation.csv'} and {args.out / 'ablation.png'}")
+    return 0
+
+
+def _finetune_options(p: argparse.ArgumentParser, steps: int = 300) -> None:
+    p.add_argument("--task", required=True, choices=["vqa", "nlvr2", "vcr", "flickr30k"])
+    p.add_argument("--data", type=Path, required=True, help="folder with the task's files and features")
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vb-train", description="Build, pre-train and fine-tune VisualBERT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -59,6 +119,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune on VQA, NLVR2, VCR or Flickr30K region-to-phrase")
+    _finetune_options(p)
+    p.add_argument("--init", required=True, help="VisualBERT checkpoint folder, or 'random'")
+    p.add_argument("--tokenizer", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="held-out metrics of a fine-tuned model")
+    p.add_argument("--ckpt", type=Path, required=True, help="the --out folder of vb-train finetune")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="the paper's ablation study (Table 5) over variants and seeds")
+    _finetune_options(p, steps=150)
+    p.add_argument("--variants", default="full,no-early-fusion,no-coco-pretraining,no-bert-init,"
+                                        "no-grounded-pretraining,no-objective2")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--bert", type=Path, help="BERT folder for the 'with BERT init' variants (else all start random)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="pre-training overrides")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_ablate)
     return parser
 
 

@@ -15,7 +15,7 @@ import math
 import os
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -188,8 +188,10 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     data = PretrainData(data_dir, config.data, tokenizer, cache_dir=out / "cache")
     start_step = 0
     state = latest_checkpoint(out) if resume else None
-    if state is not None:
-        config = config_from_dict(state["config"])
+    if state is not None:  # the run's own resolved config; only the step count may be extended
+        saved = config_from_dict(state["config"])
+        config = replace(saved, train=replace(saved.train, steps=config.train.steps))
+        t = config.train
         start_step = state["step"]
     model = build_model(config, len(tokenizer), data.visual_dim)
     if init_checkpoint is not None and state is None:

@@ -471,12 +471,18 @@ def _write_vocab(out: Path, world_folder: Path) -> None:
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=600, min_frequency=1,
+    texts = world_texts(world_folder) + list(ALL_NOUNS) + list(PLURALS.values())
+    trainer = trainers.WordPieceTrainer(vocab_size=5000, min_frequency=1,
                                         special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tokenizer.train_from_iterator(world_texts(world_folder) + list(ALL_NOUNS) + list(PLURALS.values()), trainer)
+    tokenizer.train_from_iterator(texts, trainer)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    # With a vocabulary this large every word of the world becomes a whole piece; the intermediate pieces
+    # depend on how the trainer breaks ties between equally frequent pairs (it varies between runs), so
+    # only whole words and single characters are kept: the same file for the same seed.
+    words = {w for text in texts for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))}
+    learned = sorted(t for t in tokenizer.get_vocab() if t not in specials and (t in words or len(t.lstrip("#")) == 1))
     out.mkdir(parents=True, exist_ok=True)
-    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    (out / "vocab.txt").write_text("\n".join(token for token, _ in vocab) + "\n")
+    (out / "vocab.txt").write_text("\n".join(specials + learned) + "\n")
     # transformers builds the fast BERT tokenizer (lower-casing, [CLS]/[SEP] template) from vocab.txt
     BertTokenizerFast.from_pretrained(str(out), do_lower_case=True).save_pretrained(str(out))
 

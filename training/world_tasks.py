@@ -75,7 +75,7 @@ def _nlvr2(scenes, rng, split_name: str, n_pairs: int):
 
     lines, regions = [], []
     for pair in range(n_pairs):
-        left, right = (scenes[int(i)] for i in rng.choice(len(scenes), 2, replace=False))
+        left, right = (scenes[int(i)] for i in rng.choice(len(scenes), 2, replace=len(scenes) < 2))
         kind = int(rng.integers(4))
         pool = [o for o in left.objects + right.objects]
         o = pool[int(rng.integers(len(pool)))]

@@ -198,3 +198,22 @@ def save_model(model: VisualBertModel, path: str | Path, tokenizer=None) -> Path
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
     return path
+
+
+def load_pretraining_model(path: str | Path, *, device: str | torch.device | None = None):
+    """The encoder plus its masked-LM and sentence-image heads (``cls.*`` weights), in eval mode."""
+    from vb_probe.heads import VisualBertForPreTraining
+
+    encoder = load_model(path)
+    model = VisualBertForPreTraining(encoder)
+    weights = weights_file(path)
+    heads = {k[len("cls."):]: v for k, v in _read_state_dict(weights).items() if k.startswith("cls.")}
+    own = model.cls.state_dict()
+    missing = sorted(set(own) - set(heads))
+    if missing:
+        raise CheckpointError(f"{weights}: no masked-LM head ({', '.join(missing[:2])} missing); attribution and "
+                              "the causal check need a pre-training checkpoint such as `vb-train pretrain` writes")
+    model.cls.load_state_dict({k: heads[k] for k in own})
+    if device is not None:
+        model.to(device)
+    return model.eval()

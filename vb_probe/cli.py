@@ -126,6 +126,78 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _masked_phrase_setup(args):
+    from vb_probe.checkpoints import load_pretraining_model
+    from vb_probe.data.features import open_features
+    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.errors import VbProbeError
+    from vb_probe.interventions import masked_phrases
+    from vb_probe.pipeline import resolve_device
+    from vb_probe.tokenization import load_tokenizer
+
+    if args.limit is not None and args.limit < 1:
+        raise VbProbeError(f"--limit {args.limit}: must be at least 1 image")
+    model = load_pretraining_model(args.ckpt, device=resolve_device(args.device))
+    tokenizer = load_tokenizer(args.tokenizer or args.ckpt, vocab_size=model.config.vocab_size)
+    items = masked_phrases(Flickr30kEntities(args.flickr30k), open_features(args.features), tokenizer, args.split,
+                           args.limit)
+    if not items:
+        raise VbProbeError(f"no phrase with gold boxes in the first {args.limit} images of split {args.split!r}")
+    return model, tokenizer, items
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from vb_probe.atomic import write_json
+    from vb_probe.interventions import attribute
+    from vb_probe.tables import _write_csv
+
+    out = _writable_out(args.out)
+    model, tokenizer, items = _masked_phrase_setup(args)
+    result = attribute(model, items, tokenizer.pad_token_id, steps=args.steps)
+    rows = [{"layer": l, "head": h, "n": result["n"], "n_agree": int(result["n_agree"][l, h]),
+             "agreement": f"{result['agreement'][l, h]:.6f}"}
+            for l in range(result["agreement"].shape[0]) for h in range(result["agreement"].shape[1])]
+    _write_csv(out / "attribution_heads.csv", ["layer", "head", "n", "n_agree", "agreement"], rows)
+    summary = {k: v for k, v in result.items() if k not in ("agreement", "n_agree")}
+    write_json(out / "attribution.json", summary)
+    best = result["best_agreeing_head"]
+    print(f"integrated gradients over {result['n']} masked phrase words: the top-attributed region hits gold "
+          f"{result['ig_top_region_grounding_accuracy']:.3f}; image share of attribution "
+          f"{result['mean_image_share_of_attribution']:.3f}")
+    print(f"head whose most-attended region most often is the top-attributed one: L{best['layer']}H{best['head']} "
+          f"({best['agreement']:.3f})")
+    print(f"wrote {out / 'attribution_heads.csv'}, {out / 'attribution.json'}")
+    return 0
+
+
+def cmd_causal(args: argparse.Namespace) -> int:
+    from vb_probe.atomic import write_json
+    from vb_probe.interventions import causal_check, top_heads_from_csv
+
+    out = _writable_out(args.out)
+    model, tokenizer, items = _masked_phrase_setup(args)
+    heads = top_heads_from_csv(args.scores, args.k)
+    result = causal_check(model, items, heads, tokenizer.pad_token_id, random_draws=args.draws, seed=args.seed)
+    write_json(out / "causal.json", result)
+    print(f"masked entity-word accuracy over {result['n']} phrases: intact {result['accuracy_intact']:.3f}; "
+          f"top-{args.k} grounding heads ablated {result['accuracy_top_k_ablated']:.3f} "
+          f"(drop {result['drop_top_k']:.3f}); {args.k} random heads ablated {result['accuracy_random_k_ablated']:.3f} "
+          f"(drop {result['drop_random_k']:.3f}, mean of {args.draws} draws)")
+    print(f"wrote {out / 'causal.json'}")
+    return 0
+
+
+def _masked_phrase_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", type=Path, required=True, help="a pre-training checkpoint (with its masked-LM head)")
+    p.add_argument("--flickr30k", type=Path, required=True)
+    p.add_argument("--features", type=Path, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=20, help="images of the split to use")
+    p.add_argument("--tokenizer", type=Path)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, required=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vb-probe", description="Probe VisualBERT's attention heads.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -165,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path)
     p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser("attribute", help="integrated gradients of masked entity words vs each head's attention")
+    _masked_phrase_options(p)
+    p.add_argument("--steps", type=int, default=32, help="integration steps")
+    p.set_defaults(func=cmd_attribute)
+
+    p = sub.add_parser("causal", help="ablate the top-k grounding heads (and k random heads) and measure the drop")
+    _masked_phrase_options(p)
+    p.add_argument("--scores", type=Path, required=True, help="entity_grounding.csv of a probe run")
+    p.add_argument("-k", type=int, default=12)
+    p.add_argument("--draws", type=int, default=3, help="random-head draws for the control")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_causal)
     return parser
 
 

@@ -25,7 +25,7 @@ from typing import Literal
 
 import torch
 
-from vb_probe.model import HookPoint, VisualBertModel
+from vb_probe.model import HookPoint, RowSelection, VisualBertModel
 
 _ATTN_POINTS = {"q": "hook_q", "k": "hook_k", "v": "hook_v", "scores": "hook_scores",
                 "pattern": "hook_pattern", "pattern_rows": "hook_pattern_rows", "z": "hook_z"}
@@ -132,7 +132,7 @@ def mask_text_to_text(model: VisualBertModel) -> Iterator[None]:
 
 @contextmanager
 def capture_attention_rows(
-    model: VisualBertModel, batch_index: torch.Tensor, query_index: torch.Tensor
+    model: VisualBertModel, batch_index: torch.Tensor, query_index: torch.Tensor, batch_size: int | None = None
 ) -> Iterator[ActivationCache]:
     """Compute only the attention rows of the given (batch, query) pairs in every layer.
 
@@ -140,10 +140,12 @@ def capture_attention_rows(
     The rest of the attention stays fused, so probing costs about a plain forward.
     """
     attentions = [block.attention.self for block in model.blocks]
+    size = batch_size if batch_size is not None else (int(batch_index.max()) + 1 if len(batch_index) else 1)
+    selection = RowSelection.build(batch_index, query_index, size)
     with capture(model, "blocks.*.attn.pattern_rows") as cache:
         try:
             for attn in attentions:
-                attn.rows_to_capture = (batch_index, query_index)
+                attn.rows_to_capture = selection
             yield cache
         finally:
             for attn in attentions:

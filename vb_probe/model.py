@@ -147,8 +147,8 @@ class VisualBertSelfAttention(nn.Module):
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_pattern_rows, self.hook_z = HookPoint(), HookPoint()
-        # (batch_index [n], query_index [n]) of the rows that ``pattern_rows`` computes; set by vb_probe.hooks.
-        self.rows_to_capture: tuple[torch.Tensor, torch.Tensor] | None = None
+        # The rows that ``pattern_rows`` computes (a RowSelection); set by vb_probe.hooks.
+        self.rows_to_capture = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, _ = x.shape
@@ -178,12 +178,43 @@ class VisualBertSelfAttention(nn.Module):
         return z.reshape(batch, seq, -1), pattern
 
     def _rows(self, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Attention rows of the selected queries only: [n_rows, head, key] (cheap: n_rows × key per head)."""
-        b_idx, t_idx = self.rows_to_capture
-        q_rows = q[b_idx, :, t_idx]  # [n, head, d_head]
-        scores = torch.einsum("nhd,nhkd->nhk", q_rows, k[b_idx]) / math.sqrt(self.head_dim)
-        row_mask = mask[b_idx, 0, t_idx] if mask.shape[2] > 1 else mask[b_idx, 0, 0]
-        return (scores.float() + row_mask.float()[:, None, :]).softmax(dim=-1)
+        """Attention rows of the selected queries only: [n_rows, head, key].
+
+        Queries are gathered per batch row into a padded [batch, head, m, d_head] block (m = most queries in
+        one row), so one batched matmul against the keys does it, without copying the keys per query.
+        """
+        selection: RowSelection = self.rows_to_capture
+        batch, heads, _, d_head = q.shape
+        m = selection.padded.shape[1]
+        q_sel = q.gather(2, selection.padded[:, None, :, None].expand(batch, heads, m, d_head))
+        scores = (q_sel @ k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)  # [batch, head, m, key]
+        if mask.shape[2] > 1:  # a per-query mask (text-to-text blocking)
+            mask = mask.gather(2, selection.padded[:, None, :, None].expand(batch, 1, m, mask.shape[-1]))
+        probs = (scores + mask.float()).softmax(dim=-1)
+        return probs[selection.row_batch, :, selection.row_slot]
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    """Which attention rows to compute: ``padded`` [batch, m] query positions per batch row (padding repeats
+    a real one), and for each requested row i its place ``(row_batch[i], row_slot[i])`` in that block."""
+
+    padded: torch.Tensor
+    row_batch: torch.Tensor
+    row_slot: torch.Tensor
+
+    @classmethod
+    def build(cls, batch_index: torch.Tensor, query_index: torch.Tensor, batch_size: int) -> "RowSelection":
+        batch_index, query_index = batch_index.long(), query_index.long()
+        counts = torch.bincount(batch_index, minlength=batch_size)
+        m = max(int(counts.max()) if len(batch_index) else 1, 1)
+        starts = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(batch_index, stable=True)
+        slot = torch.empty_like(batch_index)
+        slot[order] = torch.arange(len(batch_index), device=batch_index.device) - starts[batch_index[order]]
+        padded = torch.zeros(batch_size, m, dtype=torch.long, device=batch_index.device)
+        padded[batch_index, slot] = query_index
+        return cls(padded, batch_index, slot)
 
 
 class VisualBertSelfOutput(nn.Module):

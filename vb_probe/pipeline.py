@@ -288,7 +288,7 @@ def probe_pass(
         for query in batch.truncated:
             truncated[query.group] += 1
         if len(batch.groups):
-            with capture_attention_rows(model, batch.batch_index, batch.query_index) as cache:
+            with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache:
                 if mask == "intervene":
                     with mask_text_to_text(model):
                         model(**batch.inputs)
@@ -408,7 +408,8 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
 
 
 def config_dict(cfg: ProbeConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    return {k: (str(Path(v).resolve()) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
+            for k, v in asdict(cfg).items()}
 
 
 @torch.no_grad()
@@ -424,7 +425,7 @@ def word_region_choices(
     item = ProbeItem("view", tuple(words), regions,
                      [Query("view", w, np.zeros(len(regions), bool)) for w in query_words])
     batch = collate([item], tokenizer, visual_token_type, max_text_len, next(model.parameters()).device)
-    with capture_attention_rows(model, batch.batch_index, batch.query_index) as cache:
+    with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache:
         if mask == "intervene":
             with mask_text_to_text(model):
                 model(**batch.inputs)

@@ -37,17 +37,19 @@ def plot_attention_on_image(
             ax.add_patch(_rect((0, 0, width, height), "#f4f4f4", fill=True, lw=0))
         for box in boxes:
             ax.add_patch(_rect(box, "#999999", lw=0.4, alpha=0.5))
-        labelled: dict[int, list[str]] = {}
+        labelled: dict[tuple[int, int], list[str]] = {}  # (region, entity) → its words: one label per entity
         for word, group, region in zip(words, word_groups, panel["choices"]):
             if group is None or region < 0 or word.lower() in FUNCTION_WORDS:
                 continue
-            labelled.setdefault(region, []).append(word)
+            labelled.setdefault((int(region), group), []).append(word)
             ax.add_patch(_rect(boxes[region], colour_of[group], lw=2.2))
-        for region, region_words in labelled.items():
-            group = word_groups[words.index(region_words[0])]
+        stacked: dict[int, int] = {}
+        for (region, group), region_words in labelled.items():
             x1, y1 = boxes[region][:2]
-            ax.text(x1 + 2, y1 + 2, " ".join(region_words), fontsize=7, va="top", color="white",
-                    bbox=dict(facecolor=colour_of[group], alpha=0.85, pad=1, linewidth=0))
+            offset = stacked.get(region, 0)
+            stacked[region] = offset + 1
+            ax.text(x1 + 2, y1 + 2 + offset * 0.06 * height, " ".join(region_words), fontsize=7, va="top",
+                    color="white", bbox=dict(facecolor=colour_of[group], alpha=0.85, pad=1, linewidth=0))
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_xticks([])

@@ -27,7 +27,9 @@ def plot_head_grid(
         fig = ax.figure
     hh, ll = np.meshgrid(np.arange(heads), np.arange(layers))
     sizes = np.where(region_mass >= SMALL_MASS, 40 + 180 * region_mass, 12)
-    top = max(float(np.nanmax(accuracy)), *(v for v in (baselines or {}).values() if v is not None), 1e-6)
+    shown = {k: v for k, v in (baselines or {}).items() if v is not None}
+    # colour scale up to the best head (or a baseline above it); the oracle is named in the title instead
+    top = max([float(np.nanmax(accuracy))] + [v for k, v in shown.items() if k != "oracle"] + [1e-6])
     points = ax.scatter(hh.ravel(), ll.ravel(), c=accuracy.ravel(), s=sizes.ravel(), cmap="viridis",
                         vmin=0.0, vmax=top, edgecolors="black", linewidths=0.3)
     best = np.unravel_index(np.nanargmax(accuracy), accuracy.shape)
@@ -38,18 +40,15 @@ def plot_head_grid(
     ax.set_ylabel("layer")
     ax.set_xlim(-0.7, heads - 0.3)
     ax.set_ylim(layers - 0.3, -0.7)
-    ax.set_title(f"{title}\nbest L{best[0]}H{best[1]} = {accuracy[best]:.3f} (red ring); small dots: <20% mass on regions",
-                 fontsize=9)
+    styles = {"highest_confidence": ("darkorange", "highest-confidence"), "random": ("grey", "random"),
+              "oracle": ("black", "oracle")}
+    baseline_text = ", ".join(f"{styles[k][1]} {v:.3f}" for k, v in shown.items() if k in styles)
+    ax.set_title(f"{title}\nbest L{best[0]}H{best[1]} = {accuracy[best]:.3f} (red ring); small dots: <20% attention "
+                 f"on regions\nbaselines: {baseline_text} (lines on the colour bar)", fontsize=8)
     bar = fig.colorbar(points, ax=ax, fraction=0.05, pad=0.02)
     bar.set_label("accuracy")
-    styles = {"highest_confidence": ("orange", "highest confidence"), "random": ("grey", "random"),
-              "oracle": ("black", "oracle")}
-    for name, value in (baselines or {}).items():
-        if value is None or name not in styles or value > top:
-            continue
-        colour, label = styles[name]
-        bar.ax.axhline(value, color=colour, linewidth=2)
-        bar.ax.text(1.6, value, f"{label} {value:.2f}", transform=bar.ax.get_yaxis_transform(),
-                    va="center", fontsize=7, color=colour)
+    for name, value in shown.items():
+        if name in styles and value <= top:
+            bar.ax.axhline(value, color=styles[name][0], linewidth=2.5)
     fig.tight_layout()
     return fig

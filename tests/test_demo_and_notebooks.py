@@ -1,0 +1,84 @@
+"""The main job end to end at toy size (a tiny model, a few steps), the notebooks headless on its
+results, and the attribution and causal commands."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from vb_probe.cli import main as cli_main
+
+TINY = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=4",
+        "model.intermediate_size=64", "train.steps=4", "train.batch_size=8", "train.eval_every=2",
+        "train.save_every=2", "train.eval_batches=1"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    args = ["demo", "--out", str(out), "--images", "30", "--quiet"]
+    for item in TINY:
+        args += ["--set", item]
+    assert cli_main(["--debug", *args]) == 0
+    return out
+
+
+def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys):
+    for name in ("entity_grounding/entity_grounding.csv", "entity_grounding/run.json", "syntactic/syntactic.csv",
+                 "syntactic/run.json", "figures/fig3_entity_grounding.png", "figures/fig4_syntactic_nsubj.png",
+                 "report.md"):
+        assert (demo / name).is_file(), name
+    assert list((demo / "figures").glob("fig1_attention_*.png")) and list((demo / "figures").glob("fig5_attention_*.png"))
+    run = json.loads((demo / "entity_grounding" / "run.json").read_text())
+    assert run["n_phrases"] == run["n_scored"] + sum(run["skipped"].values())
+    assert run["selected_head"]["selected_on"] == "val" and run["control_random_init"] is not None
+    report = (demo / "report.md").read_text()
+    assert "highest detector confidence" in report and "random-initialised" in report
+    assert set(json.loads((demo / "syntactic" / "run.json").read_text())["relations"]) == {"nsubj", "dobj", "pobj", "amod"}
+    models = list((demo / "models").iterdir())
+    capsys.readouterr()
+    args = ["demo", "--out", str(demo), "--images", "30"] + sum((["--set", s] for s in TINY), [])
+    assert cli_main(args + ["--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "reusing" in printed and "world: reusing" in printed
+    assert list((demo / "models").iterdir()) == models
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "analysis_notebooks").glob("*.ipynb")))
+def test_notebooks_run_headless_and_write_figures(demo, tmp_path, notebook, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    figures = tmp_path / "figures"
+    monkeypatch.setenv("VB_PROBE_RESULTS", str(demo))
+    monkeypatch.setenv("VB_PROBE_FIGURES", str(figures))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(ROOT / "analysis_notebooks" / notebook, as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # saved without outputs
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    assert list(figures.glob("*.png")), f"{notebook} wrote no figure"
+
+
+def test_attribution_and_causal_commands(demo, tmp_path, capsys):
+    model = next((demo / "models").iterdir()) / "final"
+    common = ["--ckpt", str(model), "--flickr30k", str(demo / "world" / "flickr30k"),
+              "--features", str(demo / "world" / "features.tsv"), "--limit", "2"]
+    assert cli_main(["attribute", *common, "--steps", "4", "--out", str(tmp_path / "a")]) == 0
+    summary = json.loads((tmp_path / "a" / "attribution.json").read_text())
+    assert summary["n"] > 0 and 0 <= summary["ig_top_region_grounding_accuracy"] <= 1
+    assert 0 < summary["mean_image_share_of_attribution"] < 1
+    assert cli_main(["causal", *common, "--scores", str(demo / "entity_grounding" / "entity_grounding.csv"),
+                     "-k", "2", "--out", str(tmp_path / "c")]) == 0
+    causal = json.loads((tmp_path / "c" / "causal.json").read_text())
+    assert causal["k"] == 2 and len(causal["heads_ablated"]) == 2
+    assert causal["drop_top_k"] == pytest.approx(causal["accuracy_intact"] - causal["accuracy_top_k_ablated"])
+    capsys.readouterr()
+    # a probe checkpoint without a masked-LM head is refused with a one-line reason
+    from vb_probe.checkpoints import load_model, save_model
+    save_model(load_model(model), tmp_path / "encoder_only")
+    code = cli_main(["attribute", *common[:1], str(tmp_path / "encoder_only"), *common[2:], "--out", str(tmp_path / "b")])
+    assert code == 2 and "no masked-LM head" in capsys.readouterr().err

@@ -1,0 +1,357 @@
+"""Fine-tuning and evaluation on the downstream tasks, and the ablation study (the paper's Table 5).
+
+Batches are a pure function of (seed, step), as in pre-training. ``metrics.json`` holds the held-out
+metrics of the task and ``chance``, the score of guessing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.loop import lr_at
+from training.tasks import MAX_REGIONS, TASKS, Example, Task, TaskModel
+from vb_probe.atomic import write_json, write_text
+from vb_probe.data.features import open_features
+from vb_probe.errors import DataError, VbProbeError
+from vb_probe.tokenization import tokenize_words
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 2e-4
+    warmup_frac: float = 0.1
+    weight_decay: float = 0.01
+    seed: int = 0
+    max_text_len: int = 64
+    device: str = "cpu"
+
+
+class Encoder:
+    """Examples → model inputs for a task (text segments, region blocks, alignments, targets)."""
+
+    def __init__(self, task: Task, tokenizer, features, max_text_len: int, device):
+        self.task, self.tokenizer, self.features = task, tokenizer, features
+        self.max_text_len, self.device = max_text_len, device
+        self._regions: dict[str, np.ndarray] = {}
+
+    def regions(self, image_id: str) -> np.ndarray:
+        if image_id not in self._regions:
+            self._regions[image_id] = self.features[image_id].features[:MAX_REGIONS]
+        return self._regions[image_id]
+
+    def _sequence(self, segments: list[list[str]], alignment: dict[int, int]):
+        """ids, token types, word → last sub-word position, and region → aligned sub-word positions."""
+        ids, types, last, aligned = [self.tokenizer.cls_token_id], [0], {}, {}
+        offset = 0
+        budget = self.max_text_len - 1 - len(segments)
+        for s, words in enumerate(segments):
+            tokens = tokenize_words(self.tokenizer, words, max_length=budget // len(segments) + 2)
+            body = tokens.input_ids[1:-1]
+            start = len(ids)
+            ids.extend(body + [self.tokenizer.sep_token_id])
+            types.extend([s] * (len(body) + 1))
+            for w, (first, end) in enumerate(zip(tokens.word_first_token, tokens.word_last_token)):
+                if end is None:
+                    continue
+                last[offset + w] = start + end - 1
+                if offset + w in alignment:
+                    aligned.setdefault(alignment[offset + w], []).extend(range(start + first - 1, start + end))
+            offset += len(words)
+        return ids, types, last, aligned
+
+    def batch(self, examples: list[Example]):
+        """(inputs, extra forward arguments, targets) for a list of examples."""
+        rows, targets, extra = [], [], {}
+        for example in examples:
+            if self.task.name == "vcr":
+                for words, align in example.target["candidates"]:
+                    rows.append((example.segments + [words], example.images, align))
+                targets.append(example.target)
+            else:
+                rows.append((example.segments, example.images, example.alignment))
+                targets.append(example.target)
+        encoded = [self._sequence(segments, align) for segments, _, align in rows]
+        blocks = [[self.regions(i) for i in images] for _, images, _ in rows]
+        n = len(rows)
+        t_max = max(len(e[0]) for e in encoded)
+        r_max = max(sum(len(b) for b in bl) for bl in blocks)
+        a_max = max([len(p) for e in encoded for p in e[3].values()] + [1])
+        ids = torch.full((n, t_max), self.tokenizer.pad_token_id, dtype=torch.long)
+        types = torch.zeros(n, t_max, dtype=torch.long)
+        mask = torch.zeros(n, t_max, dtype=torch.long)
+        visual = torch.zeros(n, r_max, self.features.dim)
+        visual_mask = torch.zeros(n, r_max, dtype=torch.long)
+        visual_types = torch.zeros(n, r_max, dtype=torch.long)
+        alignment = torch.full((n, r_max, a_max), -1, dtype=torch.long)
+        for b, ((tok, tt, _, aligned), block) in enumerate(zip(encoded, blocks)):
+            ids[b, :len(tok)] = torch.tensor(tok)
+            types[b, :len(tt)] = torch.tensor(tt)
+            mask[b, :len(tok)] = 1
+            start = 0
+            for image_number, regions in enumerate(block):
+                visual[b, start:start + len(regions)] = torch.from_numpy(regions)
+                visual_mask[b, start:start + len(regions)] = 1
+                # each image its own visual segment: the first image type 1 (pre-training's), the second 0
+                visual_types[b, start:start + len(regions)] = 1 - image_number
+                start += len(regions)
+            for region, positions in aligned.items():
+                if region < r_max:
+                    alignment[b, region, :len(positions)] = torch.tensor(positions)
+        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "visual_embeds": visual,
+                  "visual_attention_mask": visual_mask, "visual_token_type_ids": visual_types}
+        if self.task.name == "vcr":
+            inputs["image_text_alignment"] = alignment
+        if self.task.name == "flickr30k":
+            b_idx, t_idx, hits = [], [], []
+            for b, (example, (_, _, last, _)) in enumerate(zip(examples, encoded)):
+                for word, hit in example.target:
+                    if word in last:
+                        b_idx.append(b)
+                        t_idx.append(last[word])
+                        padded = np.zeros(r_max, dtype=bool)
+                        padded[:len(hit)] = hit
+                        hits.append(padded)
+            extra = {"phrase_batch": torch.tensor(b_idx, dtype=torch.long, device=self.device),
+                     "phrase_token": torch.tensor(t_idx, dtype=torch.long, device=self.device)}
+            targets = torch.from_numpy(np.stack(hits))
+        return {k: v.to(self.device) for k, v in inputs.items()}, extra, targets
+
+
+def _loss(task: Task, logits: torch.Tensor, targets, n_examples: int) -> torch.Tensor:
+    if task.name == "vcr":
+        return task.loss(logits.view(n_examples, -1), targets)
+    if task.name == "flickr30k":  # towards the boxes with IoU >= 0.5
+        hits = targets.to(logits.device).float()
+        keep = hits.sum(-1) > 0
+        dist = hits[keep] / hits[keep].sum(-1, keepdim=True)
+        return -(dist * logits[keep].clamp_min(-1e4)).sum(-1).mean()
+    return task.loss(logits, targets)
+
+
+def _scores(task: Task, logits: torch.Tensor, targets, n_examples: int) -> list[float]:
+    if task.name == "vcr":
+        return task.score(logits.view(n_examples, -1), targets)
+    if task.name == "flickr30k":
+        order = logits.argsort(-1, descending=True).cpu()
+        out = []
+        for row, hit in zip(order, targets):
+            ranks = [i for i, region in enumerate(row.tolist()) if hit[region]]
+            out.append(ranks[0] if ranks else float("inf"))
+        return out
+    return task.score(logits, targets)
+
+
+@torch.no_grad()
+def evaluate_task(model: TaskModel, task: Task, encoder: Encoder, examples: list[Example], batch_size: int = 64):
+    model.eval()
+    scores = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        inputs, extra, targets = encoder.batch(chunk)
+        scores.extend(_scores(task, model(inputs, **extra), targets, len(chunk)))
+    return task.metrics(scores, examples)
+
+
+def load_task(name: str, data_dir: Path) -> Task:
+    if name not in TASKS:
+        raise VbProbeError(f"--task {name}: use one of {', '.join(TASKS)}")
+    return TASKS[name](data_dir)
+
+
+def build_encoder_model(init: str | Path, task: Task, tokenizer, visual_dim: int, shape: dict | None = None):
+    """The encoder from a VisualBERT checkpoint folder, or random (``init='random'``, shape from ``shape``)."""
+    from vb_probe.checkpoints import load_model
+    from vb_probe.model import VisualBertConfig, VisualBertModel
+
+    if str(init) == "random":
+        if shape is None:  # the demo model's shape
+            from training.config import ModelSection
+
+            shape = _shape(type("C", (), {"model": ModelSection()})())
+        encoder = VisualBertModel(VisualBertConfig(vocab_size=len(tokenizer), visual_embedding_dim=visual_dim,
+                                                   pad_token_id=0, **shape))
+    else:
+        encoder = load_model(init)
+        encoder.train()
+        if encoder.config.visual_embedding_dim != visual_dim:
+            raise DataError(f"{task.features_path()}: features are {visual_dim}-d but {init} expects "
+                            f"{encoder.config.visual_embedding_dim}")
+    return TaskModel(encoder, task)
+
+
+def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settings: FinetuneSettings,
+             tokenizer_dir: Path | None = None, shape: dict | None = None, progress: bool = True) -> dict:
+    """Fine-tune on the task's train split; write ``out/metrics.json`` (held-out metrics + chance)."""
+    from tqdm.auto import tqdm
+
+    from vb_probe.pipeline import resolve_device
+    from vb_probe.tokenization import load_tokenizer
+
+    started = time.time()
+    device = resolve_device(settings.device)
+    data_dir, out = Path(data_dir), Path(out)
+    task = load_task(task_name, data_dir)
+    tokenizer = load_tokenizer(tokenizer_dir or (data_dir / "tokenizer" if str(init) == "random" else init))
+    features = open_features(task.features_path())
+    train = task.examples(task.splits["train"])
+    held_out = task.examples(task.splits["test"])
+    if not train or not held_out:
+        raise DataError(f"{data_dir}: task {task_name} has no training or held-out examples")
+    torch.manual_seed(settings.seed)
+    model = build_encoder_model(init, task, tokenizer, features.dim, shape).to(device)
+    encoder = Encoder(task, tokenizer, features, settings.max_text_len, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    model.train()
+    losses = []
+    for step in tqdm(range(settings.steps), desc=f"fine-tuning {task_name}", disable=not progress, leave=False):
+        rng = np.random.default_rng([settings.seed, 7, step])
+        chunk = [train[int(i)] for i in rng.integers(0, len(train), settings.batch_size)]
+        torch.manual_seed(settings.seed * 1_000_003 + step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, settings.steps, settings.lr, settings.warmup_frac)
+        inputs, extra, targets = encoder.batch(chunk)
+        loss = _loss(task, model(inputs, **extra), targets, len(chunk))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    metrics = evaluate_task(model, task, encoder, held_out)
+    result = {"task": task_name, "split": task.splits["test"], "n_train": len(train), "n_held_out": len(held_out),
+              "init": str(init), "steps": settings.steps, **metrics, "chance": task.chance(held_out),
+              "final_train_loss": float(np.mean(losses[-20:])), "wall_time_s": round(time.time() - started, 1)}
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "task": task_name, "config": model.visual_bert.config.to_dict(),
+                "tokenizer": str(Path(tokenizer.name_or_path).resolve()), "settings": settings.__dict__},
+               out / "model.pt")
+    write_json(out / "metrics.json", result)
+    return result
+
+
+def evaluate_saved(run_dir: Path, data_dir: Path, device: str = "cpu") -> dict:
+    """Evaluate a fine-tuned model (``model.pt`` of a finetune run) on the task's held-out split."""
+    from vb_probe.model import VisualBertConfig, VisualBertModel
+    from vb_probe.tokenization import load_tokenizer
+
+    path = Path(run_dir) / "model.pt"
+    if not path.is_file():
+        raise VbProbeError(f"{path}: not found; pass --ckpt with the --out folder of `vb-train finetune`")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    task = load_task(saved["task"], data_dir)
+    model = TaskModel(VisualBertModel(VisualBertConfig.from_dict(saved["config"])), task)
+    model.load_state_dict(saved["model"])
+    model.to(device)
+    encoder = Encoder(task, load_tokenizer(saved["tokenizer"]), open_features(task.features_path()),
+                      saved["settings"]["max_text_len"], device)
+    held_out = task.examples(task.splits["test"])
+    return {"task": task.name, "split": task.splits["test"], **evaluate_task(model, task, encoder, held_out),
+            "chance": task.chance(held_out)}
+
+
+# ------------------------------------------------------------------------------------------- ablation study
+
+VARIANTS = {
+    "full": {},
+    "no-early-fusion": {"model.early_fusion": "false"},
+    "no-coco-pretraining": "skip-pretraining",
+    "no-bert-init": {"model.init": "random"},
+    "no-grounded-pretraining": {"objective.grounded": "false"},
+    "no-objective2": {"objective.sentence_image": "none"},
+}
+
+
+def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds: int, pretrain_overrides: list[str],
+           settings: FinetuneSettings, bert: Path | None = None, progress: bool = True, log=print) -> list[dict]:
+    """For each variant and seed: pre-train (unless the variant skips it), fine-tune, score. Writes
+    ``ablation.csv`` (one row per variant: mean ± std over seeds), ``ablation_runs.csv`` and ``ablation.png``."""
+    from training.config import load_config
+    from training.loop import pretrain
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise VbProbeError(f"--variants {','.join(unknown)}: unknown; choose from {','.join(VARIANTS)}")
+    metric = {"vqa": "vqa_accuracy", "nlvr2": "accuracy", "vcr": "q2ar", "flickr30k": "r@1"}[task_name]
+    init_overrides = [f"model.init=bert:{bert}"] if bert else []
+    runs = []
+    for variant in variants:
+        for seed in range(seeds):
+            spec = VARIANTS[variant]
+            overrides = pretrain_overrides + init_overrides + [f"train.seed={seed}"]
+            if isinstance(spec, dict):
+                overrides += [f"{k}={v}" for k, v in spec.items()]
+            config = load_config(None, overrides)
+            run_dir = out / variant / f"seed{seed}"
+            if spec == "skip-pretraining":  # straight from the initialisation to the task
+                init, shape = "random", _shape(config)
+                if bert:
+                    from training.loop import build_model
+                    from vb_probe.tokenization import load_tokenizer
+
+                    tok = load_tokenizer(data_dir / config.data.tokenizer)
+                    model = build_model(config, len(tok), open_features(data_dir / config.data.features).dim)
+                    model.save_pretrained(run_dir / "init", tokenizer=tok)
+                    init, shape = run_dir / "init", None
+            else:
+                final = run_dir / "pretrain" / "final"
+                if not final.is_dir():
+                    pretrain(config, data_dir, run_dir / "pretrain", resume=True, progress=progress)
+                init, shape = final, None
+            result = finetune(task_name, data_dir, init, run_dir / "finetune",
+                              FinetuneSettings(**{**settings.__dict__, "seed": seed}),
+                              tokenizer_dir=data_dir / config.data.tokenizer, shape=shape, progress=progress)
+            runs.append({"variant": variant, "seed": seed, "score": result[metric], "chance": result["chance"][metric]})
+            log(f"  {variant} seed {seed}: {metric} {result[metric]:.3f}")
+    rows = []
+    for variant in variants:
+        scores = [r["score"] for r in runs if r["variant"] == variant]
+        rows.append({"variant": variant, "metric": metric, "mean": f"{np.mean(scores):.4f}",
+                     "std": f"{np.std(scores):.4f}", "seeds": len(scores), "chance": f"{runs[0]['chance']:.4f}"})
+    _csv(out / "ablation.csv", ["variant", "metric", "mean", "std", "seeds", "chance"], rows)
+    _csv(out / "ablation_runs.csv", ["variant", "seed", "score", "chance"], runs)
+    _figure(rows, metric, out / "ablation.png")
+    return rows
+
+
+def _shape(config) -> dict:
+    m = config.model
+    return {"hidden_size": m.hidden_size, "num_hidden_layers": m.num_hidden_layers,
+            "num_attention_heads": m.num_attention_heads, "intermediate_size": m.intermediate_size,
+            "max_position_embeddings": m.max_position_embeddings}
+
+
+def _csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _figure(rows: list[dict], metric: str, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    from vb_probe.atomic import atomic_open
+
+    fig = Figure(figsize=(7, 3.5), dpi=120)
+    ax = fig.add_subplot()
+    means = [float(r["mean"]) for r in rows]
+    stds = [float(r["std"]) for r in rows]
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="tab:blue")
+    ax.axhline(float(rows[0]["chance"]), color="grey", linestyle="--", label="chance")
+    ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=20, fontsize=8)
+    ax.set_ylabel(f"held-out {metric}")
+    ax.set_title("Ablation (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png")

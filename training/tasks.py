@@ -1,0 +1,336 @@
+"""The paper's four downstream tasks: readers of their real file formats, heads, losses and metrics.
+
+* VQA 2.0 — questions/annotations JSON; answer vocabulary of the most frequent answers; soft scores
+  min(#humans / 3, 1); binary cross-entropy; VQA accuracy.
+* NLVR2 — jsonl, images ``<identifier-stem>-img0/-img1``; both images' regions in one sequence, each
+  image with its own visual segment embedding; a pair classifier; accuracy (+ consistency over
+  statements sharing a pair of images).
+* VCR — jsonl; 4 answers (Q→A), 4 rationales (QA→R), Q→AR; object tags become the object's name and are
+  aligned to their box through the visual position embedding (the paper's f_p, ``image_text_alignment``).
+* Flickr30K Entities region-to-phrase — an extra attention block on top; the mean over its heads of the
+  attention from a phrase's last sub-word to the regions scores each box; trained towards boxes with
+  IoU ≥ 0.5; R@1/5/10 and the upper bound.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vb_probe.data.features import open_features
+from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.errors import DataError
+from vb_probe.metrics.boxes import region_hits
+
+MAX_REGIONS = 100
+
+
+@dataclass
+class Example:
+    """Text segments (lists of words), region blocks (one per image), and the target."""
+
+    segments: list[list[str]]
+    images: list[str]
+    target: object
+    alignment: dict[int, int] = field(default_factory=dict)  # word index in segment 0+1 → region index
+    group: str = ""
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: task file not found; pass --data with the task's files (e.g. a built-in world)") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DataError(f"{path}: task file not found; pass --data with the task's files")
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{number}: not a JSON object; each line of a jsonl file is one example") from None
+    return out
+
+
+class Task:
+    """One downstream task: examples per split, the head's output size, loss and metrics."""
+
+    name = ""
+    splits = {"train": "train", "eval": "val", "test": "test"}
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+
+    def features_path(self) -> Path:
+        return self.data_dir / "features.tsv"
+
+    def examples(self, split: str) -> list[Example]:
+        raise NotImplementedError
+
+    def chance(self, examples: list[Example]) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class VQATask(Task):
+    name = "vqa"
+
+    def __init__(self, data_dir: Path, max_answers: int = 3129):
+        super().__init__(data_dir)
+        folder = self.data_dir / "tasks" / "vqa" if (self.data_dir / "tasks" / "vqa").is_dir() else self.data_dir
+        self.folder = folder
+        train = self._load("train")
+        counts = Counter(a["multiple_choice_answer"] for _, a in train)
+        self.answers = [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_answers]]
+        self.index = {a: i for i, a in enumerate(self.answers)}
+
+    def _load(self, split: str):
+        questions = _read_json(self.folder / f"v2_OpenEnded_mscoco_{split}_questions.json")["questions"]
+        annotations = {a["question_id"]: a for a in
+                       _read_json(self.folder / f"v2_mscoco_{split}_annotations.json")["annotations"]}
+        missing = [q["question_id"] for q in questions if q["question_id"] not in annotations]
+        if missing:
+            raise DataError(f"{self.folder}: question {missing[0]} of split {split} has no annotation")
+        return [(q, annotations[q["question_id"]]) for q in questions]
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.answers)
+
+    def examples(self, split: str) -> list[Example]:
+        out = []
+        for q, a in self._load(split):
+            human = Counter(ans["answer"] for ans in a["answers"])
+            soft = {self.index[ans]: min(n / 3.0, 1.0) for ans, n in human.items() if ans in self.index}
+            out.append(Example([q["question"].split()], [str(q["image_id"])], {"soft": soft, "human": dict(human)}))
+        return out
+
+    def loss(self, logits: torch.Tensor, targets: list) -> torch.Tensor:
+        soft = torch.zeros_like(logits)
+        for row, target in enumerate(targets):
+            for index, score in target["soft"].items():
+                soft[row, index] = score
+        return F.binary_cross_entropy_with_logits(logits, soft, reduction="mean") * logits.shape[1]
+
+    def score(self, logits: torch.Tensor, targets: list) -> list[float]:
+        predictions = logits.argmax(-1).tolist()
+        return [min(t["human"].get(self.answers[p], 0) / 3.0, 1.0) for p, t in zip(predictions, targets)]
+
+    def metrics(self, scores: list[float], examples: list[Example]) -> dict[str, float]:
+        return {"vqa_accuracy": float(np.mean(scores))}
+
+    def chance(self, examples: list[Example]) -> dict[str, float]:
+        """Always answering the most frequent training answer."""
+        top = self.answers[0]
+        return {"vqa_accuracy": float(np.mean([min(e.target["human"].get(top, 0) / 3.0, 1.0) for e in examples]))}
+
+
+class NLVR2Task(Task):
+    name = "nlvr2"
+    splits = {"train": "train", "eval": "dev", "test": "test1"}
+    n_outputs = 2
+
+    def features_path(self) -> Path:
+        inner = self.data_dir / "tasks" / "nlvr2" / "features.tsv"
+        return inner if inner.is_file() else self.data_dir / "features.tsv"
+
+    def examples(self, split: str) -> list[Example]:
+        folder = self.data_dir / "tasks" / "nlvr2" if (self.data_dir / "tasks" / "nlvr2").is_dir() else self.data_dir
+        out = []
+        for entry in _read_jsonl(folder / f"{split}.json"):
+            stem = entry["identifier"].rsplit("-", 1)[0]
+            if entry.get("label") not in ("True", "False"):
+                raise DataError(f"{folder / (split + '.json')}: {entry['identifier']} label {entry.get('label')!r}, "
+                                "expected 'True' or 'False'")
+            out.append(Example([entry["sentence"].split()], [f"{stem}-img0", f"{stem}-img1"],
+                               int(entry["label"] == "True"), group=stem.rsplit("-", 1)[0]))
+        return out
+
+    def loss(self, logits, targets):
+        return F.cross_entropy(logits, torch.tensor(targets, device=logits.device))
+
+    def score(self, logits, targets):
+        return (logits.argmax(-1).cpu() == torch.tensor(targets)).float().tolist()
+
+    def metrics(self, scores, examples):
+        groups: dict[str, list[float]] = {}
+        for s, e in zip(scores, examples):
+            groups.setdefault(e.group, []).append(s)
+        return {"accuracy": float(np.mean(scores)),
+                "consistency": float(np.mean([all(v) for v in groups.values() if len(v) > 1]))
+                if any(len(v) > 1 for v in groups.values()) else None}
+
+    def chance(self, examples):
+        share = float(np.mean([e.target for e in examples]))
+        return {"accuracy": max(share, 1 - share)}
+
+
+class VCRTask(Task):
+    """Each example is one (question, 4 candidates) choice; Q→A and QA→R examples are paired by annot_id."""
+
+    name = "vcr"
+    n_outputs = 1
+
+    def features_path(self) -> Path:
+        inner = self.data_dir / "tasks" / "vcr" / "features.tsv"
+        return inner if inner.is_file() else self.data_dir / "features.tsv"
+
+    def examples(self, split: str) -> list[Example]:
+        folder = self.data_dir / "tasks" / "vcr" if (self.data_dir / "tasks" / "vcr").is_dir() else self.data_dir
+        out = []
+        for entry in _read_jsonl(folder / f"{split}.jsonl"):
+            image = Path(entry["img_fn"]).stem
+            names = entry["objects"]
+            question, q_align = self._words(entry["question"], names, 0)
+            for mode in ("q2a", "qa2r"):
+                if mode == "q2a":
+                    choices, label, prefix, prefix_align = entry["answer_choices"], entry["answer_label"], question, q_align
+                else:
+                    answer, a_align = self._words(entry["answer_choices"][entry["answer_label"]], names, len(question))
+                    choices, label = entry["rationale_choices"], entry["rationale_label"]
+                    prefix, prefix_align = question + answer, {**q_align, **a_align}
+                candidates = []
+                for choice in choices:
+                    words, align = self._words(choice, names, len(prefix))
+                    candidates.append((words, {**prefix_align, **align}))
+                out.append(Example([prefix], [image], {"label": int(label), "candidates": candidates, "mode": mode},
+                                   group=entry["annot_id"]))
+        return out
+
+    @staticmethod
+    def _words(tokens: list, names: list[str], offset: int) -> tuple[list[str], dict[int, int]]:
+        """Object tags ([i] lists) become the objects' names, each aligned to its region."""
+        words, align = [], {}
+        for token in tokens:
+            if isinstance(token, list):
+                for i, obj in enumerate(token):
+                    if i:
+                        words.append("and")
+                    align[offset + len(words)] = int(obj)
+                    words.append(names[int(obj)])
+            else:
+                words.append(str(token))
+        return words, align
+
+    def score(self, logits, targets):
+        return (logits.argmax(-1).cpu() == torch.tensor([t["label"] for t in targets])).float().tolist()
+
+    def loss(self, logits, targets):
+        return F.cross_entropy(logits, torch.tensor([t["label"] for t in targets], device=logits.device))
+
+    def metrics(self, scores, examples):
+        by_id: dict[str, dict[str, float]] = {}
+        for s, e in zip(scores, examples):
+            by_id.setdefault(e.group, {})[e.target["mode"]] = s
+        q2a = [v["q2a"] for v in by_id.values() if "q2a" in v]
+        qa2r = [v["qa2r"] for v in by_id.values() if "qa2r" in v]
+        both = [v["q2a"] * v["qa2r"] for v in by_id.values() if len(v) == 2]
+        return {"q2a": float(np.mean(q2a)), "qa2r": float(np.mean(qa2r)), "q2ar": float(np.mean(both))}
+
+    def chance(self, examples):
+        return {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
+
+
+class Flickr30kTask(Task):
+    """Region-to-phrase: every phrase with gold boxes is one example; the target is the regions with IoU ≥ 0.5."""
+
+    name = "flickr30k"
+    n_outputs = 0
+
+    def examples(self, split: str) -> list[Example]:
+        root = self.data_dir / "flickr30k" if (self.data_dir / "flickr30k").is_dir() else self.data_dir
+        flickr = Flickr30kEntities(root)
+        features = open_features(self.features_path())
+        out = []
+        for image_id in flickr.split(split):
+            annotation = flickr.annotation(image_id)
+            boxes = features[image_id].boxes[:MAX_REGIONS]
+            for caption in flickr.captions(image_id):
+                phrases = [p for p in caption.phrases if p.entity_id in annotation.boxes]
+                if phrases:
+                    targets = [(p.last_word_index, region_hits(boxes, annotation.boxes[p.entity_id])) for p in phrases]
+                    out.append(Example([list(caption.words)], [image_id], targets))
+        return out
+
+    def metrics(self, scores, examples):
+        ranks = np.array(scores, dtype=float)  # rank of the best-ranked correct region, inf when none
+        return {"r@1": float(np.mean(ranks < 1)), "r@5": float(np.mean(ranks < 5)), "r@10": float(np.mean(ranks < 10)),
+                "upper_bound": float(np.mean(np.isfinite(ranks)))}
+
+    def chance(self, examples):
+        r1 = r5 = r10 = 0.0
+        n = 0
+        for e in examples:
+            for _, hits in e.target:
+                total, good = len(hits), int(hits.sum())
+                n += 1
+                for k, acc in ((1, "r1"), (5, "r5"), (10, "r10")):
+                    miss = math.comb(total - good, min(k, total)) / math.comb(total, min(k, total)) if good else 1.0
+                    if acc == "r1":
+                        r1 += 1 - miss
+                    elif acc == "r5":
+                        r5 += 1 - miss
+                    else:
+                        r10 += 1 - miss
+        return {"r@1": r1 / n, "r@5": r5 / n, "r@10": r10 / n}
+
+
+TASKS = {"vqa": VQATask, "nlvr2": NLVR2Task, "vcr": VCRTask, "flickr30k": Flickr30kTask}
+
+
+class RegionToPhraseAttention(nn.Module):
+    """An extra attention block: per head, query from the phrase token, keys from the regions; the mean over
+    heads of the attention scores each region."""
+
+    def __init__(self, hidden: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, hidden // heads
+        self.query = nn.Linear(hidden, hidden)
+        self.key = nn.Linear(hidden, hidden)
+
+    def forward(self, phrase: torch.Tensor, regions: torch.Tensor, region_mask: torch.Tensor) -> torch.Tensor:
+        """``phrase`` [n, hidden], ``regions`` [n, R, hidden], ``region_mask`` [n, R] → log-scores [n, R]."""
+        n, r, _ = regions.shape
+        q = self.query(phrase).view(n, self.heads, 1, self.head_dim)
+        k = self.key(regions).view(n, r, self.heads, self.head_dim).transpose(1, 2)
+        logits = (q @ k.transpose(-1, -2)).squeeze(2) / math.sqrt(self.head_dim)  # [n, heads, R]
+        logits = logits.masked_fill(~region_mask[:, None, :], float("-inf"))
+        return torch.log(logits.softmax(-1).mean(1).clamp_min(1e-12))
+
+
+class TaskModel(nn.Module):
+    """Encoder + the task's head (``cls``; region-to-phrase adds ``attention``), transformers' names."""
+
+    def __init__(self, encoder, task: Task, dropout: float = 0.1):
+        super().__init__()
+        self.visual_bert = encoder
+        self.task = task.name
+        hidden = encoder.config.hidden_size
+        self.dropout = nn.Dropout(dropout)
+        if task.name == "flickr30k":
+            self.attention = RegionToPhraseAttention(hidden, encoder.config.num_attention_heads)
+        else:
+            self.cls = nn.Linear(hidden, task.n_outputs)
+
+    def forward(self, inputs: dict[str, torch.Tensor], **extra) -> torch.Tensor:
+        out = self.visual_bert(**inputs)
+        if self.task == "flickr30k":
+            hidden = out.last_hidden_state
+            text_len = inputs["input_ids"].shape[1]
+            b, t = extra["phrase_batch"], extra["phrase_token"]
+            regions = hidden[b, text_len:]
+            return self.attention(hidden[b, t], regions, inputs["visual_attention_mask"][b].bool())
+        return self.cls(self.dropout(out.pooler_output))
