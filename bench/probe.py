@@ -67,7 +67,7 @@ def main() -> None:
         counts = HeadCounts(12, 12)
         for inputs, b_idx, q_idx, hits in batches:
             with capture_attention_rows(ours, b_idx, q_idx, batch) as cache:
-                ours(**inputs)
+                ours(**{k: v for k, v in inputs.items() if "attention_mask" not in k})  # no padding here
             rows = cache.stack("attn.pattern_rows")[..., TEXT:]
             counts.add(head_correct(rows, valid, hits), rows.sum(-1), {})
         return counts
@@ -84,7 +84,7 @@ def main() -> None:
     @torch.no_grad()
     def plain_ours():
         for inputs, *_ in data:
-            ours(**inputs)
+            ours(**{k: v for k, v in inputs.items() if "attention_mask" not in k})
 
     @torch.no_grad()
     def plain_transformers():

@@ -155,3 +155,16 @@ def test_without_early_fusion_text_stack_ignores_regions(config):
     assert a.last_hidden_state.shape[1] == text_len + inputs["visual_embeds"].shape[1]
     assert (a.last_hidden_state - b.last_hidden_state).abs().max() > 1e-4
     assert len(a.attentions) == cfg.num_hidden_layers + 1
+
+
+def test_no_mask_given_equals_all_ones_mask(config):
+    _, ours = reference_and_ours(config)
+    inputs = random_inputs(config, batch=1)  # row 0 has no padding
+    unmasked = {k: v for k, v in inputs.items() if "attention_mask" not in k}
+    with torch.no_grad():
+        a = ours(**inputs, output_attentions=True)
+        b = ours(**unmasked, output_attentions=True)
+        c = ours(**unmasked)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.attentions[-1], b.attentions[-1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.last_hidden_state, c.last_hidden_state, atol=1e-5, rtol=0)

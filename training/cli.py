@@ -25,7 +25,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.loop import pretrain
 
-    config = load_config(args.config, args.set)
+    overrides = args.set + ([f"train.steps={args.steps}"] if args.steps is not None else [])
+    config = load_config(args.config, overrides)
     result = pretrain(config, args.data, args.out, resume=args.resume, progress=not args.quiet,
                       init_checkpoint=args.init)
     if result["skipped_images"]:
@@ -54,10 +55,13 @@ def _print_metrics(result: dict) -> None:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from training.finetune import finetune
 
-    result = finetune(args.task, args.data, args.init, args.out, _settings(args), tokenizer_dir=args.tokenizer,
-                      progress=not args.quiet)
-    _print_metrics(result)
-    print(f"wrote {args.out / 'metrics.json'}")
+    tasks = ["vqa", "nlvr2", "vcr", "flickr30k"] if args.task == "all" else [args.task]
+    for task in tasks:  # with --task all, each task in its own folder under --out
+        out = args.out / task if args.task == "all" else args.out
+        result = finetune(task, args.data, args.init, out, _settings(args), tokenizer_dir=args.tokenizer,
+                          progress=not args.quiet)
+        _print_metrics(result)
+        print(f"wrote {out / 'metrics.json'}")
     return 0
 
 
@@ -85,8 +89,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune_options(p: argparse.ArgumentParser, steps: int = 300) -> None:
-    p.add_argument("--task", required=True, choices=["vqa", "nlvr2", "vcr", "flickr30k"])
+def _finetune_options(p: argparse.ArgumentParser, steps: int = 300, allow_all: bool = False) -> None:
+    p.add_argument("--task", required=True, choices=["vqa", "nlvr2", "vcr", "flickr30k"] + (["all"] if allow_all else []))
     p.add_argument("--data", type=Path, required=True, help="folder with the task's files and features")
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch-size", type=int, default=32)
@@ -120,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune on VQA, NLVR2, VCR or Flickr30K region-to-phrase")
-    _finetune_options(p)
+    p = sub.add_parser("finetune", help="fine-tune on VQA, NLVR2, VCR or Flickr30K region-to-phrase (or all)")
+    _finetune_options(p, allow_all=True)
     p.add_argument("--init", required=True, help="VisualBERT checkpoint folder, or 'random'")
     p.add_argument("--tokenizer", type=Path)
     p.add_argument("--out", type=Path, required=True)
@@ -149,8 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "steps", None) is not None:
-        args.set = [*args.set, f"train.steps={args.steps}"]
     from vb_probe.errors import VbProbeError
 
     try:

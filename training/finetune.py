@@ -225,7 +225,7 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     metrics = evaluate_task(model, task, encoder, held_out)
     result = {"task": task_name, "split": task.splits["test"], "n_train": len(train), "n_held_out": len(held_out),
               "init": str(init), "steps": settings.steps, **metrics, "chance": task.chance(held_out),

@@ -42,13 +42,17 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: Path 
 
     config_path = config_path or Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
     config = load_config(config_path if config_path.is_file() else None, overrides)
-    model_dir = out / "models" / config.digest()
+    # the cache key covers the training config and the world it trains on
+    import hashlib
+
+    key = hashlib.sha256(f"{config.digest()}:{images}:{seed}".encode()).hexdigest()[:12]
+    model_dir = out / "models" / key
     final = model_dir / "final"
     if final.is_dir():
-        log(f"[2/4] model: reusing {final} (config {config.digest()})")
+        log(f"[2/4] model: reusing {final} (config and world {key})")
     else:
         log(f"[2/4] model: pre-training {config.model.num_hidden_layers}×{config.model.num_attention_heads} heads, "
-            f"hidden {config.model.hidden_size}, {config.train.steps} steps (config {config.digest()}); "
+            f"hidden {config.model.hidden_size}, {config.train.steps} steps (cached as {key}); "
             "interrupt and rerun to resume")
         pretrain(config, world, model_dir, resume=True, progress=progress)
     history = _read_log(model_dir / "log.csv")
@@ -83,7 +87,7 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: Path 
                                 caption_index, path, images_dir=world / "images",
                                 per_layer_best=entity["per_layer_best"])
         shown.append(path.name)
-    report = _report(entity, syntactic, history, config, time.time() - started, shown)
+    report = _report(entity, syntactic, history, config, time.time() - started, shown, key)
     write_text(out / "report.md", report)
     log(f"report: {out / 'report.md'}")
     return {"entity": entity, "syntactic": syntactic, "report": out / "report.md"}
@@ -112,7 +116,8 @@ def _example_captions(flickr_root: Path, count: int) -> list[tuple[str, int]]:
     return [(image_id, index) for _, image_id, index in scored[:count]]
 
 
-def _report(entity: dict, syntactic: dict, history: list[dict], config, seconds: float, examples: list[str]) -> str:
+def _report(entity: dict, syntactic: dict, history: list[dict], config, seconds: float, examples: list[str],
+            key: str) -> str:
     b = entity["baselines"]
     hc = b["highest_confidence"]
     best = entity["best_head"]
@@ -174,7 +179,7 @@ def _report(entity: dict, syntactic: dict, history: list[dict], config, seconds:
         lines += ["", "## Pre-training", "",
                   f"Held-out masked entity-word accuracy {float(last['eval_entity_acc']):.3f} with the image vs "
                   f"{float(last['eval_entity_no_image_acc']):.3f} with the regions removed; sentence-image accuracy "
-                  f"{float(last['eval_sip_acc']):.3f} (log: `models/{config.digest()}/log.csv`)."]
+                  f"{float(last['eval_sip_acc']):.3f} (log: `models/{key}/log.csv`)."]
     lines += ["", "Files: `entity_grounding/` and `syntactic/` (CSV + run.json as the probe commands write), "
               "`figures/`.", ""]
     return "\n".join(lines)

@@ -157,7 +157,7 @@ class VisualBertSelfAttention(nn.Module):
     def forward(
         self, hidden: torch.Tensor, mask: torch.Tensor, output_attentions: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``hidden`` [batch, seq, hidden], additive ``mask`` [batch, 1, 1|seq, seq] →
+        """``hidden`` [batch, seq, hidden], additive ``mask`` [batch, 1, 1|seq, seq] (None: no padding) →
         (context [batch, seq, hidden], pattern [batch, head, seq, seq] or None)."""
         q = self.hook_q(self._split(self.query(hidden)))
         k = self.hook_k(self._split(self.key(hidden)))
@@ -165,12 +165,14 @@ class VisualBertSelfAttention(nn.Module):
         explicit = output_attentions or self.hook_scores.active or self.hook_pattern.active
         pattern = None
         if explicit:
-            scores = self.hook_scores(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask)
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+            scores = self.hook_scores(scores if mask is None else scores + mask)
             pattern = self.hook_pattern(scores.softmax(dim=-1))
             z = self.dropout(pattern) @ v
         else:
             dropout_p = self.dropout.p if self.training else 0.0
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask.to(q.dtype),
+                                               dropout_p=dropout_p)
         if self.rows_to_capture is not None:
             self.hook_pattern_rows(self._rows(q, k, mask))
         z = self.hook_z(z.transpose(1, 2))  # [batch, seq, head, d_head]
@@ -188,9 +190,9 @@ class VisualBertSelfAttention(nn.Module):
         m = selection.padded.shape[1]
         q_sel = q.gather(2, selection.padded[:, None, :, None].expand(batch, heads, m, d_head))
         scores = (q_sel @ k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)  # [batch, head, m, key]
-        if mask.shape[2] > 1:  # a per-query mask (text-to-text blocking)
+        if mask is not None and mask.shape[2] > 1:  # a per-query mask (text-to-text blocking)
             mask = mask.gather(2, selection.padded[:, None, :, None].expand(batch, 1, m, mask.shape[-1]))
-        probs = (scores + mask.float()).softmax(dim=-1)
+        probs = (scores if mask is None else scores + mask.float()).softmax(dim=-1)
         return probs[selection.row_batch, :, selection.row_slot]
 
 
@@ -375,6 +377,9 @@ class VisualBertModel(nn.Module):
             raise ValueError("give input_ids or inputs_embeds")
         batch, text_len = reference.shape[:2]
         device = reference.device
+        # no mask given at all means no padding: attention runs unmasked (the fastest fused kernels)
+        unmasked = attention_mask is None and (visual_embeds is None or visual_attention_mask is None) \
+            and not self.block_text_to_text
         if attention_mask is None:
             attention_mask = torch.ones(batch, text_len, device=device)
         keep = attention_mask
@@ -394,9 +399,9 @@ class VisualBertModel(nn.Module):
         if bypass:
             # w/o early fusion: the 12 layers see the text alone; regions join in the additional layer.
             stack_input, regions = hidden[:, :text_len], hidden[:, text_len:]
-            stack_mask = extended_mask(attention_mask, dtype)
+            stack_mask = None if unmasked else extended_mask(attention_mask, dtype)
         else:
-            stack_input, stack_mask = hidden, self._full_mask(keep, text_len, dtype)
+            stack_input, stack_mask = hidden, None if unmasked else self._full_mask(keep, text_len, dtype)
         for layer in self.encoder.layer:
             if output_hidden_states:
                 all_hidden.append(stack_input)
@@ -408,7 +413,8 @@ class VisualBertModel(nn.Module):
         sequence = stack_input
         if bypass:
             sequence, pattern = self.additional_layer(
-                torch.cat([stack_input, regions], dim=1), self._full_mask(keep, text_len, dtype), output_attentions
+                torch.cat([stack_input, regions], dim=1), None if unmasked else self._full_mask(keep, text_len, dtype),
+                output_attentions
             )
             if output_attentions:
                 all_attn.append(pattern)
