@@ -151,20 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from vb_probe.errors import VbProbeError
+    args = build_parser().parse_args(argv)
+    from vb_probe.errors import VbProbeError, run_command
 
-    try:
-        return args.func(args)
-    except (VbProbeError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"vb-train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vb-train: interrupted; run again with --resume to continue", file=sys.stderr)
-        return 130
+    return run_command("vb-train", args, (VbProbeError, ValueError))
 
 
 if __name__ == "__main__":

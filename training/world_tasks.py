@@ -76,24 +76,29 @@ def _nlvr2(scenes, rng, split_name: str, n_pairs: int):
     lines, regions = [], []
     for pair in range(n_pairs):
         left, right = (scenes[int(i)] for i in rng.choice(len(scenes), 2, replace=len(scenes) < 2))
-        kind = int(rng.integers(4))
-        pool = [o for o in left.objects + right.objects]
-        o = pool[int(rng.integers(len(pool)))]
-        colour = o.colour if rng.random() < 0.5 else str(rng.choice(COLOURS))
-        if kind == 0:
-            sentence, label = f"the left image contains a {colour} {o.noun} .", _has(left, o.noun, colour)
-        elif kind == 1:
-            sentence, label = f"the right image contains a {colour} {o.noun} .", _has(right, o.noun, colour)
-        elif kind == 2:
-            sentence, label = f"both images contain a {o.noun} .", _has(left, o.noun) and _has(right, o.noun)
-        else:
-            two = any(len(x.boxes) == 2 and x.noun == o.noun for x in left.objects + right.objects)
-            sentence, label = f"one image contains two {PLURALS[o.noun]} .", two
+        wanted = bool(rng.random() < 0.5)  # balanced labels: draw statements until one has the wanted truth
+        for _ in range(50):
+            kind = int(rng.integers(4))
+            pool = [o for o in left.objects + right.objects]
+            o = pool[int(rng.integers(len(pool)))]
+            noun = o.noun if rng.random() < 0.7 else str(rng.choice(list(PLURALS)))
+            colour = o.colour if rng.random() < 0.6 else str(rng.choice(COLOURS))
+            if kind == 0:
+                sentence, label = f"the left image contains a {colour} {noun} .", _has(left, noun, colour)
+            elif kind == 1:
+                sentence, label = f"the right image contains a {colour} {noun} .", _has(right, noun, colour)
+            elif kind == 2:
+                sentence, label = f"both images contain a {noun} .", _has(left, noun) and _has(right, noun)
+            else:
+                two = any(len(x.boxes) == 2 and x.noun == noun for x in left.objects + right.objects)
+                sentence, label = f"one image contains two {PLURALS[noun]} .", two
+            if label == wanted:
+                break
         identifier = f"{split_name}-{pair}-0-0"
         lines.append(json.dumps({"identifier": identifier, "sentence": sentence, "label": "True" if label else "False",
                                  "directory": "0", "left_url": f"{left.image_id}.png",
-                                 "right_url": f"{right.image_id}.png", "writer": "world", "synset": o.noun,
-                                 "query": o.noun}))
+                                 "right_url": f"{right.image_id}.png", "writer": "world", "synset": noun,
+                                 "query": noun}))
         for side, scene in (("img0", left), ("img1", right)):
             r = scene.regions
             regions.append(Regions(f"{split_name}-{pair}-0-{side}", r.boxes, r.features, r.confidences, r.image_w, r.image_h))
@@ -151,7 +156,7 @@ def write_task_files(out: Path, splits: dict[str, list], rng: np.random.Generato
         (vqa / f"v2_mscoco_{name}_annotations.json").write_text(
             json.dumps({"data_type": "mscoco", "data_subtype": name, "annotations": annotations}))
         texts += [q["question"] for q in questions] + [a["multiple_choice_answer"] for a in annotations]
-        lines, regions = _nlvr2(scenes, rng, NLVR2_SPLIT_NAMES[split], max(20, len(scenes) // 2))
+        lines, regions = _nlvr2(scenes, rng, NLVR2_SPLIT_NAMES[split], max(20, len(scenes)))
         (nlvr2 / f"{NLVR2_SPLIT_NAMES[split]}.json").write_text("\n".join(lines) + "\n")
         nlvr2_regions += regions
         texts += [json.loads(line)["sentence"] for line in lines]

@@ -254,20 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from vb_probe.errors import VbProbeError
+    args = build_parser().parse_args(argv)
+    from vb_probe.errors import VbProbeError, run_command
 
-    try:
-        return args.func(args)
-    except VbProbeError as exc:
-        if args.debug:
-            raise
-        print(f"vb-probe: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vb-probe: interrupted; run again with --resume to continue", file=sys.stderr)
-        return 130
+    return run_command("vb-probe", args, (VbProbeError,))
 
 
 if __name__ == "__main__":

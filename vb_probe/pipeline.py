@@ -235,6 +235,20 @@ def collect_items(
 
 # ----------------------------------------------------------------------------------------------- the pass
 
+def region_attention_rows(model, batch, mask: MaskMode = "posthoc") -> torch.Tensor:
+    """One forward; the attention of every probed query on the region columns: [layer, n, head, R] (cpu).
+
+    ``posthoc`` drops the text columns after the pass; ``intervene`` blocks text-to-text attention inside it.
+    """
+    with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache:
+        if mask == "intervene":
+            with mask_text_to_text(model):
+                model(**batch.inputs)
+        else:
+            model(**batch.inputs)
+    return cache.stack("attn.pattern_rows")[..., batch.text_len:].float().cpu()
+
+
 def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem]]:
     for start in range(0, len(items), batch_size):
         yield items[start:start + batch_size]
@@ -288,14 +302,7 @@ def probe_pass(
         for query in batch.truncated:
             truncated[query.group] += 1
         if len(batch.groups):
-            with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache:
-                if mask == "intervene":
-                    with mask_text_to_text(model):
-                        model(**batch.inputs)
-                else:
-                    model(**batch.inputs)
-            rows = cache.stack("attn.pattern_rows")  # [layer, n, head, key]
-            region_rows = rows[..., batch.text_len:].float().cpu()  # text-to-text masked out post hoc
+            region_rows = region_attention_rows(model, batch, mask)
             mass = region_rows.sum(-1)  # [layer, n, head]
             correct = head_correct(region_rows, batch.region_valid, batch.hits)
             base = baseline_scores(batch.hits, batch.region_valid, batch.confidences)
@@ -425,13 +432,7 @@ def word_region_choices(
     item = ProbeItem("view", tuple(words), regions,
                      [Query("view", w, np.zeros(len(regions), bool)) for w in query_words])
     batch = collate([item], tokenizer, visual_token_type, max_text_len, next(model.parameters()).device)
-    with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache:
-        if mask == "intervene":
-            with mask_text_to_text(model):
-                model(**batch.inputs)
-        else:
-            model(**batch.inputs)
-    rows = cache.stack("attn.pattern_rows")[..., batch.text_len:].float().cpu()  # [layer, n, head, R]
+    rows = region_attention_rows(model, batch, mask)  # [layer, n, head, R]
     from vb_probe.metrics.grounding import head_choices
 
     chosen = head_choices(rows, batch.region_valid).permute(0, 2, 1).numpy()  # [layer, head, n]
