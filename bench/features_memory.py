@@ -1,6 +1,6 @@
 """Peak memory of reading 10 vs 1,000 images' features from one large file, per layout.
 
-Each reading runs in a fresh process (peak RSS is per process). The file holds 3,000 images; reading grows
+Each reading runs in a fresh process (peak RSS is per process). The file holds 1,200 images by default; reading grows
 with what is read, not with the file. Prints one JSON line with the ratios.
 
     python bench/features_memory.py [--images 3000] [--dim 2054]
@@ -56,7 +56,7 @@ def measure(path: Path, count: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=3000)
+    parser.add_argument("--images", type=int, default=1200)
     parser.add_argument("--dim", type=int, default=2054)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

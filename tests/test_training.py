@@ -147,3 +147,12 @@ def test_two_processes_match_one(small_world, tmp_path):
     wb = load_file(tmp_path / "two" / "final" / "model.safetensors")
     for key in wa:
         torch.testing.assert_close(wa[key], wb[key], atol=2e-5, rtol=1e-4)
+
+
+def test_tensorboard_and_csv_logs_are_written(small_world, tmp_path):
+    from training.loop import pretrain
+
+    pretrain(load_config(None, TINY + ["train.steps=3"]), small_world, tmp_path / "run", progress=False)
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    rows = _log(tmp_path / "run" / "log.csv")
+    assert [r["step"] for r in rows] == ["1", "2", "3"] and rows[-1]["eval_entity_acc"] != ""

@@ -283,6 +283,10 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
     metric = {"vqa": "vqa_accuracy", "nlvr2": "accuracy", "vcr": "q2ar", "flickr30k": "r@1"}[task_name]
     init_overrides = [f"model.init=bert:{bert}"] if bert else []
     runs = []
+    if bert is None and "no-bert-init" in variants:
+        log("  no-bert-init skipped: without --bert every variant already starts from random weights, so it "
+            "would repeat 'full'; pass --bert DIR (any BertModel folder) to test BERT initialisation")
+        variants = [v for v in variants if v != "no-bert-init"]
     for variant in variants:
         for seed in range(seeds):
             spec = VARIANTS[variant]

@@ -15,7 +15,7 @@ from vb_probe.data.features import Regions
 from vb_probe.tokenization import tokenize_words
 
 
-@dataclass
+@dataclass(eq=False)  # identity, not field-wise equality (fields hold arrays)
 class Query:
     """One attention row to score: the last sub-word of ``word_index``; ``hits`` [R] bool over regions."""
 

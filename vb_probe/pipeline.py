@@ -437,6 +437,7 @@ def word_region_choices(
 
     chosen = head_choices(rows, batch.region_valid).permute(0, 2, 1).numpy()  # [layer, head, n]
     out = np.full(chosen.shape[:2] + (len(words),), -1, dtype=np.int64)
-    kept = [q.word_index for q in item.queries if q not in batch.truncated]
+    cut = {id(q) for q in batch.truncated}
+    kept = [q.word_index for q in item.queries if id(q) not in cut]
     out[..., kept] = chosen
     return out
