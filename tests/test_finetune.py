@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from training.cli import main as train_main
-from training.tasks import Example, Flickr30kTask, NLVR2Task, VCRTask, VQATask
+from training.tasks import Example, Flickr30kTask, VCRTask, VQATask
 
 TINY_PRETRAIN = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=4",
                  "model.intermediate_size=64", "train.batch_size=8", "train.steps=3", "train.eval_every=3",

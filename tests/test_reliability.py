@@ -49,7 +49,6 @@ def _bad_checkpoint(world, tmp_path, case):
         config = json.loads((folder / "config.json").read_text())
         config["vocab_size"] = 10
         (folder / "config.json").write_text(json.dumps(config))
-        import torch
         from safetensors.torch import load_file, save_file
         state = load_file(folder / "model.safetensors")
         state["embeddings.word_embeddings.weight"] = state["embeddings.word_embeddings.weight"][:10].clone()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import ObjectiveSection, TrainSection, load_config
+from training.config import ObjectiveSection, load_config
 from training.loop import lr_at
 from training.objectives import choose_masked, corrupt
 
@@ -92,7 +92,7 @@ def test_resume_is_exact_and_checkpoint_loads_in_transformers(small_world, tmp_p
     real_save = loop.save_checkpoint
 
     def save_then_interrupt(*args, **kwargs):  # the run is stopped right after its step-3 checkpoint
-        path = real_save(*args, **kwargs)
+        real_save(*args, **kwargs)
         raise KeyboardInterrupt
     monkeypatch.setattr(loop, "save_checkpoint", save_then_interrupt)
     assert main(base + ["--out", str(tmp_path / "part")]) == 130

@@ -119,7 +119,6 @@ def _coerce(section: str, key: str, value, target_type, source: str):
 
 
 def _field_type(cls, key: str):
-    hints = {f.name: f for f in fields(cls)}
     default = getattr(cls(), key)
     return tuple if isinstance(default, tuple) else type(default)
 

@@ -6,9 +6,6 @@ metrics of the task and ``chance``, the score of guessing.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +15,10 @@ import torch
 
 from training.loop import lr_at
 from training.tasks import MAX_REGIONS, TASKS, Example, Task, TaskModel
-from vb_probe.atomic import write_json, write_text
+from vb_probe.atomic import write_json
 from vb_probe.data.features import open_features
 from vb_probe.errors import DataError, VbProbeError
+from vb_probe.tables import write_csv
 from vb_probe.tokenization import tokenize_words
 
 
@@ -320,8 +318,8 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
         scores = [r["score"] for r in runs if r["variant"] == variant]
         rows.append({"variant": variant, "metric": metric, "mean": f"{np.mean(scores):.4f}",
                      "std": f"{np.std(scores):.4f}", "seeds": len(scores), "chance": f"{runs[0]['chance']:.4f}"})
-    _csv(out / "ablation.csv", ["variant", "metric", "mean", "std", "seeds", "chance"], rows)
-    _csv(out / "ablation_runs.csv", ["variant", "seed", "score", "chance"], runs)
+    write_csv(out / "ablation.csv", ["variant", "metric", "mean", "std", "seeds", "chance"], rows)
+    write_csv(out / "ablation_runs.csv", ["variant", "seed", "score", "chance"], runs)
     _figure(rows, metric, out / "ablation.png")
     return rows
 
@@ -331,14 +329,6 @@ def _shape(config) -> dict:
     return {"hidden_size": m.hidden_size, "num_hidden_layers": m.num_hidden_layers,
             "num_attention_heads": m.num_attention_heads, "intermediate_size": m.intermediate_size,
             "max_position_embeddings": m.max_position_embeddings}
-
-
-def _csv(path: Path, columns: list[str], rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
 
 
 def _figure(rows: list[dict], metric: str, path: Path) -> None:

@@ -27,7 +27,7 @@ from training.config import TrainConfig, config_from_dict
 from training.data import PretrainBatch, PretrainData
 from training.heads import VisualBertForPreTraining
 from vb_probe.atomic import atomic_open, write_text
-from vb_probe.errors import CheckpointError, VbProbeError
+from vb_probe.errors import VbProbeError
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup_frac: float) -> float:

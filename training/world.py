@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vb_probe.atomic import atomic_dir, write_json, write_text
+from vb_probe.atomic import atomic_dir, write_json
 from vb_probe.data.features import Regions, write_hdf5, write_tsv
 from vb_probe.data.flickr30k import Annotation, Phrase, format_annotation, format_sentence
 from vb_probe.data.parses import Parse, to_conllu

@@ -149,7 +149,7 @@ def _masked_phrase_setup(args):
 def cmd_attribute(args: argparse.Namespace) -> int:
     from vb_probe.atomic import write_json
     from vb_probe.interventions import attribute
-    from vb_probe.tables import _write_csv
+    from vb_probe.tables import write_csv
 
     out = _writable_out(args.out)
     model, tokenizer, items = _masked_phrase_setup(args)
@@ -157,7 +157,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     rows = [{"layer": l, "head": h, "n": result["n"], "n_agree": int(result["n_agree"][l, h]),
              "agreement": f"{result['agreement'][l, h]:.6f}"}
             for l in range(result["agreement"].shape[0]) for h in range(result["agreement"].shape[1])]
-    _write_csv(out / "attribution_heads.csv", ["layer", "head", "n", "n_agree", "agreement"], rows)
+    write_csv(out / "attribution_heads.csv", ["layer", "head", "n", "n_agree", "agreement"], rows)
     summary = {k: v for k, v in result.items() if k not in ("agreement", "n_agree")}
     write_json(out / "attribution.json", summary)
     best = result["best_agreeing_head"]

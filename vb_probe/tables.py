@@ -47,7 +47,7 @@ def head_rows(counts: HeadCounts) -> list[dict]:
     return rows
 
 
-def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -119,7 +119,7 @@ def write_entity_grounding(results: ProbeResults, out: Path) -> dict:
 
     summary = entity_summary(results)
     counts = results.main.counts[ENTITY]
-    _write_csv(out / "entity_grounding.csv", ENTITY_COLUMNS, head_rows(counts))
+    write_csv(out / "entity_grounding.csv", ENTITY_COLUMNS, head_rows(counts))
     mass = (counts.region_mass / max(counts.n, 1)).numpy()
     fig = plot_head_grid(counts.accuracy().numpy(), mass, summary["baselines"],
                          title=f"Entity grounding, {results.config.split} split (n={counts.n})")
@@ -179,7 +179,7 @@ def write_syntactic(results: ProbeResults, out: Path) -> dict:
             for row in head_rows(counts):
                 rows.append({"relation": relation, "direction": direction, **row})
         _save_figure(plot_relation_curves(relation, per_direction), out / f"syntactic_{relation}.png")
-    _write_csv(out / "syntactic.csv", SYNTACTIC_COLUMNS, rows)
+    write_csv(out / "syntactic.csv", SYNTACTIC_COLUMNS, rows)
     write_json(out / "run.json", summary)
     return summary
 

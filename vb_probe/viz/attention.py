@@ -60,7 +60,7 @@ def plot_attention_on_image(
     # the caption, entity words in their colour
     x = 0.02
     for word, group in zip(words, word_groups):
-        text = fig.text(x, 0.015, word, fontsize=10, color=colour_of.get(group, "black"),
+        fig.text(x, 0.015, word, fontsize=10, color=colour_of.get(group, "black"),
                         weight="bold" if group is not None else "normal")
         x += 0.011 * (len(word) + 1) * (3 / cols)
     if title:
