@@ -87,3 +87,16 @@ def test_ablation_table_from_one_command(world_and_model, tmp_path):
     assert (tmp_path / "ab" / "ablation.png").is_file()
     assert train_main(["ablate", "--task", "nlvr2", "--data", str(world), "--out", str(tmp_path / "x"),
                        "--variants", "full,nonsense"]) == 2
+
+
+def test_task_specific_pretraining_on_vqa_text(world_and_model, tmp_path):
+    world, model = world_and_model
+    args = ["pretrain", "--task", "vqa", "--data", str(world), "--init", str(model), "--out", str(tmp_path / "tsp"),
+            "--quiet"]
+    for item in TINY_PRETRAIN:
+        args += ["--set", item]
+    assert train_main(args) == 0
+    text = json.loads((tmp_path / "tsp" / "vqa_text.json").read_text())
+    assert {i["split"] for i in text["images"]} == {"train", "val"}
+    assert any(s["tokens"][:2] == ["what", "color"] for i in text["images"] for s in i["sentences"])
+    assert (tmp_path / "tsp" / "final" / "model.safetensors").is_file()

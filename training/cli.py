@@ -26,6 +26,17 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from training.loop import pretrain
 
     overrides = args.set + ([f"train.steps={args.steps}"] if args.steps is not None else [])
+    if args.task:  # task-specific pre-training: masked LM on the task's own text and images
+        from training.finetune import load_task
+        from training.tasks import task_captions
+        from vb_probe.atomic import write_json
+
+        task = load_task(args.task, args.data)
+        captions = args.out / f"{args.task}_text.json"
+        write_json(captions, task_captions(task))
+        overrides += [f"data.captions={captions.resolve()}", f"data.features={task.features_path().resolve()}"]
+        if args.init is not None:
+            overrides.append(f"data.tokenizer={args.init.resolve()}")
     config = load_config(args.config, overrides)
     result = pretrain(config, args.data, args.out, resume=args.resume, progress=not args.quiet,
                       init_checkpoint=args.init)
@@ -119,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    p.add_argument("--init", type=Path, help="start from this VisualBERT checkpoint (task-specific pre-training)")
+    p.add_argument("--init", type=Path, help="start from this VisualBERT checkpoint (e.g. for task-specific pre-training)")
+    p.add_argument("--task", choices=["vqa", "vcr", "flickr30k"],
+                   help="task-specific pre-training: masked LM on this task's text and images under --data")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pretrain)

@@ -27,7 +27,7 @@ from training.config import TrainConfig, config_from_dict
 from training.data import PretrainBatch, PretrainData
 from training.heads import VisualBertForPreTraining
 from vb_probe.atomic import atomic_open, write_text
-from vb_probe.errors import VbProbeError
+from vb_probe.errors import CheckpointError, VbProbeError
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup_frac: float) -> float:
@@ -193,11 +193,19 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
         config = replace(saved, train=replace(saved.train, steps=config.train.steps))
         t = config.train
         start_step = state["step"]
-    model = build_model(config, len(tokenizer), data.visual_dim)
-    if init_checkpoint is not None and state is None:
-        from vb_probe.checkpoints import load_model
+    if init_checkpoint is not None:  # continue from a VisualBERT checkpoint: its own shape, and heads if it has them
+        from vb_probe.checkpoints import load_model, load_pretraining_model
 
-        model.visual_bert.load_state_dict(load_model(init_checkpoint).state_dict())
+        try:
+            model = load_pretraining_model(init_checkpoint).train()
+        except CheckpointError:
+            model = VisualBertForPreTraining(load_model(init_checkpoint).train())
+        if model.config.vocab_size < len(tokenizer) or model.config.visual_embedding_dim != data.visual_dim:
+            raise VbProbeError(f"{init_checkpoint}: vocab {model.config.vocab_size} / visual width "
+                               f"{model.config.visual_embedding_dim} do not fit the data's tokenizer ({len(tokenizer)}) "
+                               f"/ features ({data.visual_dim}); use the checkpoint's tokenizer and matching features")
+    else:
+        model = build_model(config, len(tokenizer), data.visual_dim)
     model.to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]

@@ -334,3 +334,29 @@ class TaskModel(nn.Module):
             regions = hidden[b, text_len:]
             return self.attention(hidden[b, t], regions, inputs["visual_attention_mask"][b].bool())
         return self.cls(self.dropout(out.pooler_output))
+
+
+def task_captions(task: Task) -> dict:
+    """The task's own text as a Karpathy-split captions file, for task-specific pre-training (masked LM on
+    the task's text with its images): VQA question + answer, VCR question + answer + rationale, Flickr30K
+    captions. NLVR2 statements describe two images at once, so they have no single image to pair with."""
+    if task.name == "nlvr2":
+        raise DataError("task-specific pre-training on NLVR2 is not supported: each statement describes two "
+                        "images; pre-train on another task's text or on captions")
+    images: dict[tuple[str, str], list[list[str]]] = {}
+    for split_key, split in (("train", task.splits["train"]), ("val", task.splits["eval"])):
+        for example in task.examples(split):
+            if task.name == "vqa":
+                answer = max(example.target["human"], key=lambda a: (example.target["human"][a], a))
+                words = example.segments[0] + [answer]
+            elif task.name == "vcr":
+                words = example.segments[0] + example.target["candidates"][example.target["label"]][0]
+                if example.target["mode"] == "q2a":
+                    continue  # the qa2r example already holds question + answer + rationale
+            else:
+                words = example.segments[0]
+            images.setdefault((split_key, example.images[0]), []).append([w.lower() for w in words])
+    entries = [{"filename": f"{image}.png", "imgid": image, "split": split,
+                "sentences": [{"tokens": words, "raw": " ".join(words)} for words in sentences]}
+               for (split, image), sentences in images.items()]
+    return {"dataset": f"{task.name}-text", "images": entries}

@@ -106,6 +106,11 @@ def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, in
         top = masked_word_accuracy(model, items, pad_id)
     rng = np.random.default_rng(seed)
     pool = [(l, h) for l in range(layers) for h in range(heads) if (l, h) not in set(top_heads)]
+    if len(pool) < len(top_heads):
+        from vb_probe.errors import VbProbeError
+
+        raise VbProbeError(f"-k {len(top_heads)}: the model has {layers * heads} heads, too few for k random others "
+                           f"as a control; use -k {layers * heads // 2} or less")
     draws = []
     for _ in range(random_draws):
         chosen = [pool[i] for i in rng.choice(len(pool), len(top_heads), replace=False)]
