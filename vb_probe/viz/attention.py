@@ -65,7 +65,7 @@ def plot_attention_on_image(
         x += 0.011 * (len(word) + 1) * (3 / cols)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97), h_pad=2.0)
     return fig
 
 
