@@ -156,7 +156,9 @@ def write_task_files(out: Path, splits: dict[str, list], rng: np.random.Generato
         (vqa / f"v2_mscoco_{name}_annotations.json").write_text(
             json.dumps({"data_type": "mscoco", "data_subtype": name, "annotations": annotations}))
         texts += [q["question"] for q in questions] + [a["multiple_choice_answer"] for a in annotations]
-        lines, regions = _nlvr2(scenes, rng, NLVR2_SPLIT_NAMES[split], max(20, len(scenes)))
+        # held-out splits get 3 statements a scene, so that their accuracy is read to about ±0.03
+        pairs = max(20, len(scenes) * (1 if split == "train" else 3))
+        lines, regions = _nlvr2(scenes, rng, NLVR2_SPLIT_NAMES[split], pairs)
         (nlvr2 / f"{NLVR2_SPLIT_NAMES[split]}.json").write_text("\n".join(lines) + "\n")
         nlvr2_regions += regions
         texts += [json.loads(line)["sentence"] for line in lines]
