@@ -100,3 +100,11 @@ def test_task_specific_pretraining_on_vqa_text(world_and_model, tmp_path):
     assert {i["split"] for i in text["images"]} == {"train", "val"}
     assert any(s["tokens"][:2] == ["what", "color"] for i in text["images"] for s in i["sentences"])
     assert (tmp_path / "tsp" / "final" / "model.safetensors").is_file()
+
+
+def test_flickr_chance_by_hand(world_and_model):
+    task = Flickr30kTask(world_and_model[0])
+    examples = [Example([], [], [(0, np.array([True, False, False, False])), (1, np.array([False] * 12))])]
+    chance = task.chance(examples)
+    # phrase 1: 1 hit in 4 regions → r@1 1/4, r@5 and r@10 draw all 4 → 1; phrase 2 has no hit → 0
+    assert chance == {"r@1": pytest.approx(0.125), "r@5": pytest.approx(0.5), "r@10": pytest.approx(0.5)}

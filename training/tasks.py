@@ -271,21 +271,18 @@ class Flickr30kTask(Task):
                 "upper_bound": float(np.mean(np.isfinite(ranks)))}
 
     def chance(self, examples):
-        r1 = r5 = r10 = 0.0
+        """Expected recall@k of k regions drawn at random (without replacement) from each phrase's image."""
+        totals = {1: 0.0, 5: 0.0, 10: 0.0}
         n = 0
         for e in examples:
             for _, hits in e.target:
-                total, good = len(hits), int(hits.sum())
+                regions, good = len(hits), int(hits.sum())
                 n += 1
-                for k, acc in ((1, "r1"), (5, "r5"), (10, "r10")):
-                    miss = math.comb(total - good, min(k, total)) / math.comb(total, min(k, total)) if good else 1.0
-                    if acc == "r1":
-                        r1 += 1 - miss
-                    elif acc == "r5":
-                        r5 += 1 - miss
-                    else:
-                        r10 += 1 - miss
-        return {"r@1": r1 / n, "r@5": r5 / n, "r@10": r10 / n}
+                for k in totals:
+                    drawn = min(k, regions)
+                    all_miss = math.comb(regions - good, drawn) / math.comb(regions, drawn)
+                    totals[k] += 1 - all_miss
+        return {f"r@{k}": v / n for k, v in totals.items()}
 
 
 TASKS = {"vqa": VQATask, "nlvr2": NLVR2Task, "vcr": VCRTask, "flickr30k": Flickr30kTask}

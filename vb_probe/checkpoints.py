@@ -106,6 +106,30 @@ def _fit_state_dict(
     return set_aside
 
 
+def _load_encoder(folder: Path, config_overrides: dict | None = None
+                  ) -> tuple[VisualBertModel, dict[str, torch.Tensor], Path]:
+    """The encoder of a VisualBERT folder, with the whole state dict it came from (heads included)."""
+    weights = weights_file(folder)
+    raw = _read_config_json(folder)
+    if raw.get("model_type") != "visual_bert":
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, expected 'visual_bert'; "
+            "pass a VisualBERT checkpoint (a BERT folder initialises pre-training with "
+            "`vb-train pretrain --set model.init=bert:<folder>`)"
+        )
+    config = VisualBertConfig.from_dict({**raw, **(config_overrides or {})})
+    model = VisualBertModel(config)
+    state = _read_state_dict(weights)
+    set_aside = _fit_state_dict(model, state, weights, prefixes=("visual_bert.",))
+    heads = sorted({k.split(".")[0] for k in set_aside})
+    model.load_notes = (
+        [f"set aside {len(set_aside)} task-head weights ({', '.join(heads)}): the probe uses the encoder only"]
+        if set_aside else []
+    )
+    model.checkpoint_path = folder
+    return model, state, weights
+
+
 def load_model(
     path: str | Path, *, device: str | torch.device | None = None, config_overrides: dict | None = None
 ) -> VisualBertModel:
@@ -113,23 +137,7 @@ def load_model(
 
     ``model.load_notes`` lists what was set aside (task-head weights); ``model.checkpoint_path`` the folder.
     """
-    folder = Path(path)
-    weights = weights_file(folder)
-    raw = _read_config_json(folder)
-    if raw.get("model_type") != "visual_bert":
-        raise CheckpointError(
-            f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, expected 'visual_bert'; "
-            "pass a VisualBERT checkpoint (a BERT folder initialises training with `vb-train … --init-bert`)"
-        )
-    config = VisualBertConfig.from_dict({**raw, **(config_overrides or {})})
-    model = VisualBertModel(config)
-    set_aside = _fit_state_dict(model, _read_state_dict(weights), weights, prefixes=("visual_bert.",))
-    heads = sorted({k.split(".")[0] for k in set_aside})
-    model.load_notes = (
-        [f"set aside {len(set_aside)} task-head weights ({', '.join(heads)}): the probe uses the encoder only"]
-        if set_aside else []
-    )
-    model.checkpoint_path = folder
+    model, _, _ = _load_encoder(Path(path), config_overrides)
     if device is not None:
         model.to(device)
     return model.eval()
@@ -183,31 +191,35 @@ def init_from_bert(
     return model
 
 
-def save_model(model: VisualBertModel, path: str | Path, tokenizer=None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files) atomically.
-
-    transformers' ``VisualBertModel.from_pretrained(path)`` loads the result as it is.
-    """
+def write_checkpoint_folder(path: str | Path, config: VisualBertConfig, state: dict[str, torch.Tensor],
+                            architecture: str, tokenizer=None, extra_files: dict[str, str] | None = None) -> Path:
+    """Atomically write ``config.json`` (with ``architectures``) + ``model.safetensors`` (+ tokenizer files and
+    any extra text files): a folder transformers' ``from_pretrained`` loads as it is."""
     path = Path(path)
-    config = model.config
-    config.architectures = ["VisualBertModel"]
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    config.architectures = [architecture]
+    state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     with atomic_dir(path) as tmp:
         config.to_json_file(str(tmp / "config.json"))
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return path
+
+
+def save_model(model: VisualBertModel, path: str | Path, tokenizer=None) -> Path:
+    """The encoder as a folder that transformers' ``VisualBertModel.from_pretrained(path)`` loads as it is."""
+    return write_checkpoint_folder(path, model.config, model.state_dict(), "VisualBertModel", tokenizer)
 
 
 def load_pretraining_model(path: str | Path, *, device: str | torch.device | None = None):
     """The encoder plus its masked-LM and sentence-image heads (``cls.*`` weights), in eval mode."""
     from vb_probe.heads import VisualBertForPreTraining
 
-    encoder = load_model(path)
+    encoder, state, weights = _load_encoder(Path(path))  # one read of the weights serves both parts
     model = VisualBertForPreTraining(encoder)
-    weights = weights_file(path)
-    heads = {k[len("cls."):]: v for k, v in _read_state_dict(weights).items() if k.startswith("cls.")}
+    heads = {k[len("cls."):]: v for k, v in state.items() if k.startswith("cls.")}
     own = model.cls.state_dict()
     missing = sorted(set(own) - set(heads))
     if missing:

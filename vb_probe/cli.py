@@ -147,19 +147,13 @@ def _masked_phrase_setup(args):
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from vb_probe.atomic import write_json
     from vb_probe.interventions import attribute
-    from vb_probe.tables import write_csv
+    from vb_probe.tables import write_attribution
 
     out = _writable_out(args.out)
     model, tokenizer, items = _masked_phrase_setup(args)
     result = attribute(model, items, tokenizer.pad_token_id, steps=args.steps)
-    rows = [{"layer": l, "head": h, "n": result["n"], "n_agree": int(result["n_agree"][l, h]),
-             "agreement": f"{result['agreement'][l, h]:.6f}"}
-            for l in range(result["agreement"].shape[0]) for h in range(result["agreement"].shape[1])]
-    write_csv(out / "attribution_heads.csv", ["layer", "head", "n", "n_agree", "agreement"], rows)
-    summary = {k: v for k, v in result.items() if k not in ("agreement", "n_agree")}
-    write_json(out / "attribution.json", summary)
+    write_attribution(result, out)
     best = result["best_agreeing_head"]
     print(f"integrated gradients over {result['n']} masked phrase words: the top-attributed region hits gold "
           f"{result['ig_top_region_grounding_accuracy']:.3f}; image share of attribution "

@@ -102,21 +102,14 @@ def _attribution_and_causal(final: Path, world: Path, out: Path, log, images: in
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.interventions import attribute, causal_check, masked_phrases, top_heads_from_csv
-    from vb_probe.tables import write_csv
+    from vb_probe.tables import write_attribution
     from vb_probe.tokenization import load_tokenizer
 
     model = load_pretraining_model(final)
     tokenizer = load_tokenizer(final)
     flickr, features = Flickr30kEntities(world / "flickr30k"), open_features(world / "features.tsv")
-    folder = out / "attribution"
     items = masked_phrases(flickr, features, tokenizer, "test", images)
-    result = attribute(model, items, tokenizer.pad_token_id, steps=ig_steps)
-    agreement = result.pop("agreement")
-    n_agree = result.pop("n_agree")
-    write_csv(folder / "attribution_heads.csv", ["layer", "head", "n", "n_agree", "agreement"],
-              [{"layer": l, "head": h, "n": result["n"], "n_agree": int(n_agree[l, h]), "agreement": f"{agreement[l, h]:.6f}"}
-               for l in range(agreement.shape[0]) for h in range(agreement.shape[1])])
-    write_json(folder / "attribution.json", result)
+    result = write_attribution(attribute(model, items, tokenizer.pad_token_id, steps=ig_steps), out / "attribution")
     causal_items = masked_phrases(flickr, features, tokenizer, "test", None)
     n_heads = len(model.visual_bert.blocks) * model.config.num_attention_heads
     heads = top_heads_from_csv(out / "entity_grounding" / "entity_grounding.csv", min(12, n_heads // 2))

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from vb_probe.atomic import atomic_dir
 from vb_probe.model import VisualBertConfig, VisualBertModel
 
 
@@ -75,19 +74,8 @@ class VisualBertForPreTraining(nn.Module):
         return self.cls.predictions(masked), self.cls.seq_relationship(out.pooler_output)
 
     def save_pretrained(self, path: str | Path, tokenizer=None, extra_files: dict[str, str] | None = None) -> Path:
-        from safetensors.torch import save_file
+        from vb_probe.checkpoints import write_checkpoint_folder
 
-        path = Path(path)
-        config = self.config
-        config.architectures = ["VisualBertForPreTraining"]
         state = {f"visual_bert.{k}": v for k, v in self.visual_bert.state_dict().items()}
         state.update({f"cls.{k}": v for k, v in self.cls.state_dict().items()})
-        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        with atomic_dir(path) as tmp:
-            config.to_json_file(str(tmp / "config.json"))
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text)
-        return path
+        return write_checkpoint_folder(path, self.config, state, "VisualBertForPreTraining", tokenizer, extra_files)

@@ -184,6 +184,19 @@ def write_syntactic(results: ProbeResults, out: Path) -> dict:
     return summary
 
 
+def write_attribution(result: dict, out: Path) -> dict:
+    """``attribution_heads.csv`` (per head: how often its argmax region is the top-attributed one) and
+    ``attribution.json`` (the rest of :func:`vb_probe.interventions.attribute`'s result); returns the latter."""
+    agreement, n_agree = result["agreement"], result["n_agree"]
+    write_csv(out / "attribution_heads.csv", ["layer", "head", "n", "n_agree", "agreement"],
+              [{"layer": l, "head": h, "n": result["n"], "n_agree": int(n_agree[l, h]),
+                "agreement": f"{agreement[l, h]:.6f}"}
+               for l in range(agreement.shape[0]) for h in range(agreement.shape[1])])
+    summary = {k: v for k, v in result.items() if k not in ("agreement", "n_agree")}
+    write_json(out / "attribution.json", summary)
+    return summary
+
+
 def format_entity_summary(summary: dict) -> str:
     b = summary["baselines"]
     hc = "n/a (features carry no confidence)" if b["highest_confidence"] is None else f"{b['highest_confidence']:.3f}"
