@@ -7,7 +7,12 @@
 Also peak memory of probing 1× and 10× as many captions (the scores are reduced inside each batch, so it
 should stay flat). Ends with one JSON line: ``speedup_vs_output_attentions`` and ``time_vs_plain_forward``.
 
+``--precision bf16`` runs our probe under bf16 autocast (``vb-probe … --precision bf16``); the reference then
+runs twice, in fp32 (transformers' default, and the exact answer) and under the same autocast, and the line
+also holds ``speedup_vs_output_attentions_same_precision`` and how often ours picks the same region as fp32.
+
     python bench/probe.py --device cuda
+    python bench/probe.py --device cuda --precision bf16 --batch-size 512 --regions 100
     python bench/probe.py --device cpu --quick
 """
 
@@ -19,7 +24,8 @@ import json
 import torch
 from common import bert_base_config, describe, peak_memory_mb, reset_peak, sync, timed
 
-TEXT, REGIONS, QUERIES = 20, 36, 3
+TEXT, QUERIES = 20, 3
+REGIONS = 36  # set from --regions
 
 
 def make_batch(batch: int, config, device, seed: int):
@@ -42,7 +48,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--batches", type=int, default=None)
+    parser.add_argument("--regions", type=int, default=36, help="regions per image (real detectors: 36 to 100)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="our probe's precision")
     args = parser.parse_args()
+    global REGIONS
+    REGIONS = args.regions
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch_size or (128 if gpu else 16)
@@ -62,42 +72,63 @@ def main() -> None:
     data = [make_batch(batch, config, device, seed) for seed in range(n_batches)]
     valid = torch.ones(batch * QUERIES, REGIONS, dtype=torch.bool, device=device)
 
+    def autocast(enabled: bool):
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    bf16 = args.precision == "bf16"
+    picks = {}  # name → per-query correctness of the first batch, [layer, n, head]
+
     @torch.no_grad()
     def probe_ours(batches=data):
         counts = HeadCounts(12, 12)
         for inputs, b_idx, q_idx, hits in batches:
-            with capture_attention_rows(ours, b_idx, q_idx, batch) as cache:
+            with capture_attention_rows(ours, b_idx, q_idx, batch) as cache, autocast(bf16):
                 ours(**{k: v for k, v in inputs.items() if "attention_mask" not in k})  # no padding here
             rows = cache.stack("attn.pattern_rows")[..., TEXT:]
-            counts.add(head_correct(rows, valid, hits), rows.sum(-1), {})
+            correct = head_correct(rows, valid, hits)
+            picks.setdefault("ours", correct)
+            counts.add(correct, rows.sum(-1), {})
         return counts
 
-    @torch.no_grad()
-    def probe_output_attentions():
-        counts = HeadCounts(12, 12)
-        for inputs, b_idx, q_idx, hits in data:
-            attentions = reference(**inputs, output_attentions=True).attentions
-            rows = torch.stack([a[b_idx, :, q_idx, TEXT:] for a in attentions])
-            counts.add(head_correct(rows, valid, hits), rows.sum(-1), {})
-        return counts
+    def output_attentions(in_bf16: bool):
+        @torch.no_grad()
+        def run():
+            counts = HeadCounts(12, 12)
+            for inputs, b_idx, q_idx, hits in data:
+                with autocast(in_bf16):
+                    attentions = reference(**inputs, output_attentions=True).attentions
+                rows = torch.stack([a[b_idx, :, q_idx, TEXT:] for a in attentions]).float()
+                correct = head_correct(rows, valid, hits)
+                picks.setdefault(f"reference_{'bf16' if in_bf16 else 'fp32'}", correct)
+                counts.add(correct, rows.sum(-1), {})
+            return counts
+        return run
+
+    probe_output_attentions = output_attentions(False)
 
     @torch.no_grad()
     def plain_ours():
         for inputs, *_ in data:
-            ours(**{k: v for k, v in inputs.items() if "attention_mask" not in k})
+            with autocast(bf16):
+                ours(**{k: v for k, v in inputs.items() if "attention_mask" not in k})
 
     @torch.no_grad()
     def plain_transformers():
         for inputs, *_ in data:
-            reference(**inputs)
+            with autocast(bf16):
+                reference(**inputs)
 
     a, b = probe_ours(), probe_output_attentions()
     agree = bool(torch.equal(a.n_correct, b.n_correct))
+    same_pick = (picks["ours"] == picks["reference_fp32"]).float().mean().item()
+    accuracy_gap = (a.n_correct - b.n_correct).abs().max().item() / (batch * n_batches * QUERIES)
     captions = batch * n_batches
     repeats = 3 if gpu else 1
-    seconds = {name: timed(fn, device, repeats, warmup=1) for name, fn in (
-        ("ours_probe", probe_ours), ("transformers_output_attentions", probe_output_attentions),
-        ("ours_plain_forward", plain_ours), ("transformers_plain_forward", plain_transformers))}
+    timings = [("ours_probe", probe_ours), ("transformers_output_attentions", probe_output_attentions),
+               ("ours_plain_forward", plain_ours), ("transformers_plain_forward", plain_transformers)]
+    if bf16:
+        timings.append(("transformers_output_attentions_bf16", output_attentions(True)))
+    seconds = {name: timed(fn, device, repeats, warmup=1) for name, fn in timings}
     throughput = {k: round(captions / v, 2) for k, v in seconds.items()}
 
     # memory as the data set grows 10× (the same batches streamed ten times)
@@ -108,13 +139,19 @@ def main() -> None:
         probe_ours(data * scale)
         memory[f"peak_mb_{scale}x"] = round(peak_memory_mb(device), 1)
     result = {
-        "bench": "probe", "device": describe(device), "batch": batch, "captions": captions,
+        "bench": "probe", "device": describe(device), "precision": args.precision, "batch": batch,
+        "captions": captions, "text_tokens": TEXT, "regions": REGIONS,
         "heads": 144, "queries_per_caption": QUERIES, "scores_agree_with_output_attentions": agree,
+        "same_region_as_fp32_output_attentions": round(same_pick, 5),
+        "max_head_accuracy_gap_vs_fp32": round(accuracy_gap, 5),
         "captions_per_s": throughput, "memory": memory,
         "memory_growth_10x": round(memory["peak_mb_10x"] / memory["peak_mb_1x"], 3),
         "speedup_vs_output_attentions": round(seconds["transformers_output_attentions"] / seconds["ours_probe"], 3),
         "time_vs_plain_forward": round(seconds["ours_probe"] / seconds["ours_plain_forward"], 3),
     }
+    if bf16:
+        result["speedup_vs_output_attentions_same_precision"] = round(
+            seconds["transformers_output_attentions_bf16"] / seconds["ours_probe"], 3)
     print(json.dumps(result))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -70,6 +72,10 @@ def test_save_writes_tokenizer_and_is_atomic(tmp_path):
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"config.json", "model.safetensors"} <= names and names & {"vocab.txt", "tokenizer.json"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)  # the temporary's private mode is not kept: others may read as with a plain write
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "out" / "config.json").stat().st_mode) == 0o666 & ~umask
     assert load_tokenizer(tmp_path / "out").convert_tokens_to_ids("dog") == tokenizer.convert_tokens_to_ids("dog")
 
 

@@ -179,10 +179,12 @@ def test_hdf5_without_confidence_and_select_on_and_control(world, tmp_path):
         del f["confidences"]
     out = tmp_path / "out"
     assert run_cli(["entity-grounding", "--ckpt", world["ckpt"], "--flickr30k", world["flickr"], "--features", h5,
-                    "--select-on", "val", "--control", "--mask", "intervene", "--out", out, "--quiet"]) == 0
+                    "--select-on", "val", "--control", "--mask", "intervene", "--precision", "bf16",
+                    "--out", out, "--quiet"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["baselines"]["highest_confidence"] is None
-    assert run["mask"] == "intervene"
+    assert run["mask"] == "intervene" and run["precision"] == "bf16"
+    assert run["n_phrases"] == run["n_scored"] + sum(run["skipped"].values())
     sel = run["selected_head"]
     assert sel["selected_on"] == "val" and 0 <= sel["accuracy"] <= 1
     assert run["control_random_init"]["best_head"]["accuracy"] >= 0

@@ -49,6 +49,22 @@ def test_vcr_q2ar_and_flickr_recall_by_hand(world_and_model):
     assert recall == {"r@1": 0.25, "r@5": 0.5, "r@10": 0.75, "upper_bound": 0.75}
 
 
+def test_nlvr2_consistency_by_hand(tmp_path):
+    """Consistency: the share of statements whose every image pair is right (NLVR2's, by set and sentence)."""
+    from training.tasks import NLVR2Task
+
+    rows = [("dev-1-0-0", "a", "True"), ("dev-1-1-0", "a", "False"),  # statement a: both pairs right below
+            ("dev-1-0-1", "b", "False"), ("dev-1-1-1", "b", "True"),  # statement b: one of two right
+            ("dev-2-0-0", "a", "True")]  # the same words in another set: another statement, alone
+    (tmp_path / "dev.json").write_text("\n".join(json.dumps({"identifier": i, "sentence": s, "label": label})
+                                                 for i, s, label in rows) + "\n")
+    task = NLVR2Task(tmp_path)
+    examples = task.examples("dev")
+    assert examples[0].images == ["dev-1-0-img0", "dev-1-0-img1"] and [e.target for e in examples] == [1, 0, 0, 1, 1]
+    metrics = task.metrics([1.0, 1.0, 1.0, 0.0, 0.0], examples)
+    assert metrics == {"accuracy": pytest.approx(0.6), "consistency": pytest.approx(0.5)}  # 2 statements with >1 pair
+
+
 @pytest.mark.parametrize("task", ["vqa", "nlvr2", "vcr", "flickr30k"])
 def test_each_task_finetunes_and_evaluates(world_and_model, tmp_path, capsys, task):
     world, model = world_and_model
@@ -87,6 +103,34 @@ def test_ablation_table_from_one_command(world_and_model, tmp_path):
     assert (tmp_path / "ab" / "ablation.png").is_file()
     assert train_main(["ablate", "--task", "nlvr2", "--data", str(world), "--out", str(tmp_path / "x"),
                        "--variants", "full,nonsense"]) == 2
+
+
+def test_ablation_with_bert_gives_every_variant_berts_shape_and_tokenizer(world_and_model, tmp_path):
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from vb_probe.tokenization import load_tokenizer
+
+    world, _ = world_and_model
+    bert = tmp_path / "bert"
+    shutil.copytree(world / "tokenizer", bert)  # a BERT folder whose vocabulary covers the world's words
+    vocab = len(load_tokenizer(bert))
+    BertModel(BertConfig(vocab_size=vocab, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=96, max_position_embeddings=64)).save_pretrained(bert)
+    args = ["ablate", "--task", "nlvr2", "--data", str(world), "--out", str(tmp_path / "ab"), "--seeds", "1",
+            "--variants", "full,no-bert-init", "--steps", "2", "--batch-size", "4", "--quiet", "--bert", str(bert)]
+    for item in TINY_PRETRAIN:  # hidden 32 asked for; BERT's 48 wins, for both variants
+        args += ["--set", item]
+    assert train_main(args) == 0
+    for variant, init in (("full", f"bert:{bert.resolve()}"), ("no-bert-init", "random")):
+        saved = json.loads((tmp_path / "ab" / variant / "seed0" / "pretrain" / "final" / "training_config.json")
+                           .read_text())
+        assert saved["model"]["init"] == init
+        assert saved["model"]["hidden_size"] == 48 and saved["model"]["intermediate_size"] == 96
+        assert saved["data"]["tokenizer"] == str(bert.resolve())
+    with open(tmp_path / "ab" / "ablation.csv") as handle:
+        assert [r["variant"] for r in csv.DictReader(handle)] == ["full", "no-bert-init"]
 
 
 def test_task_specific_pretraining_on_vqa_text(world_and_model, tmp_path):

@@ -85,6 +85,25 @@ def test_selected_rows_equal_full_pattern(config):
     assert all(b.attention.self.rows_to_capture is None for b in ours.blocks)
 
 
+def test_selected_rows_under_bf16_autocast_stay_fp32_and_close(config):
+    """--precision bf16: the forward runs in bf16, the probed rows are computed in fp32 from its q and k."""
+    _, ours = reference_and_ours(config)
+    inputs = random_inputs(config)
+    batch_index, query_index = torch.tensor([0, 1, 2]), torch.tensor([3, 0, 4])
+    with torch.no_grad():
+        full = ours(**inputs, output_attentions=True).attentions
+        with hooks.capture_attention_rows(ours, batch_index, query_index) as cache, \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            ours(**inputs)
+    rows = cache.stack("attn.pattern_rows")
+    assert rows.dtype == torch.float32
+    torch.testing.assert_close(rows.sum(-1), torch.ones(rows.shape[:-1]), atol=1e-5, rtol=0)
+    for layer, pattern in enumerate(full):
+        reference_rows = pattern[batch_index, :, query_index]
+        torch.testing.assert_close(rows[layer], reference_rows, atol=3e-2, rtol=0)  # bf16's 8-bit mantissa
+        assert not torch.equal(rows[layer], reference_rows)  # the forward really ran in bf16
+
+
 def test_capture_removes_hooks_after_exception(config):
     _, ours = reference_and_ours(config)
     with pytest.raises(RuntimeError, match="boom"):

@@ -156,3 +156,26 @@ def test_tensorboard_and_csv_logs_are_written(small_world, tmp_path):
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     rows = _log(tmp_path / "run" / "log.csv")
     assert [r["step"] for r in rows] == ["1", "2", "3"] and rows[-1]["eval_entity_acc"] != ""
+
+
+def test_compiled_training_matches_eager(small_world, tmp_path):
+    """train.compile: the same losses step for step as the eager run (no dropout, so both draw nothing)."""
+    from training.loop import pretrain
+
+    common = TINY + ["train.steps=3", "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0"]
+    pretrain(load_config(None, common), small_world, tmp_path / "eager", progress=False)
+    pretrain(load_config(None, common + ["train.compile=default"]), small_world, tmp_path / "compiled", progress=False)
+    eager, compiled = _log(tmp_path / "eager" / "log.csv"), _log(tmp_path / "compiled" / "log.csv")
+    assert len(eager) == len(compiled) == 3
+    for a, b in zip(eager, compiled):
+        assert float(b["loss"]) == pytest.approx(float(a["loss"]), rel=1e-4)
+
+
+def test_config_rejects_values_outside_a_fields_choices():
+    from vb_probe.errors import VbProbeError
+
+    for override, message in [("train.compile=fast", "train.compile='fast'; choose one of off, default"),
+                              ("objective.masking=nouns", "objective.masking='nouns'; choose one of uniform, entity"),
+                              ("train.amp=fp8", "train.amp='fp8'; choose one of auto, bf16, fp16, off")]:
+        with pytest.raises(VbProbeError, match=message.replace("(", r"\(")):
+            load_config(None, [override])

@@ -85,6 +85,16 @@ def test_every_file_reads_with_the_real_readers(world):
         assert entry["label"] in ("True", "False")
         stem = entry["identifier"].rsplit("-", 1)[0]
         assert f"{stem}-img0" in nlvr2_features and f"{stem}-img1" in nlvr2_features
+    # NLVR2's design: a statement is true of one pair of its set and false of the other, so text alone is chance
+    train = [json.loads(line) for line in (out / "tasks/nlvr2/train.json").read_text().splitlines()]
+    by_statement: dict[tuple, list] = {}
+    for entry in train:
+        split, number, pair, k = entry["identifier"].split("-")
+        by_statement.setdefault((number, k), []).append((pair, entry["sentence"], entry["label"]))
+    assert all(len(v) == 2 and {p for p, _, _ in v} == {"0", "1"} and len({s for _, s, _ in v}) == 1
+               for v in by_statement.values())
+    separating = sum({label for _, _, label in v} == {"True", "False"} for v in by_statement.values())
+    assert separating / len(by_statement) > 0.95
     vcr = [json.loads(line) for line in (out / "tasks/vcr/val.jsonl").read_text().splitlines()]
     for entry in vcr:
         assert len(entry["answer_choices"]) == 4 and len(entry["rationale_choices"]) == 4

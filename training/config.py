@@ -10,7 +10,7 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 from vb_probe.errors import VbProbeError
 
@@ -68,6 +68,9 @@ class TrainSection:
     max_text_len: int = 64
     device: str = "cpu"
     threads: int = 0  # 0: torch's default
+    # torch.compile of the training forward/backward: "off", "default", "reduce-overhead" (CUDA graphs; GPU) or
+    # "max-autotune"; bench/train_step.py measures what each buys
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,12 @@ def _coerce(section: str, key: str, value, target_type, source: str):
     return value
 
 
+def _choices(cls, key: str) -> tuple:
+    """The allowed values of a ``Literal[...]`` field (empty for other fields)."""
+    hint = get_type_hints(cls)[key]
+    return get_args(hint) if get_origin(hint) is Literal else ()
+
+
 def _field_type(cls, key: str):
     default = getattr(cls(), key)
     return tuple if isinstance(default, tuple) else type(default)
@@ -151,6 +160,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             if key not in names:
                 raise VbProbeError(f"{source}: unknown key {section}.{key}; keys are {', '.join(sorted(names))}")
             checked[key] = _coerce(section, key, value, _field_type(cls, key), source)
+            choices = _choices(cls, key)
+            if choices and checked[key] not in choices:
+                raise VbProbeError(f"{source}: {section}.{key}={checked[key]!r}; choose one of {', '.join(choices)}")
         built[section] = replace(cls(), **checked)
     config = TrainConfig(**built)
     _validate(config, source)
@@ -158,12 +170,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _validate(config: TrainConfig, source: str) -> None:
-    m, o, t = config.model, config.objective, config.train
+    m, t = config.model, config.train
     if m.hidden_size % m.num_attention_heads:
         raise VbProbeError(f"{source}: model.hidden_size {m.hidden_size} is not a multiple of num_attention_heads "
                            f"{m.num_attention_heads}")
-    if o.masking not in ("uniform", "entity") or o.sentence_image not in ("pair", "itm", "none"):
-        raise VbProbeError(f"{source}: objective.masking is uniform|entity and objective.sentence_image pair|itm|none")
     if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
         raise VbProbeError(f"{source}: train.steps, train.batch_size and train.grad_accum must be at least 1")
 

@@ -40,6 +40,13 @@ class PretrainBatch:
     sip_labels: torch.Tensor | None  # [batch]: 0 = text matches the image, 1 = it does not
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Host → device; to a GPU through pinned memory, so the copy overlaps the previous step's kernels."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def tag_captions(captions: list[tuple[str, ...]], cache_dir: Path | None) -> list[list[int]]:
     """Word classes from spaCy's POS tags (nouns are entity words), cached as JSON by caption-set hash."""
     digest = hashlib.sha256(json.dumps(captions).encode()).hexdigest()[:16]
@@ -201,7 +208,7 @@ class PretrainData:
         if objective.grounded and objective.sentence_image != "none":
             sip = torch.tensor([0 if match else 1 for _, _, match in samples], dtype=torch.long, device=device)
         return PretrainBatch(
-            inputs={k: v.to(device) for k, v in inputs.items()},
+            inputs={k: to_device(v, device) for k, v in inputs.items()},
             mlm_batch_index=torch.tensor(b_idx, dtype=torch.long, device=device),
             mlm_positions=torch.tensor(pos, dtype=torch.long, device=device),
             mlm_labels=torch.tensor(labels, dtype=torch.long, device=device),

@@ -279,7 +279,7 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
     if unknown:
         raise VbProbeError(f"--variants {','.join(unknown)}: unknown; choose from {','.join(VARIANTS)}")
     metric = {"vqa": "vqa_accuracy", "nlvr2": "accuracy", "vcr": "q2ar", "flickr30k": "r@1"}[task_name]
-    init_overrides = [f"model.init=bert:{bert}"] if bert else []
+    init_overrides = bert_overrides(Path(bert), pretrain_overrides) if bert else []
     runs = []
     if bert is None and "no-bert-init" in variants:
         log("  no-bert-init skipped: without --bert every variant already starts from random weights, so it "
@@ -322,6 +322,19 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
     write_csv(out / "ablation_runs.csv", ["variant", "seed", "score", "chance"], runs)
     _figure(rows, metric, out / "ablation.png")
     return rows
+
+
+def bert_overrides(bert: Path, user_overrides: list[str]) -> list[str]:
+    """With ``--bert``: every variant takes BERT's shape (so the random-init ones differ in initialisation
+    only) and, unless ``data.tokenizer`` is set, the BERT folder's tokenizer (its vocabulary is the model's)."""
+    from vb_probe.checkpoints import read_config_json
+
+    raw = read_config_json(bert)
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings")
+    overrides = [f"model.{k}={raw[k]}" for k in keys if k in raw]
+    if not any(o.startswith("data.tokenizer=") for o in user_overrides):
+        overrides.append(f"data.tokenizer={bert.resolve()}")
+    return overrides + [f"model.init=bert:{bert.resolve()}"]
 
 
 def _shape(config) -> dict:

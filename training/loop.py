@@ -211,7 +211,7 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=t.lr,
-                                  fused=device.type == "cuda")
+                                  fused=True)  # one kernel per parameter group step, on CPU too
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -221,6 +221,9 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     trained = model
     if dd.world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(model)
+    if t.compile != "off":  # evaluation and saving keep using the plain module, which shares the weights
+        trained = torch.compile(trained, mode=None if t.compile == "default" else t.compile)
+    cuda_graphs = t.compile == "reduce-overhead" and device.type == "cuda"
     model.train()
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.csv"
@@ -240,6 +243,8 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
         totals = np.zeros(3)
         for m, batch in enumerate(micro_batches):
             sync = nullcontext() if (dd.world == 1 or m == t.grad_accum - 1) else trained.no_sync()
+            if cuda_graphs:  # the previous step's graph outputs are no longer read
+                torch.compiler.cudagraph_mark_step_begin()
             with sync, _autocast(device, t.amp):
                 loss, mlm, sip = losses(trained, batch, n_masked, n_sip, dd.world)
             loss.backward()

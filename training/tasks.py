@@ -155,8 +155,10 @@ class NLVR2Task(Task):
             if entry.get("label") not in ("True", "False"):
                 raise DataError(f"{folder / (split + '.json')}: {entry['identifier']} label {entry.get('label')!r}, "
                                 "expected 'True' or 'False'")
+            # consistency is over a statement's pairs: same set (identifier minus pair and statement), same text
+            group = f"{stem.rsplit('-', 1)[0]}|{entry['sentence']}"
             out.append(Example([entry["sentence"].split()], [f"{stem}-img0", f"{stem}-img1"],
-                               int(entry["label"] == "True"), group=stem.rsplit("-", 1)[0]))
+                               int(entry["label"] == "True"), group=group))
         return out
 
     def loss(self, logits, targets):

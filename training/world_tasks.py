@@ -3,8 +3,9 @@
 * VQA v2: ``tasks/vqa/v2_OpenEnded_mscoco_<split>_questions.json`` and ``v2_mscoco_<split>_annotations.json``
   (10 human answers each, a few of them noisy, as real annotators are).
 * NLVR2: ``tasks/nlvr2/{train,dev,test1}.json`` (jsonl: identifier, sentence, label "True"/"False"); the two
-  images of ``<split>-<n>-0-0`` are ``<split>-<n>-0-img0`` / ``-img1``, as in NLVR2's feature files, with
-  their regions in ``tasks/nlvr2/features.tsv``.
+  images of statement ``<split>-<set>-<pair>-<k>`` are ``<split>-<set>-<pair>-img0`` / ``-img1``, as in NLVR2's
+  files, with their regions in ``tasks/nlvr2/features.tsv``. As in NLVR2, each statement is true of one pair of
+  its set and false of the other.
 * VCR: ``tasks/vcr/{train,val,test}.jsonl`` (objects, question/answer/rationale token lists with object tags
   as ``[i]`` lists, labels) and ``tasks/vcr/metadata/<image>.json`` (boxes with scores, names, size); region
   features of the tagged objects in ``tasks/vcr/features.tsv``.
@@ -24,6 +25,7 @@ GERUND = {"throws": "throwing", "holds": "holding", "kicks": "kicking", "carries
           "pushes": "pushing", "chases": "chasing", "bites": "biting"}
 VQA_SPLIT_NAMES = {"train": "train", "val": "val", "test": "test"}
 NLVR2_SPLIT_NAMES = {"train": "train", "val": "dev", "test": "test1"}
+NLVR2_TRAIN_STATEMENTS = 4
 
 
 def _noisy_answers(rng, truth: str, alternatives: list[str]) -> list[dict]:
@@ -70,38 +72,65 @@ def _has(scene, noun: str, colour: str | None = None) -> bool:
     return any(o.noun == noun and (colour is None or o.colour == colour) for o in scene.objects)
 
 
-def _nlvr2(scenes, rng, split_name: str, n_pairs: int):
+def _nlvr2_statement(scene, rng) -> tuple[int, str, str | None]:
+    """A statement drawn from a scene's objects: (kind, noun, colour or None). Kinds: 0/1 the left/right image
+    contains a (colour) noun, 2 both images contain a noun, 3 one image contains two of a noun (35/35/20/10%)."""
     from training.world import COLOURS, PLURALS
 
+    o = scene.objects[int(rng.integers(len(scene.objects)))]
+    noun = o.noun if rng.random() < 0.7 else str(rng.choice(list(PLURALS)))
+    kind = int(rng.choice(4, p=[0.35, 0.35, 0.2, 0.1]))
+    colour = None
+    if kind < 2 and rng.random() < 0.3:  # sometimes a colour too (a harder, attribute-bound statement)
+        colour = o.colour if rng.random() < 0.6 else str(rng.choice(COLOURS))
+    return kind, noun, colour
+
+
+def _nlvr2_sentence(kind: int, noun: str, colour: str | None) -> str:
+    from training.world import PLURALS
+
+    described = f"{colour} {noun}" if colour else noun
+    return [f"the left image contains a {described} .", f"the right image contains a {described} .",
+            f"both images contain a {noun} .", f"one image contains two {PLURALS[noun]} ."][kind]
+
+
+def _nlvr2_truth(kind: int, noun: str, colour: str | None, left, right) -> bool:
+    if kind == 0:
+        return _has(left, noun, colour)
+    if kind == 1:
+        return _has(right, noun, colour)
+    if kind == 2:
+        return _has(left, noun) and _has(right, noun)
+    return any(len(x.boxes) == 2 and x.noun == noun for x in left.objects + right.objects)
+
+
+def _nlvr2(scenes, rng, split_name: str, n_sets: int, per_set: int):
+    """NLVR2's design: each set has two image pairs and ``per_set`` statements, each true of one pair and false
+    of the other, so the text alone says nothing (a text-only model scores 0.5). Identifiers
+    ``<split>-<set>-<pair>-<statement>``; a pair's images are ``<split>-<set>-<pair>-img0/img1``."""
     lines, regions = [], []
-    for pair in range(n_pairs):
-        left, right = (scenes[int(i)] for i in rng.choice(len(scenes), 2, replace=len(scenes) < 2))
-        wanted = bool(rng.random() < 0.5)  # balanced labels: draw statements until one has the wanted truth
-        for _ in range(50):
-            kind = int(rng.integers(4))
-            pool = [o for o in left.objects + right.objects]
-            o = pool[int(rng.integers(len(pool)))]
-            noun = o.noun if rng.random() < 0.7 else str(rng.choice(list(PLURALS)))
-            colour = o.colour if rng.random() < 0.6 else str(rng.choice(COLOURS))
-            if kind == 0:
-                sentence, label = f"the left image contains a {colour} {noun} .", _has(left, noun, colour)
-            elif kind == 1:
-                sentence, label = f"the right image contains a {colour} {noun} .", _has(right, noun, colour)
-            elif kind == 2:
-                sentence, label = f"both images contain a {noun} .", _has(left, noun) and _has(right, noun)
-            else:
-                two = any(len(x.boxes) == 2 and x.noun == noun for x in left.objects + right.objects)
-                sentence, label = f"one image contains two {PLURALS[noun]} .", two
-            if label == wanted:
-                break
-        identifier = f"{split_name}-{pair}-0-0"
-        lines.append(json.dumps({"identifier": identifier, "sentence": sentence, "label": "True" if label else "False",
-                                 "directory": "0", "left_url": f"{left.image_id}.png",
-                                 "right_url": f"{right.image_id}.png", "writer": "world", "synset": noun,
-                                 "query": noun}))
-        for side, scene in (("img0", left), ("img1", right)):
-            r = scene.regions
-            regions.append(Regions(f"{split_name}-{pair}-0-{side}", r.boxes, r.features, r.confidences, r.image_w, r.image_h))
+    for number in range(n_sets):
+        pairs = [tuple(scenes[int(i)] for i in rng.choice(len(scenes), 2, replace=len(scenes) < 2))
+                 for _ in range(2)]
+        seen = set()
+        for k in range(per_set):
+            for _ in range(100):  # until the statement separates the two pairs (almost always within a few)
+                spec = _nlvr2_statement(pairs[int(rng.integers(2))][int(rng.integers(2))], rng)
+                truths = [_nlvr2_truth(*spec, left, right) for left, right in pairs]
+                if truths[0] != truths[1] and _nlvr2_sentence(*spec) not in seen:
+                    break
+            sentence = _nlvr2_sentence(*spec)
+            seen.add(sentence)
+            for p, ((left, right), truth) in enumerate(zip(pairs, truths)):
+                lines.append(json.dumps({"identifier": f"{split_name}-{number}-{p}-{k}", "sentence": sentence,
+                                         "label": "True" if truth else "False", "directory": "0",
+                                         "left_url": f"{left.image_id}.png", "right_url": f"{right.image_id}.png",
+                                         "writer": "world", "synset": spec[1], "query": spec[1]}))
+        for p, pair in enumerate(pairs):
+            for side, scene in zip(("img0", "img1"), pair):
+                r = scene.regions
+                regions.append(Regions(f"{split_name}-{number}-{p}-{side}", r.boxes, r.features, r.confidences,
+                                       r.image_w, r.image_h))
     return lines, regions
 
 
@@ -156,9 +185,11 @@ def write_task_files(out: Path, splits: dict[str, list], rng: np.random.Generato
         (vqa / f"v2_mscoco_{name}_annotations.json").write_text(
             json.dumps({"data_type": "mscoco", "data_subtype": name, "annotations": annotations}))
         texts += [q["question"] for q in questions] + [a["multiple_choice_answer"] for a in annotations]
-        # held-out splits get 3 statements a scene, so that their accuracy is read to about ±0.03
-        pairs = max(20, len(scenes) * (1 if split == "train" else 3))
-        lines, regions = _nlvr2(scenes, rng, NLVR2_SPLIT_NAMES[split], pairs)
+        # training: a set per scene, NLVR2_TRAIN_STATEMENTS statements on each of its 2 pairs; held-out: 1.5 sets
+        # a scene, one statement each (300 statements for 100 scenes, accuracy read to about ±0.03)
+        held_out = split != "train"
+        sets = max(10, len(scenes) * 3 // 2 if held_out else len(scenes))
+        lines, regions = _nlvr2(scenes, rng, NLVR2_SPLIT_NAMES[split], sets, 1 if held_out else NLVR2_TRAIN_STATEMENTS)
         (nlvr2 / f"{NLVR2_SPLIT_NAMES[split]}.json").write_text("\n".join(lines) + "\n")
         nlvr2_regions += regions
         texts += [json.loads(line)["sentence"] for line in lines]

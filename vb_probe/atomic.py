@@ -15,6 +15,13 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _default_mode(folder: bool = False) -> int:
+    """What ``open``/``mkdir`` would give: 0o666/0o777 less the umask (mkstemp's 0o600, mkdtemp's 0o700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``."""
@@ -27,6 +34,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iter
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _default_mode())  # readable by others as any plain write would be
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -50,6 +58,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, _default_mode(folder=True))
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

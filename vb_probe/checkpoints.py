@@ -47,7 +47,7 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _read_config_json(folder: Path) -> dict:
+def read_config_json(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a checkpoint folder needs the config.json that transformers writes")
@@ -110,7 +110,7 @@ def _load_encoder(folder: Path, config_overrides: dict | None = None
                   ) -> tuple[VisualBertModel, dict[str, torch.Tensor], Path]:
     """The encoder of a VisualBERT folder, with the whole state dict it came from (heads included)."""
     weights = weights_file(folder)
-    raw = _read_config_json(folder)
+    raw = read_config_json(folder)
     if raw.get("model_type") != "visual_bert":
         raise CheckpointError(
             f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, expected 'visual_bert'; "
@@ -164,7 +164,7 @@ def init_from_bert(
     """
     folder = Path(bert_folder)
     weights = weights_file(folder)
-    raw = _read_config_json(folder)
+    raw = read_config_json(folder)
     if raw.get("model_type") not in ("bert", None):
         raise CheckpointError(
             f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, expected 'bert'; "

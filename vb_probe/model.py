@@ -189,7 +189,8 @@ class VisualBertSelfAttention(nn.Module):
         batch, heads, _, d_head = q.shape
         m = selection.padded.shape[1]
         q_sel = q.gather(2, selection.padded[:, None, :, None].expand(batch, heads, m, d_head))
-        scores = (q_sel @ k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)  # [batch, head, m, key]
+        with torch.autocast(q.device.type, enabled=False):  # the probed rows in fp32 even under bf16 autocast
+            scores = (q_sel.float() @ k.float().transpose(-1, -2)) / math.sqrt(self.head_dim)  # [batch, head, m, key]
         if mask is not None and mask.shape[2] > 1:  # a per-query mask (text-to-text blocking)
             mask = mask.gather(2, selection.padded[:, None, :, None].expand(batch, 1, m, mask.shape[-1]))
         probs = (scores if mask is None else scores + mask.float()).softmax(dim=-1)

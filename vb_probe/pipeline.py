@@ -30,6 +30,7 @@ from vb_probe.metrics.boxes import region_hits
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 
 MaskMode = Literal["posthoc", "intervene"]
+Precision = Literal["fp32", "bf16"]
 DIRECTIONS = ("head_to_dependent", "dependent_to_head")
 ENTITY = "entity"
 PROTOCOL_CHOICES = {
@@ -52,6 +53,9 @@ class ProbeConfig:
     tokenizer: Path | None = None
     visual_token_type: int | None = None
     mask: MaskMode = "posthoc"
+    # bf16: the forward under bf16 autocast (the probed rows themselves still in fp32); fast on GPUs, and
+    # near-ties between regions may then break differently from fp32
+    precision: Precision = "fp32"
     batch_size: int = 32
     device: str = "cpu"
     limit: int | None = None
@@ -235,12 +239,15 @@ def collect_items(
 
 # ----------------------------------------------------------------------------------------------- the pass
 
-def region_attention_rows(model, batch, mask: MaskMode = "posthoc") -> torch.Tensor:
+def region_attention_rows(model, batch, mask: MaskMode = "posthoc", precision: Precision = "fp32") -> torch.Tensor:
     """One forward; the attention of every probed query on the region columns: [layer, n, head, R] (cpu).
 
     ``posthoc`` drops the text columns after the pass; ``intervene`` blocks text-to-text attention inside it.
+    ``precision="bf16"`` runs the forward under bf16 autocast.
     """
-    with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache:
+    device_type = batch.inputs["input_ids"].device.type
+    with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache, \
+            torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         if mask == "intervene":
             with mask_text_to_text(model):
                 model(**batch.inputs)
@@ -264,6 +271,7 @@ def probe_pass(
     visual_token_type: int,
     max_text_len: int,
     mask: MaskMode = "posthoc",
+    precision: Precision = "fp32",
     device: torch.device | str = "cpu",
     progress: bool = True,
     description: str = "probing",
@@ -287,8 +295,9 @@ def probe_pass(
     n_batches = (len(items) + batch_size - 1) // batch_size
     if resume and state_path is not None and state_path.is_file():
         state = json.loads(state_path.read_text())
-        if state.get("n_items") != len(items) or state.get("batch_size") != batch_size:
-            raise VbProbeError(f"{state_path}: saved progress is for another run (different data or --batch-size); "
+        if state.get("n_items") != len(items) or state.get("batch_size") != batch_size or \
+                state.get("precision", "fp32") != precision:
+            raise VbProbeError(f"{state_path}: saved progress is for another run (different data, --batch-size or --precision); "
                                "run again without --resume, or with the same options")
         done = state["done"]
         counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
@@ -302,7 +311,7 @@ def probe_pass(
         for query in batch.truncated:
             truncated[query.group] += 1
         if len(batch.groups):
-            region_rows = region_attention_rows(model, batch, mask)
+            region_rows = region_attention_rows(model, batch, mask, precision)
             mass = region_rows.sum(-1)  # [layer, n, head]
             correct = head_correct(region_rows, batch.region_valid, batch.hits)
             base = baseline_scores(batch.hits, batch.region_valid, batch.confidences)
@@ -313,7 +322,8 @@ def probe_pass(
                     correct[:, sel], mass[:, sel], {k: v[sel] for k, v in base.items()})
         bar.update(1)
         if state_path is not None and ((number + 1) % save_every == 0):
-            write_json(state_path, {"n_items": len(items), "batch_size": batch_size, "done": number + 1,
+            write_json(state_path, {"n_items": len(items), "batch_size": batch_size, "precision": precision,
+                                    "done": number + 1,
                                     "counts": {g: c.to_state() for g, c in counts.items()},
                                     "truncated": dict(truncated)})
     bar.close()
@@ -382,7 +392,7 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
         counts, truncated = probe_pass(
             run_model, tokenizer, items, batch_size=cfg.batch_size, visual_token_type=visual_token_type,
             max_text_len=min(cfg.max_text_len, model.config.max_position_embeddings), mask=cfg.mask,
-            device=device, progress=progress, description=label,
+            precision=cfg.precision, device=device, progress=progress, description=label,
             state_path=(out / f".{state_name}.progress.json") if out is not None else None, resume=resume,
         )
         for group, count in truncated.items():

@@ -84,7 +84,7 @@ def _selected(main: HeadCounts, select: HeadCounts | None, split: str | None) ->
 def _common(results: ProbeResults) -> dict:
     cfg = results.config
     return {"split": cfg.split, "n_images": results.main.n_images, "n_captions": results.main.n_captions,
-            "checkpoint": results.checkpoint, "mask": cfg.mask, "visual_token_type": results.visual_token_type,
+            "checkpoint": results.checkpoint, "mask": cfg.mask, "precision": cfg.precision, "visual_token_type": results.visual_token_type,
             "protocol": PROTOCOL_CHOICES, "versions": versions(), "wall_time_s": round(results.wall_time_s, 2),
             "notes": results.notes, "config": config_dict(cfg)}
 
