@@ -25,20 +25,19 @@ import torch
 from common import bert_base_config, describe, peak_memory_mb, reset_peak, sync, timed
 
 TEXT, QUERIES = 20, 3
-REGIONS = 36  # set from --regions
 
 
-def make_batch(batch: int, config, device, seed: int):
+def make_batch(batch: int, regions: int, config, device, seed: int):
     g = torch.Generator().manual_seed(seed)
     inputs = {
         "input_ids": torch.randint(1000, config.vocab_size, (batch, TEXT), generator=g),
         "attention_mask": torch.ones(batch, TEXT, dtype=torch.long),
-        "visual_embeds": torch.randn(batch, REGIONS, config.visual_embedding_dim, generator=g),
-        "visual_attention_mask": torch.ones(batch, REGIONS, dtype=torch.long),
+        "visual_embeds": torch.randn(batch, regions, config.visual_embedding_dim, generator=g),
+        "visual_attention_mask": torch.ones(batch, regions, dtype=torch.long),
     }
     b_idx = torch.arange(batch).repeat_interleave(QUERIES)
     q_idx = torch.randint(1, TEXT - 1, (batch * QUERIES,), generator=g)
-    hits = torch.rand(batch * QUERIES, REGIONS, generator=g) < 0.1
+    hits = torch.rand(batch * QUERIES, regions, generator=g) < 0.1
     return ({k: v.to(device) for k, v in inputs.items()}, b_idx.to(device), q_idx.to(device), hits.to(device))
 
 
@@ -51,8 +50,7 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=36, help="regions per image (real detectors: 36 to 100)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="our probe's precision")
     args = parser.parse_args()
-    global REGIONS
-    REGIONS = args.regions
+    regions = args.regions
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     batch = args.batch_size or (128 if gpu else 16)
@@ -69,8 +67,8 @@ def main() -> None:
     reference = Reference(config).to(device).eval()
     ours = VisualBertModel(config).to(device).eval()
     ours.load_state_dict(reference.state_dict())
-    data = [make_batch(batch, config, device, seed) for seed in range(n_batches)]
-    valid = torch.ones(batch * QUERIES, REGIONS, dtype=torch.bool, device=device)
+    data = [make_batch(batch, regions, config, device, seed) for seed in range(n_batches)]
+    valid = torch.ones(batch * QUERIES, regions, dtype=torch.bool, device=device)
 
     def autocast(enabled: bool):
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
@@ -140,7 +138,7 @@ def main() -> None:
         memory[f"peak_mb_{scale}x"] = round(peak_memory_mb(device), 1)
     result = {
         "bench": "probe", "device": describe(device), "precision": args.precision, "batch": batch,
-        "captions": captions, "text_tokens": TEXT, "regions": REGIONS,
+        "captions": captions, "text_tokens": TEXT, "regions": regions,
         "heads": 144, "queries_per_caption": QUERIES, "scores_agree_with_output_attentions": agree,
         "same_region_as_fp32_output_attentions": round(same_pick, 5),
         "max_head_accuracy_gap_vs_fp32": round(accuracy_gap, 5),

@@ -324,24 +324,24 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
     return rows
 
 
+# the model-section fields that fix a model's shape (a BERT folder's config.json has the same names)
+SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings")
+
+
 def bert_overrides(bert: Path, user_overrides: list[str]) -> list[str]:
     """With ``--bert``: every variant takes BERT's shape (so the random-init ones differ in initialisation
     only) and, unless ``data.tokenizer`` is set, the BERT folder's tokenizer (its vocabulary is the model's)."""
     from vb_probe.checkpoints import read_config_json
 
     raw = read_config_json(bert)
-    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "max_position_embeddings")
-    overrides = [f"model.{k}={raw[k]}" for k in keys if k in raw]
+    overrides = [f"model.{k}={raw[k]}" for k in SHAPE_KEYS if k in raw]
     if not any(o.startswith("data.tokenizer=") for o in user_overrides):
         overrides.append(f"data.tokenizer={bert.resolve()}")
     return overrides + [f"model.init=bert:{bert.resolve()}"]
 
 
 def _shape(config) -> dict:
-    m = config.model
-    return {"hidden_size": m.hidden_size, "num_hidden_layers": m.num_hidden_layers,
-            "num_attention_heads": m.num_attention_heads, "intermediate_size": m.intermediate_size,
-            "max_position_embeddings": m.max_position_embeddings}
+    return {k: getattr(config.model, k) for k in SHAPE_KEYS}
 
 
 def _figure(rows: list[dict], metric: str, path: Path) -> None:

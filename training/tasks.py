@@ -71,12 +71,20 @@ class Task:
 
     name = ""
     splits = {"train": "train", "eval": "val", "test": "test"}
+    own_features = False  # a features.tsv of its own beside the task's files (NLVR2's pair images, VCR's objects)
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
 
+    @property
+    def folder(self) -> Path:
+        """The task's files: ``<data>/tasks/<name>`` (the built-in world's layout), else ``<data>`` itself."""
+        inner = self.data_dir / "tasks" / self.name
+        return inner if inner.is_dir() else self.data_dir
+
     def features_path(self) -> Path:
-        return self.data_dir / "features.tsv"
+        inner = self.data_dir / "tasks" / self.name / "features.tsv"
+        return inner if self.own_features and inner.is_file() else self.data_dir / "features.tsv"
 
     def examples(self, split: str) -> list[Example]:
         raise NotImplementedError
@@ -90,8 +98,6 @@ class VQATask(Task):
 
     def __init__(self, data_dir: Path, max_answers: int = 3129):
         super().__init__(data_dir)
-        folder = self.data_dir / "tasks" / "vqa" if (self.data_dir / "tasks" / "vqa").is_dir() else self.data_dir
-        self.folder = folder
         train = self._load("train")
         counts = Counter(a["multiple_choice_answer"] for _, a in train)
         self.answers = [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_answers]]
@@ -143,12 +149,10 @@ class NLVR2Task(Task):
     splits = {"train": "train", "eval": "dev", "test": "test1"}
     n_outputs = 2
 
-    def features_path(self) -> Path:
-        inner = self.data_dir / "tasks" / "nlvr2" / "features.tsv"
-        return inner if inner.is_file() else self.data_dir / "features.tsv"
+    own_features = True
 
     def examples(self, split: str) -> list[Example]:
-        folder = self.data_dir / "tasks" / "nlvr2" if (self.data_dir / "tasks" / "nlvr2").is_dir() else self.data_dir
+        folder = self.folder
         out = []
         for entry in _read_jsonl(folder / f"{split}.json"):
             stem = entry["identifier"].rsplit("-", 1)[0]
@@ -186,12 +190,10 @@ class VCRTask(Task):
     name = "vcr"
     n_outputs = 1
 
-    def features_path(self) -> Path:
-        inner = self.data_dir / "tasks" / "vcr" / "features.tsv"
-        return inner if inner.is_file() else self.data_dir / "features.tsv"
+    own_features = True
 
     def examples(self, split: str) -> list[Example]:
-        folder = self.data_dir / "tasks" / "vcr" if (self.data_dir / "tasks" / "vcr").is_dir() else self.data_dir
+        folder = self.folder
         out = []
         for entry in _read_jsonl(folder / f"{split}.jsonl"):
             image = Path(entry["img_fn"]).stem

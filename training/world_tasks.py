@@ -116,10 +116,10 @@ def _nlvr2(scenes, rng, split_name: str, n_sets: int, per_set: int):
         for k in range(per_set):
             for _ in range(100):  # until the statement separates the two pairs (almost always within a few)
                 spec = _nlvr2_statement(pairs[int(rng.integers(2))][int(rng.integers(2))], rng)
+                sentence = _nlvr2_sentence(*spec)
                 truths = [_nlvr2_truth(*spec, left, right) for left, right in pairs]
-                if truths[0] != truths[1] and _nlvr2_sentence(*spec) not in seen:
+                if truths[0] != truths[1] and sentence not in seen:
                     break
-            sentence = _nlvr2_sentence(*spec)
             seen.add(sentence)
             for p, ((left, right), truth) in enumerate(zip(pairs, truths)):
                 lines.append(json.dumps({"identifier": f"{split_name}-{number}-{p}-{k}", "sentence": sentence,

@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only way to read it is to set it; done once, at import, before any writer thread
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
 def _default_mode(folder: bool = False) -> int:
     """What ``open``/``mkdir`` would give: 0o666/0o777 less the umask (mkstemp's 0o600, mkdtemp's 0o700)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return (0o777 if folder else 0o666) & ~umask
+    return (0o777 if folder else 0o666) & ~_UMASK
 
 
 @contextmanager
