@@ -40,6 +40,34 @@ def test_vqa_metrics_by_hand(world_and_model):
     assert task.score(logits, [target]) == [1.0]
 
 
+
+def test_vqa_question_type_prior_by_hand(tmp_path):
+    """The question-only baseline: each type's most frequent training answer, scored with VQA accuracy."""
+    def write(split, rows):
+        questions = [{"image_id": 1, "question": q, "question_id": i} for i, (q, _, _, _) in enumerate(rows)]
+        annotations = [{"question_id": i, "image_id": 1, "multiple_choice_answer": top, "question_type": kind,
+                        "answer_type": "number" if kind == "how many" else "other",
+                        "answers": [{"answer": a} for a, n in human.items() for _ in range(n)]}
+                       for i, (_, kind, top, human) in enumerate(rows)]
+        (tmp_path / f"v2_OpenEnded_mscoco_{split}_questions.json").write_text(json.dumps({"questions": questions}))
+        (tmp_path / f"v2_mscoco_{split}_annotations.json").write_text(json.dumps({"annotations": annotations}))
+
+    colour, count = "what color is the", "how many"
+    write("train", [("what color is the cat ?", colour, "red", {"red": 10}),
+                    ("what color is the dog ?", colour, "red", {"red": 10}),
+                    ("what color is the car ?", colour, "blue", {"blue": 10}),
+                    ("how many dogs are there ?", count, "2", {"2": 10})])
+    write("test", [("what color is the bus ?", colour, "blue", {"red": 2, "blue": 8}),  # guess red: 2/3
+                   ("how many cats are there ?", count, "2", {"2": 10}),  # guess 2: 1
+                   ("is there a cat ?", "is there a", "yes", {"yes": 9, "red": 1})])  # unseen type, guess red: 1/3
+    task = VQATask(tmp_path)
+    assert task.text_prior(task.examples("test")) == {"vqa_accuracy": pytest.approx((2 / 3 + 1 + 1 / 3) / 3)}
+    # chance answers "red" (the most frequent training answer) to everything
+    assert task.chance(task.examples("test")) == {"vqa_accuracy": pytest.approx((2 / 3 + 0 + 1 / 3) / 3)}
+    metrics = task.metrics([1.0, 0.0, 1 / 3], task.examples("test"))
+    assert metrics["vqa_accuracy"] == pytest.approx(4 / 9)
+    assert metrics["by_answer_type"] == {"other": pytest.approx(2 / 3), "number": 0.0}
+
 def test_vcr_q2ar_and_flickr_recall_by_hand(world_and_model):
     examples = [Example([], [], {"mode": "q2a"}, group="a"), Example([], [], {"mode": "qa2r"}, group="a"),
                 Example([], [], {"mode": "q2a"}, group="b"), Example([], [], {"mode": "qa2r"}, group="b")]
@@ -77,6 +105,7 @@ def test_each_task_finetunes_and_evaluates(world_and_model, tmp_path, capsys, ta
     for key in keys:
         assert 0.0 <= metrics[key] <= 1.0
     assert set(keys) - {"upper_bound"} <= set(metrics["chance"])
+    assert ("text_prior" in metrics) == (task == "vqa")
     assert "chance" in capsys.readouterr().out
     assert train_main(["evaluate", "--ckpt", str(out), "--data", str(world), "--out", str(tmp_path / "again")]) == 0
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())

@@ -179,3 +179,32 @@ def test_config_rejects_values_outside_a_fields_choices():
                               ("train.amp=fp8", "train.amp='fp8'; choose one of auto, bf16, fp16, off")]:
         with pytest.raises(VbProbeError, match=message.replace("(", r"\(")):
             load_config(None, [override])
+
+
+def test_shipped_configs_load_and_the_tasks_config_is_the_demo_with_matching():
+    """Every TOML under configs/ loads; configs/tasks.toml is the demo model with image–text matching and more
+    steps (the README's downstream-task recipe says so), nothing else changed."""
+    import dataclasses
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent.parent / "configs"
+    configs = {p.stem: dataclasses.asdict(load_config(p, [])) for p in sorted(folder.glob("*.toml"))}
+    assert {"demo", "paper", "tasks"} <= set(configs)
+    demo, tasks = configs["demo"], configs["tasks"]
+    changed = {(section, key) for section in demo for key in demo[section] if demo[section][key] != tasks[section][key]}
+    assert changed == {("objective", "sentence_image"), ("train", "steps")}
+    assert tasks["objective"]["sentence_image"] == "itm" and tasks["train"]["steps"] > demo["train"]["steps"]
+
+
+def test_finetune_steps_default_to_each_tasks_own():
+    from training.cli import _settings, build_parser
+    from training.finetune import DEFAULT_STEPS
+
+    base = ["finetune", "--task", "all", "--data", "w", "--init", "m", "--out", "o"]
+    args = build_parser().parse_args(base)
+    assert {task: _settings(args, task).steps for task in DEFAULT_STEPS} == {"vqa": 800, "nlvr2": 800, "vcr": 300,
+                                                                            "flickr30k": 300}
+    args = build_parser().parse_args(base + ["--steps", "7"])
+    assert _settings(args, "nlvr2").steps == 7
+    ablate = build_parser().parse_args(["ablate", "--task", "nlvr2", "--data", "w", "--out", "o"])
+    assert _settings(ablate).steps == 150

@@ -48,19 +48,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _settings(args):
-    from training.finetune import FinetuneSettings
+def _settings(args, task: str | None = None):
+    from training.finetune import DEFAULT_STEPS, FinetuneSettings
 
-    return FinetuneSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            device=args.device)
+    steps = args.steps if args.steps is not None else DEFAULT_STEPS[task]
+    return FinetuneSettings(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
 
 
 def _print_metrics(result: dict) -> None:
-    chance = result["chance"]
+    chance, prior = result["chance"], result.get("text_prior", {})
     shown = {k: v for k, v in result.items() if k in ("vqa_accuracy", "accuracy", "consistency", "q2a", "qa2r", "q2ar",
                                                      "r@1", "r@5", "r@10", "upper_bound") and v is not None}
     print(f"{result['task']} on {result['split']}: " + ", ".join(
-        f"{k} {v:.3f}" + (f" (chance {chance[k]:.3f})" if k in chance else "") for k, v in shown.items()))
+        f"{k} {v:.3f}" + (f" (chance {chance[k]:.3f}" + (f", question-only prior {prior[k]:.3f}" if k in prior else "")
+                          + ")" if k in chance else "") for k, v in shown.items()))
+    if result.get("by_answer_type"):
+        print("  by answer type: " + ", ".join(f"{k} {v:.3f}" for k, v in result["by_answer_type"].items()))
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
@@ -69,7 +72,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     tasks = ["vqa", "nlvr2", "vcr", "flickr30k"] if args.task == "all" else [args.task]
     for task in tasks:  # with --task all, each task in its own folder under --out
         out = args.out / task if args.task == "all" else args.out
-        result = finetune(task, args.data, args.init, out, _settings(args), tokenizer_dir=args.tokenizer,
+        result = finetune(task, args.data, args.init, out, _settings(args, task), tokenizer_dir=args.tokenizer,
                           progress=not args.quiet)
         _print_metrics(result)
         print(f"wrote {out / 'metrics.json'}")
@@ -100,10 +103,11 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finetune_options(p: argparse.ArgumentParser, steps: int = 300, allow_all: bool = False) -> None:
+def _finetune_options(p: argparse.ArgumentParser, steps: int | None = None, allow_all: bool = False) -> None:
     p.add_argument("--task", required=True, choices=["vqa", "nlvr2", "vcr", "flickr30k"] + (["all"] if allow_all else []))
     p.add_argument("--data", type=Path, required=True, help="folder with the task's files and features")
-    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--steps", type=int, default=steps,
+                   help="fine-tuning steps" + ("" if steps else " (default: the task's own, VQA and NLVR2 800, VCR and Flickr30K 300)"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)

@@ -22,6 +22,11 @@ from vb_probe.tables import write_csv
 from vb_probe.tokenization import tokenize_words
 
 
+# default fine-tuning steps of `vb-train finetune` on the built-in world at the demo size: VQA and NLVR2 need more,
+# their [CLS] must learn to read the image (at 300 steps VQA equals its question-only prior and NLVR2 is at chance)
+DEFAULT_STEPS = {"vqa": 800, "nlvr2": 800, "vcr": 300, "flickr30k": 300}
+
+
 @dataclass(frozen=True)
 class FinetuneSettings:
     steps: int = 300
@@ -227,7 +232,7 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
     metrics = evaluate_task(model, task, encoder, held_out)
     result = {"task": task_name, "split": task.splits["test"], "n_train": len(train), "n_held_out": len(held_out),
               "init": str(init), "steps": settings.steps, **metrics, "chance": task.chance(held_out),
-              "final_train_loss": float(np.mean(losses[-20:])), "wall_time_s": round(time.time() - started, 1)}
+              **_text_prior(task, held_out), "final_train_loss": float(np.mean(losses[-20:])), "wall_time_s": round(time.time() - started, 1)}
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "task": task_name, "config": model.visual_bert.config.to_dict(),
                 "tokenizer": str(Path(tokenizer.name_or_path).resolve()), "settings": settings.__dict__},
@@ -253,7 +258,13 @@ def evaluate_saved(run_dir: Path, data_dir: Path, device: str = "cpu") -> dict:
                       saved["settings"]["max_text_len"], device)
     held_out = task.examples(task.splits["test"])
     return {"task": task.name, "split": task.splits["test"], **evaluate_task(model, task, encoder, held_out),
-            "chance": task.chance(held_out)}
+            "chance": task.chance(held_out), **_text_prior(task, held_out)}
+
+
+def _text_prior(task: Task, examples: list[Example]) -> dict:
+    """``{"text_prior": {...}}`` where the task has a question-only baseline (VQA), else nothing."""
+    prior = task.text_prior(examples)
+    return {"text_prior": prior} if prior is not None else {}
 
 
 # ------------------------------------------------------------------------------------------- ablation study

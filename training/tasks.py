@@ -92,6 +92,15 @@ class Task:
     def chance(self, examples: list[Example]) -> dict[str, float]:
         raise NotImplementedError
 
+    def text_prior(self, examples: list[Example]) -> dict[str, float] | None:
+        """The score of a guesser that reads the question but not the image, where the task has one."""
+        return None
+
+
+def _question_type(question: dict, annotation: dict) -> str:
+    """VQA's ``question_type`` (its annotations have one), else the question's first three words."""
+    return annotation.get("question_type") or " ".join(question["question"].split()[:3])
+
 
 class VQATask(Task):
     name = "vqa"
@@ -121,7 +130,8 @@ class VQATask(Task):
         for q, a in self._load(split):
             human = Counter(ans["answer"] for ans in a["answers"])
             soft = {self.index[ans]: min(n / 3.0, 1.0) for ans, n in human.items() if ans in self.index}
-            out.append(Example([q["question"].split()], [str(q["image_id"])], {"soft": soft, "human": dict(human)}))
+            target = {"soft": soft, "human": dict(human), "answer_type": a.get("answer_type", "other")}
+            out.append(Example([q["question"].split()], [str(q["image_id"])], target, group=_question_type(q, a)))
         return out
 
     def loss(self, logits: torch.Tensor, targets: list) -> torch.Tensor:
@@ -135,13 +145,30 @@ class VQATask(Task):
         predictions = logits.argmax(-1).tolist()
         return [min(t["human"].get(self.answers[p], 0) / 3.0, 1.0) for p, t in zip(predictions, targets)]
 
-    def metrics(self, scores: list[float], examples: list[Example]) -> dict[str, float]:
-        return {"vqa_accuracy": float(np.mean(scores))}
+    def metrics(self, scores: list[float], examples: list[Example]) -> dict:
+        """VQA accuracy, overall and by answer type (yes/no, number, other), as VQA's evaluation reports it."""
+        by_type: dict[str, list[float]] = {}
+        for score, example in zip(scores, examples):
+            by_type.setdefault(example.target.get("answer_type", "other"), []).append(score)
+        return {"vqa_accuracy": float(np.mean(scores)),
+                "by_answer_type": {kind: float(np.mean(v)) for kind, v in sorted(by_type.items())}}
 
     def chance(self, examples: list[Example]) -> dict[str, float]:
         """Always answering the most frequent training answer."""
         top = self.answers[0]
         return {"vqa_accuracy": float(np.mean([min(e.target["human"].get(top, 0) / 3.0, 1.0) for e in examples]))}
+
+    def text_prior(self, examples: list[Example]) -> dict[str, float]:
+        """VQA's "per Q-type prior" (Antol et al. 2015): the most frequent training answer of the question's type
+        (the annotation's ``question_type``, else its first three words); types unseen in training get the
+        overall most frequent answer."""
+        by_type: dict[str, Counter] = {}
+        for q, a in self._load(self.splits["train"]):
+            by_type.setdefault(_question_type(q, a), Counter())[a["multiple_choice_answer"]] += 1
+        best = {kind: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for kind, c in by_type.items()}
+        guesses = [best.get(e.group, self.answers[0]) for e in examples]
+        return {"vqa_accuracy": float(np.mean([min(e.target["human"].get(g, 0) / 3.0, 1.0)
+                                               for g, e in zip(guesses, examples)]))}
 
 
 class NLVR2Task(Task):
