@@ -107,7 +107,8 @@ def _finetune_options(p: argparse.ArgumentParser, steps: int | None = None, allo
     p.add_argument("--task", required=True, choices=["vqa", "nlvr2", "vcr", "flickr30k"] + (["all"] if allow_all else []))
     p.add_argument("--data", type=Path, required=True, help="folder with the task's files and features")
     p.add_argument("--steps", type=int, default=steps,
-                   help="fine-tuning steps" + ("" if steps else " (default: the task's own, VQA and NLVR2 800, VCR and Flickr30K 300)"))
+                   help="fine-tuning steps" + ("" if steps else
+                                               " (default: the task's own, VQA and NLVR2 800, VCR and Flickr30K 300)"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)

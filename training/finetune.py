@@ -232,7 +232,8 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
     metrics = evaluate_task(model, task, encoder, held_out)
     result = {"task": task_name, "split": task.splits["test"], "n_train": len(train), "n_held_out": len(held_out),
               "init": str(init), "steps": settings.steps, **metrics, "chance": task.chance(held_out),
-              **_text_prior(task, held_out), "final_train_loss": float(np.mean(losses[-20:])), "wall_time_s": round(time.time() - started, 1)}
+              **_text_prior(task, held_out), "final_train_loss": float(np.mean(losses[-20:])),
+              "wall_time_s": round(time.time() - started, 1)}
     out.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "task": task_name, "config": model.visual_bert.config.to_dict(),
                 "tokenizer": str(Path(tokenizer.name_or_path).resolve()), "settings": settings.__dict__},
