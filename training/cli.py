@@ -59,9 +59,14 @@ def _print_metrics(result: dict) -> None:
     chance, prior = result["chance"], result.get("text_prior", {})
     shown = {k: v for k, v in result.items() if k in ("vqa_accuracy", "accuracy", "consistency", "q2a", "qa2r", "q2ar",
                                                      "r@1", "r@5", "r@10", "upper_bound") and v is not None}
-    print(f"{result['task']} on {result['split']}: " + ", ".join(
-        f"{k} {v:.3f}" + (f" (chance {chance[k]:.3f}" + (f", question-only prior {prior[k]:.3f}" if k in prior else "")
-                          + ")" if k in chance else "") for k, v in shown.items()))
+
+    def with_baselines(key: str, value: float) -> str:
+        if key not in chance:
+            return f"{key} {value:.3f}"
+        extra = f", question-only prior {prior[key]:.3f}" if key in prior else ""
+        return f"{key} {value:.3f} (chance {chance[key]:.3f}{extra})"
+
+    print(f"{result['task']} on {result['split']}: " + ", ".join(with_baselines(k, v) for k, v in shown.items()))
     if result.get("by_answer_type"):
         print("  by answer type: " + ", ".join(f"{k} {v:.3f}" for k, v in result["by_answer_type"].items()))
 

@@ -97,6 +97,16 @@ class Task:
         return None
 
 
+def _vqa_score(answer: str, human: dict[str, int]) -> float:
+    """VQA accuracy of one answer: min(#humans that gave it / 3, 1)."""
+    return min(human.get(answer, 0) / 3.0, 1.0)
+
+
+def _ranked(counts: Counter) -> list[str]:
+    """Most frequent first; ties in alphabetical order (so every run picks the same answer)."""
+    return [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
 def _question_type(question: dict, annotation: dict) -> str:
     """VQA's ``question_type`` (its annotations have one), else the question's first three words."""
     return annotation.get("question_type") or " ".join(question["question"].split()[:3])
@@ -107,10 +117,13 @@ class VQATask(Task):
 
     def __init__(self, data_dir: Path, max_answers: int = 3129):
         super().__init__(data_dir)
-        train = self._load("train")
-        counts = Counter(a["multiple_choice_answer"] for _, a in train)
-        self.answers = [a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_answers]]
+        train = self._load(self.splits["train"])
+        self.answers = _ranked(Counter(a["multiple_choice_answer"] for _, a in train))[:max_answers]
         self.index = {a: i for i, a in enumerate(self.answers)}
+        by_type: dict[str, Counter] = {}
+        for q, a in train:
+            by_type.setdefault(_question_type(q, a), Counter())[a["multiple_choice_answer"]] += 1
+        self.top_by_question_type = {kind: _ranked(counts)[0] for kind, counts in by_type.items()}
 
     def _load(self, split: str):
         questions = _read_json(self.folder / f"v2_OpenEnded_mscoco_{split}_questions.json")["questions"]
@@ -129,7 +142,7 @@ class VQATask(Task):
         out = []
         for q, a in self._load(split):
             human = Counter(ans["answer"] for ans in a["answers"])
-            soft = {self.index[ans]: min(n / 3.0, 1.0) for ans, n in human.items() if ans in self.index}
+            soft = {self.index[ans]: _vqa_score(ans, human) for ans in human if ans in self.index}
             target = {"soft": soft, "human": dict(human), "answer_type": a.get("answer_type", "other")}
             out.append(Example([q["question"].split()], [str(q["image_id"])], target, group=_question_type(q, a)))
         return out
@@ -143,32 +156,26 @@ class VQATask(Task):
 
     def score(self, logits: torch.Tensor, targets: list) -> list[float]:
         predictions = logits.argmax(-1).tolist()
-        return [min(t["human"].get(self.answers[p], 0) / 3.0, 1.0) for p, t in zip(predictions, targets)]
+        return [_vqa_score(self.answers[p], t["human"]) for p, t in zip(predictions, targets)]
 
     def metrics(self, scores: list[float], examples: list[Example]) -> dict:
         """VQA accuracy, overall and by answer type (yes/no, number, other), as VQA's evaluation reports it."""
         by_type: dict[str, list[float]] = {}
         for score, example in zip(scores, examples):
-            by_type.setdefault(example.target.get("answer_type", "other"), []).append(score)
+            by_type.setdefault(example.target["answer_type"], []).append(score)
         return {"vqa_accuracy": float(np.mean(scores)),
                 "by_answer_type": {kind: float(np.mean(v)) for kind, v in sorted(by_type.items())}}
 
     def chance(self, examples: list[Example]) -> dict[str, float]:
         """Always answering the most frequent training answer."""
-        top = self.answers[0]
-        return {"vqa_accuracy": float(np.mean([min(e.target["human"].get(top, 0) / 3.0, 1.0) for e in examples]))}
+        return {"vqa_accuracy": float(np.mean([_vqa_score(self.answers[0], e.target["human"]) for e in examples]))}
 
     def text_prior(self, examples: list[Example]) -> dict[str, float]:
         """VQA's "per Q-type prior" (Antol et al. 2015): the most frequent training answer of the question's type
         (the annotation's ``question_type``, else its first three words); types unseen in training get the
         overall most frequent answer."""
-        by_type: dict[str, Counter] = {}
-        for q, a in self._load(self.splits["train"]):
-            by_type.setdefault(_question_type(q, a), Counter())[a["multiple_choice_answer"]] += 1
-        best = {kind: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for kind, c in by_type.items()}
-        guesses = [best.get(e.group, self.answers[0]) for e in examples]
-        return {"vqa_accuracy": float(np.mean([min(e.target["human"].get(g, 0) / 3.0, 1.0)
-                                               for g, e in zip(guesses, examples)]))}
+        return {"vqa_accuracy": float(np.mean([
+            _vqa_score(self.top_by_question_type.get(e.group, self.answers[0]), e.target["human"]) for e in examples]))}
 
 
 class NLVR2Task(Task):
