@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_cache(tmp_path_factory):
+    """The suite's own cache folder (TSV indexes, parses), never the user's."""
+    os.environ["VB_PROBE_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    return os.environ["VB_PROBE_CACHE"]
 
 
 def tiny_config(**overrides):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,8 +161,10 @@ def test_three_feature_layouts_give_identical_arrays(tmp_path):
             for name in ("boxes", "features", "confidences"):
                 np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
             assert (got.image_w, got.image_h) == (320.0, 320.0)
-    # the offset index was cached beside the TSV and is reused
-    assert (tmp_path / "f.tsv.vbindex.json").is_file()
+    # the offset index is cached in the user's cache folder (nothing beside the TSV) and is reused
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("f.tsv")) == ["f.tsv"]
+    cached = list((Path(os.environ["VB_PROBE_CACHE"]) / "tsv-index").glob("*.json"))
+    assert any(json.loads(p.read_text())["stamp"]["path"] == str((tmp_path / "f.tsv").resolve()) for p in cached)
     assert TsvFeatures(tmp_path / "f.tsv")._offsets == stores[0]._offsets
     with pytest.raises(DataError, match="image 4 is not in the features"):
         stores[0]["4"]

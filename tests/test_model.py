@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import random_inputs, reference_and_ours, tiny_config
 
+from vb_probe.errors import VbProbeError
 from vb_probe import hooks
 
 
@@ -140,7 +141,7 @@ def test_head_ablation_zero_changes_only_that_head_contribution(config):
     assert z_edit[:, :, 2].abs().max() == 0.0
     torch.testing.assert_close(z_edit[:, :, [0, 1, 3]], z_clean[:, :, [0, 1, 3]])
     assert (ablated - base).abs().max() > 1e-4
-    with pytest.raises(ValueError, match="L9H0 does not exist"):
+    with pytest.raises(VbProbeError, match="L9H0 does not exist"):
         with hooks.ablate_heads(ours, [(9, 0)]):
             pass
 

@@ -103,6 +103,7 @@ def test_syntactic_matches_reference(world, tmp_path, capsys):
 
 def test_spacy_parser_is_cached_and_unknown_relation_fails(world, tmp_path, capsys, monkeypatch):
     cache = tmp_path / "cache"
+    monkeypatch.delenv("VB_PROBE_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     args = ["syntactic", "--ckpt", str(world["ckpt"]), "--flickr30k", str(world["flickr"]), "--features",
             str(world["tsv"]), "--parser", "spacy", "--relation", "all", "--quiet"]

@@ -12,6 +12,10 @@ from pathlib import Path
 
 def cmd_world(args: argparse.Namespace) -> int:
     from training.world import build_world
+    from vb_probe.atomic import check_replaceable, writable_folder
+
+    check_replaceable(args.out)  # before any work: a user's folder is never replaced
+    writable_folder(args.out.resolve().parent, "--out's parent")
 
     stats = build_world(args.out, images=args.images, seed=args.seed, hdf5=not args.no_hdf5,
                         render=not args.no_images, progress=not args.quiet)
@@ -24,7 +28,9 @@ def cmd_world(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.loop import pretrain
+    from vb_probe.atomic import writable_folder
 
+    writable_folder(args.out)
     overrides = args.set + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     if args.task:  # task-specific pre-training: masked LM on the task's own text and images
         from training.finetune import load_task
@@ -73,7 +79,9 @@ def _print_metrics(result: dict) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from training.finetune import finetune
+    from vb_probe.atomic import writable_folder
 
+    writable_folder(args.out)
     tasks = ["vqa", "nlvr2", "vcr", "flickr30k"] if args.task == "all" else [args.task]
     for task in tasks:  # with --task all, each task in its own folder under --out
         out = args.out / task if args.task == "all" else args.out
@@ -98,7 +106,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from training.finetune import ablate
+    from vb_probe.atomic import writable_folder
 
+    writable_folder(args.out)
     rows = ablate(args.task, args.data, args.out, [v for v in args.variants.split(",") if v], args.seeds,
                   args.set, _settings(args), bert=args.bert, progress=not args.quiet)
     print("variant, mean ± std over seeds (held-out " + rows[0]["metric"] + ")")
@@ -122,7 +132,9 @@ def _finetune_options(p: argparse.ArgumentParser, steps: int | None = None, allo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vb-train", description="Build, pre-train and fine-tune VisualBERT.")
+    from vb_probe.errors import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="vb-train", description="Build, pre-train and fine-tune VisualBERT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("world", help="generate the built-in world in the real data formats")

@@ -114,6 +114,8 @@ def _coerce(section: str, key: str, value, target_type, source: str):
     if target_type is tuple:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise VbProbeError(f"{source}: {section}.{key}={value!r} should be a list of names, e.g. [\"train\"]")
         return tuple(value)
     wanted = expected.get(target_type)
     if wanted is not None and (not isinstance(value, wanted) or (target_type is int and isinstance(value, bool))):
@@ -138,11 +140,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     source = str(path) if path else "defaults"
     if path is not None:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
             raise VbProbeError(f"{path}: config file not found; pass --config configs/demo.toml or another TOML") from None
+        except IsADirectoryError:
+            raise VbProbeError(f"{path}: is a folder; pass --config with a TOML file such as configs/demo.toml") from None
+        except UnicodeDecodeError as exc:
+            raise VbProbeError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8, re-save it") from None
         except tomllib.TOMLDecodeError as exc:
-            raise VbProbeError(f"{path}: not valid TOML ({exc})") from None
+            raise VbProbeError(f"{path}: not valid TOML ({exc}); see configs/demo.toml for the layout") from None
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:
@@ -153,6 +159,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for section, values in raw.items():
         if section not in _SECTIONS:
             raise VbProbeError(f"{source}: unknown section [{section}]; sections are {', '.join(_SECTIONS)}")
+        if not isinstance(values, dict):
+            raise VbProbeError(f"{source}: {section} = {values!r} should be a table [{section}] of keys")
         cls = _SECTIONS[section]
         names = {f.name for f in fields(cls)}
         checked = {}
@@ -169,13 +177,30 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
+# (section, key) → (lowest, highest, whether the lowest itself is allowed), for every number a run depends on
+_RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
+    **{("model", k): (1, 1e6, True) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                              "intermediate_size", "max_position_embeddings")},
+    ("model", "hidden_dropout_prob"): (0, 1, True), ("model", "attention_probs_dropout_prob"): (0, 1, True),
+    **{("objective", k): (0, 1, True) for k in ("entity_prob", "content_prob", "other_prob")},
+    ("objective", "mask_prob"): (0, 1, False),
+    **{("train", k): (1, 1e12, True) for k in ("steps", "batch_size", "grad_accum", "eval_every", "eval_batches",
+                                               "save_every", "max_regions", "max_text_len")},
+    ("train", "lr"): (0, 1, False), ("train", "warmup_frac"): (0, 1, True), ("train", "weight_decay"): (0, 1e3, True),
+    ("train", "clip_norm"): (0, 1e6, True), ("train", "seed"): (0, 2**32 - 1, True), ("train", "threads"): (0, 4096, True),
+}
+
+
 def _validate(config: TrainConfig, source: str) -> None:
-    m, t = config.model, config.train
+    for (section, key), (low, high, low_ok) in _RANGES.items():
+        value = getattr(getattr(config, section), key)
+        if not (low <= value <= high) or (value == low and not low_ok) or value != value:  # value != value: NaN
+            bound = f"{'at least' if low_ok else 'above'} {low:g}" + (f" and at most {high:g}" if high < 1e6 else "")
+            raise VbProbeError(f"{source}: {section}.{key}={value!r} must be {bound}; fix the value")
+    m = config.model
     if m.hidden_size % m.num_attention_heads:
         raise VbProbeError(f"{source}: model.hidden_size {m.hidden_size} is not a multiple of num_attention_heads "
                            f"{m.num_attention_heads}")
-    if t.steps < 1 or t.batch_size < 1 or t.grad_accum < 1:
-        raise VbProbeError(f"{source}: train.steps, train.batch_size and train.grad_accum must be at least 1")
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -6,6 +6,7 @@ metrics of the task and ``chance``, the score of guessing.
 
 from __future__ import annotations
 
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 from training.loop import lr_at
 from training.tasks import MAX_REGIONS, TASKS, Example, Task, TaskModel
-from vb_probe.atomic import write_json
+from vb_probe.atomic import atomic_files
 from vb_probe.data.features import open_features
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.tables import write_csv
@@ -234,11 +235,11 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
               "init": str(init), "steps": settings.steps, **metrics, "chance": task.chance(held_out),
               **_text_prior(task, held_out), "final_train_loss": float(np.mean(losses[-20:])),
               "wall_time_s": round(time.time() - started, 1)}
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "task": task_name, "config": model.visual_bert.config.to_dict(),
-                "tokenizer": str(Path(tokenizer.name_or_path).resolve()), "settings": settings.__dict__},
-               out / "model.pt")
-    write_json(out / "metrics.json", result)
+    with atomic_files(out) as staged:  # the model and its metrics land together or not at all
+        torch.save({"model": model.state_dict(), "task": task_name, "config": model.visual_bert.config.to_dict(),
+                    "tokenizer": str(Path(tokenizer.name_or_path).resolve()), "settings": dict(settings.__dict__)},
+                   staged.path("model.pt"))
+        staged.json("metrics.json", result)
     return result
 
 
@@ -250,7 +251,14 @@ def evaluate_saved(run_dir: Path, data_dir: Path, device: str = "cpu") -> dict:
     path = Path(run_dir) / "model.pt"
     if not path.is_file():
         raise VbProbeError(f"{path}: not found; pass --ckpt with the --out folder of `vb-train finetune`")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain values only: a crafted file is refused, never run
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise VbProbeError(f"{path}: refused to load: it holds Python objects, not only tensors and plain values "
+                           f"({str(exc).splitlines()[-1][:100]}); pass a model.pt written by `vb-train finetune`") from None
+    except Exception as exc:
+        raise VbProbeError(f"{path}: cannot read ({type(exc).__name__}); the file is truncated or corrupt, "
+                           "fine-tune again") from None
     task = load_task(saved["task"], data_dir)
     model = TaskModel(VisualBertModel(VisualBertConfig.from_dict(saved["config"])), task)
     model.load_state_dict(saved["model"])

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import pickle
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from training.config import TrainConfig, config_from_dict
 from training.data import PretrainBatch, PretrainData
 from training.heads import VisualBertForPreTraining
-from vb_probe.atomic import atomic_open, write_text
+from vb_probe.atomic import atomic_open, remove_stale_temporaries, write_text
 from vb_probe.errors import CheckpointError, VbProbeError
 
 
@@ -140,11 +141,16 @@ def checkpoint_dir(out: Path) -> Path:
 
 
 def save_checkpoint(out: Path, step: int, model, optimizer, config: TrainConfig, keep: int = 2) -> Path:
-    """Atomically write ``checkpoints/step-<N>.pt``: model, optimizer, schedule position, RNG states, config."""
+    """Atomically write ``checkpoints/step-<N>.pt``: model, optimizer, schedule position, RNG states, config.
+
+    Only tensors and plain values (numbers, strings, lists, dicts), so it loads with ``weights_only=True``.
+    """
+    name, keys, position, has_gauss, gauss = np.random.get_state()
     state = {
         "step": step, "config": config.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
         "schedule": {"step": step, "total": config.train.steps},
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rng": {"torch": torch.get_rng_state(), "numpy": [name, keys.tolist(), int(position), int(has_gauss), float(gauss)],
+                "python": random.getstate()},
         "data_position": {"next_step": step},
     }
     path = checkpoint_dir(out) / f"step-{step:07d}.pt"
@@ -155,14 +161,47 @@ def save_checkpoint(out: Path, step: int, model, optimizer, config: TrainConfig,
     return path
 
 
+def restore_rng(rng: dict) -> None:
+    """Inverse of what :func:`save_checkpoint` stores under ``rng``."""
+    torch.set_rng_state(rng["torch"])
+    name, keys, position, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
 def latest_checkpoint(out: Path) -> dict | None:
-    """The newest checkpoint that loads (a damaged newest one falls back to the one before)."""
+    """The newest checkpoint that loads (a damaged newest one falls back to the one before).
+
+    Read with ``weights_only=True``: a file holding anything but tensors and plain values is refused, never run.
+    Temporary files of a save that was killed are removed first.
+    """
+    remove_stale_temporaries(checkpoint_dir(out), ".step-*.pt.*.tmp")
     for path in sorted(checkpoint_dir(out).glob("step-*.pt"), reverse=True):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"{path}: refused to load: it holds Python objects, not only tensors and plain values "
+                f"({str(exc).splitlines()[-1][:100]}); it was not written by this version of vb-train — "
+                "delete it or run again without --resume") from None
+        except Exception:  # truncated by a crash: the one before it is complete
             continue
     return None
+
+
+def check_resumed_config(saved: TrainConfig, asked: TrainConfig, out: Path) -> TrainConfig:
+    """A resumed run keeps its own config; only ``train.steps`` may change. Any other difference is refused
+    (silently training on with the old values would make the numbers mean something else)."""
+    old, new = saved.to_dict(), asked.to_dict()
+    differs = [f"{section}.{key}: {old[section].get(key)!r} → {value!r}"
+               for section, values in new.items() for key, value in values.items()
+               if (section, key) != ("train", "steps") and old.get(section, {}).get(key) != value]
+    if differs:
+        shown = "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
+        raise VbProbeError(f"--resume {out}: the run was started with another config ({shown}); resume with the "
+                           "same --config and --set values (only --steps may change), or start a new --out")
+    return replace(saved, train=replace(saved.train, steps=asked.train.steps))
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -189,8 +228,7 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     start_step = 0
     state = latest_checkpoint(out) if resume else None
     if state is not None:  # the run's own resolved config; only the step count may be extended
-        saved = config_from_dict(state["config"])
-        config = replace(saved, train=replace(saved.train, steps=config.train.steps))
+        config = check_resumed_config(config_from_dict(state["config"]), config, out)
         t = config.train
         start_step = state["step"]
     if init_checkpoint is not None:  # continue from a VisualBERT checkpoint: its own shape, and heads if it has them
@@ -215,9 +253,7 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        restore_rng(state["rng"])
     trained = model
     if dd.world > 1:
         trained = torch.nn.parallel.DistributedDataParallel(model)

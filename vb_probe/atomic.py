@@ -57,15 +57,58 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-@contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (old one removed after)."""
+MANIFEST = ".vb-probe-manifest.json"
+
+
+def _foreign_entries(path: Path) -> list[str]:
+    """What an existing folder holds that vb-probe did not write there (its manifest lists what it wrote)."""
+    present = sorted(str(p.relative_to(path)) for p in path.rglob("*") if not p.is_dir())
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        return present
+    try:
+        owned = set(json.loads(manifest.read_text(encoding="utf-8"))["files"]) | {MANIFEST}
+    except (OSError, ValueError, KeyError, TypeError):
+        return present
+    return [p for p in present if p not in owned]
+
+
+def check_replaceable(path: str | os.PathLike, what: str = "--out") -> None:
+    """Raise unless ``path`` is absent, an empty folder, or a folder vb-probe wrote and nobody added to.
+
+    Writers own only what they create: a user's file is never replaced or deleted.
+    """
+    from vb_probe.errors import VbProbeError
+
     path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise VbProbeError(f"{what} {path}: is a file, not a folder; choose a new folder name")
+    if not path.is_dir():
+        return
+    foreign = _foreign_entries(path)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise VbProbeError(f"{what} {path}: the folder holds files vb-probe did not write ({shown}); "
+                           "choose a new or empty folder (nothing was changed)")
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike, what: str = "--out") -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` (old one removed after).
+
+    ``path`` may only be absent, empty, or a folder this function wrote before (its manifest lists every file,
+    so a file a user put there is found and nothing is replaced); anything else raises before any work.
+    """
+    path = Path(path)
+    check_replaceable(path, what)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir())
+        (tmp / MANIFEST).write_text(json.dumps({"written_by": "vb-probe", "files": files}) + "\n", encoding="utf-8")
         os.chmod(tmp, _default_mode(folder=True))
+        check_replaceable(path, what)  # again: a user may have added a file while we worked
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -76,3 +119,81 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class StagedFiles:
+    """Files written under temporary names in one folder, renamed into place together by :func:`atomic_files`."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._staged: list[tuple[Path, Path]] = []
+
+    def path(self, name: str) -> Path:
+        """A temporary path to write ``name`` to; it becomes ``folder/name`` when the group commits."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        self._staged.append((Path(tmp), self.folder / name))
+        return Path(tmp)
+
+    def text(self, name: str, text: str) -> None:
+        self.path(name).write_text(text, encoding="utf-8", newline="")
+
+    def json(self, name: str, data: Any) -> None:
+        self.text(name, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+    def figure(self, name: str, fig, dpi: int | None = None) -> None:
+        """Save a matplotlib figure in the format its extension names (.png, .svg, .pdf)."""
+        fig.savefig(self.path(name), format=Path(name).suffix.lstrip(".").lower() or "png", dpi=dpi)
+
+    def _commit(self) -> None:
+        for tmp, _ in self._staged:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+            os.chmod(tmp, _default_mode())
+        for tmp, target in self._staged:  # renames need no space: once every file is written, all land
+            os.replace(tmp, target)
+
+    def _discard(self) -> None:
+        for tmp, _ in self._staged:
+            tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_files(folder: str | os.PathLike) -> Iterator[StagedFiles]:
+    """Write a run's files together or not at all: each is written under a temporary name, and only when
+    every one is complete are they renamed into place. A failure (a full disk) leaves the previous files."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = StagedFiles(folder)
+    try:
+        yield staged
+        staged._commit()
+    except BaseException:
+        staged._discard()
+        raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, pattern: str = ".*.tmp") -> int:
+    """Delete temporary files an atomic write left behind when its process was killed; returns how many."""
+    removed = 0
+    for stale in Path(folder).glob(pattern):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def writable_folder(path: str | os.PathLike, what: str = "--out") -> Path:
+    """Create ``path`` if needed and check it can be written; a one-line error otherwise (never a traceback)."""
+    from vb_probe.errors import VbProbeError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise VbProbeError(f"{what} {path}: is a file, not a folder; choose a new folder name")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VbProbeError(f"{what} {path}: cannot create the folder ({exc.strerror}); choose a writable {what}") from None
+    if not os.access(path, os.W_OK):
+        raise VbProbeError(f"{what} {path}: folder is not writable; choose a writable {what}")
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -52,9 +53,64 @@ def read_config_json(folder: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a checkpoint folder needs the config.json that transformers writes")
     try:
-        return json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-save the checkpoint") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the checkpoint") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(raw).__name__}, expected an object of config fields")
+    return raw
+
+
+# config.json fields that decide the model's shape: whole numbers of at least 1
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size", "visual_embedding_dim")
+_PROBABILITY_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def check_config_fields(raw: dict, path: Path) -> None:
+    """Types and ranges of the fields a VisualBERT/BERT config.json must get right (one-line errors)."""
+    from transformers.activations import ACT2FN
+
+    def fail(key: str, expected: str) -> None:
+        raise CheckpointError(f"{path}: {key} is {raw[key]!r}, expected {expected}; fix config.json "
+                              "(or re-save the checkpoint)")
+
+    for key in _SHAPE_FIELDS:
+        if key in raw and (not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1):
+            fail(key, "a whole number of at least 1")
+    for key in _PROBABILITY_FIELDS:
+        if key in raw and (not isinstance(raw[key], (int, float)) or isinstance(raw[key], bool)
+                           or not 0 <= raw[key] < 1):
+            fail(key, "a probability in [0, 1)")
+    if "layer_norm_eps" in raw and (not isinstance(raw["layer_norm_eps"], (int, float))
+                                    or isinstance(raw["layer_norm_eps"], bool) or not 0 < raw["layer_norm_eps"] < 1):
+        fail("layer_norm_eps", "a small positive number such as 1e-12")
+    if "hidden_act" in raw and (not isinstance(raw["hidden_act"], str) or raw["hidden_act"] not in ACT2FN):
+        fail("hidden_act", "an activation name such as 'gelu'")
+    for key in ("bypass_transformer", "special_visual_initialize"):
+        if key in raw and not isinstance(raw[key], bool):
+            fail(key, "true or false")
+    hidden, heads = raw.get("hidden_size", 768), raw.get("num_attention_heads", 12)
+    if hidden % heads:
+        raise CheckpointError(f"{path}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}; "
+                              "fix config.json to match the weights")
+
+
+def _skeleton(config: VisualBertConfig, source: Path) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes the config implies, built on the meta device (no memory, whatever the config
+    says), so a config that does not fit its weights is refused before anything is allocated."""
+    try:
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in VisualBertModel(config).state_dict().items()}
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError) as exc:
+        raise CheckpointError(f"{source}: cannot build a model from it ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:120]}); fix config.json") from None
+
+
+# An encoder weight that its config does not place (a layer beyond num_hidden_layers …) is an error, never set aside.
+_ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.", "additional_layer.")
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -70,13 +126,11 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _fit_state_dict(
-    model: VisualBertModel, state: dict[str, torch.Tensor], source: Path, prefixes: tuple[str, ...]
-) -> list[str]:
-    """Load ``state`` into ``model`` after stripping ``prefixes``; returns the keys set aside (task heads).
-
-    Raises CheckpointError naming missing keys or mismatched shapes.
-    """
-    own = model.state_dict()
+    shapes: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], source: Path, prefixes: tuple[str, ...]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The weights of ``state`` (``prefixes`` stripped) that fill a model of ``shapes``, and the keys set aside
+    (task heads). Raises CheckpointError naming missing keys, encoder keys the config does not describe, or
+    mismatched shapes."""
     fitted: dict[str, torch.Tensor] = {}
     set_aside: list[str] = []
     for key, tensor in state.items():
@@ -85,25 +139,34 @@ def _fit_state_dict(
             if stripped.startswith(prefix):
                 stripped = stripped[len(prefix):]
                 break
-        if stripped in own:
+        if stripped in shapes:
             fitted[stripped] = tensor
         elif stripped not in _IGNORED_KEYS:
             set_aside.append(key)
-    missing = sorted(set(own) - set(fitted))
+    missing = sorted(set(shapes) - set(fitted))
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         raise CheckpointError(
             f"{source}: {len(missing)} weights missing ({shown}); the file is not a VisualBERT/BERT encoder "
             "of this config — check the folder, or its config.json (num_hidden_layers, bypass_transformer)"
         )
+    undescribed = [k for k in set_aside if k.startswith(_ENCODER_PREFIXES)
+                   or any(k.startswith(p) and k[len(p):].startswith(_ENCODER_PREFIXES) for p in prefixes)]
+    if undescribed:
+        layers = [int(m.group(1)) for k in undescribed if (m := re.search(r"encoder\.layer\.(\d+)\.", k))]
+        hint = (f" (the weights have layers up to {max(layers)}; num_hidden_layers must say {max(layers) + 1})"
+                if layers else "")
+        raise CheckpointError(
+            f"{source}: {len(undescribed)} encoder weights that config.json does not describe, e.g. "
+            f"{sorted(undescribed)[0]}{hint}; fix config.json to match the weights"
+        )
     for key, tensor in fitted.items():
-        if tuple(tensor.shape) != tuple(own[key].shape):
+        if tuple(tensor.shape) != shapes[key]:
             raise CheckpointError(
                 f"{source}: weight {key} has shape {tuple(tensor.shape)} but config.json implies "
-                f"{tuple(own[key].shape)}; fix config.json (e.g. visual_embedding_dim, vocab_size) to match the weights"
+                f"{shapes[key]}; fix config.json (e.g. visual_embedding_dim, vocab_size) to match the weights"
             )
-    model.load_state_dict(fitted, strict=True)
-    return set_aside
+    return fitted, set_aside
 
 
 def _load_encoder(folder: Path, config_overrides: dict | None = None
@@ -117,10 +180,14 @@ def _load_encoder(folder: Path, config_overrides: dict | None = None
             "pass a VisualBERT checkpoint (a BERT folder initialises pre-training with "
             "`vb-train pretrain --set model.init=bert:<folder>`)"
         )
-    config = VisualBertConfig.from_dict({**raw, **(config_overrides or {})})
-    model = VisualBertModel(config)
+    merged = {**raw, **(config_overrides or {})}
+    check_config_fields(merged, folder / "config.json")
+    config = VisualBertConfig.from_dict(merged)
+    shapes = _skeleton(config, folder / "config.json")
     state = _read_state_dict(weights)
-    set_aside = _fit_state_dict(model, state, weights, prefixes=("visual_bert.",))
+    fitted, set_aside = _fit_state_dict(shapes, state, weights, prefixes=("visual_bert.",))
+    model = VisualBertModel(config)
+    model.load_state_dict(fitted, strict=True)
     heads = sorted({k.split(".")[0] for k in set_aside})
     model.load_notes = (
         [f"set aside {len(set_aside)} task-head weights ({', '.join(heads)}): the probe uses the encoder only"]
@@ -170,20 +237,23 @@ def init_from_bert(
             f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, expected 'bert'; "
             "pass a BERT checkpoint folder such as bert-base-uncased"
         )
+    check_config_fields(raw, folder / "config.json")
     config = visual_config_from_bert(BertConfig.from_dict(raw), visual_embedding_dim, **config_overrides)
-    model = VisualBertModel(config)
-    own = model.state_dict()
+    shapes = _skeleton(config, folder / "config.json")
     state = {}
     for key, tensor in _read_state_dict(weights).items():
         stripped = key[len("bert."):] if key.startswith("bert.") else key
         state[stripped] = tensor
+    model = VisualBertModel(config)
+    own = model.state_dict()
     visual_keys = [k for k in own if k.startswith(("embeddings.visual_", "additional_layer."))]
     for key in visual_keys:
         state.setdefault(key, own[key])  # kept from the random init; visual embeddings copied below
     missing_pooler = "pooler.dense.weight" not in state
     if missing_pooler:  # sentence-embedding checkpoints often drop the pooler; start it fresh
         state["pooler.dense.weight"], state["pooler.dense.bias"] = own["pooler.dense.weight"], own["pooler.dense.bias"]
-    set_aside = _fit_state_dict(model, state, weights, prefixes=())
+    fitted, set_aside = _fit_state_dict(shapes, state, weights, prefixes=())
+    model.load_state_dict(fitted, strict=True)
     model.copy_visual_embeddings_from_text()
     model.load_notes = [f"text side from {folder}"] + (["pooler initialised randomly"] if missing_pooler else []) + (
         [f"set aside {len(set_aside)} BERT head weights"] if set_aside else [])

@@ -7,21 +7,14 @@ the traceback), 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 
 def _writable_out(path: Path) -> Path:
-    from vb_probe.errors import VbProbeError
+    from vb_probe.atomic import writable_folder
 
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise VbProbeError(f"--out {path}: cannot create the folder ({exc.strerror}); choose a writable --out") from None
-    if not os.access(path, os.W_OK):
-        raise VbProbeError(f"--out {path}: folder is not writable; choose a writable --out")
-    return path
+    return writable_folder(path)
 
 
 def _common_options(p: argparse.ArgumentParser) -> None:
@@ -196,7 +189,9 @@ def _masked_phrase_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vb-probe", description="Probe VisualBERT's attention heads.")
+    from vb_probe.errors import OneLineArgumentParser, positive_int
+
+    parser = OneLineArgumentParser(prog="vb-probe", description="Probe VisualBERT's attention heads.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -237,14 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("attribute", help="integrated gradients of masked entity words vs each head's attention")
     _masked_phrase_options(p)
-    p.add_argument("--steps", type=int, default=32, help="integration steps")
+    p.add_argument("--steps", type=positive_int, default=32, help="integration steps")
     p.set_defaults(func=cmd_attribute)
 
     p = sub.add_parser("causal", help="ablate the top-k grounding heads (and k random heads) and measure the drop")
     _masked_phrase_options(p)
     p.add_argument("--scores", type=Path, required=True, help="entity_grounding.csv of a probe run")
-    p.add_argument("-k", type=int, default=12)
-    p.add_argument("--draws", type=int, default=3, help="random-head draws for the control")
+    p.add_argument("-k", type=positive_int, default=12)
+    p.add_argument("--draws", type=positive_int, default=3, help="random-head draws for the control")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_causal)
     return parser

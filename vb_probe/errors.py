@@ -1,5 +1,11 @@
 """User-facing errors: each message is one line naming the input, what was expected, and what to do."""
 
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
 
 class VbProbeError(Exception):
     """Anything a user can cause; the CLIs print it as one line and exit with code 2."""
@@ -13,11 +19,16 @@ class CheckpointError(VbProbeError):
     """A checkpoint folder is missing files, has the wrong model type, or its weights do not fit."""
 
 
+def os_error_line(exc: OSError) -> str:
+    """One line for a failed read or write (full disk, permissions), naming the file."""
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or type(exc).__name__
+    return f"{where}: {reason}; free space or choose a writable location, then run again (earlier results are untouched)"
+
+
 def run_command(prog: str, args, handled: tuple[type[BaseException], ...] = (VbProbeError,)) -> int:
     """Run ``args.func(args)`` the way every CLI command runs: bad input → one line on stderr and exit 2
     (``args.debug`` re-raises for the traceback), Ctrl-C → 130 with a hint to resume."""
-    import sys
-
     try:
         return args.func(args)
     except handled as exc:
@@ -25,6 +36,29 @@ def run_command(prog: str, args, handled: tuple[type[BaseException], ...] = (VbP
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a vanished folder: say which file, leave no traceback
+        if getattr(args, "debug", False):
+            raise
+        print(f"{prog}: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; run again with --resume to continue", file=sys.stderr)
         return 130
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong and where to look), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1 (counts of steps, draws, heads, images)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value

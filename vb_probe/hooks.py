@@ -25,6 +25,7 @@ from typing import Literal
 
 import torch
 
+from vb_probe.errors import VbProbeError
 from vb_probe.model import HookPoint, RowSelection, VisualBertModel
 
 _ATTN_POINTS = {"q": "hook_q", "k": "hook_k", "v": "hook_v", "scores": "hook_scores",
@@ -97,11 +98,13 @@ def ablate_heads(
 ) -> Iterator[None]:
     """Knock out heads ``(layer, head)``: their per-head output ``z`` set to 0, or to its mean over the
     batch's positions (``mean``), before the output projection."""
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"ablation mode {mode!r}: use 'zero' or 'mean'")
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         if not (0 <= layer < len(model.blocks) and 0 <= head < model.config.num_attention_heads):
-            raise ValueError(f"head L{layer}H{head} does not exist in a {len(model.blocks)}-layer, "
-                             f"{model.config.num_attention_heads}-head model")
+            raise VbProbeError(f"head L{layer}H{head} does not exist in a {len(model.blocks)}-layer, "
+                               f"{model.config.num_attention_heads}-head model; were the scores made with this model?")
         by_layer.setdefault(layer, []).append(head)
 
     def make(head_ids: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:

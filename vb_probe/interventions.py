@@ -20,6 +20,7 @@ import torch
 
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.errors import DataError, VbProbeError
 from vb_probe.hooks import ablate_heads, capture_attention_rows
 from vb_probe.metrics.boxes import region_hits
 from vb_probe.tokenization import tokenize_words
@@ -99,6 +100,8 @@ def masked_word_accuracy(model, items: list[MaskedPhrase], pad_id: int, batch_si
 def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, int]], pad_id: int, *,
                  random_draws: int = 3, seed: int = 0) -> dict:
     """Masked-entity-word accuracy with nothing, the top-k grounding heads, or k random heads ablated."""
+    if random_draws < 1:
+        raise VbProbeError(f"--draws {random_draws}: the control needs at least 1 draw of random heads")
     encoder = model.visual_bert
     layers, heads = len(encoder.blocks), encoder.config.num_attention_heads
     base = masked_word_accuracy(model, items, pad_id)
@@ -107,8 +110,6 @@ def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, in
     rng = np.random.default_rng(seed)
     pool = [(l, h) for l in range(layers) for h in range(heads) if (l, h) not in set(top_heads)]
     if len(pool) < len(top_heads):
-        from vb_probe.errors import VbProbeError
-
         raise VbProbeError(f"-k {len(top_heads)}: the model has {layers * heads} heads, too few for k random others "
                            f"as a control; use -k {layers * heads // 2} or less")
     draws = []
@@ -132,6 +133,8 @@ def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32,
 
     from vb_probe.metrics.grounding import head_choices
 
+    if steps < 1:
+        raise VbProbeError(f"--steps {steps}: integrated gradients needs at least 1 integration step")
     encoder = model.visual_bert
     device = next(model.parameters()).device
     layers, heads = len(encoder.blocks), encoder.config.num_attention_heads
@@ -178,8 +181,20 @@ def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32,
 
 
 def top_heads_from_csv(path: Path, k: int) -> list[tuple[int, int]]:
+    """The ``k`` most accurate heads of an ``entity_grounding.csv`` (ties: lower layer, then head)."""
     import csv
 
-    with open(path) as handle:
-        rows = sorted(csv.DictReader(handle), key=lambda r: (-float(r["accuracy"]), int(r["layer"]), int(r["head"])))
-    return [(int(r["layer"]), int(r["head"])) for r in rows[:k]]
+    expected = "expected the entity_grounding.csv of `vb-probe entity-grounding` (layer, head, accuracy columns)"
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            rows = [(-float(r["accuracy"]), int(r["layer"]), int(r["head"])) for r in csv.DictReader(handle)]
+    except FileNotFoundError:
+        raise DataError(f"--scores {path}: file not found; {expected}") from None
+    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, csv.Error) as exc:
+        raise DataError(f"--scores {path}: cannot read it ({type(exc).__name__}); {expected}") from None
+    if not rows:
+        raise DataError(f"--scores {path}: no rows; {expected}")
+    if not 1 <= k <= len(rows) // 2:
+        raise DataError(f"-k {k}: the scores list {len(rows)} heads, and the control ablates k other heads; "
+                        f"use -k between 1 and {len(rows) // 2}")
+    return [(layer, head) for _, layer, head in sorted(rows)[:k]]

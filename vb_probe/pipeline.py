@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +19,9 @@ from typing import Literal
 import numpy as np
 import torch
 
+from vb_probe.atomic import write_text
 from vb_probe.batching import ProbeItem, Query, collate
+from vb_probe.cache import user_cache_dir
 from vb_probe.data.features import RegionFeatures, open_features
 from vb_probe.data.flickr30k import NOTVISUAL_ID, Caption, Flickr30kEntities
 from vb_probe.data.parses import Parse, SpacyParser, check_parse_matches, read_conllu, to_conllu
@@ -143,10 +144,8 @@ def load_parses(cfg: ProbeConfig, flickr: Flickr30kEntities, image_ids: list[str
     items = [(c.key, c.words) for i in image_ids for c in flickr.captions(i)]
     parser = SpacyParser(cfg.spacy_model)
     digest = hashlib.sha256(json.dumps([parser.version, items]).encode()).hexdigest()[:16]
-    cache_root = cfg.parse_cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vb-probe" / "parses"
+    cache_root = cfg.parse_cache or user_cache_dir("parses")
     cached = Path(cache_root) / f"{digest}.conllu"
-    from vb_probe.atomic import write_text
-
     if cached.is_file():
         parses = read_conllu(cached)
     else:
@@ -261,6 +260,24 @@ def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem
         yield items[start:start + batch_size]
 
 
+def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], Counter]:
+    """Finished batches, counts and truncations saved by an interrupted :func:`probe_pass` of the same ``run``."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+        saved_run, done = state["run"], int(state["done"])
+        counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
+        truncated = Counter({str(k): int(v) for k, v in state["truncated"].items()})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        raise VbProbeError(f"{path}: the saved progress is damaged ({type(exc).__name__}); run again without "
+                           "--resume to start over") from None
+    differs = sorted(k for k in set(run) | set(saved_run) if run.get(k) != saved_run.get(k))
+    if differs:
+        shown = ", ".join(f"{k} {saved_run.get(k)!r} → {run.get(k)!r}" for k in differs[:3])
+        raise VbProbeError(f"{path}: saved progress is for another run ({shown}); resume with the same options, "
+                           "or run again without --resume")
+    return done, counts, truncated
+
+
 @torch.no_grad()
 def probe_pass(
     model,
@@ -278,11 +295,13 @@ def probe_pass(
     state_path: Path | None = None,
     resume: bool = False,
     save_every: int = 10,
+    fingerprint: dict | None = None,
 ) -> tuple[dict[str, HeadCounts], Counter]:
     """Score every query of ``items``; only the probed attention rows are computed and reduced per batch.
 
     With ``state_path``, counts and the number of finished batches are saved atomically every
-    ``save_every`` batches; ``resume`` continues from there without counting anything twice.
+    ``save_every`` batches; ``resume`` continues from there without counting anything twice, and only when
+    the saved run's ``fingerprint`` (everything that changes the counts) equals this one's.
     """
     from tqdm.auto import tqdm
 
@@ -294,14 +313,8 @@ def probe_pass(
     done = 0
     n_batches = (len(items) + batch_size - 1) // batch_size
     if resume and state_path is not None and state_path.is_file():
-        state = json.loads(state_path.read_text())
-        if state.get("n_items") != len(items) or state.get("batch_size") != batch_size or \
-                state.get("precision", "fp32") != precision:
-            raise VbProbeError(f"{state_path}: saved progress is for another run (different data, --batch-size or --precision); "
-                               "run again without --resume, or with the same options")
-        done = state["done"]
-        counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
-        truncated = Counter(state["truncated"])
+        done, counts, truncated = _load_progress(state_path, {**(fingerprint or {}), "n_items": len(items),
+                                                             "batch_size": batch_size, "precision": precision})
     model.eval()  # attention dropout would distort the weights being read
     bar = tqdm(total=n_batches, initial=done, desc=description, unit="batch", disable=not progress, leave=False)
     for number, chunk in enumerate(_batches(items, batch_size)):
@@ -322,7 +335,8 @@ def probe_pass(
                     correct[:, sel], mass[:, sel], {k: v[sel] for k, v in base.items()})
         bar.update(1)
         if state_path is not None and ((number + 1) % save_every == 0):
-            write_json(state_path, {"n_items": len(items), "batch_size": batch_size, "precision": precision,
+            write_json(state_path, {"run": {**(fingerprint or {}), "n_items": len(items), "batch_size": batch_size,
+                                            "precision": precision},
                                     "done": number + 1,
                                     "counts": {g: c.to_state() for g, c in counts.items()},
                                     "truncated": dict(truncated)})
@@ -377,6 +391,7 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
     if not 0 <= visual_token_type < model.config.type_vocab_size:
         raise VbProbeError(f"--visual-token-type {visual_token_type}: the checkpoint has "
                            f"{model.config.type_vocab_size} token types; use 0..{model.config.type_vocab_size - 1}")
+    checkpoint = _checkpoint_info(cfg.ckpt)
     wants_parses = bool(cfg.relations)
     parser_used: dict[str, str] = {}
 
@@ -394,6 +409,7 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
             max_text_len=min(cfg.max_text_len, model.config.max_position_embeddings), mask=cfg.mask,
             precision=cfg.precision, device=device, progress=progress, description=label,
             state_path=(out / f".{state_name}.progress.json") if out is not None else None, resume=resume,
+            fingerprint={**config_dict(cfg), "pass": state_name, "pass_split": split, "model": checkpoint},
         )
         for group, count in truncated.items():
             skipped.setdefault(group, Counter())["truncated"] += count
@@ -414,7 +430,7 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
         random_model = VisualBertModel(model.config).to(device).eval()
         control = one_split(cfg.split, random_model, "random-init control", "control")
     results = ProbeResults(
-        config=cfg, main=main, select=select, control=control, checkpoint=_checkpoint_info(cfg.ckpt),
+        config=cfg, main=main, select=select, control=control, checkpoint=checkpoint,
         parser=parser_used.get("name"), visual_token_type=visual_token_type, wall_time_s=time.time() - started,
         notes=list(getattr(model, "load_notes", [])),
     )

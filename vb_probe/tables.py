@@ -11,7 +11,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from vb_probe.atomic import atomic_open, write_json
+from vb_probe.atomic import atomic_files, atomic_open
 from vb_probe.errors import VbProbeError
 from vb_probe.metrics.grounding import HeadCounts, wilson_interval
 from vb_probe.pipeline import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeResults, SplitResult, config_dict
@@ -47,18 +47,17 @@ def head_rows(counts: HeadCounts) -> list[dict]:
     return rows
 
 
-def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+def csv_text(columns: list[str], rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
-        handle.write(buffer.getvalue())
-
-
-def _save_figure(fig, path: Path) -> None:
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png")
+        handle.write(csv_text(columns, rows))
 
 
 def _summary_of(counts: HeadCounts) -> dict:
@@ -119,12 +118,13 @@ def write_entity_grounding(results: ProbeResults, out: Path) -> dict:
 
     summary = entity_summary(results)
     counts = results.main.counts[ENTITY]
-    write_csv(out / "entity_grounding.csv", ENTITY_COLUMNS, head_rows(counts))
     mass = (counts.region_mass / max(counts.n, 1)).numpy()
     fig = plot_head_grid(counts.accuracy().numpy(), mass, summary["baselines"],
                          title=f"Entity grounding, {results.config.split} split (n={counts.n})")
-    _save_figure(fig, out / "entity_grounding.png")
-    write_json(out / "run.json", summary)
+    with atomic_files(out) as staged:  # the run's files are replaced together or not at all
+        staged.text("entity_grounding.csv", csv_text(ENTITY_COLUMNS, head_rows(counts)))
+        staged.figure("entity_grounding.png", fig)
+        staged.json("run.json", summary)
     return summary
 
 
@@ -171,16 +171,17 @@ def write_syntactic(results: ProbeResults, out: Path) -> dict:
 
     summary = syntactic_summary(results)
     rows = []
-    for relation, per_direction in summary["relations"].items():
-        for direction in DIRECTIONS:
-            counts = results.main.counts.get(f"{relation}/{direction}")
-            if counts is None:
-                continue
-            for row in head_rows(counts):
-                rows.append({"relation": relation, "direction": direction, **row})
-        _save_figure(plot_relation_curves(relation, per_direction), out / f"syntactic_{relation}.png")
-    write_csv(out / "syntactic.csv", SYNTACTIC_COLUMNS, rows)
-    write_json(out / "run.json", summary)
+    with atomic_files(out) as staged:  # the run's files are replaced together or not at all
+        for relation, per_direction in summary["relations"].items():
+            for direction in DIRECTIONS:
+                counts = results.main.counts.get(f"{relation}/{direction}")
+                if counts is None:
+                    continue
+                for row in head_rows(counts):
+                    rows.append({"relation": relation, "direction": direction, **row})
+            staged.figure(f"syntactic_{relation}.png", plot_relation_curves(relation, per_direction))
+        staged.text("syntactic.csv", csv_text(SYNTACTIC_COLUMNS, rows))
+        staged.json("run.json", summary)
     return summary
 
 
@@ -188,12 +189,13 @@ def write_attribution(result: dict, out: Path) -> dict:
     """``attribution_heads.csv`` (per head: how often its argmax region is the top-attributed one) and
     ``attribution.json`` (the rest of :func:`vb_probe.interventions.attribute`'s result); returns the latter."""
     agreement, n_agree = result["agreement"], result["n_agree"]
-    write_csv(out / "attribution_heads.csv", ["layer", "head", "n", "n_agree", "agreement"],
-              [{"layer": l, "head": h, "n": result["n"], "n_agree": int(n_agree[l, h]),
-                "agreement": f"{agreement[l, h]:.6f}"}
-               for l in range(agreement.shape[0]) for h in range(agreement.shape[1])])
     summary = {k: v for k, v in result.items() if k not in ("agreement", "n_agree")}
-    write_json(out / "attribution.json", summary)
+    with atomic_files(out) as staged:
+        staged.text("attribution_heads.csv", csv_text(
+            ["layer", "head", "n", "n_agree", "agreement"],
+            [{"layer": l, "head": h, "n": result["n"], "n_agree": int(n_agree[l, h]), "agreement": f"{agreement[l, h]:.6f}"}
+             for l in range(agreement.shape[0]) for h in range(agreement.shape[1])]))
+        staged.json("attribution.json", summary)
     return summary
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 from vb_probe.errors import CheckpointError
 
 
+BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
 @dataclass(frozen=True)
 class TokenizedWords:
     """``input_ids`` of ``[CLS] sub-words [SEP]``; ``word_last_token[i]`` is the position of word i's last
@@ -27,7 +30,18 @@ def load_tokenizer(folder: str | Path, vocab_size: int | None = None):
         raise CheckpointError(
             f"{folder}: no vocab.txt or tokenizer.json; pass --tokenizer with a BERT tokenizer folder"
         )
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder))
+    try:
+        tokenizer = BertTokenizerFast.from_pretrained(str(folder))
+    except Exception as exc:  # a broken tokenizer.json or vocab.txt raises many different types
+        raise CheckpointError(f"{folder}: cannot read the tokenizer ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:100] if str(exc) else 'unreadable'}); "
+                              "re-save it, or pass --tokenizer with a BERT tokenizer folder") from None
+    base_vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=False)
+    absent = [t for t in BERT_SPECIAL_TOKENS if t not in base_vocab]
+    if absent:  # transformers would append them as new ids: every later id would then mean another word
+        raise CheckpointError(f"{folder}: the vocabulary has no {', '.join(absent)}; expected a BERT WordPiece "
+                              f"vocabulary with {' '.join(BERT_SPECIAL_TOKENS)}; pass the tokenizer the checkpoint "
+                              "was trained with")
     if vocab_size is not None and len(tokenizer) > vocab_size:
         raise CheckpointError(
             f"{folder}: tokenizer has {len(tokenizer)} tokens but the checkpoint's vocab_size is {vocab_size}; "

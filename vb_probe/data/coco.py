@@ -24,7 +24,7 @@ def read_karpathy(path: str | Path, splits: tuple[str, ...] | None = None) -> li
     """Images of the given splits (all when None); ``restval`` is its own split, as in the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DataError(f"{path}: captions file not found; pass the Karpathy split JSON (dataset_coco.json)") from None
     except json.JSONDecodeError as exc:

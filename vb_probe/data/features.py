@@ -2,7 +2,8 @@
 
 * LXMERT TSV (no header; ``img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf, num_boxes,
   boxes, features``; arrays base64 of raw little-endian buffers). A byte-offset index is built once and
-  cached beside the file (``<file>.vbindex.json``), so one image is read without reading the rest.
+  cached in the user's cache folder (keyed by the file's path, size and modification time), so one image is
+  read without reading the rest, and nothing is written beside the user's file.
 * BAN HDF5 (``image_features``, ``image_bb``, ``pos_boxes`` [images, 2] row ranges, optional
   ``spatial_features``; ``<stem>_imgid2idx.pkl`` beside it). Read lazily, one slice at a time.
 * A folder of ``<img_id>.npz`` (``boxes``, ``features``, optional ``confidences``, ``image_w``, ``image_h``).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import pickle
@@ -25,8 +27,8 @@ from typing import Literal, Protocol
 import numpy as np
 
 from vb_probe.errors import DataError
+from vb_probe.metrics.boxes import outside_image
 
-BOX_TOLERANCE = 0.02
 TSV_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
               "num_boxes", "boxes", "features")
 ConfidenceSource = Literal["objects_conf", "attrs_conf", "none"]
@@ -67,11 +69,7 @@ def validate_regions(regions: Regions, source: str) -> Regions:
     if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
         raise DataError(f"{where}: a box has x2 < x1 or y2 < y1; boxes must be x1, y1, x2, y2 pixels")
     if regions.image_w and regions.image_h:
-        tol_w = max(2.0, BOX_TOLERANCE * regions.image_w)
-        tol_h = max(2.0, BOX_TOLERANCE * regions.image_h)
-        outside = ((boxes[:, [0, 2]] < -tol_w) | (boxes[:, [0, 2]] > regions.image_w + tol_w)).any() or (
-            (boxes[:, [1, 3]] < -tol_h) | (boxes[:, [1, 3]] > regions.image_h + tol_h)).any()
-        if outside:
+        if outside_image(boxes, regions.image_w, regions.image_h).any():
             raise DataError(f"{where}: boxes reach outside the {regions.image_w:g}×{regions.image_h:g} image; "
                             "boxes must be pixel coordinates of this image (not normalised)")
     return regions
@@ -108,13 +106,14 @@ class TsvFeatures:
         self._offsets = self._load_or_build_index()
         self._dim: int | None = None
 
-    def _index_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".vbindex.json")
-
     def _load_or_build_index(self) -> dict[str, int]:
+        from vb_probe.cache import user_cache_dir
+
         stat = self.path.stat()
-        stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        index_path = self._index_path()
+        resolved = str(self.path.resolve())
+        stamp = {"path": resolved, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        # in the user's cache, keyed by the file: nothing is ever written into a data folder
+        index_path = user_cache_dir("tsv-index", hashlib.sha256(resolved.encode()).hexdigest()[:20] + ".json")
         try:
             cached = json.loads(index_path.read_text())
             if cached.get("stamp") == stamp:
@@ -208,6 +207,50 @@ class TsvFeatures:
         return self._dim
 
 
+
+class _IdMapUnpickler(pickle.Unpickler):
+    """Builds only what an id map holds: dicts, strings, ints (and numpy integer scalars, which some
+    converters wrote). Any other class or function in the file is refused, so a crafted file runs nothing."""
+
+    _ALLOWED = {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+
+
+def read_id_map(path: Path) -> dict[str, int]:
+    """BAN's ``<stem>_imgid2idx.pkl``: image id → ``pos_boxes`` row, read without running any code.
+
+    Raises DataError unless it is a dict of str/int ids to distinct non-negative int rows.
+    """
+    expected = "expected a pickled dict of image id → row (str or int to int), nothing else"
+    try:
+        with open(path, "rb") as handle:
+            raw = _IdMapUnpickler(handle).load()
+    except pickle.UnpicklingError as exc:
+        raise DataError(f"{path}: refused to read the image-id map ({exc}); {expected}") from None
+    except Exception as exc:  # truncated or not a pickle at all
+        raise DataError(f"{path}: cannot read the image-id map ({type(exc).__name__}); {expected}") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: holds a {type(raw).__name__}; {expected}")
+    index: dict[str, int] = {}
+    seen: dict[int, str] = {}
+    for key, value in raw.items():
+        if isinstance(key, (bool, float)) or not isinstance(key, (str, int, np.integer)) or \
+                isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise DataError(f"{path}: entry {key!r} → {value!r} is not an image id → row number; {expected}")
+        image_id, row = str(key), int(value)
+        if row < 0:
+            raise DataError(f"{path}: image {image_id} maps to row {row}; rows are 0 or more, re-create the id map")
+        if row in seen:
+            raise DataError(f"{path}: images {seen[row]} and {image_id} both map to row {row}; each image needs its "
+                            "own regions, re-create the id map")
+        seen[row] = image_id
+        index[image_id] = row
+    return index
+
 class Hdf5Features:
     """BAN-style HDF5 with ``<stem>_imgid2idx.pkl`` beside it; datasets are sliced lazily."""
 
@@ -221,12 +264,7 @@ class Hdf5Features:
         index_path = self.path.with_name(f"{self.path.stem}_imgid2idx.pkl")
         if not index_path.is_file():
             raise DataError(f"{index_path}: missing; BAN HDF5 features need <stem>_imgid2idx.pkl beside the .h5 file")
-        try:
-            with open(index_path, "rb") as handle:
-                self._index = {str(k): int(v) for k, v in pickle.load(handle).items()}
-        except Exception as exc:
-            raise DataError(f"{index_path}: cannot read the image-id index ({type(exc).__name__}); "
-                            "expected a pickled dict image id → row") from None
+        self._index = read_id_map(index_path)
         try:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
@@ -235,6 +273,11 @@ class Hdf5Features:
             if name not in self._file:
                 raise DataError(f"{self.path}: dataset {name!r} missing; expected BAN layout "
                                 "(image_features, image_bb, pos_boxes)")
+        rows = int(self._file["pos_boxes"].shape[0])
+        for image_id, row in self._index.items():
+            if not 0 <= row < rows:
+                raise DataError(f"{index_path}: image {image_id} maps to row {row}, but pos_boxes has rows 0..{rows - 1}; "
+                                "the id map does not belong to this .h5 file, re-create it")
         self.confidence_key = confidence_key if confidence_key and confidence_key in self._file else None
 
     def __contains__(self, image_id: str) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vb_probe.errors import DataError
+from vb_probe.metrics.boxes import outside_image
 
 NOTVISUAL_ID = 0
 
@@ -113,7 +114,7 @@ def read_sentences(path: str | Path, image_id: str | None = None) -> list[Captio
     path = Path(path)
     image_id = image_id or path.stem
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except FileNotFoundError:
         raise DataError(f"{path}: sentence file missing for image {image_id}; check --flickr30k points at "
                         "the Flickr30K Entities root") from None
@@ -134,8 +135,8 @@ def _int_field(element: ET.Element, name: str, where: str) -> int:
         raise DataError(f"{where}: <{name}> missing; expected a number")
     try:
         return int(float(found.text.strip()))
-    except ValueError:
-        raise DataError(f"{where}: <{name}> is {found.text.strip()!r}, expected a number") from None
+    except (ValueError, OverflowError):  # OverflowError: inf
+        raise DataError(f"{where}: <{name}> is {found.text.strip()!r}, expected a finite number") from None
 
 
 def read_annotation(path: str | Path, image_id: str | None = None) -> Annotation:
@@ -170,6 +171,10 @@ def read_annotation(path: str | Path, image_id: str | None = None) -> Annotation
             if x2 < x1 or y2 < y1:
                 raise DataError(f"{where}: box ({x1 + 1}, {y1 + 1}, {x2 + 1}, {y2 + 1}) has xmax < xmin or "
                                 "ymax < ymin; fix the box coordinates")
+            if annotation.width > 0 and annotation.height > 0 and \
+                    outside_image(np.array([x1, y1, x2, y2]), annotation.width, annotation.height)[0]:
+                raise DataError(f"{where}: box ({x1 + 1}, {y1 + 1}, {x2 + 1}, {y2 + 1}) reaches outside the "
+                                f"{annotation.width}×{annotation.height} image of <size>; fix the box or <size>")
             for entity in ids:  # a box with several names belongs to each of them
                 boxes.setdefault(entity, []).append([x1, y1, x2, y2])
             continue
@@ -187,7 +192,11 @@ def read_split(root: str | Path, split: str) -> list[str]:
     path = Path(root) / f"{split}.txt"
     if not path.is_file():
         raise DataError(f"{path}: split list missing; expected one image id a line (train.txt, val.txt, test.txt)")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark is not part of the first id
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); expected one image id a line, save it as UTF-8") from None
+    ids = [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{path}: split {split!r} lists no images; pass another --split or fill the list")
     return ids

@@ -81,7 +81,7 @@ def parse_conllu(text: str, source: str) -> dict[str, Parse]:
 def read_conllu(path: str | Path) -> dict[str, Parse]:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise DataError(f"{path}: parse file not found; pass --parses FILE.conllu or --parser spacy") from None
     except UnicodeDecodeError as exc:

@@ -27,3 +27,16 @@ def region_hits(regions: np.ndarray, gold: np.ndarray, threshold: float = IOU_TH
     if len(gold) == 0:
         return np.zeros(len(regions), dtype=bool)
     return (iou(regions, gold) >= threshold).any(axis=1)
+
+
+# Detectors and annotators round and pad: a box may pass the image edge by this share of the side (≥ 2 px).
+BOX_TOLERANCE = 0.02
+
+
+def outside_image(boxes: np.ndarray, width: float, height: float) -> np.ndarray:
+    """[n] bool: box ``i`` of ``boxes`` [n, 4] reaches outside the ``width`` × ``height`` image by more than
+    the tolerance (a box in another image's or normalised coordinates, or a typo)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    tol_w, tol_h = max(2.0, BOX_TOLERANCE * width), max(2.0, BOX_TOLERANCE * height)
+    xs, ys = boxes[:, [0, 2]], boxes[:, [1, 3]]
+    return ((xs < -tol_w) | (xs > width + tol_w)).any(axis=1) | ((ys < -tol_h) | (ys > height + tol_h)).any(axis=1)
