@@ -195,7 +195,7 @@ def test_hdf5_without_confidence_and_select_on_and_control(world, tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("limit0", "--limit 0: must be at least 1"),
+    ("limit0", "argument --limit: 0 must be at least 1"),
     ("empty_split", "lists no images"),
     ("wrong_dim", "region features are 12-d but the checkpoint's visual_embedding_dim is 7"),
     ("missing_image", "image 502 is not in the features"),
@@ -223,8 +223,11 @@ def test_bad_input_exits_2_with_one_line(world, tmp_path, capsys, case, message)
         pytest.skip("a GPU is present here, so cuda is not an unavailable device")
     out = tmp_path / "out"
     capsys.readouterr()  # drop what building the fixture printed
-    code = cli_main(["entity-grounding", "--ckpt", str(ckpt), "--flickr30k", str(flickr), "--features", str(features),
-                     "--out", str(out), "--quiet", *extra])
+    try:
+        code = cli_main(["entity-grounding", "--ckpt", str(ckpt), "--flickr30k", str(flickr), "--features",
+                         str(features), "--out", str(out), "--quiet", *extra])
+    except SystemExit as stop:  # option errors are argparse's: exit 2 with one line
+        code = stop.code
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

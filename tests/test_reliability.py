@@ -93,7 +93,9 @@ def test_debug_shows_the_traceback(world, tmp_path):
     from vb_probe.errors import VbProbeError
 
     with pytest.raises(VbProbeError):
-        probe_main(["--debug", *_args(world, tmp_path / "o", "--limit", "0")])
+        probe_main(["--debug", *_args(world, tmp_path / "o", "--visual-token-type", "9")])
+    with pytest.raises(VbProbeError):  # --debug after the command works too
+        probe_main([*_args(world, tmp_path / "o", "--visual-token-type", "9"), "--debug"])
 
 
 def test_vb_train_bad_input(tmp_path, capsys):

@@ -1,26 +1,45 @@
 """vb-probe: train VisualBERT and find out what its attention heads do.
 
+    import vb_probe
+    model = vb_probe.load_model("uclanlp/visualbert-vqa-coco-pre")      # a folder, a hub id, or a model object
+    tokenizer = vb_probe.load_tokenizer(model=model)
+    result = vb_probe.entity_grounding(model, tokenizer, "flickr30k_entities", "features.tsv")
+    result.best_head(), result.to_frame(), result.plot()
+
 The heavy modules (torch, transformers) load on first use so that ``import vb_probe`` stays cheap.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
+
 __version__ = "0.1.0"
 
-__all__ = ["load_model", "VisualBertModel", "VbProbeError", "__version__"]
+# public name → the module that owns it
+_EXPORTS = {
+    "load_model": "vb_probe.api",
+    "load_tokenizer": "vb_probe.api",
+    "entity_grounding": "vb_probe.api",
+    "syntactic_grounding": "vb_probe.api",
+    "region_attention": "vb_probe.api",
+    "TokenizerFallback": "vb_probe.api",
+    "GroundingResult": "vb_probe.results",
+    "SyntacticResult": "vb_probe.results",
+    "HeadScores": "vb_probe.results",
+    "Flickr30kEntities": "vb_probe.data.flickr30k",
+    "open_features": "vb_probe.data.features",
+    "VisualBertModel": "vb_probe.model",
+    "VbProbeError": "vb_probe.errors",
+}
+
+__all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "load_model":
-        from vb_probe.checkpoints import load_model
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'vb_probe' has no attribute {name!r}")
 
-        return load_model
-    if name == "VisualBertModel":
-        from vb_probe.model import VisualBertModel
 
-        return VisualBertModel
-    if name == "VbProbeError":
-        from vb_probe.errors import VbProbeError
-
-        return VbProbeError
-    raise AttributeError(name)
+def __dir__() -> list[str]:
+    return sorted(__all__)

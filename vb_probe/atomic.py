@@ -142,8 +142,15 @@ class StagedFiles:
         self.text(name, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
     def figure(self, name: str, fig, dpi: int | None = None) -> None:
-        """Save a matplotlib figure in the format its extension names (.png, .svg, .pdf)."""
-        fig.savefig(self.path(name), format=Path(name).suffix.lstrip(".").lower() or "png", dpi=dpi)
+        """Save a matplotlib figure in the format its extension names (.png, .svg, .pdf, …)."""
+        from vb_probe.errors import VbProbeError
+
+        kind = Path(name).suffix.lstrip(".").lower()
+        supported = fig.canvas.get_supported_filetypes()
+        if kind not in supported:
+            raise VbProbeError(f"{self.folder / name}: cannot write a figure as {kind or 'a file without extension'!r}; "
+                               "name it .png, .svg or .pdf")
+        fig.savefig(self.path(name), format=kind, dpi=dpi)
 
     def _commit(self) -> None:
         for tmp, _ in self._staged:

@@ -8,11 +8,12 @@ Figures 1/3/4/5 → ``report.md``. The one place that joins the two halves (trai
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 from vb_probe.atomic import write_text
+from vb_probe.pipeline import DIRECTIONS
+from vb_probe.results import GroundingResult, SyntacticResult
 
 DEMO_RELATIONS = ("nsubj", "dobj", "pobj", "amod")
 
@@ -23,8 +24,8 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: Path 
     from training.loop import pretrain
     from training.world import build_world
     from vb_probe.pipeline import ProbeConfig, load_model_and_tokenizer, run_probes
-    from vb_probe.tables import (format_entity_summary, format_syntactic_summary, write_entity_grounding,
-                                 write_syntactic)
+    from vb_probe.results import grounding_result, syntactic_result
+    from vb_probe.tables import format_entity_summary, format_syntactic_summary
 
     started = time.time()
     out = Path(out)
@@ -64,29 +65,19 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: Path 
                       batch_size=32)
     model, tokenizer, _ = load_model_and_tokenizer(cfg)
     results = run_probes(cfg, out=out / "syntactic", progress=progress, model=model, tokenizer=tokenizer)
-    entity = write_entity_grounding(results, out / "entity_grounding")
-    syntactic = write_syntactic(results, out / "syntactic")
+    entity = grounding_result(results)
+    entity.save(out / "entity_grounding")
+    syntactic = syntactic_result(results)
+    syntactic.save(out / "syntactic")
     log(format_entity_summary(entity))
     log(format_syntactic_summary(syntactic))
 
     log("[4/4] figures and report")
-    figures = out / "figures"
-    figures.mkdir(exist_ok=True)
-    shutil.copyfile(out / "entity_grounding" / "entity_grounding.png", figures / "fig3_entity_grounding.png")
-    for relation in DEMO_RELATIONS:
-        source = out / "syntactic" / f"syntactic_{relation}.png"
-        if source.is_file():
-            shutil.copyfile(source, figures / f"fig4_syntactic_{relation}.png")
-    from vb_probe.visualize import render_attention_figure
+    from vb_probe.figures import write_figures
 
-    examples = _example_captions(world / "flickr30k", count=2)
-    shown = []
-    for number, (image_id, caption_index) in enumerate(examples):
-        path = figures / f"fig{1 if number == 0 else 5}_attention_{image_id}_{caption_index}.png"
-        render_attention_figure(model, tokenizer, world / "flickr30k", world / "features.tsv", image_id,
-                                caption_index, path, images_dir=world / "images",
-                                per_layer_best=entity["per_layer_best"])
-        shown.append(path.name)
+    shown = [name for name in write_figures(entity, syntactic, model, tokenizer, world / "flickr30k",
+                                            world / "features.tsv", out / "figures", world / "images")
+             if name.startswith(("fig1", "fig5"))]
     log("      attribution (integrated gradients) and the causal check on the first test images")
     extras = _attribution_and_causal(final, world, out, log)
     report = _report(entity, syntactic, history, config, time.time() - started, shown, key, extras)
@@ -130,29 +121,14 @@ def _read_log(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _example_captions(flickr_root: Path, count: int) -> list[tuple[str, int]]:
-    """Test captions with the most phrases that have boxes (the most to look at)."""
-    from vb_probe.data.flickr30k import Flickr30kEntities
-
-    flickr = Flickr30kEntities(flickr_root)
-    scored = []
-    for image_id in flickr.split("test")[:40]:
-        boxes = flickr.annotation(image_id).boxes
-        for caption in flickr.captions(image_id):
-            scored.append((sum(p.entity_id in boxes for p in caption.phrases), image_id, caption.index))
-    scored.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return [(image_id, index) for _, image_id, index in scored[:count]]
-
-
-def _report(entity: dict, syntactic: dict, history: list[dict], config, seconds: float, examples: list[str],
-            key: str, extras: dict) -> str:
-    b = entity["baselines"]
+def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[dict], config, seconds: float,
+            examples: list[str], key: str, extras: dict) -> str:
+    b = entity.baselines
     hc = b["highest_confidence"]
-    best = entity["best_head"]
-    ratio = best["accuracy"] / hc if hc else float("nan")
-    layers_2x = [p["layer"] for p in entity["per_layer_best"] if hc and p["accuracy"] >= 2 * hc]
-    selected = entity.get("selected_head") or {}
-    control = (entity.get("control_random_init") or {}).get("best_head") or {}
+    best = entity.best_head()
+    ratio = best.accuracy / hc if hc else float("nan")
+    layers_2x = [h.layer for h in entity.per_layer_best() if hc and h.accuracy >= 2 * hc]
+    selected = entity.selected_head
     evals = [r for r in history if r.get("eval_entity_acc")]
     lines = [
         "# vb-probe demo report",
@@ -160,27 +136,28 @@ def _report(entity: dict, syntactic: dict, history: list[dict], config, seconds:
         f"A {config.model.num_hidden_layers}-layer × {config.model.num_attention_heads}-head VisualBERT "
         f"(hidden {config.model.hidden_size}, random init) pre-trained for {config.train.steps} steps on the built-in "
         f"world (masked LM with the image, `{config.objective.masking}` masking, sentence-image objective "
-        f"`{config.objective.sentence_image}`), probed on {entity['n_images']} held-out test images. "
+        f"`{config.objective.sentence_image}`), probed on {entity.provenance['n_images']} held-out test images. "
         f"Total time {seconds / 60:.1f} min.",
         "",
         "## Entity grounding (Figure 3)",
         "",
-        f"- Phrases: {entity['n_phrases']}, scored {entity['n_scored']}, skipped {entity['skipped']}.",
+        f"- Phrases: {entity.n_phrases}, scored {entity.n}, skipped {entity.skipped}.",
         f"- Baselines: highest detector confidence **{hc:.3f}**, random region {b['random']:.3f}, oracle {b['oracle']:.3f}.",
-        f"- Best of {len(entity['per_layer_best']) * config.model.num_attention_heads} heads on test (biased upwards: chosen on the "
-        f"data it is scored on): L{best['layer']}H{best['head']} **{best['accuracy']:.3f}** "
+        f"- Best of {entity.shape[0] * entity.shape[1]} heads on test (biased upwards: chosen on the "
+        f"data it is scored on): {best.label} **{best.accuracy:.3f}** "
         f"({ratio:.2f}× the highest-confidence baseline).",
     ]
     if selected:
-        lines.append(f"- Head chosen on val, scored on test (unbiased): L{selected['layer']}H{selected['head']} "
-                     f"**{selected['accuracy']:.3f}** ({selected['accuracy'] / hc:.2f}× baseline).")
-    if control:
+        lines.append(f"- Head chosen on val, scored on test (unbiased): {selected.label} "
+                     f"**{selected.accuracy:.3f}** ({selected.accuracy / hc:.2f}× baseline).")
+    if entity.control is not None:
+        control = entity.control.best_head()
         lines.append(f"- Control, the same probe on a random-initialised model of the same shape: best head "
-                     f"L{control['layer']}H{control['head']} {control['accuracy']:.3f}.")
+                     f"{control.label} {control.accuracy:.3f}.")
     lines += [
         f"- Layers whose best head reaches 2× the baseline: {layers_2x or 'none'} "
         f"({'meets' if len(layers_2x) >= 2 and ratio >= 2 else 'does NOT meet'} the demo's target of ≥2× in several layers).",
-        "- Per-layer best: " + ", ".join(f"L{p['layer']}H{p['head']} {p['accuracy']:.2f}" for p in entity["per_layer_best"]),
+        "- Per-layer best: " + ", ".join(f"{h.label} {h.accuracy:.2f}" for h in entity.per_layer_best()),
         "",
         "![Figure 3](figures/fig3_entity_grounding.png)",
         "",
@@ -189,15 +166,16 @@ def _report(entity: dict, syntactic: dict, history: list[dict], config, seconds:
         "| relation | direction | n | best head | accuracy | highest-confidence |",
         "|---|---|---|---|---|---|",
     ]
-    for relation, per_direction in syntactic["relations"].items():
-        for direction, info in per_direction.items():
-            if not info["n"]:
+    for relation in syntactic.relations:
+        for direction in DIRECTIONS:
+            scores = syntactic.scores.get((relation, direction))
+            if scores is None:
                 lines.append(f"| {relation} | {direction} | 0 | – | – | – |")
                 continue
-            bh = info["best_head"]
-            lines.append(f"| {relation} | {direction} | {info['n']} | L{bh['layer']}H{bh['head']} | "
-                         f"{bh['accuracy']:.3f} | {info['highest_confidence']:.3f} |")
-    lines += ["", *[f"![{r}](figures/fig4_syntactic_{r}.png)" for r in syntactic["relations"]], "",
+            bh = scores.best_head()
+            lines.append(f"| {relation} | {direction} | {scores.n} | {bh.label} | "
+                         f"{bh.accuracy:.3f} | {scores.baselines['highest_confidence']:.3f} |")
+    lines += ["", *[f"![{r}](figures/fig4_syntactic_{r}.png)" for r in syntactic.relations], "",
               "## Attention on the image (Figures 1 and 5)", "",
               "For six layers, each layer's best grounding head: the region each entity word attends to most "
               "(words of one entity share a colour).", ""]

@@ -38,10 +38,14 @@ class MaskedPhrase:
 
 
 def masked_phrases(flickr: Flickr30kEntities, features: RegionFeatures, tokenizer, split: str, limit: int | None,
-                   max_text_len: int = 128) -> list[MaskedPhrase]:
+                   max_text_len: int = 128, progress: bool = False) -> list[MaskedPhrase]:
+    """Every phrase with gold boxes in the first ``limit`` images of ``split``, its last word masked."""
+    from tqdm.auto import tqdm
+
     out = []
     image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
-    for image_id in image_ids:
+    for image_id in tqdm(image_ids, desc=f"phrases of {len(image_ids)} {split} images", unit="image",
+                         disable=not progress, leave=False):
         annotation = flickr.annotation(image_id)
         if image_id not in features:
             continue
@@ -98,7 +102,7 @@ def masked_word_accuracy(model, items: list[MaskedPhrase], pad_id: int, batch_si
 
 
 def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, int]], pad_id: int, *,
-                 random_draws: int = 3, seed: int = 0) -> dict:
+                 random_draws: int = 3, seed: int = 0, progress: bool = False) -> dict:
     """Masked-entity-word accuracy with nothing, the top-k grounding heads, or k random heads ablated."""
     if random_draws < 1:
         raise VbProbeError(f"--draws {random_draws}: the control needs at least 1 draw of random heads")
@@ -112,8 +116,11 @@ def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, in
     if len(pool) < len(top_heads):
         raise VbProbeError(f"-k {len(top_heads)}: the model has {layers * heads} heads, too few for k random others "
                            f"as a control; use -k {layers * heads // 2} or less")
+    from tqdm.auto import tqdm
+
     draws = []
-    for _ in range(random_draws):
+    for _ in tqdm(range(random_draws), desc=f"{len(top_heads)} random heads ablated", unit="draw",
+                  disable=not progress, leave=False):
         chosen = [pool[i] for i in rng.choice(len(pool), len(top_heads), replace=False)]
         with ablate_heads(encoder, chosen):
             draws.append(masked_word_accuracy(model, items, pad_id))
@@ -126,10 +133,12 @@ def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, in
                                      "(vb-train finetune --task flickr30k); this one has no such head"}
 
 
-def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32, visual_token_type: int = 1) -> dict:
+def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32, visual_token_type: int = 1,
+              progress: bool = False) -> dict:
     """Integrated gradients (zero baselines) of each masked word's logit w.r.t. region features and word
     embeddings; per head, agreement of its most-attended region with the top-attributed region."""
     from captum.attr import IntegratedGradients
+    from tqdm.auto import tqdm
 
     from vb_probe.metrics.grounding import head_choices
 
@@ -142,7 +151,7 @@ def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32,
     top_hits = 0
     image_share = []
     per_phrase = []
-    for item in items:
+    for item in tqdm(items, desc="integrated gradients", unit="phrase", disable=not progress, leave=False):
         inputs, query, t_max = _batch([item], pad_id, visual_token_type, device)
         word_embeds = encoder.embeddings.word_embeddings(inputs["input_ids"]).detach()
         rest = {k: v for k, v in inputs.items() if k not in ("input_ids", "visual_embeds")}

@@ -47,9 +47,9 @@ PROTOCOL_CHOICES = {
 class ProbeConfig:
     """Everything a probe run depends on; recorded in run.json."""
 
-    ckpt: Path
-    flickr30k: Path
-    features: Path
+    ckpt: Path | str | None = None  # a folder or hub id; None when the model is given in memory
+    flickr30k: Path | None = None  # None when a Flickr30kEntities object is given
+    features: Path | None = None  # None when a feature store is given
     split: str = "test"
     tokenizer: Path | None = None
     visual_token_type: int | None = None
@@ -98,6 +98,7 @@ class ProbeResults:
     visual_token_type: int = 1
     wall_time_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    relations_in_parses: set[str] = field(default_factory=set)  # every relation the split's parses hold
 
 
 def resolve_device(name: str) -> torch.device:
@@ -346,26 +347,48 @@ def probe_pass(
 
 # ----------------------------------------------------------------------------------------------- entry point
 
-def _checkpoint_info(ckpt: Path) -> dict:
+def checkpoint_info(ckpt: Path | str | None, model=None) -> dict:
+    """Provenance of the weights: the file's hash when they were read from a checkpoint here, else what is known
+    of the in-memory model (it may have been edited, so no file hash stands for it)."""
     from vb_probe.checkpoints import file_sha256, weights_file
 
-    weights = weights_file(ckpt)
-    return {"path": str(Path(ckpt).resolve()), "weights": weights.name, "sha256": file_sha256(weights)}
+    if ckpt is None:
+        loaded_from = getattr(model, "checkpoint_path", None)
+        return {"source": "in-memory model", "loaded_from": str(loaded_from) if loaded_from else None,
+                "sha256": None}
+    folder = resolve_checkpoint(ckpt)
+    weights = weights_file(folder)
+    info = {"path": str(folder.resolve()), "weights": weights.name, "sha256": file_sha256(weights)}
+    if str(ckpt) != str(folder):
+        info["hub_id"] = str(ckpt)
+    return info
+
+
+def resolve_checkpoint(ckpt: Path | str) -> Path:
+    from vb_probe.hub import resolve
+
+    return resolve(ckpt, "--ckpt")
 
 
 def load_model_and_tokenizer(cfg: ProbeConfig):
-    from vb_probe.checkpoints import load_model
-    from vb_probe.tokenization import load_tokenizer
+    """The checkpoint ``cfg.ckpt`` (folder or hub id) and its tokenizer (``cfg.tokenizer``, the checkpoint's own,
+    else bert-base-uncased), on ``cfg.device``."""
+    from vb_probe.api import load_model, load_tokenizer
 
     device = resolve_device(cfg.device)
     model = load_model(cfg.ckpt, device=device)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.ckpt, vocab_size=model.config.vocab_size)
+    tokenizer = load_tokenizer(cfg.tokenizer, model=model)
     return model, tokenizer, device
 
 
 def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True, resume: bool = False,
-               model=None, tokenizer=None) -> ProbeResults:
-    """Run the probes ``cfg`` asks for (entity grounding and/or syntactic) in one pass per split/model."""
+               model=None, tokenizer=None, flickr: Flickr30kEntities | None = None,
+               features: RegionFeatures | None = None) -> ProbeResults:
+    """Run the probes ``cfg`` asks for (entity grounding and/or syntactic) in one pass per split/model.
+
+    ``model``/``tokenizer`` (else loaded from ``cfg.ckpt``), ``flickr`` and ``features`` (else opened from
+    ``cfg.flickr30k`` / ``cfg.features``) may be given as objects, as the Python API does.
+    """
     started = time.time()
     if cfg.batch_size < 1:
         raise VbProbeError(f"--batch-size {cfg.batch_size}: must be at least 1")
@@ -377,10 +400,10 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
     if model is None:
         model, tokenizer, device = load_model_and_tokenizer(cfg)
     if model.config.bypass_transformer:
-        raise VbProbeError(f"{cfg.ckpt}: a model without early fusion has regions in its last layer only; "
+        raise VbProbeError(f"{cfg.ckpt or 'the model'}: a model without early fusion has regions in its last layer only; "
                            "probe an early-fusion checkpoint (bypass_transformer false)")
-    flickr = Flickr30kEntities(cfg.flickr30k)
-    features = open_features(cfg.features, cfg.confidence)
+    flickr = flickr if flickr is not None else Flickr30kEntities(cfg.flickr30k)
+    features = features if features is not None else open_features(cfg.features, cfg.confidence)
     if features.dim != model.config.visual_embedding_dim:
         raise DataError(f"{cfg.features}: region features are {features.dim}-d but the checkpoint's "
                         f"visual_embedding_dim is {model.config.visual_embedding_dim}; pass the features the "
@@ -391,9 +414,10 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
     if not 0 <= visual_token_type < model.config.type_vocab_size:
         raise VbProbeError(f"--visual-token-type {visual_token_type}: the checkpoint has "
                            f"{model.config.type_vocab_size} token types; use 0..{model.config.type_vocab_size - 1}")
-    checkpoint = _checkpoint_info(cfg.ckpt)
+    checkpoint = checkpoint_info(cfg.ckpt, model)
     wants_parses = bool(cfg.relations)
     parser_used: dict[str, str] = {}
+    relations_seen: set[str] = set()
 
     def one_split(split: str, run_model, label: str, state_name: str) -> SplitResult:
         image_ids = flickr.split(split)
@@ -403,6 +427,9 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
         if wants_parses:
             parses, parse_source, _ = load_parses(cfg_for(split), flickr, image_ids, out if split == cfg.split else None)
             parser_used["name"] = parse_source
+            if split == cfg.split:
+                keys = {c.key for i in image_ids for c in flickr.captions(i)}
+                relations_seen.update(r for k, p in parses.items() if k in keys for _, _, r in p.arcs())
         items, skipped, n_units, n_captions = collect_items(cfg, flickr, features, image_ids, parses, parse_source)
         counts, truncated = probe_pass(
             run_model, tokenizer, items, batch_size=cfg.batch_size, visual_token_type=visual_token_type,
@@ -432,7 +459,7 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
     results = ProbeResults(
         config=cfg, main=main, select=select, control=control, checkpoint=checkpoint,
         parser=parser_used.get("name"), visual_token_type=visual_token_type, wall_time_s=time.time() - started,
-        notes=list(getattr(model, "load_notes", [])),
+        notes=list(getattr(model, "load_notes", [])), relations_in_parses=relations_seen,
     )
     if out is not None:
         for state in out.glob(".*.progress.json"):
@@ -446,24 +473,35 @@ def config_dict(cfg: ProbeConfig) -> dict:
 
 
 @torch.no_grad()
+def word_region_attention(
+    model, tokenizer, words: tuple[str, ...], regions, visual_token_type: int = 1, max_text_len: int = 128,
+    mask: MaskMode = "posthoc",
+) -> np.ndarray:
+    """For one caption: each word's last sub-word's attention on the image's regions, in every head.
+
+    Returns [layer, head, n_words, R] float32 (NaN rows for words cut by truncation).
+    """
+    item = ProbeItem("view", tuple(words), regions,
+                     [Query("view", w, np.zeros(len(regions), bool)) for w in range(len(words))])
+    batch = collate([item], tokenizer, visual_token_type, max_text_len, next(model.parameters()).device)
+    out = np.full((len(model.blocks), model.config.num_attention_heads, len(words), len(regions)), np.nan,
+                  dtype=np.float32)
+    if len(batch.groups):
+        rows = region_attention_rows(model, batch, mask)  # [layer, n, head, R]
+        cut = {id(q) for q in batch.truncated}
+        kept = [q.word_index for q in item.queries if id(q) not in cut]
+        out[:, :, kept] = rows.permute(0, 2, 1, 3).numpy()
+    return out
+
+
 def word_region_choices(
     model, tokenizer, words: tuple[str, ...], regions, visual_token_type: int = 1, max_text_len: int = 128,
     mask: MaskMode = "posthoc",
 ) -> np.ndarray:
     """For one caption: the region each word's last sub-word attends to most, in every head.
 
-    Returns [layer, head, n_words] region indices (-1 for a word cut by truncation).
+    Returns [layer, head, n_words] region indices (-1 for a word cut by truncation); ties: the lowest index.
     """
-    query_words = list(range(len(words)))
-    item = ProbeItem("view", tuple(words), regions,
-                     [Query("view", w, np.zeros(len(regions), bool)) for w in query_words])
-    batch = collate([item], tokenizer, visual_token_type, max_text_len, next(model.parameters()).device)
-    rows = region_attention_rows(model, batch, mask)  # [layer, n, head, R]
-    from vb_probe.metrics.grounding import head_choices
-
-    chosen = head_choices(rows, batch.region_valid).permute(0, 2, 1).numpy()  # [layer, head, n]
-    out = np.full(chosen.shape[:2] + (len(words),), -1, dtype=np.int64)
-    cut = {id(q) for q in batch.truncated}
-    kept = [q.word_index for q in item.queries if id(q) not in cut]
-    out[..., kept] = chosen
-    return out
+    rows = word_region_attention(model, tokenizer, words, regions, visual_token_type, max_text_len, mask)
+    cut = np.isnan(rows).any(-1)
+    return np.where(cut, -1, np.nan_to_num(rows, nan=-np.inf).argmax(-1)).astype(np.int64)

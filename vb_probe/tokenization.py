@@ -21,12 +21,17 @@ class TokenizedWords:
     word_last_token: list[int | None]
 
 
+def has_tokenizer_files(folder: str | Path) -> bool:
+    folder = Path(folder)
+    return (folder / "vocab.txt").is_file() or (folder / "tokenizer.json").is_file()
+
+
 def load_tokenizer(folder: str | Path, vocab_size: int | None = None):
     """``BertTokenizerFast`` from a folder with vocab.txt or tokenizer.json; checks it fits the model."""
     from transformers import BertTokenizerFast
 
     folder = Path(folder)
-    if not ((folder / "vocab.txt").is_file() or (folder / "tokenizer.json").is_file()):
+    if not has_tokenizer_files(folder):
         raise CheckpointError(
             f"{folder}: no vocab.txt or tokenizer.json; pass --tokenizer with a BERT tokenizer folder"
         )

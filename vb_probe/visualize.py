@@ -1,27 +1,60 @@
-"""``vb-probe visualize``: Figure 1/5 for one caption — for six layers, that layer's best grounding head,
-showing the region each entity word attends to most on the image."""
+"""Figure 1/5 for one caption: for six layers, that layer's best grounding head, showing the region each
+entity word attends to most on the image."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from vb_probe.errors import DataError
+from vb_probe.results import GroundingResult, Head
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
-def heads_from_scores(per_layer_best: list[dict], count: int = 6) -> list[dict]:
+def heads_from_scores(per_layer_best: list[Head], count: int = 6) -> list[Head]:
     """The ``count`` layers whose best head grounds best, in layer order."""
-    ranked = sorted(per_layer_best, key=lambda p: (-p["accuracy"], p["layer"]))[:count]
-    return sorted(ranked, key=lambda p: p["layer"])
+    ranked = sorted(per_layer_best, key=lambda h: (-h.accuracy, h.layer))[:count]
+    return sorted(ranked, key=lambda h: h.layer)
 
 
-def render_attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, image_id: str,
-                            caption_index: int, out_path: Path, *, images_dir: Path | None = None,
-                            per_layer_best: list[dict] | None = None, visual_token_type: int = 1) -> Path:
-    from vb_probe.atomic import atomic_open
+def heads_for_caption(choices: np.ndarray, hits: list[np.ndarray | None]) -> list[Head]:
+    """Without probe scores: per layer, the head whose choices hit gold for most of this caption's boxed words.
+
+    ``choices`` [layer, head, n_words] region indices; ``hits[w]`` [R] bool for a word in a boxed phrase, else None.
+    Accuracy is that head's share of the caption's boxed words (ties: the lowest head).
+    """
+    scored = [w for w, h in enumerate(hits) if h is not None and choices[0, 0, w] >= 0]
+    out = []
+    for layer in range(choices.shape[0]):
+        right = np.array([sum(bool(hits[w][choices[layer, head, w]]) for w in scored)
+                          for head in range(choices.shape[1])])
+        head = int(np.argmax(right))
+        out.append(Head(layer, head, right[head] / len(scored) if scored else 0.0))
+    return out
+
+
+def find_image(images_dir: Path | None, image_id: str) -> Path | None:
+    """``<image_id>.jpg`` (Flickr30K's own), ``.jpeg`` or ``.png`` in ``images_dir``; warns when none is there."""
+    if images_dir is None:
+        return None
+    for suffix in IMAGE_SUFFIXES:
+        if (Path(images_dir) / f"{image_id}{suffix}").is_file():
+            return Path(images_dir) / f"{image_id}{suffix}"
+    warnings.warn(f"{images_dir}: no {image_id}.jpg, .jpeg or .png; the boxes are drawn on a plain background",
+                  stacklevel=2)
+    return None
+
+
+def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, image_id: str, caption_index: int, *,
+                     images_dir: Path | None = None, scores: GroundingResult | None = None,
+                     visual_token_type: int = 1):
+    """Figure 1/5 for caption ``caption_index`` of ``image_id``; returns the figure."""
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.metrics.boxes import region_hits
     from vb_probe.pipeline import word_region_choices
     from vb_probe.viz.attention import plot_attention_on_image
 
@@ -34,27 +67,38 @@ def render_attention_figure(model, tokenizer, flickr_root: Path, features_path: 
     regions = open_features(features_path)[str(image_id)]
     annotation = flickr.annotation(str(image_id))
     choices = word_region_choices(model, tokenizer, caption.words, regions, visual_token_type)  # [L, H, n]
-    if per_layer_best is None:  # no scores given: the head whose choices hit gold boxes most on this caption
-        per_layer_best = [{"layer": l, "head": 0, "accuracy": None} for l in range(choices.shape[0])]
     groups: list[int | None] = [None] * len(caption.words)
+    hits: list[np.ndarray | None] = [None] * len(caption.words)
     for phrase in caption.phrases:
         if phrase.entity_id in annotation.boxes:  # words of one boxed entity share a colour
             for w in range(phrase.first_word_index, phrase.last_word_index + 1):
                 groups[w] = phrase.entity_id
-    panels = []
-    for entry in heads_from_scores(per_layer_best):
-        layer, head = entry["layer"], entry["head"]
-        panels.append({"layer": layer, "head": head, "accuracy": entry.get("accuracy"),
-                       "choices": choices[layer, head]})
+                hits[w] = region_hits(regions.boxes, annotation.boxes[phrase.entity_id])
+    layer_heads = scores.per_layer_best() if scores is not None else heads_for_caption(choices, hits)
+    panels = [{"layer": h.layer, "head": h.head, "accuracy": h.accuracy, "choices": choices[h.layer, h.head]}
+              for h in heads_from_scores(layer_heads)]
     image = None
-    if images_dir is not None and (Path(images_dir) / f"{image_id}.png").is_file():
+    image_path = find_image(images_dir, str(image_id))
+    if image_path is not None:
         from PIL import Image
 
-        image = np.asarray(Image.open(Path(images_dir) / f"{image_id}.png").convert("RGB"))
+        image = np.asarray(Image.open(image_path).convert("RGB"))
     size = (regions.image_w or annotation.width, regions.image_h or annotation.height)
-    fig = plot_attention_on_image(image, size, regions.boxes, list(caption.words), groups, panels,
-                                  title=f"image {image_id}, caption {caption_index}: each entity word's most-attended region")
+    source = "its grounding accuracy" if scores is not None else "its hits on this caption"
+    return plot_attention_on_image(image, size, regions.boxes, list(caption.words), groups, panels,
+                                   title=f"image {image_id}, caption {caption_index}: each entity word's most-attended "
+                                         f"region ({source} in brackets)")
+
+
+def render_attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, image_id: str,
+                            caption_index: int, out_path: Path, *, images_dir: Path | None = None,
+                            scores: GroundingResult | None = None, visual_token_type: int = 1) -> Path:
+    """Draw Figure 1/5 into ``out_path`` (.png, .svg or .pdf: the format its extension names)."""
+    from vb_probe.atomic import atomic_files
+
+    fig = attention_figure(model, tokenizer, flickr_root, features_path, image_id, caption_index,
+                           images_dir=images_dir, scores=scores, visual_token_type=visual_token_type)
     out_path = Path(out_path)
-    with atomic_open(out_path, "wb") as handle:
-        fig.savefig(handle, format="png")
+    with atomic_files(out_path.parent if str(out_path.parent) else Path(".")) as staged:
+        staged.figure(out_path.name, fig, dpi=200)
     return out_path

@@ -56,7 +56,7 @@ def plot_attention_on_image(
         ax.set_yticks([])
         accuracy = panel.get("accuracy")
         ax.set_title(f"layer {panel['layer']}, head {panel['head']}"
-                     + (f" (grounding acc {accuracy:.2f})" if accuracy is not None else ""), fontsize=9)
+                     + (f" ({accuracy:.2f})" if accuracy is not None else ""), fontsize=9)
     # the caption, entity words in their colour
     x = 0.02
     for word, group in zip(words, word_groups):

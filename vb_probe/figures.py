@@ -1,0 +1,67 @@
+"""The paper's figures from saved results: Figure 3 (heads × layers), Figure 4 (syntactic grounding per
+layer), Figures 1 and 5 (attention on the image). ``vb-probe figures --results demo_out --out figures``
+regenerates them; the demo draws the same set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vb_probe.atomic import atomic_files
+from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.errors import DataError
+from vb_probe.results import GroundingResult, SyntacticResult
+
+
+def example_captions(flickr: Flickr30kEntities, split: str = "test", count: int = 2) -> list[tuple[str, int]]:
+    """Captions of the split's first 40 images with the most phrases that have boxes (the most to look at)."""
+    scored = []
+    for image_id in flickr.split(split)[:40]:
+        boxes = flickr.annotation(image_id).boxes
+        for caption in flickr.captions(image_id):
+            scored.append((sum(p.entity_id in boxes for p in caption.phrases), image_id, caption.index))
+    scored.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [(image_id, index) for _, image_id, index in scored[:count]]
+
+
+def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, model, tokenizer, flickr_root: Path,
+                  features_path: Path, out: Path, images_dir: Path | None = None, suffix: str = ".png") -> list[str]:
+    """Figures 1, 3, 4 (one file per relation) and 5 into ``out``, written together; returns the file names."""
+    from vb_probe.visualize import attention_figure
+
+    figures = {f"fig3_entity_grounding{suffix}": entity.plot()}
+    for relation in syntactic.relations if syntactic is not None else []:
+        figures[f"fig4_syntactic_{relation}{suffix}"] = syntactic.plot(relation)
+    flickr = Flickr30kEntities(flickr_root)
+    for number, (image_id, caption_index) in enumerate(example_captions(flickr, entity.split)):
+        figures[f"fig{1 if number == 0 else 5}_attention_{image_id}_{caption_index}{suffix}"] = attention_figure(
+            model, tokenizer, flickr_root, features_path, image_id, caption_index, images_dir=images_dir,
+            scores=entity)
+    with atomic_files(out) as staged:
+        for name, figure in figures.items():
+            staged.figure(name, figure, dpi=200)
+    return list(figures)
+
+
+def figures_from_results(results: Path, out: Path, images_dir: Path | None = None, suffix: str = ".png",
+                         device: str = "cpu") -> list[str]:
+    """Regenerate the figures of a demo output folder (``entity_grounding/`` and ``syntactic/`` inside it), with
+    the checkpoint, annotations and features its run.json names."""
+    import warnings
+
+    from vb_probe.api import load_model, load_tokenizer
+
+    entity = GroundingResult.load(results / "entity_grounding")
+    syntactic = SyntacticResult.load(results / "syntactic") if (results / "syntactic" / "run.json").is_file() else None
+    config = entity.provenance.get("config", {})
+    missing = [k for k in ("ckpt", "flickr30k", "features") if not config.get(k)]
+    if missing:
+        raise DataError(f"{results / 'entity_grounding' / 'run.json'}: records no {', '.join(missing)}; the attention "
+                        "figures need the checkpoint and data of the run")
+    model = load_model(config["ckpt"], device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = load_tokenizer(config.get("tokenizer"), model=model)
+    if images_dir is None and (Path(config["flickr30k"]).parent / "images").is_dir():
+        images_dir = Path(config["flickr30k"]).parent / "images"  # the built-in world keeps its renders there
+    return write_figures(entity, syntactic, model, tokenizer, Path(config["flickr30k"]), Path(config["features"]), out,
+                         images_dir, suffix)

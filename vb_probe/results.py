@@ -1,0 +1,532 @@
+"""Typed probe results: what the CLI writes, the demo reports, the notebooks plot and the explorer reads.
+
+:class:`HeadScores` holds one group of queries scored by every head (counts, so nothing is lost);
+:class:`GroundingResult` is entity grounding (Figure 3), :class:`SyntacticResult` one :class:`HeadScores` per
+relation and direction (Figure 4). ``save(dir)`` writes the CLI's files (CSV + ``run.json`` + figures) together
+or not at all, and ``load(dir)`` reads them back equal.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from vb_probe.atomic import atomic_files
+from vb_probe.errors import DataError, VbProbeError
+from vb_probe.metrics.grounding import HeadCounts, wilson_interval
+from vb_probe.pipeline import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeResults, config_dict
+
+DIGITS = 6  # printed digits of accuracies, masses and baselines (the CSV's and run.json's)
+BASELINES = ("highest_confidence", "random", "oracle")
+ENTITY_COLUMNS = ["layer", "head", "n", "n_correct", "accuracy", "region_mass", "ci95_low", "ci95_high"]
+# region mass is Figure 3's dot size; Figure 4 has no use for it (and it is the one float a batch size can move)
+SYNTACTIC_COLUMNS = ["relation", "direction", *(c for c in ENTITY_COLUMNS if c != "region_mass")]
+
+
+class Head(NamedTuple):
+    """One head and its accuracy; ``L{layer}H{head}``, 0-based, everywhere."""
+
+    layer: int
+    head: int
+    accuracy: float
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+
+class SelectedHead(NamedTuple):
+    """A head chosen on another split (``selected_on``) and scored here: the unbiased number to report."""
+
+    layer: int
+    head: int
+    accuracy: float
+    selected_on: str
+    accuracy_on_selection_split: float
+
+    @property
+    def label(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("vb-probe", "torch", "transformers", "tokenizers", "numpy", "spacy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def csv_text(columns: list[str], rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(float(x), DIGITS)
+
+
+@dataclass(eq=False)
+class HeadScores:
+    """Every head scored on one group of queries.
+
+    ``n_correct`` [layer, head] int: queries whose most-attended region hits gold; ``n`` queries;
+    ``region_mass`` [layer, head] mean attention on regions (None where not kept); ``baselines`` name → accuracy
+    (``highest_confidence`` None when the features carry no confidence).
+    """
+
+    n_correct: np.ndarray
+    n: int
+    region_mass: np.ndarray | None = None
+    baselines: dict[str, float | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_counts(cls, counts: HeadCounts, with_mass: bool = True) -> "HeadScores":
+        mass = np.round((counts.region_mass / max(counts.n, 1)).numpy(), DIGITS) if with_mass else None
+        return cls(counts.n_correct.numpy().astype(np.int64), counts.n, mass,
+                   {k: _round(v) for k, v in counts.baseline_accuracy().items()})
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """[layer, head] share of queries the head grounds (NaN when there were none)."""
+        return self.n_correct / self.n if self.n else np.full(self.n_correct.shape, np.nan)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.n_correct.shape)
+
+    def best_head(self) -> Head:
+        """The most accurate head (ties: the lowest layer, then head). Chosen on this data: biased upwards."""
+        flat = int(np.argmax(self.n_correct))
+        layer, head = divmod(flat, self.shape[1])
+        return Head(layer, head, float(self.accuracy[layer, head]))
+
+    def per_layer_best(self) -> list[Head]:
+        return [Head(layer, int(np.argmax(row)), float(self.accuracy[layer, int(np.argmax(row))]))
+                for layer, row in enumerate(self.n_correct)]
+
+    def interval(self, layer: int, head: int) -> tuple[float, float]:
+        """95% Wilson interval of one head's accuracy."""
+        return wilson_interval(int(self.n_correct[layer, head]), self.n)
+
+    def rows(self) -> list[dict]:
+        """One CSV row per head, numbers formatted as the files hold them."""
+        rows = []
+        for layer in range(self.shape[0]):
+            for head in range(self.shape[1]):
+                low, high = self.interval(layer, head)
+                mass = "" if self.region_mass is None else f"{self.region_mass[layer, head]:.{DIGITS}f}"
+                rows.append({"layer": layer, "head": head, "n": self.n, "n_correct": int(self.n_correct[layer, head]),
+                             "accuracy": f"{self.accuracy[layer, head]:.{DIGITS}f}", "region_mass": mass,
+                             "ci95_low": f"{low:.{DIGITS}f}", "ci95_high": f"{high:.{DIGITS}f}"})
+        return rows
+
+    def to_frame(self):
+        """A pandas DataFrame, one row per head: layer, head, n, n_correct, accuracy, region_mass, ci95_low/high."""
+        import pandas as pd
+
+        frame = pd.DataFrame(self.rows(), columns=ENTITY_COLUMNS)
+        for column in ("accuracy", "region_mass", "ci95_low", "ci95_high"):
+            frame[column] = pd.to_numeric(frame[column])
+        return frame
+
+    def summary(self) -> dict:
+        """``n``, ``best_head`` and ``per_layer_best`` as run.json holds them."""
+        return {"n": self.n, "best_head": _head_dict(self.best_head()),
+                "per_layer_best": [_head_dict(h) for h in self.per_layer_best()]}
+
+    def equals(self, other: "HeadScores") -> bool:
+        same_mass = (self.region_mass is None and other.region_mass is None) or (
+            self.region_mass is not None and other.region_mass is not None
+            and np.array_equal(self.region_mass, other.region_mass))
+        return (self.n == other.n and np.array_equal(self.n_correct, other.n_correct) and same_mass
+                and self.baselines == other.baselines)
+
+    __eq__ = equals
+    __hash__ = None  # mutable arrays inside
+
+    @classmethod
+    def from_rows(cls, rows: list[dict], baselines: dict, where: str) -> "HeadScores":
+        """Inverse of :meth:`rows` (CSV rows as read by ``csv.DictReader``)."""
+        try:
+            layers = 1 + max(int(r["layer"]) for r in rows)
+            heads = 1 + max(int(r["head"]) for r in rows)
+            n_correct = np.zeros((layers, heads), np.int64)
+            mass = np.zeros((layers, heads))
+            has_mass = all(r.get("region_mass") not in (None, "") for r in rows)
+            for r in rows:
+                n_correct[int(r["layer"]), int(r["head"])] = int(r["n_correct"])
+                if has_mass:
+                    mass[int(r["layer"]), int(r["head"])] = float(r["region_mass"])
+            n = int(rows[0]["n"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise DataError(f"{where}: not a score table of vb-probe ({type(exc).__name__}: {exc}); expected the "
+                            "columns " + ", ".join(ENTITY_COLUMNS)) from None
+        return cls(n_correct, n, mass if has_mass else None, {k: baselines.get(k) for k in BASELINES})
+
+
+def _head_dict(head: Head) -> dict:
+    return {"layer": head.layer, "head": head.head, "accuracy": _round(head.accuracy)}
+
+
+def _selected(main: HeadScores, select: HeadScores | None, split: str | None) -> SelectedHead | None:
+    """The head that is best on ``select`` (another split), with its accuracy on ``main``."""
+    if select is None or select.n == 0 or split is None:
+        return None
+    chosen = select.best_head()
+    return SelectedHead(chosen.layer, chosen.head, _round(main.accuracy[chosen.layer, chosen.head]), split,
+                        _round(chosen.accuracy))
+
+
+def _selected_dict(s: SelectedHead | None) -> dict | None:
+    return None if s is None else {"selected_on": s.selected_on, "layer": s.layer, "head": s.head,
+                                   "accuracy_on_selection_split": s.accuracy_on_selection_split,
+                                   "accuracy": s.accuracy}
+
+
+def _selected_from(d: dict | None) -> SelectedHead | None:
+    return None if not d else SelectedHead(d["layer"], d["head"], d["accuracy"], d["selected_on"],
+                                           d["accuracy_on_selection_split"])
+
+
+def _control_dict(c: HeadScores | None) -> dict | None:
+    return None if c is None else {**c.summary(), "n_correct": c.n_correct.tolist()}
+
+
+def _control_from(d: dict | None) -> HeadScores | None:
+    if not d:
+        return None
+    if "n_correct" not in d:
+        raise DataError("run.json: control_random_init has no n_correct grid; re-run the probe with this version")
+    return HeadScores(np.asarray(d["n_correct"], np.int64), int(d["n"]))
+
+
+def _read_run(folder: Path, probe: str) -> dict:
+    path = folder / "run.json" if folder.is_dir() else folder
+    try:
+        run = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; pass the --out folder of `vb-probe {probe.replace('_', '-')}`") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read ({type(exc).__name__}); expected the run.json of a probe run") from None
+    if not isinstance(run, dict) or run.get("probe") != probe:
+        raise DataError(f"{path}: is not the run.json of a {probe} run (probe: "
+                        f"{run.get('probe') if isinstance(run, dict) else None!r})")
+    return run
+
+
+def _refuse_other_run(folder: Path, probe: str) -> None:
+    """A folder holds one run: never replace the run.json of another probe (entity then syntactic into one --out)."""
+    path = folder / "run.json"
+    if not path.is_file():
+        return
+    try:
+        other = json.loads(path.read_text(encoding="utf-8")).get("probe")
+    except (OSError, ValueError, AttributeError):
+        other = None
+    if other != probe:
+        raise VbProbeError(f"{folder}: already holds the run.json of {other or 'another'} run; write this "
+                           f"{probe} run to another --out (nothing was changed)")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; the folder lacks the probe's CSV (run the probe again)") from None
+    if not rows:
+        raise DataError(f"{path}: no rows; run the probe again")
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- entity grounding
+
+@dataclass(eq=False)
+class GroundingResult(HeadScores):
+    """Entity grounding (Figure 3): every head over every scored phrase of ``split``.
+
+    Beyond :class:`HeadScores`: ``n_phrases`` considered, ``skipped`` reason → count
+    (``n_phrases == n + sum(skipped)``), ``selected_head`` (chosen on another split, scored here),
+    ``control`` (the same probe on a random-initialised model), and ``provenance`` (checkpoint, options,
+    protocol, versions: run.json's record of how the numbers were made).
+    """
+
+    split: str = "test"
+    n_phrases: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    selected_head: SelectedHead | None = None
+    control: HeadScores | None = None
+    provenance: dict = field(default_factory=dict)
+
+    FILES = ("entity_grounding.csv", "run.json", "entity_grounding.png")
+
+    def run_json(self) -> dict:
+        summary = self.summary()
+        return {"probe": "entity_grounding", "n_phrases": self.n_phrases, "n_scored": self.n,
+                "skipped": dict(sorted(self.skipped.items())), "baselines": self.baselines,
+                "best_head": summary["best_head"], "per_layer_best": summary["per_layer_best"],
+                "selected_head": _selected_dict(self.selected_head), "control_random_init": _control_dict(self.control),
+                "split": self.split, **self.provenance}
+
+    def plot(self, ax=None):
+        """Figure 3 (the layer × head grid); returns the figure."""
+        from vb_probe.viz.heads import plot_head_grid
+
+        return plot_head_grid(self.accuracy, self.region_mass if self.region_mass is not None
+                              else np.ones(self.shape), self.baselines,
+                              title=f"Entity grounding, {self.split} split (n={self.n})", ax=ax)
+
+    def save(self, folder: str | Path) -> Path:
+        """``entity_grounding.csv``, ``run.json`` and ``entity_grounding.png``, replaced together."""
+        folder = Path(folder)
+        _refuse_other_run(folder, "entity_grounding")
+        figure = self.plot()
+        with atomic_files(folder) as staged:
+            staged.text("entity_grounding.csv", csv_text(ENTITY_COLUMNS, self.rows()))
+            staged.figure("entity_grounding.png", figure)
+            staged.json("run.json", self.run_json())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "GroundingResult":
+        """Read a folder written by :meth:`save` (or by ``vb-probe entity-grounding``) back, equal."""
+        folder = Path(folder)
+        folder = folder.parent if folder.is_file() else folder
+        run = _read_run(folder, "entity_grounding")
+        scores = HeadScores.from_rows(_read_csv(folder / "entity_grounding.csv"), run.get("baselines", {}),
+                                      str(folder / "entity_grounding.csv"))
+        known = {"probe", "n_phrases", "n_scored", "skipped", "baselines", "best_head", "per_layer_best",
+                 "selected_head", "control_random_init", "split"}
+        return cls(scores.n_correct, scores.n, scores.region_mass, scores.baselines, split=run["split"],
+                   n_phrases=run["n_phrases"], skipped=dict(run["skipped"]),
+                   selected_head=_selected_from(run.get("selected_head")),
+                   control=_control_from(run.get("control_random_init")),
+                   provenance={k: v for k, v in run.items() if k not in known})
+
+    def equals(self, other: "GroundingResult") -> bool:
+        return (HeadScores.equals(self, other) and self.split == other.split and self.n_phrases == other.n_phrases
+                and self.skipped == other.skipped and self.selected_head == other.selected_head
+                and (self.control == other.control if self.control is not None else other.control is None)
+                and self.provenance == other.provenance)
+
+    __eq__ = equals
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        best = self.best_head()
+        return (f"GroundingResult(split={self.split!r}, n={self.n} of {self.n_phrases} phrases, best {best.label} "
+                f"{best.accuracy:.3f}, highest-confidence {self.baselines.get('highest_confidence')}, "
+                f"{self.shape[0]}×{self.shape[1]} heads)")
+
+
+# ----------------------------------------------------------------------------------------- syntactic grounding
+
+@dataclass(eq=False)
+class SyntacticResult:
+    """Syntactic grounding (Figure 4): one :class:`HeadScores` per (relation, direction) with arcs.
+
+    ``scores[(relation, direction)]``; ``relations`` in the order asked; ``skipped`` per ``relation/direction``
+    group: reason → count; ``selected`` and ``control`` per (relation, direction) where computed.
+    """
+
+    relations: list[str]
+    scores: dict[tuple[str, str], HeadScores]
+    skipped: dict[str, dict[str, int]]
+    split: str = "test"
+    arcs_seen: int = 0
+    parser: str | None = None
+    selected: dict[tuple[str, str], SelectedHead] = field(default_factory=dict)
+    control: dict[tuple[str, str], HeadScores] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def __getitem__(self, key: tuple[str, str]) -> HeadScores:
+        if key not in self.scores:
+            raise KeyError(f"{key}: no arcs of this relation and direction reached a phrase with boxes "
+                           f"(skipped: {self.skipped.get('/'.join(key), {})})")
+        return self.scores[key]
+
+    def best_head(self, relation: str, direction: str = "head_to_dependent") -> Head:
+        return self[(relation, direction)].best_head()
+
+    def per_layer_best(self, relation: str, direction: str = "head_to_dependent") -> list[Head]:
+        return self[(relation, direction)].per_layer_best()
+
+    def to_frame(self):
+        """One row per (relation, direction, layer, head), with the 95% interval."""
+        import pandas as pd
+
+        frames = []
+        for (relation, direction), scores in self.scores.items():
+            frame = scores.to_frame()
+            frame.insert(0, "direction", direction)
+            frame.insert(0, "relation", relation)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SYNTACTIC_COLUMNS)
+
+    def rows(self) -> list[dict]:
+        return [{"relation": r, "direction": d, **row} for (r, d), s in self.scores.items() for row in s.rows()]
+
+    def per_direction(self, relation: str) -> dict[str, dict]:
+        """What :func:`vb_probe.viz.relations.plot_relation_curves` draws for one relation."""
+        out = {}
+        for direction in DIRECTIONS:
+            scores = self.scores.get((relation, direction))
+            if scores is None:
+                out[direction] = {"n": 0, "per_layer_best": [], "highest_confidence": None}
+                continue
+            out[direction] = {"n": scores.n, "per_layer_best": [_head_dict(h) for h in scores.per_layer_best()],
+                              **scores.baselines}
+        return out
+
+    def plot(self, relation: str | None = None, ax=None):
+        """Figure 4 for one relation (or, with none given, the first); returns the figure."""
+        from vb_probe.viz.relations import plot_relation_curves
+
+        relation = relation or self.relations[0]
+        return plot_relation_curves(relation, self.per_direction(relation), ax=ax)
+
+    def run_json(self) -> dict:
+        relations: dict[str, dict] = {}
+        for relation in self.relations:
+            relations[relation] = {}
+            for direction in DIRECTIONS:
+                key = (relation, direction)
+                scores = self.scores.get(key)
+                if scores is None:
+                    relations[relation][direction] = {"n": 0, "highest_confidence": None, "random": None,
+                                                      "oracle": None, "best_head": None, "per_layer_best": []}
+                    continue
+                entry = {"n": scores.n, **scores.baselines, **{k: v for k, v in scores.summary().items() if k != "n"},
+                         "selected_head": _selected_dict(self.selected.get(key))}
+                if key in self.control:
+                    entry["control_random_init"] = _control_dict(self.control[key])
+                relations[relation][direction] = entry
+        return {"probe": "syntactic", "relations": relations, "arcs_seen": self.arcs_seen,
+                "skipped": self.skipped, "parser": self.parser, "split": self.split, **self.provenance}
+
+    def save(self, folder: str | Path) -> Path:
+        """``syntactic.csv``, ``run.json`` and ``syntactic_<relation>.png``, replaced together."""
+        folder = Path(folder)
+        _refuse_other_run(folder, "syntactic")
+        figures = {relation: self.plot(relation) for relation in self.relations}
+        with atomic_files(folder) as staged:
+            for relation, figure in figures.items():
+                staged.figure(f"syntactic_{relation}.png", figure)
+            staged.text("syntactic.csv", csv_text(SYNTACTIC_COLUMNS, self.rows()))
+            staged.json("run.json", self.run_json())
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "SyntacticResult":
+        folder = Path(folder)
+        folder = folder.parent if folder.is_file() else folder
+        run = _read_run(folder, "syntactic")
+        rows = _read_csv(folder / "syntactic.csv")
+        by_group: dict[tuple[str, str], list[dict]] = {}
+        for row in rows:
+            by_group.setdefault((row["relation"], row["direction"]), []).append(row)
+        scores, selected, control = {}, {}, {}
+        for key, group_rows in by_group.items():
+            info = run["relations"][key[0]][key[1]]
+            scores[key] = HeadScores.from_rows(group_rows, info, str(folder / "syntactic.csv"))
+            if info.get("selected_head"):
+                selected[key] = _selected_from(info["selected_head"])
+            if info.get("control_random_init"):
+                control[key] = _control_from(info["control_random_init"])
+        known = {"probe", "relations", "arcs_seen", "skipped", "parser", "split"}
+        return cls(list(run["relations"]), scores, run["skipped"], run["split"], run["arcs_seen"], run["parser"],
+                   selected, control, {k: v for k, v in run.items() if k not in known})
+
+    def equals(self, other: "SyntacticResult") -> bool:
+        return (self.relations == other.relations and self.scores.keys() == other.scores.keys()
+                and all(self.scores[k] == other.scores[k] for k in self.scores)
+                and self.control.keys() == other.control.keys()
+                and all(self.control[k] == other.control[k] for k in self.control)
+                and (self.skipped, self.split, self.arcs_seen, self.parser, self.selected, self.provenance)
+                == (other.skipped, other.split, other.arcs_seen, other.parser, other.selected, other.provenance))
+
+    __eq__ = equals
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        parts = [f"{r}/{d} n={s.n} best {s.best_head().label} {s.best_head().accuracy:.3f}"
+                 for (r, d), s in self.scores.items()]
+        return f"SyntacticResult(split={self.split!r}, " + "; ".join(parts) + ")"
+
+
+# ----------------------------------------------------------------------------------------- from a probe pass
+
+def grounding_result(results: ProbeResults) -> GroundingResult:
+    """The entity-grounding result of a :class:`vb_probe.pipeline.ProbeResults`."""
+    main = results.main
+    counts = main.counts.get(ENTITY)
+    skipped = dict(sorted(main.skipped.get(ENTITY, {}).items()))
+    n_phrases = main.n_units.get("phrases", 0)
+    if counts is None or counts.n == 0:
+        raise VbProbeError(f"no phrase of split {results.config.split!r} could be scored ({n_phrases} phrases, "
+                           f"skipped: {skipped or 'none'}); check the split, the annotations and the features")
+    assert n_phrases == counts.n + sum(skipped.values()), "every phrase is scored or skipped"
+    scores = HeadScores.from_counts(counts)
+    select = results.select.counts.get(ENTITY) if results.select else None
+    control = results.control.counts.get(ENTITY) if results.control else None
+    return GroundingResult(
+        scores.n_correct, scores.n, scores.region_mass, scores.baselines, split=results.config.split,
+        n_phrases=n_phrases, skipped={k: int(v) for k, v in skipped.items()},
+        selected_head=_selected(scores, HeadScores.from_counts(select) if select else None, results.config.select_on),
+        control=_control_scores(control), provenance=provenance(results))
+
+
+def syntactic_result(results: ProbeResults) -> SyntacticResult:
+    """The syntactic-grounding result of a :class:`vb_probe.pipeline.ProbeResults` (one per relation/direction)."""
+    main, cfg = results.main, results.config
+    present = sorted({g.split("/")[0] for g in list(main.counts) + list(main.skipped) if g != ENTITY})
+    wanted = present if "all" in cfg.relations else list(cfg.relations)
+    unknown = [r for r in wanted if r not in present]
+    if unknown:
+        available = sorted(results.relations_in_parses) or present
+        raise VbProbeError(f"relation {', '.join(unknown)} does not occur in the parses of split {cfg.split!r}; "
+                           f"relations present: {', '.join(available) or 'none'}")
+    scores, selected, control, skipped = {}, {}, {}, {}
+    for relation in wanted:
+        for direction in DIRECTIONS:
+            group, key = f"{relation}/{direction}", (relation, direction)
+            skipped[group] = {k: int(v) for k, v in sorted(main.skipped.get(group, {}).items())}
+            if group not in main.counts:
+                continue
+            scores[key] = HeadScores.from_counts(main.counts[group], with_mass=False)
+            select = results.select.counts.get(group) if results.select else None
+            chosen = _selected(scores[key], HeadScores.from_counts(select) if select else None, cfg.select_on)
+            if chosen is not None:
+                selected[key] = chosen
+            if results.control is not None and group in results.control.counts:
+                control[key] = _control_scores(results.control.counts[group])
+    return SyntacticResult(wanted, scores, skipped, cfg.split, main.n_units.get("arcs", 0), results.parser,
+                           selected, control, provenance(results))
+
+
+def _control_scores(counts: HeadCounts | None) -> HeadScores | None:
+    """The random-init control as run.json keeps it: correct counts only (its baselines are the main run's)."""
+    return None if counts is None else HeadScores(counts.n_correct.numpy().astype(np.int64), counts.n)
+
+
+def provenance(results: ProbeResults) -> dict:
+    """How the numbers were made: what run.json records beside them."""
+    cfg = results.config
+    return {"n_images": results.main.n_images, "n_captions": results.main.n_captions,
+            "checkpoint": results.checkpoint, "mask": cfg.mask, "precision": cfg.precision,
+            "visual_token_type": results.visual_token_type, "protocol": PROTOCOL_CHOICES, "versions": versions(),
+            "wall_time_s": round(results.wall_time_s, 2), "notes": results.notes, "config": config_dict(cfg)}
