@@ -181,3 +181,56 @@ def test_flickr_chance_by_hand(world_and_model):
     chance = task.chance(examples)
     # phrase 1: 1 hit in 4 regions → r@1 1/4, r@5 and r@10 draw all 4 → 1; phrase 2 has no hit → 0
     assert chance == {"r@1": pytest.approx(0.125), "r@5": pytest.approx(0.5), "r@10": pytest.approx(0.5)}
+
+
+def test_a_fifth_task_is_one_class_in_one_module(world_and_model, tmp_path, capsys):
+    """A new task — here, "does the caption name two or more boxed things?" — is a Task subclass registered in
+    one place (this test); `vb-train finetune` and `evaluate` take it with no other change."""
+    from training.tasks import TASKS, Task, register_task
+    from vb_probe.data.flickr30k import Flickr30kEntities
+
+    @register_task
+    class BoxedPhrasesTask(Task):
+        name = "boxed-phrases"
+        n_outputs = 2
+        headline = "accuracy"
+        default_steps = 4
+
+        def examples(self, split):
+            flickr = Flickr30kEntities(self.data_dir / "flickr30k")
+            out = []
+            for image_id in flickr.split(split):
+                boxed = flickr.annotation(image_id).boxes
+                for caption in flickr.captions(image_id):
+                    target = int(sum(p.entity_id in boxed for p in caption.phrases) >= 2)
+                    out.append(Example([list(caption.words)], [image_id], target))
+            return out
+
+        def loss(self, logits, targets):
+            return torch.nn.functional.cross_entropy(logits, torch.tensor(targets, device=logits.device))
+
+        def score(self, logits, targets):
+            return (logits.argmax(-1).cpu() == torch.tensor(targets)).float().tolist()
+
+        def metrics(self, scores, examples):
+            return {"accuracy": float(np.mean(scores))}
+
+        def chance(self, examples):
+            share = float(np.mean([e.target for e in examples]))
+            return {"accuracy": max(share, 1 - share)}
+
+    world, model = world_and_model
+    try:
+        out = tmp_path / "toy"
+        assert train_main(["finetune", "--task", "boxed-phrases", "--data", str(world), "--init", str(model),
+                           "--out", str(out), "--quiet"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["task"] == "boxed-phrases" and metrics["steps"] == 4 and 0 <= metrics["accuracy"] <= 1
+        held_out = BoxedPhrasesTask(world).examples("test")
+        assert metrics["n_held_out"] == len(held_out) and metrics["chance"]["accuracy"] >= 0.5
+        capsys.readouterr()
+        assert train_main(["evaluate", "--ckpt", str(out), "--data", str(world), "--out", str(tmp_path / "ev")]) == 0
+        again = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+        assert again["accuracy"] == metrics["accuracy"]  # the saved model re-scores to the same number
+    finally:
+        TASKS.pop("boxed-phrases")

@@ -33,8 +33,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     writable_folder(args.out)
     overrides = args.set + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     if args.task:  # task-specific pre-training: masked LM on the task's own text and images
-        from training.finetune import load_task
-        from training.tasks import task_captions
+        from training.tasks import load_task, task_captions
         from vb_probe.atomic import write_json
 
         task = load_task(args.task, args.data)
@@ -55,9 +54,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _settings(args, task: str | None = None):
-    from training.finetune import DEFAULT_STEPS, FinetuneSettings
+    from training.finetune import FinetuneSettings
+    from training.tasks import TASKS
 
-    steps = args.steps if args.steps is not None else DEFAULT_STEPS[task]
+    steps = args.steps if args.steps is not None else (TASKS[task].default_steps if task else 300)
     return FinetuneSettings(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device)
 
 
@@ -82,7 +82,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from vb_probe.atomic import writable_folder
 
     writable_folder(args.out)
-    tasks = ["vqa", "nlvr2", "vcr", "flickr30k"] if args.task == "all" else [args.task]
+    from training.tasks import TASKS
+
+    tasks = list(TASKS) if args.task == "all" else [args.task]
     for task in tasks:  # with --task all, each task in its own folder under --out
         out = args.out / task if args.task == "all" else args.out
         result = finetune(task, args.data, args.init, out, _settings(args, task), tokenizer_dir=args.tokenizer,
@@ -119,11 +121,14 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def _finetune_options(p: argparse.ArgumentParser, steps: int | None = None, allow_all: bool = False) -> None:
-    p.add_argument("--task", required=True, choices=["vqa", "nlvr2", "vcr", "flickr30k"] + (["all"] if allow_all else []))
+    from training.tasks import TASKS
+
+    p.add_argument("--task", required=True, choices=list(TASKS) + (["all"] if allow_all else []),
+                   help="the downstream task" + (" ('all': each in its own folder under --out)" if allow_all else ""))
     p.add_argument("--data", type=Path, required=True, help="folder with the task's files and features")
     p.add_argument("--steps", type=int, default=steps,
-                   help="fine-tuning steps" + ("" if steps else
-                                               " (default: the task's own, VQA and NLVR2 800, VCR and Flickr30K 300)"))
+                   help="fine-tuning steps" + ("" if steps else " (default: the task's own: " + ", ".join(
+                       f"{name} {task.default_steps}" for name, task in TASKS.items()) + ")"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -132,6 +137,7 @@ def _finetune_options(p: argparse.ArgumentParser, steps: int | None = None, allo
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.tasks import TASKS
     from vb_probe.errors import OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="vb-train", description="Build, pre-train and fine-tune VisualBERT.")
@@ -153,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--init", type=Path, help="start from this VisualBERT checkpoint (e.g. for task-specific pre-training)")
-    p.add_argument("--task", choices=["vqa", "vcr", "flickr30k"],
+    p.add_argument("--task", choices=[name for name, task in TASKS.items() if task.text_pretraining],
                    help="task-specific pre-training: masked LM on this task's text and images under --data")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--quiet", action="store_true")

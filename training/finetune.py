@@ -15,17 +15,13 @@ import numpy as np
 import torch
 
 from training.loop import lr_at
-from training.tasks import MAX_REGIONS, TASKS, Example, Task, TaskModel
+from training.tasks import MAX_REGIONS, TASKS, Example, Task, TaskModel, load_task
 from vb_probe.atomic import atomic_files
 from vb_probe.data.features import open_features
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.tables import write_csv
 from vb_probe.tokenization import tokenize_words
 
-
-# default fine-tuning steps of `vb-train finetune` on the built-in world at the demo size: VQA and NLVR2 need more,
-# their [CLS] must learn to read the image (at 300 steps VQA equals its question-only prior and NLVR2 is at chance)
-DEFAULT_STEPS = {"vqa": 800, "nlvr2": 800, "vcr": 300, "flickr30k": 300}
 
 
 @dataclass(frozen=True)
@@ -74,16 +70,8 @@ class Encoder:
         return ids, types, last, aligned
 
     def batch(self, examples: list[Example]):
-        """(inputs, extra forward arguments, targets) for a list of examples."""
-        rows, targets, extra = [], [], {}
-        for example in examples:
-            if self.task.name == "vcr":
-                for words, align in example.target["candidates"]:
-                    rows.append((example.segments + [words], example.images, align))
-                targets.append(example.target)
-            else:
-                rows.append((example.segments, example.images, example.alignment))
-                targets.append(example.target)
+        """(inputs, extra forward arguments, targets) for a list of examples; the task says what its rows are."""
+        rows = [row for example in examples for row in self.task.rows(example)]
         encoded = [self._sequence(segments, align) for segments, _, align in rows]
         blocks = [[self.regions(i) for i in images] for _, images, _ in rows]
         n = len(rows)
@@ -113,46 +101,10 @@ class Encoder:
                     alignment[b, region, :len(positions)] = torch.tensor(positions)
         inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "visual_embeds": visual,
                   "visual_attention_mask": visual_mask, "visual_token_type_ids": visual_types}
-        if self.task.name == "vcr":
+        if self.task.uses_alignment:
             inputs["image_text_alignment"] = alignment
-        if self.task.name == "flickr30k":
-            b_idx, t_idx, hits = [], [], []
-            for b, (example, (_, _, last, _)) in enumerate(zip(examples, encoded)):
-                for word, hit in example.target:
-                    if word in last:
-                        b_idx.append(b)
-                        t_idx.append(last[word])
-                        padded = np.zeros(r_max, dtype=bool)
-                        padded[:len(hit)] = hit
-                        hits.append(padded)
-            extra = {"phrase_batch": torch.tensor(b_idx, dtype=torch.long, device=self.device),
-                     "phrase_token": torch.tensor(t_idx, dtype=torch.long, device=self.device)}
-            targets = torch.from_numpy(np.stack(hits))
+        extra, targets = self.task.targets(examples, [e[2] for e in encoded], r_max, self.device)
         return {k: v.to(self.device) for k, v in inputs.items()}, extra, targets
-
-
-def _loss(task: Task, logits: torch.Tensor, targets, n_examples: int) -> torch.Tensor:
-    if task.name == "vcr":
-        return task.loss(logits.view(n_examples, -1), targets)
-    if task.name == "flickr30k":  # towards the boxes with IoU >= 0.5
-        hits = targets.to(logits.device).float()
-        keep = hits.sum(-1) > 0
-        dist = hits[keep] / hits[keep].sum(-1, keepdim=True)
-        return -(dist * logits[keep].clamp_min(-1e4)).sum(-1).mean()
-    return task.loss(logits, targets)
-
-
-def _scores(task: Task, logits: torch.Tensor, targets, n_examples: int) -> list[float]:
-    if task.name == "vcr":
-        return task.score(logits.view(n_examples, -1), targets)
-    if task.name == "flickr30k":
-        order = logits.argsort(-1, descending=True).cpu()
-        out = []
-        for row, hit in zip(order, targets):
-            ranks = [i for i, region in enumerate(row.tolist()) if hit[region]]
-            out.append(ranks[0] if ranks else float("inf"))
-        return out
-    return task.score(logits, targets)
 
 
 @torch.no_grad()
@@ -162,14 +114,8 @@ def evaluate_task(model: TaskModel, task: Task, encoder: Encoder, examples: list
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
         inputs, extra, targets = encoder.batch(chunk)
-        scores.extend(_scores(task, model(inputs, **extra), targets, len(chunk)))
+        scores.extend(task.batch_scores(model(inputs, **extra), targets, len(chunk)))
     return task.metrics(scores, examples)
-
-
-def load_task(name: str, data_dir: Path) -> Task:
-    if name not in TASKS:
-        raise VbProbeError(f"--task {name}: use one of {', '.join(TASKS)}")
-    return TASKS[name](data_dir)
 
 
 def build_encoder_model(init: str | Path, task: Task, tokenizer, visual_dim: int, shape: dict | None = None):
@@ -224,7 +170,7 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, settings.steps, settings.lr, settings.warmup_frac)
         inputs, extra, targets = encoder.batch(chunk)
-        loss = _loss(task, model(inputs, **extra), targets, len(chunk))
+        loss = task.batch_loss(model(inputs, **extra), targets, len(chunk))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -298,7 +244,9 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise VbProbeError(f"--variants {','.join(unknown)}: unknown; choose from {','.join(VARIANTS)}")
-    metric = {"vqa": "vqa_accuracy", "nlvr2": "accuracy", "vcr": "q2ar", "flickr30k": "r@1"}[task_name]
+    if task_name not in TASKS:
+        raise VbProbeError(f"--task {task_name}: use one of {', '.join(TASKS)}")
+    metric = TASKS[task_name].headline
     init_overrides = bert_overrides(Path(bert), pretrain_overrides) if bert else []
     runs = []
     if bert is None and "no-bert-init" in variants:

@@ -27,7 +27,7 @@ from torch import nn
 
 from vb_probe.data.features import open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
-from vb_probe.errors import DataError
+from vb_probe.errors import DataError, VbProbeError
 from vb_probe.metrics.boxes import region_hits
 
 MAX_REGIONS = 100
@@ -66,12 +66,26 @@ def _read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+Row = tuple[list[list[str]], list[str], dict[int, int]]  # one model input: text segments, images, word → region
+
+
 class Task:
-    """One downstream task: examples per split, the head's output size, loss and metrics."""
+    """One downstream task: its files, examples per split, head, inputs, loss, score, metrics and defaults.
+
+    Everything task-specific lives on the subclass, found through one registry (:func:`register_task`); the
+    trainer (:mod:`training.finetune`) and the CLI only ask the task. A new task is one class in one module.
+    """
 
     name = ""
     splits = {"train": "train", "eval": "val", "test": "test"}
     own_features = False  # a features.tsv of its own beside the task's files (NLVR2's pair images, VCR's objects)
+    default_steps = 300  # `vb-train finetune` steps on the built-in world at the demo size
+    headline = ""  # the metric the ablation study compares
+    text_pretraining = True  # its text can be masked-LM pre-training captions (`vb-train pretrain --task`);
+    # a task whose text cannot says why in caption_words
+    uses_alignment = False  # words aligned to regions through the visual position embedding (``image_text_alignment``)
+    head_name = "cls"  # the head's attribute on TaskModel (transformers' name, so state dicts keep their keys)
+    n_outputs = 0
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
@@ -89,12 +103,67 @@ class Task:
     def examples(self, split: str) -> list[Example]:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ model side (defaults: [CLS] classifier)
+
+    def rows(self, example: Example) -> list[Row]:
+        """The model inputs of one example (several for multiple choice)."""
+        return [(example.segments, example.images, example.alignment)]
+
+    def make_head(self, config) -> nn.Module:
+        return nn.Linear(config.hidden_size, self.n_outputs)
+
+    def logits(self, head: nn.Module, output, inputs: dict, extra: dict, dropout: nn.Module) -> torch.Tensor:
+        """[rows, n_outputs] from the pooled [CLS] state."""
+        return head(dropout(output.pooler_output))
+
+    def targets(self, examples: list[Example], last_tokens: list[dict[int, int]], r_max: int, device) -> tuple[dict, object]:
+        """(extra forward arguments, targets) of a batch; ``last_tokens[b]`` maps row b's words to positions."""
+        return {}, [e.target for e in examples]
+
+    def loss(self, logits: torch.Tensor, targets) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, logits: torch.Tensor, targets) -> list[float]:
+        raise NotImplementedError
+
+    def batch_loss(self, logits: torch.Tensor, targets, n_examples: int) -> torch.Tensor:
+        return self.loss(logits, targets)
+
+    def batch_scores(self, logits: torch.Tensor, targets, n_examples: int) -> list[float]:
+        return self.score(logits, targets)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def metrics(self, scores: list[float], examples: list[Example]) -> dict:
+        raise NotImplementedError
+
     def chance(self, examples: list[Example]) -> dict[str, float]:
         raise NotImplementedError
 
     def text_prior(self, examples: list[Example]) -> dict[str, float] | None:
         """The score of a guesser that reads the question but not the image, where the task has one."""
         return None
+
+    def caption_words(self, example: Example) -> list[str] | None:
+        """The example's text as a pre-training caption (None: leave the example out)."""
+        return example.segments[0]
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    """Class decorator: make ``cls`` a task of `vb-train finetune --task <cls.name>` and the Python API."""
+    if not cls.name or cls.name == "all" or cls.name in TASKS:
+        raise ValueError(f"task name {cls.name!r}: give each task a new, non-empty name other than 'all'")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def load_task(name: str, data_dir: Path) -> Task:
+    if name not in TASKS:
+        raise VbProbeError(f"--task {name}: use one of {', '.join(TASKS)}")
+    return TASKS[name](data_dir)
 
 
 def _vqa_score(answer: str, human: dict[str, int]) -> float:
@@ -112,8 +181,11 @@ def _question_type(question: dict, annotation: dict) -> str:
     return annotation.get("question_type") or " ".join(question["question"].split()[:3])
 
 
+@register_task
 class VQATask(Task):
     name = "vqa"
+    default_steps = 800  # its [CLS] has to learn to read the image: at 300 steps it equals the question-only prior
+    headline = "vqa_accuracy"
 
     def __init__(self, data_dir: Path, max_answers: int = 3129):
         super().__init__(data_dir)
@@ -177,11 +249,20 @@ class VQATask(Task):
         return {"vqa_accuracy": float(np.mean([
             _vqa_score(self.top_by_question_type.get(e.group, self.answers[0]), e.target["human"]) for e in examples]))}
 
+    def caption_words(self, example: Example) -> list[str]:
+        """The question and its most frequent human answer."""
+        answer = max(example.target["human"], key=lambda a: (example.target["human"][a], a))
+        return example.segments[0] + [answer]
 
+
+@register_task
 class NLVR2Task(Task):
     name = "nlvr2"
     splits = {"train": "train", "eval": "dev", "test": "test1"}
     n_outputs = 2
+    default_steps = 800  # as VQA: at 300 steps it is still at chance
+    headline = "accuracy"
+    text_pretraining = False  # each statement describes two images at once
 
     own_features = True
 
@@ -217,12 +298,19 @@ class NLVR2Task(Task):
         share = float(np.mean([e.target for e in examples]))
         return {"accuracy": max(share, 1 - share)}
 
+    def caption_words(self, example: Example) -> list[str]:
+        raise DataError("task-specific pre-training on NLVR2 is not supported: each statement describes two "
+                        "images; pre-train on another task's text or on captions")
 
+
+@register_task
 class VCRTask(Task):
     """Each example is one (question, 4 candidates) choice; Q→A and QA→R examples are paired by annot_id."""
 
     name = "vcr"
     n_outputs = 1
+    headline = "q2ar"
+    uses_alignment = True
 
     own_features = True
 
@@ -263,11 +351,27 @@ class VCRTask(Task):
                 words.append(str(token))
         return words, align
 
+    def rows(self, example: Example) -> list[Row]:
+        """One row per candidate: the question (and answer) followed by the candidate."""
+        return [(example.segments + [words], example.images, align) for words, align in example.target["candidates"]]
+
     def score(self, logits, targets):
         return (logits.argmax(-1).cpu() == torch.tensor([t["label"] for t in targets])).float().tolist()
 
     def loss(self, logits, targets):
         return F.cross_entropy(logits, torch.tensor([t["label"] for t in targets], device=logits.device))
+
+    def batch_loss(self, logits, targets, n_examples):
+        return self.loss(logits.view(n_examples, -1), targets)  # a row per candidate → a choice per example
+
+    def batch_scores(self, logits, targets, n_examples):
+        return self.score(logits.view(n_examples, -1), targets)
+
+    def caption_words(self, example: Example) -> list[str] | None:
+        """Question, answer and rationale, once (the Q→A example's text is part of the QA→R one)."""
+        if example.target["mode"] == "q2a":
+            return None
+        return example.segments[0] + example.target["candidates"][example.target["label"]][0]
 
     def metrics(self, scores, examples):
         by_id: dict[str, dict[str, float]] = {}
@@ -282,11 +386,13 @@ class VCRTask(Task):
         return {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
 
 
+@register_task
 class Flickr30kTask(Task):
     """Region-to-phrase: every phrase with gold boxes is one example; the target is the regions with IoU ≥ 0.5."""
 
     name = "flickr30k"
-    n_outputs = 0
+    headline = "r@1"
+    head_name = "attention"
 
     def examples(self, split: str) -> list[Example]:
         root = self.data_dir / "flickr30k" if (self.data_dir / "flickr30k").is_dir() else self.data_dir
@@ -301,6 +407,47 @@ class Flickr30kTask(Task):
                 if phrases:
                     targets = [(p.last_word_index, region_hits(boxes, annotation.boxes[p.entity_id])) for p in phrases]
                     out.append(Example([list(caption.words)], [image_id], targets))
+        return out
+
+    def make_head(self, config) -> nn.Module:
+        return RegionToPhraseAttention(config.hidden_size, config.num_attention_heads)
+
+    def logits(self, head, output, inputs, extra, dropout):
+        """[phrases, R] log-scores of each phrase's regions."""
+        hidden = output.last_hidden_state
+        text_len = inputs["input_ids"].shape[1]
+        b, t = extra["phrase_batch"], extra["phrase_token"]
+        return head(hidden[b, t], hidden[b, text_len:], inputs["visual_attention_mask"][b].bool())
+
+    def targets(self, examples, last_tokens, r_max, device):
+        """Each phrase's last sub-word position, and [phrases, r_max] bool: the regions that hit its boxes."""
+        b_idx, t_idx, hits = [], [], []
+        for b, (example, last) in enumerate(zip(examples, last_tokens)):
+            for word, hit in example.target:
+                if word in last:
+                    b_idx.append(b)
+                    t_idx.append(last[word])
+                    padded = np.zeros(r_max, dtype=bool)
+                    padded[:len(hit)] = hit
+                    hits.append(padded)
+        extra = {"phrase_batch": torch.tensor(b_idx, dtype=torch.long, device=device),
+                 "phrase_token": torch.tensor(t_idx, dtype=torch.long, device=device)}
+        return extra, torch.from_numpy(np.stack(hits))
+
+    def batch_loss(self, logits, targets, n_examples):
+        """Cross-entropy towards the boxes with IoU ≥ 0.5 (uniform over them)."""
+        hits = targets.to(logits.device).float()
+        keep = hits.sum(-1) > 0
+        dist = hits[keep] / hits[keep].sum(-1, keepdim=True)
+        return -(dist * logits[keep].clamp_min(-1e4)).sum(-1).mean()
+
+    def batch_scores(self, logits, targets, n_examples):
+        """The rank of the best-ranked correct region of each phrase (inf when none is correct)."""
+        order = logits.argsort(-1, descending=True).cpu()
+        out = []
+        for row, hit in zip(order, targets):
+            ranks = [i for i, region in enumerate(row.tolist()) if hit[region]]
+            out.append(ranks[0] if ranks else float("inf"))
         return out
 
     def metrics(self, scores, examples):
@@ -321,9 +468,6 @@ class Flickr30kTask(Task):
                     all_miss = math.comb(regions - good, drawn) / math.comb(regions, drawn)
                     totals[k] += 1 - all_miss
         return {f"r@{k}": v / n for k, v in totals.items()}
-
-
-TASKS = {"vqa": VQATask, "nlvr2": NLVR2Task, "vcr": VCRTask, "flickr30k": Flickr30kTask}
 
 
 class RegionToPhraseAttention(nn.Module):
@@ -347,50 +491,29 @@ class RegionToPhraseAttention(nn.Module):
 
 
 class TaskModel(nn.Module):
-    """Encoder + the task's head (``cls``; region-to-phrase adds ``attention``), transformers' names."""
+    """Encoder + the task's head (``cls``; region-to-phrase ``attention``), with transformers' names."""
 
     def __init__(self, encoder, task: Task, dropout: float = 0.1):
         super().__init__()
         self.visual_bert = encoder
-        self.task = task.name
-        hidden = encoder.config.hidden_size
+        self.task = task
         self.dropout = nn.Dropout(dropout)
-        if task.name == "flickr30k":
-            self.attention = RegionToPhraseAttention(hidden, encoder.config.num_attention_heads)
-        else:
-            self.cls = nn.Linear(hidden, task.n_outputs)
+        self.add_module(task.head_name, task.make_head(encoder.config))
 
     def forward(self, inputs: dict[str, torch.Tensor], **extra) -> torch.Tensor:
-        out = self.visual_bert(**inputs)
-        if self.task == "flickr30k":
-            hidden = out.last_hidden_state
-            text_len = inputs["input_ids"].shape[1]
-            b, t = extra["phrase_batch"], extra["phrase_token"]
-            regions = hidden[b, text_len:]
-            return self.attention(hidden[b, t], regions, inputs["visual_attention_mask"][b].bool())
-        return self.cls(self.dropout(out.pooler_output))
+        return self.task.logits(getattr(self, self.task.head_name), self.visual_bert(**inputs), inputs, extra,
+                                self.dropout)
 
 
 def task_captions(task: Task) -> dict:
-    """The task's own text as a Karpathy-split captions file, for task-specific pre-training (masked LM on
-    the task's text with its images): VQA question + answer, VCR question + answer + rationale, Flickr30K
-    captions. NLVR2 statements describe two images at once, so they have no single image to pair with."""
-    if task.name == "nlvr2":
-        raise DataError("task-specific pre-training on NLVR2 is not supported: each statement describes two "
-                        "images; pre-train on another task's text or on captions")
+    """The task's own text as a Karpathy-split captions file, for task-specific pre-training (masked LM on the
+    task's text with its images); what counts as an example's text is the task's :meth:`Task.caption_words`."""
     images: dict[tuple[str, str], list[list[str]]] = {}
     for split_key, split in (("train", task.splits["train"]), ("val", task.splits["eval"])):
         for example in task.examples(split):
-            if task.name == "vqa":
-                answer = max(example.target["human"], key=lambda a: (example.target["human"][a], a))
-                words = example.segments[0] + [answer]
-            elif task.name == "vcr":
-                words = example.segments[0] + example.target["candidates"][example.target["label"]][0]
-                if example.target["mode"] == "q2a":
-                    continue  # the qa2r example already holds question + answer + rationale
-            else:
-                words = example.segments[0]
-            images.setdefault((split_key, example.images[0]), []).append([w.lower() for w in words])
+            words = task.caption_words(example)
+            if words is not None:
+                images.setdefault((split_key, example.images[0]), []).append([w.lower() for w in words])
     entries = [{"filename": f"{image}.png", "imgid": image, "split": split,
                 "sentences": [{"tokens": words, "raw": " ".join(words)} for words in sentences]}
                for (split, image), sentences in images.items()]
