@@ -26,7 +26,8 @@ def write_vocab(folder, extra=0):
 
 
 def test_task_checkpoint_with_prefix_loads_and_matches_transformers(tmp_path):
-    from transformers import VisualBertForQuestionAnswering, VisualBertModel as Reference
+    from transformers import VisualBertForQuestionAnswering
+    from transformers import VisualBertModel as Reference
 
     config = tiny_config(num_labels=5)
     torch.manual_seed(0)

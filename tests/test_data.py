@@ -12,10 +12,23 @@ import pytest
 
 from vb_probe.data.coco import read_karpathy
 from vb_probe.data.features import (
-    Hdf5Features, NpzFeatures, Regions, TsvFeatures, open_features, tsv_row, write_hdf5, write_npz, write_tsv,
+    Hdf5Features,
+    NpzFeatures,
+    Regions,
+    TsvFeatures,
+    open_features,
+    tsv_row,
+    write_hdf5,
+    write_npz,
+    write_tsv,
 )
 from vb_probe.data.flickr30k import (
-    Flickr30kEntities, format_annotation, format_sentence, parse_sentence, read_annotation, read_sentences,
+    Flickr30kEntities,
+    format_annotation,
+    format_sentence,
+    parse_sentence,
+    read_annotation,
+    read_sentences,
 )
 from vb_probe.data.parses import check_parse_matches, parse_conllu, read_conllu, to_conllu
 from vb_probe.errors import DataError

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import random_inputs, reference_and_ours, tiny_config
 
-from vb_probe.errors import VbProbeError
 from vb_probe import hooks
+from vb_probe.errors import VbProbeError
 
 
 def assert_same_outputs(reference, ours, inputs, atol=1e-5):

@@ -156,7 +156,7 @@ class PretrainData:
     def _collate(self, samples, rngs, objective: ObjectiveSection, train: TrainSection, device) -> PretrainBatch:
         tok = self.tokenizer
         rows, types, labels_pos = [], [], []
-        for (image, caption_ids, match), rng in zip(samples, rngs):
+        for (_, caption_ids, match), rng in zip(samples, rngs):
             ids, tts, lab = [tok.cls_token_id], [0], [(-1, False)]
             budget = train.max_text_len - 1 - len(caption_ids)
             for segment, caption in enumerate(caption_ids):
@@ -166,7 +166,8 @@ class PretrainData:
                 # masked LM only where the text describes the image (mismatched text teaches ignoring it)
                 predict = segment == 0 or match
                 chosen = choose_masked(enc.classes[:n], enc.words[:n], objective, rng) if predict else np.zeros(n, bool)
-                corrupted = corrupt(caption_tokens, chosen, tok.mask_token_id, vocab_size=len(tok), n_special=self.n_special, rng=rng)
+                corrupted = corrupt(caption_tokens, chosen, tok.mask_token_id, vocab_size=len(tok),
+                                    n_special=self.n_special, rng=rng)
                 ids.extend(corrupted.tolist())
                 tts.extend([segment] * n)
                 lab.extend((int(t), bool(c == ENTITY)) if m else (-1, False)

@@ -23,7 +23,6 @@ from vb_probe.tables import write_csv
 from vb_probe.tokenization import tokenize_words
 
 
-
 @dataclass(frozen=True)
 class FinetuneSettings:
     steps: int = 300
@@ -265,11 +264,12 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
                 init, shape = "random", _shape(config)
                 if bert:
                     from training.loop import build_model
+                    from vb_probe.checkpoints import save_pretraining_model
                     from vb_probe.tokenization import load_tokenizer
 
                     tok = load_tokenizer(data_dir / config.data.tokenizer)
                     model = build_model(config, len(tok), open_features(data_dir / config.data.features).dim)
-                    model.save_pretrained(run_dir / "init", tokenizer=tok)
+                    save_pretraining_model(model, run_dir / "init", tokenizer=tok)
                     init, shape = run_dir / "init", None
             else:
                 final = run_dir / "pretrain" / "final"

@@ -26,9 +26,13 @@ import torch.nn.functional as F
 
 from training.config import TrainConfig, config_from_dict
 from training.data import PretrainBatch, PretrainData
-from training.heads import VisualBertForPreTraining
 from vb_probe.atomic import atomic_open, remove_stale_temporaries, write_text
+from vb_probe.checkpoints import init_from_bert, load_model, load_pretraining_model, save_pretraining_model
 from vb_probe.errors import CheckpointError, VbProbeError
+from vb_probe.model import VisualBertConfig, VisualBertModel
+from vb_probe.pipeline import resolve_device
+from vb_probe.pretraining_model import VisualBertForPreTraining
+from vb_probe.tokenization import load_tokenizer
 
 
 def lr_at(step: int, total: int, base_lr: float, warmup_frac: float) -> float:
@@ -41,8 +45,6 @@ def lr_at(step: int, total: int, base_lr: float, warmup_frac: float) -> float:
 
 def build_model(config: TrainConfig, vocab_size: int, visual_dim: int) -> VisualBertForPreTraining:
     """From random weights, or the text side from a local BERT folder (``model.init = bert:<folder>``)."""
-    from vb_probe.checkpoints import init_from_bert
-    from vb_probe.model import VisualBertConfig, VisualBertModel
 
     m = config.model
     shape = dict(hidden_dropout_prob=m.hidden_dropout_prob, attention_probs_dropout_prob=m.attention_probs_dropout_prob,
@@ -110,6 +112,12 @@ def losses(model, batch: PretrainBatch, n_masked_global: float, n_sip_global: fl
     return mlm + sip, mlm, sip
 
 
+def _tally(total: list[int], right: torch.Tensor) -> None:
+    """Add a bool tensor's hits and size to ``total`` = [correct, seen]."""
+    total[0] += int(right.sum())
+    total[1] += len(right)
+
+
 @torch.no_grad()
 def evaluate(model: VisualBertForPreTraining, data: PretrainData, config: TrainConfig, device) -> dict[str, float]:
     """Masked-LM accuracy (all, entity words), sentence-image accuracy, and masked-entity accuracy with the
@@ -120,16 +128,14 @@ def evaluate(model: VisualBertForPreTraining, data: PretrainData, config: TrainC
         batch = data.batch(step, config.objective, config.train, split="eval", device=device)
         mlm_logits, sip_logits = model(batch.inputs, batch.mlm_batch_index, batch.mlm_positions)
         right = mlm_logits.argmax(-1) == batch.mlm_labels
-        totals["mlm"][0] += int(right.sum()); totals["mlm"][1] += len(right)
-        totals["entity"][0] += int(right[batch.mlm_is_entity].sum()); totals["entity"][1] += int(batch.mlm_is_entity.sum())
+        _tally(totals["mlm"], right)
+        _tally(totals["entity"], right[batch.mlm_is_entity])
         if batch.sip_labels is not None:
-            totals["sip"][0] += int((sip_logits.argmax(-1) == batch.sip_labels).sum()); totals["sip"][1] += len(batch.sip_labels)
+            _tally(totals["sip"], sip_logits.argmax(-1) == batch.sip_labels)
         text_only = {k: v for k, v in batch.inputs.items() if not k.startswith("visual")}
         if len(text_only) != len(batch.inputs):
             logits, _ = model(text_only, batch.mlm_batch_index, batch.mlm_positions)
-            right = logits.argmax(-1) == batch.mlm_labels
-            totals["entity_no_image"][0] += int(right[batch.mlm_is_entity].sum())
-            totals["entity_no_image"][1] += int(batch.mlm_is_entity.sum())
+            _tally(totals["entity_no_image"], (logits.argmax(-1) == batch.mlm_labels)[batch.mlm_is_entity])
     model.train()
     return {f"eval_{k}_acc": (c / n if n else float("nan")) for k, (c, n) in totals.items()}
 
@@ -211,8 +217,6 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     """Pre-train; returns the last evaluation. Writes ``out/final`` (transformers folder) at the end."""
     from tqdm.auto import tqdm
 
-    from vb_probe.pipeline import resolve_device
-    from vb_probe.tokenization import load_tokenizer
 
     t = config.train
     if t.threads:
@@ -232,8 +236,6 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
         t = config.train
         start_step = state["step"]
     if init_checkpoint is not None:  # continue from a VisualBERT checkpoint: its own shape, and heads if it has them
-        from vb_probe.checkpoints import load_model, load_pretraining_model
-
         try:
             model = load_pretraining_model(init_checkpoint).train()
         except CheckpointError:
@@ -308,8 +310,8 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     bar.close()
     if dd.main:
         _write_log(log_path, history)
-        model.save_pretrained(out / "final", tokenizer=tokenizer,
-                              extra_files={"training_config.json": json.dumps(config.to_dict(), indent=2)})
+        save_pretraining_model(model, out / "final", tokenizer=tokenizer,
+                               extra_files={"training_config.json": json.dumps(config.to_dict(), indent=2)})
         if writer is not None:
             writer.close()
     if dd.world > 1:

@@ -29,6 +29,14 @@ from vb_probe.pipeline import ProbeConfig, resolve_device, run_probes, word_regi
 from vb_probe.results import GroundingResult, SyntacticResult, grounding_result, syntactic_result
 
 
+def load_model_and_tokenizer(cfg: ProbeConfig):
+    """The checkpoint ``cfg.ckpt`` (folder or hub id) and its tokenizer (``cfg.tokenizer``, the checkpoint's own,
+    else bert-base-uncased), on ``cfg.device``."""
+    device = resolve_device(cfg.device)
+    model = load_model(cfg.ckpt, device=device)
+    return model, load_tokenizer(cfg.tokenizer, model=model), device
+
+
 class TokenizerFallback(UserWarning):
     """The checkpoint has no tokenizer of its own; bert-base-uncased is used (as for every uclanlp checkpoint)."""
 
@@ -95,7 +103,8 @@ def load_tokenizer(src: str | Path | None = None, model: torch.nn.Module | None 
     """The tokenizer for ``model``: ``src`` (a folder or hub id) when given; else the checkpoint's own when its
     folder has one; else ``bert-base-uncased`` (the tokenizer every uclanlp checkpoint was trained with), saying
     so in one line (a :class:`TokenizerFallback` warning). Checked against the model's vocabulary size."""
-    from vb_probe.tokenization import has_tokenizer_files, load_tokenizer as load_folder
+    from vb_probe.tokenization import has_tokenizer_files
+    from vb_probe.tokenization import load_tokenizer as load_folder
 
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
     if src is None:
@@ -161,8 +170,8 @@ def entity_grounding(
                       precision=precision, limit=limit, select_on=select_on, control=control, confidence=confidence,
                       skip_unannotated=skip_unannotated, skip_missing_features=skip_missing_features, **paths)
     with _eval_mode(encoder):
-        results = run_probes(cfg, progress=progress, model=encoder.to(cfg.device), tokenizer=tokenizer,
-                             flickr=flickr, features=features)
+        results = run_probes(cfg, encoder.to(cfg.device), tokenizer, progress=progress, flickr=flickr,
+                             features=features)
     return grounding_result(results)
 
 
@@ -199,8 +208,8 @@ def syntactic_grounding(
                       entity=False, relations=tuple(relations), parses=Path(parses) if parses else None,
                       parser=parser or (None if parses else "spacy"), spacy_model=spacy_model, **paths)
     with _eval_mode(encoder):
-        results = run_probes(cfg, progress=progress, model=encoder.to(cfg.device), tokenizer=tokenizer,
-                             flickr=flickr, features=features)
+        results = run_probes(cfg, encoder.to(cfg.device), tokenizer, progress=progress, flickr=flickr,
+                             features=features)
     return syntactic_result(results)
 
 

@@ -19,6 +19,7 @@ from transformers import BertConfig, VisualBertConfig
 from vb_probe.atomic import atomic_dir
 from vb_probe.errors import CheckpointError
 from vb_probe.model import VisualBertModel
+from vb_probe.pretraining_model import VisualBertForPreTraining
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -283,10 +284,17 @@ def save_model(model: VisualBertModel, path: str | Path, tokenizer=None) -> Path
     return write_checkpoint_folder(path, model.config, model.state_dict(), "VisualBertModel", tokenizer)
 
 
+def save_pretraining_model(model: VisualBertForPreTraining, path: str | Path, tokenizer=None,
+                           extra_files: dict[str, str] | None = None) -> Path:
+    """Encoder (``visual_bert.*``) and heads (``cls.*``) as a folder transformers' ``VisualBertForPreTraining``
+    loads as it is."""
+    state = {f"visual_bert.{k}": v for k, v in model.visual_bert.state_dict().items()}
+    state.update({f"cls.{k}": v for k, v in model.cls.state_dict().items()})
+    return write_checkpoint_folder(path, model.config, state, "VisualBertForPreTraining", tokenizer, extra_files)
+
+
 def load_pretraining_model(path: str | Path, *, device: str | torch.device | None = None):
     """The encoder plus its masked-LM and sentence-image heads (``cls.*`` weights), in eval mode."""
-    from vb_probe.heads import VisualBertForPreTraining
-
     encoder, state, weights = _load_encoder(Path(path))  # one read of the weights serves both parts
     model = VisualBertForPreTraining(encoder)
     heads = {k[len("cls."):]: v for k, v in state.items() if k.startswith("cls.")}

@@ -72,8 +72,7 @@ def cmd_entity_grounding(args: argparse.Namespace) -> int:
 
     out = _writable_out(args.out)
     model, tokenizer = _load(args)
-    results = run_probes(_probe_config(args), out=out, progress=not args.quiet, resume=args.resume,
-                         model=model, tokenizer=tokenizer)
+    results = run_probes(_probe_config(args), model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
     result = grounding_result(results)
     result.save(out)
     print(format_entity_summary(result))
@@ -93,7 +92,7 @@ def cmd_syntactic(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args)
     cfg = _probe_config(args, entity=False, relations=tuple(args.relation), parses=args.parses,
                         parser=args.parser, spacy_model=args.spacy_model)
-    results = run_probes(cfg, out=out, progress=not args.quiet, resume=args.resume, model=model, tokenizer=tokenizer)
+    results = run_probes(cfg, model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
     result = syntactic_result(results)
     result.save(out)
     print(format_syntactic_summary(result))

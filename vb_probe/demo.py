@@ -23,7 +23,8 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: Path 
     from training.config import load_config
     from training.loop import pretrain
     from training.world import build_world
-    from vb_probe.pipeline import ProbeConfig, load_model_and_tokenizer, run_probes
+    from vb_probe.api import load_model_and_tokenizer
+    from vb_probe.pipeline import ProbeConfig, run_probes
     from vb_probe.results import grounding_result, syntactic_result
     from vb_probe.tables import format_entity_summary, format_syntactic_summary
 
@@ -64,7 +65,7 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: Path 
                       select_on="val", control=True, relations=DEMO_RELATIONS, parses=world / "parses.conllu",
                       batch_size=32)
     model, tokenizer, _ = load_model_and_tokenizer(cfg)
-    results = run_probes(cfg, out=out / "syntactic", progress=progress, model=model, tokenizer=tokenizer)
+    results = run_probes(cfg, model, tokenizer, out=out / "syntactic", progress=progress)
     entity = grounding_result(results)
     entity.save(out / "entity_grounding")
     syntactic = syntactic_result(results)
@@ -188,7 +189,8 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
               f"time; the image carries {attribution['mean_image_share_of_attribution']:.2f} of the attribution. "
               f"Head whose most-attended region most often is that region: L{best_agree['layer']}H{best_agree['head']} "
               f"({best_agree['agreement']:.2f}). Table: `attribution/attribution_heads.csv`.",
-              f"- Ablating the {causal['k']} best grounding heads lowers masked entity-word accuracy on {causal['n']} test phrases "
+              f"- Ablating the {causal['k']} best grounding heads lowers masked entity-word accuracy on {causal['n']} "
+              "test phrases "
               f"from {causal['accuracy_intact']:.3f} to {causal['accuracy_top_k_ablated']:.3f} "
               f"(drop {causal['drop_top_k']:.3f}); {causal['k']} random heads: {causal['accuracy_random_k_ablated']:.3f} "
               f"(drop {causal['drop_random_k']:.3f}, mean of {len(causal['random_draws'])} draws). "

@@ -428,9 +428,3 @@ class VisualBertModel(nn.Module):
             hidden_states=tuple(all_hidden) if output_hidden_states else None,
             attentions=tuple(all_attn) if output_attentions else None,
         )
-
-    def save_pretrained(self, path, tokenizer=None) -> None:
-        """Write config.json + model.safetensors (+ tokenizer files) that transformers loads as they are."""
-        from vb_probe.checkpoints import save_model
-
-        save_model(self, path, tokenizer=tokenizer)

@@ -22,11 +22,13 @@ import torch
 from vb_probe.atomic import write_text
 from vb_probe.batching import ProbeItem, Query, collate
 from vb_probe.cache import user_cache_dir
+from vb_probe.checkpoints import file_sha256, weights_file
 from vb_probe.data.features import RegionFeatures, open_features
 from vb_probe.data.flickr30k import NOTVISUAL_ID, Caption, Flickr30kEntities
 from vb_probe.data.parses import Parse, SpacyParser, check_parse_matches, read_conllu, to_conllu
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.hooks import capture_attention_rows, mask_text_to_text
+from vb_probe.hub import resolve
 from vb_probe.metrics.boxes import region_hits
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 
@@ -350,13 +352,11 @@ def probe_pass(
 def checkpoint_info(ckpt: Path | str | None, model=None) -> dict:
     """Provenance of the weights: the file's hash when they were read from a checkpoint here, else what is known
     of the in-memory model (it may have been edited, so no file hash stands for it)."""
-    from vb_probe.checkpoints import file_sha256, weights_file
-
     if ckpt is None:
         loaded_from = getattr(model, "checkpoint_path", None)
         return {"source": "in-memory model", "loaded_from": str(loaded_from) if loaded_from else None,
                 "sha256": None}
-    folder = resolve_checkpoint(ckpt)
+    folder = resolve(ckpt, "--ckpt")
     weights = weights_file(folder)
     info = {"path": str(folder.resolve()), "weights": weights.name, "sha256": file_sha256(weights)}
     if str(ckpt) != str(folder):
@@ -364,30 +364,14 @@ def checkpoint_info(ckpt: Path | str | None, model=None) -> dict:
     return info
 
 
-def resolve_checkpoint(ckpt: Path | str) -> Path:
-    from vb_probe.hub import resolve
-
-    return resolve(ckpt, "--ckpt")
-
-
-def load_model_and_tokenizer(cfg: ProbeConfig):
-    """The checkpoint ``cfg.ckpt`` (folder or hub id) and its tokenizer (``cfg.tokenizer``, the checkpoint's own,
-    else bert-base-uncased), on ``cfg.device``."""
-    from vb_probe.api import load_model, load_tokenizer
-
-    device = resolve_device(cfg.device)
-    model = load_model(cfg.ckpt, device=device)
-    tokenizer = load_tokenizer(cfg.tokenizer, model=model)
-    return model, tokenizer, device
-
-
-def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True, resume: bool = False,
-               model=None, tokenizer=None, flickr: Flickr30kEntities | None = None,
+def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, progress: bool = True,
+               resume: bool = False, flickr: Flickr30kEntities | None = None,
                features: RegionFeatures | None = None) -> ProbeResults:
     """Run the probes ``cfg`` asks for (entity grounding and/or syntactic) in one pass per split/model.
 
-    ``model``/``tokenizer`` (else loaded from ``cfg.ckpt``), ``flickr`` and ``features`` (else opened from
-    ``cfg.flickr30k`` / ``cfg.features``) may be given as objects, as the Python API does.
+    ``model`` and ``tokenizer`` as :mod:`vb_probe.api` loads them; ``flickr`` and ``features`` may be given as
+    objects (else opened from ``cfg.flickr30k`` / ``cfg.features``). ``out``: where progress is kept for
+    ``resume`` (and a copy of the parses); the results themselves are written by :mod:`vb_probe.results`.
     """
     started = time.time()
     if cfg.batch_size < 1:
@@ -397,8 +381,6 @@ def run_probes(cfg: ProbeConfig, out: Path | None = None, progress: bool = True,
     if cfg.mask not in ("posthoc", "intervene"):
         raise VbProbeError(f"--mask {cfg.mask}: use posthoc or intervene")
     device = resolve_device(cfg.device)
-    if model is None:
-        model, tokenizer, device = load_model_and_tokenizer(cfg)
     if model.config.bypass_transformer:
         raise VbProbeError(f"{cfg.ckpt or 'the model'}: a model without early fusion has regions in its last layer only; "
                            "probe an early-fusion checkpoint (bypass_transformer false)")

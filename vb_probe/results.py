@@ -284,7 +284,7 @@ class GroundingResult(HeadScores):
 
     def plot(self, ax=None):
         """Figure 3 (the layer × head grid); returns the figure."""
-        from vb_probe.viz.heads import plot_head_grid
+        from vb_probe.viz.head_grid import plot_head_grid
 
         return plot_head_grid(self.accuracy, self.region_mass if self.region_mass is not None
                               else np.ones(self.shape), self.baselines,

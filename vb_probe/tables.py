@@ -10,8 +10,15 @@ from pathlib import Path
 
 from vb_probe.atomic import atomic_files, atomic_open
 from vb_probe.pipeline import ProbeResults
-from vb_probe.results import (DIRECTIONS, GroundingResult, SyntacticResult, csv_text, grounding_result,
-                              syntactic_result, versions)
+from vb_probe.results import (
+    DIRECTIONS,
+    GroundingResult,
+    SyntacticResult,
+    csv_text,
+    grounding_result,
+    syntactic_result,
+    versions,
+)
 
 __all__ = ["csv_text", "versions", "write_csv", "write_entity_grounding", "write_syntactic", "write_attribution",
            "format_entity_summary", "format_syntactic_summary"]

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from vb_probe.errors import CheckpointError
 
-
 BERT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 

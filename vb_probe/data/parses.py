@@ -41,7 +41,7 @@ def parse_conllu(text: str, source: str) -> dict[str, Parse]:
             if sent_id in parses:
                 raise DataError(f"{source}:{start_line}: sent_id {sent_id} appears twice; keep one parse a caption")
             n = len(rows)
-            for word, head, _ in rows:
+            for _, head, _ in rows:
                 if head > n:
                     raise DataError(f"{source}: sent_id {sent_id}: head {head} is beyond the sentence's {n} words")
             parses[sent_id] = Parse(sent_id, tuple(r[0] for r in rows), tuple(r[1] for r in rows),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.world.scenes import COLOURS, PLURALS
 from vb_probe.data.features import Regions, write_tsv
 from vb_probe.metrics.boxes import iou
 
@@ -37,7 +38,6 @@ def _noisy_answers(rng, truth: str, alternatives: list[str]) -> list[dict]:
 
 
 def _vqa(scenes, rng, question_id_start: int):
-    from training.world import COLOURS, PLURALS
 
     questions, annotations = [], []
     qid = question_id_start
@@ -75,7 +75,6 @@ def _has(scene, noun: str, colour: str | None = None) -> bool:
 def _nlvr2_statement(scene, rng) -> tuple[int, str, str | None]:
     """A statement drawn from a scene's objects: (kind, noun, colour or None). Kinds: 0/1 the left/right image
     contains a (colour) noun, 2 both images contain a noun, 3 one image contains two of a noun (35/35/20/10%)."""
-    from training.world import COLOURS, PLURALS
 
     o = scene.objects[int(rng.integers(len(scene.objects)))]
     noun = o.noun if rng.random() < 0.7 else str(rng.choice(list(PLURALS)))
@@ -87,7 +86,6 @@ def _nlvr2_statement(scene, rng) -> tuple[int, str, str | None]:
 
 
 def _nlvr2_sentence(kind: int, noun: str, colour: str | None) -> str:
-    from training.world import PLURALS
 
     described = f"{colour} {noun}" if colour else noun
     return [f"the left image contains a {described} .", f"the right image contains a {described} .",

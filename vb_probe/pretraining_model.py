@@ -7,8 +7,6 @@ transformers' convention). Masked-LM logits are computed only at the masked posi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
@@ -47,8 +45,8 @@ class PreTrainingHeads(nn.Module):
 
 
 class VisualBertForPreTraining(nn.Module):
-    """Encoder + pre-training heads; ``save_pretrained`` writes a folder that transformers'
-    ``VisualBertForPreTraining.from_pretrained`` and ``vb_probe.load_model`` both load."""
+    """Encoder + pre-training heads; :func:`vb_probe.checkpoints.save_pretraining_model` writes a folder that
+    transformers' ``VisualBertForPreTraining.from_pretrained`` and ``vb_probe.load_model`` both load."""
 
     def __init__(self, encoder: VisualBertModel):
         super().__init__()
@@ -72,10 +70,3 @@ class VisualBertForPreTraining(nn.Module):
         out = self.visual_bert(**inputs)
         masked = out.last_hidden_state[mlm_batch_index, mlm_positions]
         return self.cls.predictions(masked), self.cls.seq_relationship(out.pooler_output)
-
-    def save_pretrained(self, path: str | Path, tokenizer=None, extra_files: dict[str, str] | None = None) -> Path:
-        from vb_probe.checkpoints import write_checkpoint_folder
-
-        state = {f"visual_bert.{k}": v for k, v in self.visual_bert.state_dict().items()}
-        state.update({f"cls.{k}": v for k, v in self.cls.state_dict().items()})
-        return write_checkpoint_folder(path, self.config, state, "VisualBertForPreTraining", tokenizer, extra_files)

@@ -16,19 +16,16 @@ background boxes, 10–100 per image, in random order, with confidences unrelate
 
 from __future__ import annotations
 
-import json
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+import torch
 
-from vb_probe.atomic import atomic_dir, write_json
-from vb_probe.data.features import Regions, write_hdf5, write_tsv
-from vb_probe.data.flickr30k import Annotation, Phrase, format_annotation, format_sentence
-from vb_probe.data.parses import Parse, to_conllu
+from vb_probe.data.features import Regions
+from vb_probe.data.flickr30k import Phrase
 from vb_probe.metrics.boxes import iou, region_hits
+from vb_probe.metrics.grounding import baseline_scores
 
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "people": ("man", "woman", "boy", "girl"),
@@ -360,56 +357,6 @@ class WorldStats:
         ]
 
 
-def build_world(out: str | Path, images: int = 1000, seed: int = 0, hdf5: bool = True, render: bool = True,
-                progress: bool = True) -> WorldStats:
-    """Generate ``images`` scenes and write every file of the world into ``out`` (atomically, as a folder)."""
-    from tqdm.auto import tqdm
-
-    if images < 10:
-        raise ValueError(f"--images {images}: the world needs at least 10 images (train, val and test splits)")
-    started = time.time()
-    generator = WorldGenerator(seed)
-    scenes = [generator.scene(i) for i in tqdm(range(images), desc="scenes", disable=not progress, leave=False)]
-    n_val = n_test = max(1, images // 10)
-    splits = {"train": scenes[: images - n_val - n_test], "val": scenes[images - n_val - n_test: images - n_test],
-              "test": scenes[images - n_test:]}
-    out = Path(out)
-    with atomic_dir(out) as tmp:
-        flickr = tmp / "flickr30k"
-        (flickr / "Sentences").mkdir(parents=True)
-        (flickr / "Annotations").mkdir()
-        parses: list[Parse] = []
-        for scene in scenes:
-            boxes = {o.entity_id: np.stack(o.boxes) for o in scene.objects}
-            nobox = {scene.crowd_id} if scene.crowd_id is not None else set()
-            annotation = Annotation(scene.image_id, scene.width, scene.height, boxes, {scene.setting_id}, nobox)
-            (flickr / "Annotations" / f"{scene.image_id}.xml").write_text(format_annotation(annotation))
-            lines = []
-            for k, (words, phrases, heads, rels) in enumerate(scene.captions):
-                lines.append(format_sentence(words, phrases))
-                parses.append(Parse(f"{scene.image_id}_{k}", tuple(words), tuple(heads), tuple(rels)))
-            (flickr / "Sentences" / f"{scene.image_id}.txt").write_text("\n".join(lines) + "\n")
-        for name, members in splits.items():
-            (flickr / f"{name}.txt").write_text("\n".join(s.image_id for s in members) + "\n")
-        (tmp / "parses.conllu").write_text(to_conllu(parses))
-        regions = [s.regions for s in scenes]
-        write_tsv(tmp / "features.tsv", regions)
-        if hdf5:
-            write_hdf5(tmp / "features.h5", regions)
-        _write_karpathy(tmp / "dataset_coco.json", splits)
-        from training.world_tasks import write_task_files
-
-        write_task_files(tmp, splits, np.random.default_rng([seed, 2]))
-        _write_vocab(tmp / "tokenizer", tmp)
-        if render:
-            _render(tmp / "images", scenes)
-        stats = world_stats(scenes, time.time() - started)
-        write_json(tmp / "world.json", {"seed": seed, "images": images, "feature_dim": FEATURE_DIM,
-                                         "splits": {k: len(v) for k, v in splits.items()},
-                                         "stats": {k: v for k, v in stats.__dict__.items() if k != "seconds"}})
-    return stats
-
-
 def world_stats(scenes: list[Scene], seconds: float) -> WorldStats:
     """Counts, and the baselines over every phrase with boxes (scored as the probe scores them)."""
     arcs = Counter()
@@ -417,92 +364,27 @@ def world_stats(scenes: list[Scene], seconds: float) -> WorldStats:
     skipped = Counter()
     for scene in scenes:
         boxes += sum(len(o.boxes) for o in scene.objects)
-        for words, ph, heads, rels in scene.captions:
+        for _, ph, heads, rels in scene.captions:
             phrases += len(ph)
             arcs.update(r for r, h in zip(rels, heads) if h > 0)
-    hc = oracle = rnd = 0.0
+    totals = Counter()
     n = 0
     for scene in scenes:
         truth = {o.entity_id: np.stack(o.boxes) for o in scene.objects}
+        valid = torch.ones(1, len(scene.regions), dtype=torch.bool)
+        confidences = torch.from_numpy(scene.regions.confidences)[None]
         for _, ph, _, _ in scene.captions:
             for phrase in ph:
                 if phrase.entity_id not in truth:
                     skipped["notvisual" if phrase.entity_id == 0 else
                             "scene" if phrase.entity_id == scene.setting_id else "nobox"] += 1
                     continue
-                hits = region_hits(scene.regions.boxes, truth[phrase.entity_id])
-                n += 1
-                hc += hits[int(np.argmax(scene.regions.confidences))]
-                oracle += hits.any()
-                rnd += hits.mean()
+                hits = torch.from_numpy(region_hits(scene.regions.boxes, truth[phrase.entity_id]))[None]
+                n += 1  # the probe's own baselines, through the same code
+                totals.update({k: float(v) for k, v in baseline_scores(hits, valid, confidences).items()})
+    hc, oracle, rnd = (totals[k] for k in ("highest_confidence", "oracle", "random"))
     counts = [len(s.regions) for s in scenes]
     return WorldStats(len(scenes), phrases, boxes, (min(counts), max(counts), float(np.mean(counts))), dict(arcs),
                       hc / max(n, 1), oracle / max(n, 1), rnd / max(n, 1), dict(skipped), seconds)
 
 
-def _write_karpathy(path: Path, splits: dict[str, list[Scene]]) -> None:
-    images = []
-    for split, members in splits.items():
-        for scene in members:
-            sentences = [{"raw": " ".join(w[:-1]).capitalize() + ".", "tokens": [t for t in w if t != "."]}
-                         for w, *_ in scene.captions]
-            images.append({"filename": f"{scene.image_id}.png", "cocoid": int(scene.image_id), "imgid": len(images),
-                           "split": split, "sentences": sentences})
-    path.write_text(json.dumps({"dataset": "vb-probe-world", "images": images}))
-
-
-def world_texts(folder: Path) -> list[str]:
-    """Every caption and task sentence of a written world (the tokenizer's training text)."""
-    texts = []
-    for path in sorted((folder / "flickr30k" / "Sentences").glob("*.txt")):
-        from vb_probe.data.flickr30k import read_sentences
-
-        texts.extend(" ".join(c.words) for c in read_sentences(path))
-    for path in sorted(folder.glob("tasks/**/*.txt")):
-        texts.extend(path.read_text().splitlines())
-    return texts
-
-
-def _write_vocab(out: Path, world_folder: Path) -> None:
-    """A WordPiece vocabulary trained on the world's text with the ``tokenizers`` library."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import BertTokenizerFast
-
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    texts = world_texts(world_folder) + list(ALL_NOUNS) + list(PLURALS.values())
-    trainer = trainers.WordPieceTrainer(vocab_size=5000, min_frequency=1,
-                                        special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
-    tokenizer.train_from_iterator(texts, trainer)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    # With a vocabulary this large every word of the world becomes a whole piece; the intermediate pieces
-    # depend on how the trainer breaks ties between equally frequent pairs (it varies between runs), so
-    # only whole words and single characters are kept: the same file for the same seed.
-    words = {w for text in texts for w, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text))}
-    learned = sorted(t for t in tokenizer.get_vocab() if t not in specials and (t in words or len(t.lstrip("#")) == 1))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "vocab.txt").write_text("\n".join(specials + learned) + "\n")
-    # transformers builds the fast BERT tokenizer (lower-casing, [CLS]/[SEP] template) from vocab.txt
-    BertTokenizerFast.from_pretrained(str(out), do_lower_case=True).save_pretrained(str(out))
-
-
-def _render(folder: Path, scenes: list[Scene]) -> None:
-    """A PNG per scene: each object a filled shape in its colour, labelled; settings tint the background."""
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tints = {"park": (200, 230, 190), "street": (215, 215, 215), "beach": (240, 225, 180), "field": (220, 235, 170)}
-    rgb = {"red": (210, 40, 40), "blue": (40, 80, 210), "green": (40, 160, 60), "yellow": (235, 205, 40),
-           "black": (30, 30, 30), "white": (250, 250, 250), "orange": (240, 140, 30), "purple": (140, 60, 170)}
-    for scene in scenes:
-        image = Image.new("RGB", (scene.width, scene.height), tints[scene.setting])
-        draw = ImageDraw.Draw(image)
-        for obj in sorted(scene.objects, key=lambda o: -float((o.boxes[0][2] - o.boxes[0][0]) * (o.boxes[0][3] - o.boxes[0][1]))):
-            for box in obj.boxes:
-                shape = draw.ellipse if obj.group in ("animals", "other") else draw.rectangle
-                shape([float(v) for v in box], fill=rgb[obj.colour], outline=(0, 0, 0), width=2)
-                label = obj.noun + (f" ({obj.action})" if obj.action else "")
-                draw.text((float(box[0]) + 3, float(box[1]) + 2), label,
-                          fill=(255, 255, 255) if obj.colour in ("black", "blue", "purple", "red", "green") else (0, 0, 0))
-        image.save(folder / f"{scene.image_id}.png", optimize=False)
