@@ -16,6 +16,7 @@ import torch
 
 from training.config import DataSection, ObjectiveSection, TrainSection
 from training.objectives import ENTITY, choose_masked, corrupt, word_classes_from_pos
+from vb_probe.batching import pad_inputs
 from vb_probe.data.coco import read_karpathy
 from vb_probe.data.features import open_features
 from vb_probe.errors import DataError
@@ -178,33 +179,16 @@ class PretrainData:
             rows.append(ids)
             types.append(tts)
             labels_pos.append(lab)
-        batch = len(samples)
-        t_max = max(len(r) for r in rows)
-        input_ids = torch.full((batch, t_max), tok.pad_token_id, dtype=torch.long)
-        token_types = torch.zeros(batch, t_max, dtype=torch.long)
-        attention = torch.zeros(batch, t_max, dtype=torch.long)
         b_idx, pos, labels, entity = [], [], [], []
-        for b, (ids, tts, lab) in enumerate(zip(rows, types, labels_pos)):
-            input_ids[b, :len(ids)] = torch.tensor(ids)
-            token_types[b, :len(ids)] = torch.tensor(tts)
-            attention[b, :len(ids)] = 1
+        for b, lab in enumerate(labels_pos):
             for p, (label, is_entity) in enumerate(lab):
                 if label >= 0:
                     b_idx.append(b)
                     pos.append(p)
                     labels.append(label)
                     entity.append(is_entity)
-        inputs = {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": token_types}
-        if objective.grounded:
-            feats = [self.regions(image, train.max_regions) for image, _, _ in samples]
-            r_max = max(len(f) for f in feats)
-            visual = torch.zeros(batch, r_max, self.visual_dim)
-            visual_mask = torch.zeros(batch, r_max, dtype=torch.long)
-            for b, f in enumerate(feats):
-                visual[b, :len(f)] = torch.from_numpy(f)
-                visual_mask[b, :len(f)] = 1
-            inputs.update(visual_embeds=visual, visual_attention_mask=visual_mask,
-                          visual_token_type_ids=torch.ones(batch, r_max, dtype=torch.long))
+        regions = [self.regions(image, train.max_regions) for image, _, _ in samples] if objective.grounded else None
+        inputs = pad_inputs(rows, tok.pad_token_id, token_types=types, regions=regions, region_types=1)
         sip = None
         if objective.grounded and objective.sentence_image != "none":
             sip = torch.tensor([0 if match else 1 for _, _, match in samples], dtype=torch.long, device=device)

@@ -17,6 +17,7 @@ import torch
 from training.loop import lr_at
 from training.tasks import MAX_REGIONS, TASKS, Example, Task, TaskModel, load_task
 from vb_probe.atomic import atomic_files
+from vb_probe.batching import pad_inputs
 from vb_probe.data.features import open_features
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.tables import write_csv
@@ -73,33 +74,17 @@ class Encoder:
         rows = [row for example in examples for row in self.task.rows(example)]
         encoded = [self._sequence(segments, align) for segments, _, align in rows]
         blocks = [[self.regions(i) for i in images] for _, images, _ in rows]
-        n = len(rows)
-        t_max = max(len(e[0]) for e in encoded)
-        r_max = max(sum(len(b) for b in bl) for bl in blocks)
+        # each image its own visual segment: the first image type 1 (pre-training's), the second 0
+        inputs = pad_inputs([e[0] for e in encoded], self.tokenizer.pad_token_id, token_types=[e[1] for e in encoded],
+                            regions=[np.concatenate(block) for block in blocks],
+                            region_types=[[1 - number for number, r in enumerate(block) for _ in r] for block in blocks])
+        n, r_max = inputs["visual_embeds"].shape[:2]
         a_max = max([len(p) for e in encoded for p in e[3].values()] + [1])
-        ids = torch.full((n, t_max), self.tokenizer.pad_token_id, dtype=torch.long)
-        types = torch.zeros(n, t_max, dtype=torch.long)
-        mask = torch.zeros(n, t_max, dtype=torch.long)
-        visual = torch.zeros(n, r_max, self.features.dim)
-        visual_mask = torch.zeros(n, r_max, dtype=torch.long)
-        visual_types = torch.zeros(n, r_max, dtype=torch.long)
         alignment = torch.full((n, r_max, a_max), -1, dtype=torch.long)
-        for b, ((tok, tt, _, aligned), block) in enumerate(zip(encoded, blocks)):
-            ids[b, :len(tok)] = torch.tensor(tok)
-            types[b, :len(tt)] = torch.tensor(tt)
-            mask[b, :len(tok)] = 1
-            start = 0
-            for image_number, regions in enumerate(block):
-                visual[b, start:start + len(regions)] = torch.from_numpy(regions)
-                visual_mask[b, start:start + len(regions)] = 1
-                # each image its own visual segment: the first image type 1 (pre-training's), the second 0
-                visual_types[b, start:start + len(regions)] = 1 - image_number
-                start += len(regions)
+        for b, (_, _, _, aligned) in enumerate(encoded):
             for region, positions in aligned.items():
                 if region < r_max:
                     alignment[b, region, :len(positions)] = torch.tensor(positions)
-        inputs = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "visual_embeds": visual,
-                  "visual_attention_mask": visual_mask, "visual_token_type_ids": visual_types}
         if self.task.uses_alignment:
             inputs["image_text_alignment"] = alignment
         extra, targets = self.task.targets(examples, [e[2] for e in encoded], r_max, self.device)

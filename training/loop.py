@@ -9,7 +9,6 @@ and several processes with the same global batch compute the same gradient.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
@@ -24,14 +23,15 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from training.config import TrainConfig, config_from_dict
+from training.config import TrainConfig, TrainSection, config_from_dict
 from training.data import PretrainBatch, PretrainData
-from vb_probe.atomic import atomic_open, remove_stale_temporaries, write_text
+from vb_probe.atomic import atomic_open, remove_stale_temporaries
 from vb_probe.checkpoints import init_from_bert, load_model, load_pretraining_model, save_pretraining_model
 from vb_probe.errors import CheckpointError, VbProbeError
 from vb_probe.model import VisualBertConfig, VisualBertModel
 from vb_probe.pipeline import resolve_device
 from vb_probe.pretraining_model import VisualBertForPreTraining
+from vb_probe.tables import write_csv
 from vb_probe.tokenization import load_tokenizer
 
 
@@ -212,11 +212,81 @@ def check_resumed_config(saved: TrainConfig, asked: TrainConfig, out: Path) -> T
 
 # ------------------------------------------------------------------------------------------- the loop
 
+def starting_model(config: TrainConfig, init_checkpoint: Path | None, tokenizer, visual_dim: int
+                   ) -> VisualBertForPreTraining:
+    """A VisualBERT checkpoint to continue from (its own shape; its heads when it has them), else :func:`build_model`."""
+    if init_checkpoint is None:
+        return build_model(config, len(tokenizer), visual_dim)
+    try:
+        model = load_pretraining_model(init_checkpoint).train()
+    except CheckpointError:
+        model = VisualBertForPreTraining(load_model(init_checkpoint).train())
+    if model.config.vocab_size < len(tokenizer) or model.config.visual_embedding_dim != visual_dim:
+        raise VbProbeError(f"{init_checkpoint}: vocab {model.config.vocab_size} / visual width "
+                           f"{model.config.visual_embedding_dim} do not fit the data's tokenizer ({len(tokenizer)}) "
+                           f"/ features ({visual_dim}); use the checkpoint's tokenizer and matching features")
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainSection) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases and LayerNorm), fused: one kernel per group step."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, fused=True)
+
+
+def train_step(trained, model, optimizer, micro_batches: list[PretrainBatch], t: TrainSection, dd: Distributed,
+               device: torch.device, cuda_graphs: bool) -> tuple[list[float], float]:
+    """Forward and backward over the step's micro-batches, clip, update. Returns the step's (total, masked-LM,
+    sentence-image) losses summed over processes, and the gradient norm before clipping."""
+    n_masked = _all_sum(sum(len(b.mlm_labels) for b in micro_batches), dd)
+    n_sip = _all_sum(sum(len(b.sip_labels) if b.sip_labels is not None else 0 for b in micro_batches), dd)
+    totals = np.zeros(3)
+    for m, batch in enumerate(micro_batches):
+        sync = nullcontext() if (dd.world == 1 or m == t.grad_accum - 1) else trained.no_sync()
+        if cuda_graphs:  # the previous step's graph outputs are no longer read
+            torch.compiler.cudagraph_mark_step_begin()
+        with sync, _autocast(device, t.amp):
+            loss, mlm, sip = losses(trained, batch, n_masked, n_sip, dd.world)
+        loss.backward()
+        totals += [loss.item() / dd.world, mlm.item() / dd.world, sip.item() / dd.world]
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm) if t.clip_norm else torch.tensor(0.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return [_all_sum(v, dd) for v in totals], float(grad_norm)
+
+
+class RunLog:
+    """``log.csv`` (rewritten at each save, so it never runs ahead of the checkpoint) and TensorBoard scalars."""
+
+    def __init__(self, out: Path, start_step: int, main: bool):
+        self.path, self.main = out / "log.csv", main
+        self.history: list[dict] = _read_log(self.path, start_step) if main else []
+        self.writer = _tensorboard(out) if main else None
+
+    def record(self, row: dict) -> None:
+        if not self.main:
+            return
+        self.history.append(row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, float) and math.isfinite(value):
+                    self.writer.add_scalar(key, value, row["step"])
+
+    def save(self) -> None:
+        if self.main:
+            _write_log(self.path, self.history)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = False, progress: bool = True,
              init_checkpoint: Path | None = None) -> dict:
     """Pre-train; returns the last evaluation. Writes ``out/final`` (transformers folder) at the end."""
     from tqdm.auto import tqdm
-
 
     t = config.train
     if t.threads:
@@ -235,38 +305,19 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
         config = check_resumed_config(config_from_dict(state["config"]), config, out)
         t = config.train
         start_step = state["step"]
-    if init_checkpoint is not None:  # continue from a VisualBERT checkpoint: its own shape, and heads if it has them
-        try:
-            model = load_pretraining_model(init_checkpoint).train()
-        except CheckpointError:
-            model = VisualBertForPreTraining(load_model(init_checkpoint).train())
-        if model.config.vocab_size < len(tokenizer) or model.config.visual_embedding_dim != data.visual_dim:
-            raise VbProbeError(f"{init_checkpoint}: vocab {model.config.vocab_size} / visual width "
-                               f"{model.config.visual_embedding_dim} do not fit the data's tokenizer ({len(tokenizer)}) "
-                               f"/ features ({data.visual_dim}); use the checkpoint's tokenizer and matching features")
-    else:
-        model = build_model(config, len(tokenizer), data.visual_dim)
-    model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=t.lr,
-                                  fused=True)  # one kernel per parameter group step, on CPU too
+    model = starting_model(config, init_checkpoint, tokenizer, data.visual_dim).to(device)
+    optimizer = make_optimizer(model, t)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         restore_rng(state["rng"])
-    trained = model
-    if dd.world > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(model)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if dd.world > 1 else model
     if t.compile != "off":  # evaluation and saving keep using the plain module, which shares the weights
         trained = torch.compile(trained, mode=None if t.compile == "default" else t.compile)
     cuda_graphs = t.compile == "reduce-overhead" and device.type == "cuda"
     model.train()
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "log.csv"
-    writer = _tensorboard(out) if dd.main else None
-    history: list[dict] = _read_log(log_path, start_step) if dd.main else []
+    log = RunLog(out, start_step, dd.main)
     bar = tqdm(total=t.steps, initial=start_step, desc="pre-training", unit="step", disable=not (progress and dd.main))
     last_eval: dict = {}
     for step in range(start_step, t.steps):
@@ -276,47 +327,27 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
             group["lr"] = lr
         micro_batches = [data.batch(step, config.objective, t, rank=dd.rank, world=dd.world,
                                     micro=(m, t.grad_accum), device=device) for m in range(t.grad_accum)]
-        n_masked = _all_sum(sum(len(b.mlm_labels) for b in micro_batches), dd)
-        n_sip = _all_sum(sum(len(b.sip_labels) if b.sip_labels is not None else 0 for b in micro_batches), dd)
-        totals = np.zeros(3)
-        for m, batch in enumerate(micro_batches):
-            sync = nullcontext() if (dd.world == 1 or m == t.grad_accum - 1) else trained.no_sync()
-            if cuda_graphs:  # the previous step's graph outputs are no longer read
-                torch.compiler.cudagraph_mark_step_begin()
-            with sync, _autocast(device, t.amp):
-                loss, mlm, sip = losses(trained, batch, n_masked, n_sip, dd.world)
-            loss.backward()
-            totals += [loss.item() / dd.world, mlm.item() / dd.world, sip.item() / dd.world]
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm) if t.clip_norm else torch.tensor(0.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        totals = [_all_sum(v, dd) for v in totals]
+        totals, grad_norm = train_step(trained, model, optimizer, micro_batches, t, dd, device, cuda_graphs)
         row = {"step": step + 1, "lr": lr, "loss": totals[0], "mlm_loss": totals[1], "sip_loss": totals[2],
-               "grad_norm": float(grad_norm)}
+               "grad_norm": grad_norm}
         if (step + 1) % t.eval_every == 0 or step + 1 == t.steps:
             last_eval = evaluate(model, data, config, device)
             row.update(last_eval)
         bar.update(1)
         bar.set_postfix(loss=f"{totals[0]:.3f}", **({"ent": f"{last_eval.get('eval_entity_acc', 0):.2f}"} if last_eval else {}))
-        if dd.main:
-            history.append(row)
-            if writer is not None:
-                for key, value in row.items():
-                    if key != "step" and isinstance(value, float) and math.isfinite(value):
-                        writer.add_scalar(key, value, step + 1)
-            if (step + 1) % t.save_every == 0 or step + 1 == t.steps:
-                _write_log(log_path, history)
-                save_checkpoint(out, step + 1, model, optimizer, config)
+        log.record(row)
+        if dd.main and ((step + 1) % t.save_every == 0 or step + 1 == t.steps):
+            log.save()
+            save_checkpoint(out, step + 1, model, optimizer, config)
     bar.close()
     if dd.main:
-        _write_log(log_path, history)
+        log.save()
         save_pretraining_model(model, out / "final", tokenizer=tokenizer,
                                extra_files={"training_config.json": json.dumps(config.to_dict(), indent=2)})
-        if writer is not None:
-            writer.close()
+        log.close()
     if dd.world > 1:
         dist.barrier()
-    return {"history": history, "eval": last_eval, "skipped_images": data.skipped_images}
+    return {"history": log.history, "eval": last_eval, "skipped_images": data.skipped_images}
 
 
 def _tensorboard(out: Path):
@@ -332,12 +363,8 @@ LOG_COLUMNS = ["step", "lr", "loss", "mlm_loss", "sip_loss", "grad_norm", "eval_
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=LOG_COLUMNS, lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    write_text(path, buffer.getvalue())
+    write_csv(path, LOG_COLUMNS, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+                                  for row in history])
 
 
 def _read_log(path: Path, up_to_step: int) -> list[dict]:

@@ -6,6 +6,7 @@ region column r of row b is sequence position ``T_max + r``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,46 @@ class ProbeBatch:
     truncated: list[Query]  # queries whose word fell past the text limit (counted as skipped)
 
 
+def pad_inputs(
+    token_ids: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    token_types: Sequence[Sequence[int]] | None = None,
+    regions: Sequence[np.ndarray] | None = None,
+    region_types: Sequence[Sequence[int]] | int = 1,
+) -> dict[str, torch.Tensor]:
+    """Right-pad rows of text and of regions into VisualBERT's inputs (text first, then regions).
+
+    ``token_ids[b]`` the ids of row b (``token_types[b]`` their segments, default 0); ``regions[b]`` [R_b, D]
+    features (None: text only); ``region_types``: one token type for every region, or one list per row.
+    Returns ``input_ids``/``attention_mask``/``token_type_ids`` [B, T_max] and ``visual_embeds`` [B, R_max, D],
+    ``visual_attention_mask``/``visual_token_type_ids`` [B, R_max] (padding: pad_id, 0, 0).
+    """
+    batch, t_max = len(token_ids), max(len(ids) for ids in token_ids)
+    input_ids = torch.full((batch, t_max), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(batch, t_max, dtype=torch.long)
+    types = torch.zeros(batch, t_max, dtype=torch.long)
+    for b, ids in enumerate(token_ids):
+        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, :len(ids)] = 1
+        if token_types is not None:
+            types[b, :len(ids)] = torch.tensor(token_types[b], dtype=torch.long)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": types}
+    if regions is None:
+        return inputs
+    r_max = max(len(r) for r in regions)
+    visual = torch.zeros(batch, r_max, regions[0].shape[1], dtype=torch.float32)
+    visual_mask = torch.zeros(batch, r_max, dtype=torch.long)
+    visual_types = torch.zeros(batch, r_max, dtype=torch.long)
+    for b, features in enumerate(regions):
+        visual[b, :len(features)] = torch.from_numpy(np.asarray(features, dtype=np.float32))
+        visual_mask[b, :len(features)] = 1
+        visual_types[b, :len(features)] = region_types if isinstance(region_types, int) else \
+            torch.tensor(region_types[b], dtype=torch.long)
+    inputs.update(visual_embeds=visual, visual_attention_mask=visual_mask, visual_token_type_ids=visual_types)
+    return inputs
+
+
 def collate(
     items: list[ProbeItem], tokenizer, visual_token_type: int, max_text_len: int, device: torch.device | str = "cpu"
 ) -> ProbeBatch:
@@ -57,20 +98,12 @@ def collate(
     tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
     t_max = max(len(t.input_ids) for t in tokenized)
     r_max = max(len(item.regions) for item in items)
-    dim = items[0].regions.features.shape[1]
-    batch = len(items)
-    input_ids = torch.full((batch, t_max), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros(batch, t_max, dtype=torch.long)
-    visual = torch.zeros(batch, r_max, dim, dtype=torch.float32)
-    visual_mask = torch.zeros(batch, r_max, dtype=torch.long)
+    inputs = pad_inputs([t.input_ids for t in tokenized], tokenizer.pad_token_id,
+                        regions=[item.regions.features for item in items], region_types=visual_token_type)
     b_idx, q_idx, hits, valid, confs, groups, truncated = [], [], [], [], [], [], []
     any_confidence = all(item.regions.confidences is not None for item in items)
     for b, (item, tokens) in enumerate(zip(items, tokenized)):
-        n_tok, n_reg = len(tokens.input_ids), len(item.regions)
-        input_ids[b, :n_tok] = torch.tensor(tokens.input_ids)
-        attention_mask[b, :n_tok] = 1
-        visual[b, :n_reg] = torch.from_numpy(item.regions.features)
-        visual_mask[b, :n_reg] = 1
+        n_reg = len(item.regions)
         for query in item.queries:
             position = tokens.word_last_token[query.word_index]
             if position is None:
@@ -89,14 +122,6 @@ def collate(
                 conf[:n_reg] = item.regions.confidences
                 confs.append(conf)
             groups.append(query.group)
-    inputs = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "token_type_ids": torch.zeros_like(input_ids),
-        "visual_embeds": visual,
-        "visual_attention_mask": visual_mask,
-        "visual_token_type_ids": torch.full((batch, r_max), visual_token_type, dtype=torch.long),
-    }
     n = len(b_idx)
     return ProbeBatch(
         inputs={k: v.to(device) for k, v in inputs.items()},

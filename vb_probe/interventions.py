@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vb_probe.batching import pad_inputs
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import DataError, VbProbeError
@@ -68,23 +69,11 @@ def masked_phrases(flickr: Flickr30kEntities, features: RegionFeatures, tokenize
 
 
 def _batch(items: list[MaskedPhrase], pad_id: int, visual_token_type: int, device):
-    t_max = max(len(i.input_ids) for i in items)
-    r_max = max(len(i.regions) for i in items)
-    n = len(items)
-    ids = torch.full((n, t_max), pad_id, dtype=torch.long)
-    attention = torch.zeros(n, t_max, dtype=torch.long)
-    visual = torch.zeros(n, r_max, items[0].regions.shape[1])
-    visual_mask = torch.zeros(n, r_max, dtype=torch.long)
-    for b, item in enumerate(items):
-        ids[b, :len(item.input_ids)] = torch.tensor(item.input_ids)
-        attention[b, :len(item.input_ids)] = 1
-        visual[b, :len(item.regions)] = torch.from_numpy(item.regions)
-        visual_mask[b, :len(item.regions)] = 1
-    inputs = {"input_ids": ids, "attention_mask": attention, "token_type_ids": torch.zeros_like(ids),
-              "visual_embeds": visual, "visual_attention_mask": visual_mask,
-              "visual_token_type_ids": torch.full((n, r_max), visual_token_type, dtype=torch.long)}
+    """Model inputs, each item's query position (its last masked sub-word) and the text length T_max."""
+    inputs = pad_inputs([i.input_ids for i in items], pad_id, regions=[i.regions for i in items],
+                        region_types=visual_token_type)
     query = torch.tensor([i.masked[-1] for i in items])
-    return {k: v.to(device) for k, v in inputs.items()}, query.to(device), t_max
+    return {k: v.to(device) for k, v in inputs.items()}, query.to(device), inputs["input_ids"].shape[1]
 
 
 @torch.no_grad()

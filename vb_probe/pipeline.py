@@ -166,6 +166,69 @@ def load_parses(cfg: ProbeConfig, flickr: Flickr30kEntities, image_ids: list[str
     return parses, parser.version, copy
 
 
+@dataclass
+class _Collection:
+    """What collecting the queries of a split counts: units considered, and skips by group and reason."""
+
+    skipped: dict[str, Counter] = field(default_factory=dict)
+    n_units: Counter = field(default_factory=Counter)
+
+    def skip(self, group: str, reason: str) -> None:
+        self.skipped.setdefault(group, Counter())[reason] += 1
+
+
+class _ImageTargets:
+    """One image's regions and, per entity id, which regions hit its gold boxes (computed once per entity)."""
+
+    def __init__(self, regions, annotation):
+        self.regions, self.annotation = regions, annotation
+        self._hits: dict[int, np.ndarray] = {}
+
+    def hits(self, entity_id: int) -> np.ndarray:
+        if entity_id not in self._hits:
+            self._hits[entity_id] = region_hits(self.regions.boxes, self.annotation.boxes[entity_id])
+        return self._hits[entity_id]
+
+
+def _entity_queries(cfg: ProbeConfig, flickr: Flickr30kEntities, caption: Caption, image: _ImageTargets,
+                    seen: _Collection) -> list[Query]:
+    """One query per phrase with gold boxes; every other phrase counted as skipped with its reason."""
+    queries = []
+    for phrase in caption.phrases:
+        seen.n_units["phrases"] += 1
+        reason = _entity_status(flickr, caption.image_id, phrase.entity_id, cfg.skip_unannotated)
+        if reason is None and image.regions is None:
+            reason = "missing_features"
+        if reason:
+            seen.skip(ENTITY, reason)
+            continue
+        queries.append(Query(ENTITY, phrase.last_word_index, image.hits(phrase.entity_id),
+                             f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}"))
+    return queries
+
+
+def _arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption, parse: Parse,
+                 image: _ImageTargets, seen: _Collection) -> list[Query]:
+    """Per arc of a chosen relation, a query in each direction whose target word lies in a phrase with boxes."""
+    queries = []
+    for head, dep, relation in parse.arcs():
+        if "all" not in relations and relation not in relations:
+            continue
+        seen.n_units["arcs"] += 1
+        for direction, query_word, target_word in (("head_to_dependent", head, dep), ("dependent_to_head", dep, head)):
+            group = f"{relation}/{direction}"
+            phrase = _phrase_of_word(caption, target_word)
+            reason = "not_in_phrase" if phrase is None else \
+                _entity_status(flickr, caption.image_id, phrase.entity_id, True)
+            if reason is None and image.regions is None:
+                reason = "missing_features"
+            if reason:
+                seen.skip(group, f"target_{reason}")
+                continue
+            queries.append(Query(group, query_word, image.hits(phrase.entity_id), f"{caption.key}:{head}->{dep}"))
+    return queries
+
+
 def collect_items(
     cfg: ProbeConfig,
     flickr: Flickr30kEntities,
@@ -175,68 +238,23 @@ def collect_items(
     parse_source: str,
 ) -> tuple[list[ProbeItem], dict[str, Counter], dict[str, int], int]:
     """Every phrase (and arc direction) of the split is turned into a query or counted as skipped."""
-    skipped: dict[str, Counter] = {}
-    n_units = Counter()
+    seen = _Collection()
     items: list[ProbeItem] = []
     n_captions = 0
-    relations = set(cfg.relations)
-    all_relations = "all" in relations
-
-    def skip(group: str, reason: str, count: int = 1) -> None:
-        skipped.setdefault(group, Counter())[reason] += count
-
     for image_id in image_ids:
-        captions = flickr.captions(image_id)
-        n_captions += len(captions)
-        annotation = flickr.annotation(image_id)
-        has_features = image_id in features
-        if not has_features and not cfg.skip_missing_features:
+        if image_id not in features and not cfg.skip_missing_features:
             features[image_id]  # raises the one-line error naming the image
-        regions = features[image_id] if has_features else None
-        hits_cache: dict[int, np.ndarray] = {}
-
-        def hits_for(entity_id: int) -> np.ndarray:
-            if entity_id not in hits_cache:
-                hits_cache[entity_id] = region_hits(regions.boxes, annotation.boxes[entity_id])
-            return hits_cache[entity_id]
-
-        for caption in captions:
-            queries: list[Query] = []
-            if cfg.entity:
-                for phrase in caption.phrases:
-                    n_units["phrases"] += 1
-                    reason = _entity_status(flickr, image_id, phrase.entity_id, cfg.skip_unannotated)
-                    if reason is None and regions is None:
-                        reason = "missing_features"
-                    if reason:
-                        skip(ENTITY, reason)
-                        continue
-                    queries.append(Query(ENTITY, phrase.last_word_index, hits_for(phrase.entity_id),
-                                         f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}"))
+        regions = features[image_id] if image_id in features else None
+        image = _ImageTargets(regions, flickr.annotation(image_id))
+        for caption in flickr.captions(image_id):
+            n_captions += 1
+            queries = _entity_queries(cfg, flickr, caption, image, seen) if cfg.entity else []
             if parses is not None:
                 parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, parse_source)
-                for head, dep, relation in parse.arcs():
-                    if not (all_relations or relation in relations):
-                        continue
-                    n_units["arcs"] += 1
-                    for direction, query_word, target_word in (("head_to_dependent", head, dep),
-                                                               ("dependent_to_head", dep, head)):
-                        group = f"{relation}/{direction}"
-                        phrase = _phrase_of_word(caption, target_word)
-                        if phrase is None:
-                            skip(group, "target_not_in_phrase")
-                            continue
-                        reason = _entity_status(flickr, image_id, phrase.entity_id, True)
-                        if reason is None and regions is None:
-                            reason = "missing_features"
-                        if reason:
-                            skip(group, f"target_{reason}")
-                            continue
-                        queries.append(Query(group, query_word, hits_for(phrase.entity_id),
-                                             f"{caption.key}:{head}->{dep}"))
+                queries += _arc_queries(set(cfg.relations), flickr, caption, parse, image, seen)
             if queries:
                 items.append(ProbeItem(caption.key, caption.words, regions, queries))
-    return items, skipped, dict(n_units), n_captions
+    return items, seen.skipped, dict(seen.n_units), n_captions
 
 
 # ----------------------------------------------------------------------------------------------- the pass
