@@ -72,15 +72,46 @@ def test_attribution_and_causal_commands(demo, tmp_path, capsys):
     model = next((demo / "models").iterdir()) / "final"
     common = ["--ckpt", str(model), "--flickr30k", str(demo / "world" / "flickr30k"),
               "--features", str(demo / "world" / "features.tsv"), "--limit", "2"]
-    assert cli_main(["attribute", *common, "--steps", "4", "--out", str(tmp_path / "a")]) == 0
+    assert cli_main(["attribute", *common, "--steps", "16", "--out", str(tmp_path / "a")]) == 0
     summary = json.loads((tmp_path / "a" / "attribution.json").read_text())
-    assert summary["n"] > 0 and 0 <= summary["ig_top_region_grounding_accuracy"] <= 1
+    assert summary["n"] == len(summary["per_phrase"]) > 0
+    hits = [p["top_region_hits_gold"] for p in summary["per_phrase"]]
+    assert summary["ig_top_region_grounding_accuracy"] == pytest.approx(sum(hits) / len(hits))
+    assert summary["ig_completeness_error_max"] < 0.05  # the attributions add up to F(x) − F(0)
     assert 0 < summary["mean_image_share_of_attribution"] < 1
     assert cli_main(["causal", *common, "--scores", str(demo / "entity_grounding" / "entity_grounding.csv"),
                      "-k", "2", "--out", str(tmp_path / "c")]) == 0
     causal = json.loads((tmp_path / "c" / "causal.json").read_text())
     assert causal["k"] == 2 and len(causal["heads_ablated"]) == 2
-    assert causal["drop_top_k"] == pytest.approx(causal["accuracy_intact"] - causal["accuracy_top_k_ablated"])
+    # against references made another way: transformers' own model for the intact accuracy, and the heads
+    # removed by weight surgery (their columns of the attention output projection zeroed) for the ablation
+    import torch
+    from transformers import VisualBertForPreTraining
+
+    from vb_probe.checkpoints import load_pretraining_model
+    from vb_probe.data.features import open_features
+    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.interventions import _batch, masked_phrases, masked_word_accuracy
+    from vb_probe.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    items = masked_phrases(Flickr30kEntities(demo / "world" / "flickr30k"), open_features(demo / "world" / "features.tsv"),
+                           tokenizer, "test", 2)
+    theirs = VisualBertForPreTraining.from_pretrained(model).eval()
+    right = 0
+    with torch.no_grad():
+        for item in items:
+            inputs, query, _ = _batch([item], tokenizer.pad_token_id, 1, "cpu")
+            logits = theirs(**inputs).prediction_logits[0, int(query[0])]
+            right += int(logits.argmax()) == item.target
+    assert causal["accuracy_intact"] == pytest.approx(right / len(items))
+    surgery = load_pretraining_model(model)
+    width = surgery.config.hidden_size // surgery.config.num_attention_heads
+    with torch.no_grad():
+        for label in causal["heads_ablated"]:
+            layer, head = (int(v) for v in label[1:].split("H"))
+            surgery.visual_bert.encoder.layer[layer].attention.output.dense.weight[:, head * width:(head + 1) * width] = 0
+    assert causal["accuracy_top_k_ablated"] == pytest.approx(masked_word_accuracy(surgery, items, tokenizer.pad_token_id))
     capsys.readouterr()
     # a probe checkpoint without a masked-LM head is refused with a one-line reason
     from vb_probe.checkpoints import load_model, save_model

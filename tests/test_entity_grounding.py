@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,11 +186,32 @@ def test_hdf5_without_confidence_and_select_on_and_control(world, tmp_path):
     assert run["baselines"]["highest_confidence"] is None
     assert run["mask"] == "intervene" and run["precision"] == "bf16"
     assert run["n_phrases"] == run["n_scored"] + sum(run["skipped"].values())
-    sel = run["selected_head"]
-    assert sel["selected_on"] == "val" and 0 <= sel["accuracy"] <= 1
-    assert run["control_random_init"]["best_head"]["accuracy"] >= 0
     with open(out / "entity_grounding.csv") as handle:
         rows = list(csv.DictReader(handle))
+    # the selected head is the best head of a separate run on val, scored with this run's test numbers
+    val = tmp_path / "val"
+    assert run_cli(["entity-grounding", "--ckpt", world["ckpt"], "--flickr30k", world["flickr"], "--features", h5,
+                    "--split", "val", "--mask", "intervene", "--precision", "bf16", "--out", val, "--quiet"]) == 0
+    best_on_val = json.loads((val / "run.json").read_text())["best_head"]
+    sel = run["selected_head"]
+    assert (sel["selected_on"], sel["layer"], sel["head"]) == ("val", best_on_val["layer"], best_on_val["head"])
+    assert sel["accuracy_on_selection_split"] == best_on_val["accuracy"]
+    assert sel["accuracy"] == float(next(r["accuracy"] for r in rows if (int(r["layer"]), int(r["head"])) ==
+                                         (sel["layer"], sel["head"])))
+    # the control equals the same probe run on a random-initialised model of the same shape (seed 0), saved
+    import torch
+
+    from vb_probe.checkpoints import load_model, save_model
+    from vb_probe.model import VisualBertModel
+
+    config = load_model(world["ckpt"]).config
+    torch.manual_seed(0)
+    save_model(VisualBertModel(config), tmp_path / "random")
+    shutil.copy(Path(world["ckpt"]) / "tokenizer.json", tmp_path / "random")
+    control = tmp_path / "control"
+    assert run_cli(["entity-grounding", "--ckpt", tmp_path / "random", "--flickr30k", world["flickr"], "--features", h5,
+                    "--mask", "intervene", "--precision", "bf16", "--out", control, "--quiet"]) == 0
+    assert run["control_random_init"]["best_head"] == json.loads((control / "run.json").read_text())["best_head"]
     # intervene: a text query sees regions only, so all its attention mass is on regions
     assert all(float(r["region_mass"]) == pytest.approx(1.0, abs=1e-5) for r in rows)
 
@@ -232,3 +254,20 @@ def test_bad_input_exits_2_with_one_line(world, tmp_path, capsys, case, message)
     assert code == 2
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (out / "run.json").exists() and not (out / "entity_grounding.csv").exists()
+
+
+def test_integrated_gradients_by_hand():
+    """As captum checks its own: on a linear model IG from zero is input × weight, and on F(x) = Σ x² it is x²
+    (Gauss–Legendre integrates the quadratic path exactly); attributions add up to F(x) − F(0) (completeness)."""
+    from vb_probe.interventions import integrated_gradients
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1, 5, generator=g), torch.randn(1, 3, 2, generator=g)
+    a, b = torch.randn(5, generator=g), torch.randn(3, 2, generator=g)
+    (ax, ay), delta, change = integrated_gradients(lambda x, y: x @ a + (y * b).sum((1, 2)), (x, y), steps=4)
+    torch.testing.assert_close(ax, x * a)
+    torch.testing.assert_close(ay, y * b)
+    assert change == pytest.approx(float(x @ a + (y * b).sum()), rel=1e-5) and abs(delta) < 1e-5
+    (ax,), delta, change = integrated_gradients(lambda x: (x ** 2).sum(-1), (x,), steps=4)
+    torch.testing.assert_close(ax, x ** 2)
+    assert change == pytest.approx(float((x ** 2).sum()), rel=1e-5) and abs(delta) < 1e-5

@@ -182,12 +182,12 @@ def test_config_rejects_values_outside_a_fields_choices():
 
 
 def test_shipped_configs_load_and_the_tasks_config_is_the_demo_with_matching():
-    """Every TOML under configs/ loads; configs/tasks.toml is the demo model with image–text matching and more
+    """Every packaged TOML (training/configs/) loads; tasks.toml is the demo model with image–text matching and more
     steps (the README's downstream-task recipe says so), nothing else changed."""
     import dataclasses
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parent.parent / "configs"
+    folder = Path(__file__).resolve().parent.parent / "training" / "configs"
     configs = {p.stem: dataclasses.asdict(load_config(p, [])) for p in sorted(folder.glob("*.toml"))}
     assert {"demo", "paper", "tasks"} <= set(configs)
     demo, tasks = configs["demo"], configs["tasks"]

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("pretrain", help="masked LM with the image + sentence-image prediction")
-    p.add_argument("--config", type=Path, help="TOML file (configs/demo.toml, configs/paper.toml)")
+    p.add_argument("--config", help="a packaged config (demo, tasks, paper) or a TOML file")
     p.add_argument("--data", type=Path, required=True, help="folder with the captions JSON, features and tokenizer")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")

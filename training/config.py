@@ -9,6 +9,7 @@ import hashlib
 import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal, get_args, get_origin, get_type_hints
 
@@ -134,21 +135,42 @@ def _field_type(cls, key: str):
     return tuple if isinstance(default, tuple) else type(default)
 
 
+def packaged_configs() -> dict[str, Path]:
+    """The configs that travel with the package (``training/configs/<name>.toml``), by name."""
+    folder = files("training") / "configs"
+    return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".toml")}
+
+
+def config_file(name_or_path: str | Path) -> Path:
+    """A TOML path as given, or a packaged config by name (``demo``, ``tasks``, ``paper``)."""
+    path = Path(name_or_path)
+    if path.exists() or path.suffix == ".toml" or len(path.parts) > 1:
+        return path
+    packaged = packaged_configs()
+    if str(name_or_path) in packaged:
+        return packaged[str(name_or_path)]
+    raise VbProbeError(f"--config {name_or_path}: neither a file nor a packaged config; use a TOML path or one of "
+                       f"{', '.join(sorted(packaged))}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """A TOML file (sections model/objective/train/data) plus ``section.key=value`` overrides."""
+    """A TOML file or packaged config name (sections model/objective/train/data) plus ``section.key=value``
+    overrides."""
     raw: dict[str, dict] = {}
     source = str(path) if path else "defaults"
     if path is not None:
+        path = config_file(path)
         try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
+            raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
-            raise VbProbeError(f"{path}: config file not found; pass --config configs/demo.toml or another TOML") from None
+            raise VbProbeError(f"{path}: config file not found; pass --config demo (a packaged config) or a TOML "
+                               "path") from None
         except IsADirectoryError:
-            raise VbProbeError(f"{path}: is a folder; pass --config with a TOML file such as configs/demo.toml") from None
+            raise VbProbeError(f"{path}: is a folder; pass --config with a TOML file, or demo, tasks or paper") from None
         except UnicodeDecodeError as exc:
             raise VbProbeError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8, re-save it") from None
         except tomllib.TOMLDecodeError as exc:
-            raise VbProbeError(f"{path}: not valid TOML ({exc}); see configs/demo.toml for the layout") from None
+            raise VbProbeError(f"{path}: not valid TOML ({exc}); see training/configs/demo.toml for the layout") from None
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:

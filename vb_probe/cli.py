@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=positive_int, default=1000, dest="images",
                    help="how many scenes the built-in world has (a count; visualize's --images is a folder)")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in world")
-    p.add_argument("--config", type=Path, help="pre-training TOML (default: configs/demo.toml of the package)")
+    p.add_argument("--config", default="demo", help="pre-training config: a packaged name (demo, tasks, paper) or "
+                                                    "a TOML file")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a pre-training config value (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

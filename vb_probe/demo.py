@@ -18,7 +18,7 @@ from vb_probe.results import GroundingResult, SyntacticResult
 DEMO_RELATIONS = ("nsubj", "dobj", "pobj", "amod")
 
 
-def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: Path | None = None,
+def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str | Path | None = None,
              overrides: list[str] | None = None, progress: bool = True, log=print) -> dict:
     from training.config import load_config
     from training.loop import pretrain
@@ -42,8 +42,7 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: Path 
         for line in stats.lines():
             log("      " + line)
 
-    config_path = config_path or Path(__file__).resolve().parent.parent / "configs" / "demo.toml"
-    config = load_config(config_path if config_path.is_file() else None, overrides)
+    config = load_config(config_path or "demo", overrides)
     # the cache key covers the training config and the world it trains on
     import hashlib
 

@@ -122,11 +122,25 @@ def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, in
                                      "(vb-train finetune --task flickr30k); this one has no such head"}
 
 
+def integrated_gradients(forward, inputs: tuple[torch.Tensor, ...], steps: int
+                         ) -> tuple[tuple[torch.Tensor, ...], float, float]:
+    """Integrated gradients of the scalar ``forward(*inputs)`` (batch of one) from all-zero baselines (captum,
+    Gauss–Legendre). Returns the attributions (shaped as ``inputs``), the completeness gap
+    ``sum(attributions) − (F(x) − F(0))`` and ``F(x) − F(0)``."""
+    from captum.attr import IntegratedGradients
+
+    baselines = tuple(torch.zeros_like(x) for x in inputs)
+    attributions, delta = IntegratedGradients(forward).attribute(
+        inputs, baselines=baselines, n_steps=steps, internal_batch_size=steps, return_convergence_delta=True)
+    with torch.no_grad():
+        change = float(forward(*inputs).sum() - forward(*baselines).sum())
+    return attributions, float(delta.sum()), change
+
+
 def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32, visual_token_type: int = 1,
               progress: bool = False) -> dict:
     """Integrated gradients (zero baselines) of each masked word's logit w.r.t. region features and word
     embeddings; per head, agreement of its most-attended region with the top-attributed region."""
-    from captum.attr import IntegratedGradients
     from tqdm.auto import tqdm
 
     from vb_probe.metrics.grounding import head_choices
@@ -138,7 +152,7 @@ def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32,
     layers, heads = len(encoder.blocks), encoder.config.num_attention_heads
     agree = torch.zeros(layers, heads, dtype=torch.long)
     top_hits = 0
-    image_share = []
+    image_share, completeness = [], []
     per_phrase = []
     for item in tqdm(items, desc="integrated gradients", unit="phrase", disable=not progress, leave=False):
         inputs, query, t_max = _batch([item], pad_id, visual_token_type, device)
@@ -151,11 +165,9 @@ def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32,
             hidden = out.last_hidden_state[:, int(query[0])]
             return model.cls.predictions(hidden)[:, item.target]
 
-        ig = IntegratedGradients(forward)
-        text_attr, visual_attr = ig.attribute((word_embeds, inputs["visual_embeds"]),
-                                              baselines=(torch.zeros_like(word_embeds),
-                                                         torch.zeros_like(inputs["visual_embeds"])),
-                                              n_steps=steps, internal_batch_size=steps)
+        (text_attr, visual_attr), delta, change = integrated_gradients(forward, (word_embeds, inputs["visual_embeds"]),
+                                                                       steps)
+        completeness.append(abs(delta) / max(abs(change), 1e-6))
         region_score = visual_attr[0].sum(-1)  # [R]
         top_region = int(region_score.argmax())
         top_hits += bool(item.hits[top_region])
@@ -172,6 +184,8 @@ def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32,
     rate = agree.double() / max(n, 1)
     flat = int(rate.flatten().argmax())
     return {"n": n, "ig_steps": steps, "ig_top_region_grounding_accuracy": top_hits / max(n, 1),
+            # |sum of attributions − (F(x) − F(0))| / |F(x) − F(0)|: how well the integral converged (0 is exact)
+            "ig_completeness_error_max": float(max(completeness)) if completeness else None,
             "mean_image_share_of_attribution": float(np.mean(image_share)) if image_share else None,
             "agreement": rate.numpy(), "n_agree": agree.numpy(),
             "best_agreeing_head": {"layer": flat // heads, "head": flat % heads, "agreement": float(rate.flatten()[flat])},

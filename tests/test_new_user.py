@@ -1,0 +1,154 @@
+"""What a new user meets first: the packaging (a wheel carries the demo's config; Python and torch ranges, not
+pins), the CLI's help, --version and --debug, and the edges of visualize, syntactic and a shared --out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures import write_checkpoint, write_dataset
+
+from vb_probe.cli import build_parser
+from vb_probe.cli import main as probe_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("newuser")
+    found = write_dataset(root, n_images=8)
+    found["ckpt"] = write_checkpoint(root / "ckpt")
+    return found
+
+
+def test_wheel_installs_without_its_dependencies_and_carries_the_demo_config(tmp_path):
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
+                    str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    wheel = next(wheels.glob("vb_probe-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    probe = ("import json, training.config as c; from dataclasses import asdict; "
+             "print(json.dumps({'file': c.__file__, 'demo': asdict(c.load_config('demo'))}))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path,
+                            env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["file"].startswith(str(site))  # the installed package, not the checkout
+    from dataclasses import asdict
+
+    from training.config import load_config
+
+    assert seen["demo"] == json.loads(json.dumps(asdict(load_config(ROOT / "training" / "configs" / "demo.toml"))))
+    assert seen["demo"] != json.loads(json.dumps(asdict(load_config(None))))  # not the built-in defaults
+
+
+def test_pyproject_declares_ranges_not_pins():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"
+    torch = next(d for d in project["dependencies"] if d.startswith("torch"))
+    assert "==" not in torch and ">=" in torch
+    assert "jupyterlab" in " ".join(project["optional-dependencies"]["notebooks"])
+
+
+def test_help_shows_defaults_and_examples_and_version_works(capsys):
+    with pytest.raises(SystemExit) as stop:
+        probe_main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("vb-probe ")
+    top = build_parser().format_help()
+    assert "examples:" in top and "vb-probe entity-grounding --ckpt uclanlp/visualbert-vqa-coco-pre" in top
+    with pytest.raises(SystemExit):
+        probe_main(["entity-grounding", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, words in (("--split", "(default: test)"), ("--batch-size", "(default: 32)"), ("--out", "folder for")):
+        assert option in text and words in text, option
+    with pytest.raises(SystemExit):
+        probe_main(["causal", "--help"])
+    assert "(default: 20)" in " ".join(capsys.readouterr().out.split())  # the images it uses, said
+    with pytest.raises(SystemExit):
+        probe_main(["demo", "--help"])
+    assert "a count; visualize's --images is a folder" in " ".join(capsys.readouterr().out.split())
+
+
+def test_visualize_without_scores_uses_the_heads_that_ground_the_caption(data, tmp_path, capsys):
+    out = tmp_path / "fig.png"
+    assert probe_main(["visualize", "--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features",
+                       str(data["tsv"]), "--image-id", "500", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from vb_probe.visualize import heads_for_caption
+
+    # by hand: 2 layers × 2 heads, 3 words of which words 0 and 2 are in boxed phrases
+    choices = np.array([[[0, 1, 2], [1, 1, 1]], [[2, 0, 0], [1, 1, 2]]])
+    hits = [np.array([True, False, False]), None, np.array([False, True, True])]
+    assert [tuple(h) for h in heads_for_caption(choices, hits)] == [(0, 0, 1.0), (1, 1, 0.5)]
+
+
+def test_visualize_draws_on_jpegs_and_warns_when_the_image_is_missing(data, tmp_path, capsys):
+    from PIL import Image
+
+    from vb_probe.visualize import find_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (400, 300), (200, 30, 30)).save(images / "500.jpg")
+    assert find_image(images, "500") == images / "500.jpg"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert find_image(images, "501") is None
+    assert "no 501.jpg, .jpeg or .png" in str(caught[0].message)
+    out = tmp_path / "fig.png"
+    args = ["visualize", "--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features",
+            str(data["tsv"]), "--images", str(images), "--out", str(out)]
+    assert probe_main([*args, "--image-id", "500"]) == 0
+    pixels = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3)
+    assert (np.abs(pixels.astype(int) - [200, 30, 30]).sum(1) < 40).mean() > 0.05  # the red photo is drawn on
+    capsys.readouterr()
+    assert probe_main([*args, "--image-id", "501", "--out", str(tmp_path / "g.svg")]) == 0
+    assert "note: " in capsys.readouterr().out and (tmp_path / "g.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_a_mistyped_relation_lists_the_relations_the_parses_hold(data, tmp_path, capsys):
+    code = probe_main(["syntactic", "--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features",
+                       str(data["tsv"]), "--parses", str(data["parses"]), "--relation", "nsbj", "--out",
+                       str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "relation nsbj does not occur" in err
+    assert "relations present: amod, case, det, dobj, npadvmod, nsubj, pobj, poss, prep, punct" in err
+
+
+def test_entity_then_syntactic_into_one_out_keeps_the_first_run(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    common = ["--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features", str(data["tsv"]),
+              "--out", str(out), "--quiet"]
+    assert probe_main(["entity-grounding", *common]) == 0
+    before = (out / "run.json").read_bytes()
+    capsys.readouterr()
+    assert probe_main(["syntactic", *common, "--parses", str(data["parses"]), "--relation", "nsubj"]) == 2
+    assert "already holds the run.json of entity_grounding" in capsys.readouterr().err
+    assert (out / "run.json").read_bytes() == before and not (out / "syntactic.csv").exists()
+
+
+def test_figures_are_written_in_the_format_their_extension_names(data, tmp_path):
+    from matplotlib.figure import Figure
+
+    from vb_probe.atomic import atomic_files
+    from vb_probe.errors import VbProbeError
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    with atomic_files(tmp_path) as staged:
+        for name in ("f.png", "f.svg", "f.pdf"):
+            staged.figure(name, fig)
+    assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (tmp_path / "f.svg").read_bytes()[:400]
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-"
+    with pytest.raises(VbProbeError, match="name it .png, .svg or .pdf"):
+        with atomic_files(tmp_path) as staged:
+            staged.figure("f.xyz", fig)
