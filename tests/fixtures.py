@@ -100,3 +100,10 @@ def write_checkpoint(folder: Path, dim: int = 12, seed: int = 0, layers: int = 3
     model.save_pretrained(folder)
     BertTokenizerFast.from_pretrained(str(vocab_dir)).save_pretrained(str(folder))
     return folder
+
+
+def write_probe_set(root: Path, n_images: int) -> dict:
+    """A dataset (:func:`write_dataset`) and a tiny checkpoint for it under ``root`` (``data["ckpt"]``)."""
+    data = write_dataset(root, n_images=n_images)
+    data["ckpt"] = write_checkpoint(root / "ckpt")
+    return data

@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from fixtures import write_checkpoint, write_dataset
+from fixtures import write_probe_set
 
 import vb_probe
 from vb_probe.cli import main as probe_main
@@ -21,10 +21,7 @@ HUB_ID = "uclanlp/visualbert-tiny-test"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    found = write_dataset(root, n_images=12)
-    found["ckpt"] = write_checkpoint(root / "ckpt")
-    return found
+    return write_probe_set(tmp_path_factory.mktemp("api"), n_images=12)
 
 
 def probe(data, model, **options):

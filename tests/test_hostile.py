@@ -14,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from fixtures import write_checkpoint, write_dataset
+from fixtures import write_probe_set
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,10 +39,7 @@ class RunsAShellCommand:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    found = write_dataset(root, n_images=30)
-    found["ckpt"] = write_checkpoint(root / "ckpt")
-    return found
+    return write_probe_set(tmp_path_factory.mktemp("hostile"), n_images=30)
 
 
 @pytest.fixture(scope="module")

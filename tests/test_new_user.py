@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import write_checkpoint, write_dataset
+from fixtures import write_probe_set
 
 from vb_probe.cli import build_parser
 from vb_probe.cli import main as probe_main
@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("newuser")
-    found = write_dataset(root, n_images=8)
-    found["ckpt"] = write_checkpoint(root / "ckpt")
-    return found
+    return write_probe_set(tmp_path_factory.mktemp("newuser"), n_images=8)
 
 
 def test_wheel_installs_without_its_dependencies_and_carries_the_demo_config(tmp_path):

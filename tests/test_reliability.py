@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from fixtures import write_checkpoint, write_dataset
+from fixtures import write_probe_set
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,10 +22,7 @@ from vb_probe.errors import DataError
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel")
-    data = write_dataset(root, n_images=30)
-    data["ckpt"] = write_checkpoint(root / "ckpt")
-    return data
+    return write_probe_set(tmp_path_factory.mktemp("rel"), n_images=30)
 
 
 def _args(world, out, *extra, command="entity-grounding", ckpt=None):

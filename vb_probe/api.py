@@ -25,7 +25,7 @@ from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import CheckpointError
 from vb_probe.hub import DEFAULT_TOKENIZER, resolve
 from vb_probe.model import VisualBertModel
-from vb_probe.pipeline import ProbeConfig, resolve_device, run_probes, word_region_attention
+from vb_probe.pipeline import ProbeConfig, ProbeResults, resolve_device, run_probes, word_region_attention
 from vb_probe.results import GroundingResult, SyntacticResult, grounding_result, syntactic_result
 
 
@@ -128,15 +128,17 @@ def _eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _sources(flickr: Flickr30kEntities | str | Path, features: RegionFeatures | str | Path,
-             confidence: str | None) -> tuple[Flickr30kEntities, RegionFeatures, dict]:
+def _probe(model, tokenizer, flickr: Flickr30kEntities | str | Path, features: RegionFeatures | str | Path,
+           confidence: str | None, device: str | torch.device | None, progress: bool, **options) -> ProbeResults:
+    """One probe pass over the model as it is, in eval mode, with the readers opened once."""
+    encoder = _encoder(model)
     flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
     features = open_features(features, confidence) if isinstance(features, (str, Path)) else features
-    return flickr, features, {"flickr30k": flickr.root, "features": Path(features.source)}
-
-
-def _device_of(model: torch.nn.Module, device: str | torch.device | None) -> str:
-    return str(device) if device is not None else next(model.parameters()).device.type
+    device = str(device) if device is not None else next(encoder.parameters()).device.type
+    cfg = ProbeConfig(flickr30k=flickr.root, features=Path(features.source), device=device, confidence=confidence,
+                      **options)
+    with _eval_mode(encoder):
+        return run_probes(cfg, encoder.to(device), tokenizer, progress=progress, flickr=flickr, features=features)
 
 
 def entity_grounding(
@@ -164,15 +166,10 @@ def entity_grounding(
     folder of npz). ``select_on``: also choose heads on that split (the unbiased number); ``control``: also probe
     a random-initialised model of the same shape. Returns a :class:`GroundingResult`.
     """
-    encoder = _encoder(model)
-    flickr, features, paths = _sources(flickr, features, confidence)
-    cfg = ProbeConfig(split=split, mask=mask, batch_size=batch_size, device=_device_of(encoder, device),
-                      precision=precision, limit=limit, select_on=select_on, control=control, confidence=confidence,
-                      skip_unannotated=skip_unannotated, skip_missing_features=skip_missing_features, **paths)
-    with _eval_mode(encoder):
-        results = run_probes(cfg, encoder.to(cfg.device), tokenizer, progress=progress, flickr=flickr,
-                             features=features)
-    return grounding_result(results)
+    return grounding_result(_probe(
+        model, tokenizer, flickr, features, confidence, device, progress, split=split, mask=mask,
+        batch_size=batch_size, precision=precision, limit=limit, select_on=select_on, control=control,
+        skip_unannotated=skip_unannotated, skip_missing_features=skip_missing_features))
 
 
 def syntactic_grounding(
@@ -201,16 +198,11 @@ def syntactic_grounding(
     ``parses``: a CoNLL-U file whose tokens are the captions' words; without it, ``parser="spacy"`` parses them
     (the default when neither is given). ``relations``: names as the parses spell them, or ``("all",)``.
     """
-    encoder = _encoder(model)
-    flickr, features, paths = _sources(flickr, features, confidence)
-    cfg = ProbeConfig(split=split, mask=mask, batch_size=batch_size, device=_device_of(encoder, device),
-                      precision=precision, limit=limit, select_on=select_on, control=control, confidence=confidence,
-                      entity=False, relations=tuple(relations), parses=Path(parses) if parses else None,
-                      parser=parser or (None if parses else "spacy"), spacy_model=spacy_model, **paths)
-    with _eval_mode(encoder):
-        results = run_probes(cfg, encoder.to(cfg.device), tokenizer, progress=progress, flickr=flickr,
-                             features=features)
-    return syntactic_result(results)
+    return syntactic_result(_probe(
+        model, tokenizer, flickr, features, confidence, device, progress, split=split, mask=mask,
+        batch_size=batch_size, precision=precision, limit=limit, select_on=select_on, control=control, entity=False,
+        relations=tuple(relations), parses=Path(parses) if parses else None,
+        parser=parser or (None if parses else "spacy"), spacy_model=spacy_model))
 
 
 def region_attention(
