@@ -3,6 +3,7 @@ results, and the attribution and causal commands."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def demo(tmp_path_factory):
 
 def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys):
     for name in ("entity_grounding/entity_grounding.csv", "entity_grounding/run.json", "syntactic/syntactic.csv",
-                 "syntactic/run.json", "figures/fig3_entity_grounding.png", "figures/fig4_syntactic_nsubj.png",
+                 "syntactic/run.json", "figures/fig3_entity_grounding.png", "figures/fig4_syntactic.png",
                  "attribution/attribution_heads.csv", "attribution/attribution.json", "causal.json", "report.md"):
         assert (demo / name).is_file(), name
     assert list((demo / "figures").glob("fig1_attention_*.png")) and list((demo / "figures").glob("fig5_attention_*.png"))
@@ -39,6 +40,11 @@ def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys):
     assert "highest detector confidence" in report and "random-initialised" in report
     assert "Integrated gradients" in report and "best grounding heads lowers masked entity-word accuracy" in report
     assert set(json.loads((demo / "syntactic" / "run.json").read_text())["relations"]) == {"nsubj", "dobj", "pobj", "amod"}
+    with open(demo / "syntactic" / "syntactic.csv") as handle:  # every head with its 95% interval
+        rows = list(csv.DictReader(handle))
+    assert {"ci95_low", "ci95_high"} <= set(rows[0])
+    assert all(float(r["ci95_low"]) <= float(r["accuracy"]) <= float(r["ci95_high"]) for r in rows)
+    assert "Head chosen on val, scored on test" in report and "head chosen on val: test accuracy (95% interval)" in report
     models = list((demo / "models").iterdir())
     capsys.readouterr()
     args = ["demo", "--out", str(demo), "--images", "30"] + sum((["--set", s] for s in TINY), [])
@@ -82,7 +88,9 @@ def test_attribution_and_causal_commands(demo, tmp_path, capsys):
     assert cli_main(["causal", *common, "--scores", str(demo / "entity_grounding" / "entity_grounding.csv"),
                      "-k", "2", "--out", str(tmp_path / "c")]) == 0
     causal = json.loads((tmp_path / "c" / "causal.json").read_text())
-    assert causal["k"] == 2 and len(causal["heads_ablated"]) == 2
+    assert causal["k"] == 2 and len(causal["heads_ablated"]) == 2 and len(causal["random_draws"]) == 20
+    assert causal["drop_top_k_ci95"][0] <= causal["drop_top_k"] <= causal["drop_top_k_ci95"][1]
+    assert 1 / 21 <= causal["p_value"] <= 1 and isinstance(causal["distinguishable"], bool) and causal["verdict"]
     # against references made another way: transformers' own model for the intact accuracy, and the heads
     # removed by weight surgery (their columns of the attention output projection zeroed) for the ablation
     import torch

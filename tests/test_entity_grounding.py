@@ -271,3 +271,26 @@ def test_integrated_gradients_by_hand():
     (ax,), delta, change = integrated_gradients(lambda x: (x ** 2).sum(-1), (x,), steps=4)
     torch.testing.assert_close(ax, x ** 2)
     assert change == pytest.approx(float((x ** 2).sum()), rel=1e-5) and abs(delta) < 1e-5
+
+
+def test_causal_summary_by_hand():
+    """4 phrases: intact 3/4 right; the top-k ablation leaves 1/4 (drop 0.5); three random draws leave 3/4, 2/4,
+    3/4 (drops 0, 0.25, 0): no draw drops as far, so p = 1/4; with every draw dropping as far, p = 1."""
+    from vb_probe.metrics.causal import causal_summary
+
+    intact = np.array([1, 1, 1, 0], bool)
+    top = np.array([1, 0, 0, 0], bool)
+    random = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0]], bool)
+    s = causal_summary(intact, top, random, bootstrap=2000, seed=1)
+    assert (s["accuracy_intact"], s["accuracy_top_k_ablated"], s["drop_top_k"]) == (0.75, 0.25, 0.5)
+    assert s["drop_random_k_draws"] == [0.0, 0.25, 0.0] and s["drop_random_k"] == pytest.approx(1 / 12)
+    assert s["excess_drop"] == pytest.approx(0.5 - 1 / 12) and s["p_value"] == pytest.approx(1 / 4)
+    low, high = s["drop_top_k_ci95"]
+    assert 0.0 <= low < 0.5 < high <= 1.0  # per-phrase drops are 0, 1, 1, 0: a resampled mean lies in [0, 1]
+    assert (low * 4) == round(low * 4) and (high * 4) == round(high * 4)  # and is a multiple of 1/4
+    assert not s["distinguishable"] and "not distinguishable" in s["verdict"]  # p = 0.25 with only 3 draws
+    same = causal_summary(intact, top, np.stack([top] * 19), bootstrap=200)
+    assert same["p_value"] == 1.0 and same["excess_drop"] == 0.0 and not same["distinguishable"]
+    strong = causal_summary(np.ones(200, bool), np.zeros(200, bool), np.ones((19, 200), bool), bootstrap=200)
+    assert strong["p_value"] == pytest.approx(1 / 20) and strong["excess_drop_ci95"] == [1.0, 1.0]
+    assert strong["distinguishable"] and strong["verdict"].startswith("ablating the top-k heads drops accuracy 1.000")

@@ -26,9 +26,14 @@ def data(tmp_path_factory):
 
 
 def test_wheel_installs_without_its_dependencies_and_carries_the_demo_config(tmp_path):
-    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    import shutil
+
+    wheels, site, source = tmp_path / "wheels", tmp_path / "site", tmp_path / "source"
+    # a copy of the sources: an in-place build would leave build/ in the checkout and could pack stale files
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "demo_out",
+                                                                "__pycache__", ".pytest_cache", ".hypothesis"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-                    str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+                    str(source)], check=True, capture_output=True, cwd=tmp_path)
     wheel = next(wheels.glob("vb_probe-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)

@@ -141,8 +141,9 @@ class StagedFiles:
     def json(self, name: str, data: Any) -> None:
         self.text(name, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
-    def figure(self, name: str, fig, dpi: int | None = None) -> None:
-        """Save a matplotlib figure in the format its extension names (.png, .svg, .pdf, …)."""
+    def figure(self, name: str, fig, dpi: int = 200) -> None:
+        """Save a matplotlib figure in the format its extension names (.png, .svg, .pdf, …); rasters at print
+        resolution (200 dpi)."""
         from vb_probe.errors import VbProbeError
 
         kind = Path(name).suffix.lstrip(".").lower()

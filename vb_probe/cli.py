@@ -177,10 +177,13 @@ def cmd_causal(args: argparse.Namespace) -> int:
     result = causal_check(model, items, heads, tokenizer.pad_token_id, random_draws=args.draws, seed=args.seed,
                           progress=not args.quiet)
     write_json(out / "causal.json", result)
+    low, high = result["drop_top_k_ci95"]
     print(f"masked entity-word accuracy over {result['n']} phrases: intact {result['accuracy_intact']:.3f}; "
           f"top-{result['k']} grounding heads ablated {result['accuracy_top_k_ablated']:.3f} "
-          f"(drop {result['drop_top_k']:.3f}); {result['k']} random heads ablated "
-          f"{result['accuracy_random_k_ablated']:.3f} (drop {result['drop_random_k']:.3f}, mean of {args.draws} draws)")
+          f"(drop {result['drop_top_k']:.3f}, 95% interval {low:.3f} to {high:.3f}); {result['k']} random heads "
+          f"ablated {result['accuracy_random_k_ablated']:.3f} (drop {result['drop_random_k']:.3f}, mean of "
+          f"{args.draws} draws)")
+    print(result["verdict"])
     print(f"wrote {out / 'causal.json'}")
     return 0
 
@@ -307,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     _masked_phrase_options(p)
     p.add_argument("--scores", type=Path, required=True, help="entity_grounding.csv of a probe run")
     p.add_argument("-k", type=positive_int, default=12, help="heads to ablate")
-    p.add_argument("--draws", type=positive_int, default=3, help="random-head draws for the control")
+    p.add_argument("--draws", type=positive_int, default=20,
+                   help="random-head draws for the control (the p-value's resolution is 1/(draws+1))")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
     p.set_defaults(func=cmd_causal)
     return parser

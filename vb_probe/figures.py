@@ -25,12 +25,12 @@ def example_captions(flickr: Flickr30kEntities, split: str = "test", count: int 
 
 def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, model, tokenizer, flickr_root: Path,
                   features_path: Path, out: Path, images_dir: Path | None = None, suffix: str = ".png") -> list[str]:
-    """Figures 1, 3, 4 (one file per relation) and 5 into ``out``, written together; returns the file names."""
+    """Figures 1, 3, 4 and 5 into ``out``, written together; returns the file names."""
     from vb_probe.visualize import attention_figure
 
     figures = {f"fig3_entity_grounding{suffix}": entity.plot()}
-    for relation in syntactic.relations if syntactic is not None else []:
-        figures[f"fig4_syntactic_{relation}{suffix}"] = syntactic.plot(relation)
+    if syntactic is not None:
+        figures[f"fig4_syntactic{suffix}"] = syntactic.plot()
     flickr = Flickr30kEntities(flickr_root)
     for number, (image_id, caption_index) in enumerate(example_captions(flickr, entity.split)):
         figures[f"fig{1 if number == 0 else 5}_attention_{image_id}_{caption_index}{suffix}"] = attention_figure(
@@ -38,7 +38,7 @@ def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, mo
             scores=entity)
     with atomic_files(out) as staged:
         for name, figure in figures.items():
-            staged.figure(name, figure, dpi=200)
+            staged.figure(name, figure)
     return list(figures)
 
 

@@ -24,6 +24,7 @@ from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.hooks import ablate_heads, capture_attention_rows
 from vb_probe.metrics.boxes import region_hits
+from vb_probe.metrics.causal import causal_summary
 from vb_probe.tokenization import tokenize_words
 
 
@@ -77,46 +78,51 @@ def _batch(items: list[MaskedPhrase], pad_id: int, visual_token_type: int, devic
 
 
 @torch.no_grad()
-def masked_word_accuracy(model, items: list[MaskedPhrase], pad_id: int, batch_size: int = 64,
-                         visual_token_type: int = 1) -> float:
-    """Share of masked phrase words whose last sub-word the masked-LM head predicts exactly."""
+def masked_word_hits(model, items: list[MaskedPhrase], pad_id: int, batch_size: int = 64,
+                     visual_token_type: int = 1) -> np.ndarray:
+    """[n] bool: the masked-LM head predicts each phrase's masked last sub-word exactly."""
     device = next(model.parameters()).device
-    right = 0
+    hits = []
     for start in range(0, len(items), batch_size):
         chunk = items[start:start + batch_size]
         inputs, query, _ = _batch(chunk, pad_id, visual_token_type, device)
         logits, _ = model(inputs, torch.arange(len(chunk), device=device), query)
-        right += int((logits.argmax(-1).cpu() == torch.tensor([i.target for i in chunk])).sum())
-    return right / max(len(items), 1)
+        hits.append((logits.argmax(-1).cpu() == torch.tensor([i.target for i in chunk])).numpy())
+    return np.concatenate(hits) if hits else np.zeros(0, dtype=bool)
+
+
+def masked_word_accuracy(model, items: list[MaskedPhrase], pad_id: int, batch_size: int = 64,
+                         visual_token_type: int = 1) -> float:
+    """Share of masked phrase words whose last sub-word the masked-LM head predicts exactly."""
+    return float(masked_word_hits(model, items, pad_id, batch_size, visual_token_type).mean()) if items else 0.0
 
 
 def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, int]], pad_id: int, *,
-                 random_draws: int = 3, seed: int = 0, progress: bool = False) -> dict:
-    """Masked-entity-word accuracy with nothing, the top-k grounding heads, or k random heads ablated."""
+                 random_draws: int = 20, seed: int = 0, progress: bool = False) -> dict:
+    """Masked-entity-word accuracy with nothing, the top-k grounding heads, or k random heads ablated (one set
+    per draw), with a bootstrap interval over phrases and an empirical p-value (:func:`causal_summary`)."""
+    from tqdm.auto import tqdm
+
     if random_draws < 1:
         raise VbProbeError(f"--draws {random_draws}: the control needs at least 1 draw of random heads")
     encoder = model.visual_bert
     layers, heads = len(encoder.blocks), encoder.config.num_attention_heads
-    base = masked_word_accuracy(model, items, pad_id)
-    with ablate_heads(encoder, top_heads):
-        top = masked_word_accuracy(model, items, pad_id)
-    rng = np.random.default_rng(seed)
     pool = [(l, h) for l in range(layers) for h in range(heads) if (l, h) not in set(top_heads)]
     if len(pool) < len(top_heads):
         raise VbProbeError(f"-k {len(top_heads)}: the model has {layers * heads} heads, too few for k random others "
                            f"as a control; use -k {layers * heads // 2} or less")
-    from tqdm.auto import tqdm
-
+    intact = masked_word_hits(model, items, pad_id)
+    with ablate_heads(encoder, top_heads):
+        top = masked_word_hits(model, items, pad_id)
+    rng = np.random.default_rng(seed)
     draws = []
     for _ in tqdm(range(random_draws), desc=f"{len(top_heads)} random heads ablated", unit="draw",
                   disable=not progress, leave=False):
         chosen = [pool[i] for i in rng.choice(len(pool), len(top_heads), replace=False)]
         with ablate_heads(encoder, chosen):
-            draws.append(masked_word_accuracy(model, items, pad_id))
-    return {"n": len(items), "k": len(top_heads), "heads_ablated": [f"L{l}H{h}" for l, h in top_heads],
-            "accuracy_intact": base, "accuracy_top_k_ablated": top,
-            "accuracy_random_k_ablated": float(np.mean(draws)), "random_draws": draws,
-            "drop_top_k": base - top, "drop_random_k": base - float(np.mean(draws)),
+            draws.append(masked_word_hits(model, items, pad_id))
+    summary = causal_summary(intact, top, np.stack(draws), seed=seed)
+    return {"k": len(top_heads), "heads_ablated": [f"L{l}H{h}" for l, h in top_heads], **summary,
             "region_to_phrase_r1": None,
             "region_to_phrase_note": "needs a checkpoint fine-tuned for Flickr30K region-to-phrase "
                                      "(vb-train finetune --task flickr30k); this one has no such head"}

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -283,12 +284,16 @@ class GroundingResult(HeadScores):
                 "split": self.split, **self.provenance}
 
     def plot(self, ax=None):
-        """Figure 3 (the layer × head grid); returns the figure."""
+        """Figure 3 (the layer × head grid, with the head chosen on another split and the control's best head);
+        returns the figure."""
         from vb_probe.viz.head_grid import plot_head_grid
 
-        return plot_head_grid(self.accuracy, self.region_mass if self.region_mass is not None
-                              else np.ones(self.shape), self.baselines,
-                              title=f"Entity grounding, {self.split} split (n={self.n})", ax=ax)
+        selected = self.selected_head
+        control = self.control.best_head() if self.control is not None else None
+        return plot_head_grid(self.accuracy, self.region_mass, self.baselines,
+                              title=f"Entity grounding, {self.split} split ({self.n} phrases)",
+                              selected=(selected.layer, selected.head, selected.selected_on) if selected else None,
+                              control_best=(control.label, control.accuracy) if control else None, ax=ax)
 
     def save(self, folder: str | Path) -> Path:
         """``entity_grounding.csv``, ``run.json`` and ``entity_grounding.png``, replaced together."""
@@ -353,6 +358,8 @@ class SyntacticResult:
     control: dict[tuple[str, str], HeadScores] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 
+    FILES = ("syntactic.csv", "run.json", "syntactic.png")
+
     def __getitem__(self, key: tuple[str, str]) -> HeadScores:
         if key not in self.scores:
             raise KeyError(f"{key}: no arcs of this relation and direction reached a phrase with boxes "
@@ -380,24 +387,31 @@ class SyntacticResult:
     def rows(self) -> list[dict]:
         return [{"relation": r, "direction": d, **row} for (r, d), s in self.scores.items() for row in s.rows()]
 
-    def per_direction(self, relation: str) -> dict[str, dict]:
-        """What :func:`vb_probe.viz.relations.plot_relation_curves` draws for one relation."""
-        out = {}
+    def panel(self, relation: str) -> dict:
+        """What Figure 4 draws for one relation: per direction, each layer's best head with its 95% interval,
+        the highest-confidence baseline and the random-init control's per-layer best."""
+        directions = {}
         for direction in DIRECTIONS:
             scores = self.scores.get((relation, direction))
             if scores is None:
-                out[direction] = {"n": 0, "per_layer_best": [], "highest_confidence": None}
+                directions[direction] = {"n": 0}
                 continue
-            out[direction] = {"n": scores.n, "per_layer_best": [_head_dict(h) for h in scores.per_layer_best()],
-                              **scores.baselines}
-        return out
+            best = scores.per_layer_best()
+            intervals = [scores.interval(h.layer, h.head) for h in best]
+            control = self.control.get((relation, direction))
+            directions[direction] = {
+                "n": scores.n, "layers": [h.layer for h in best], "accuracy": [h.accuracy for h in best],
+                "low": [lo for lo, _ in intervals], "high": [hi for _, hi in intervals],
+                "baseline": scores.baselines.get("highest_confidence"),
+                "control": [h.accuracy for h in control.per_layer_best()] if control is not None else None}
+        return {"relation": relation, "directions": directions}
 
-    def plot(self, relation: str | None = None, ax=None):
-        """Figure 4 for one relation (or, with none given, the first); returns the figure."""
-        from vb_probe.viz.relations import plot_relation_curves
+    def plot(self, relations: Sequence[str] | None = None):
+        """Figure 4: the relations side by side (all of them unless ``relations`` names some); returns the figure."""
+        from vb_probe.viz.relations import plot_relation_panels
 
-        relation = relation or self.relations[0]
-        return plot_relation_curves(relation, self.per_direction(relation), ax=ax)
+        return plot_relation_panels([self.panel(r) for r in (relations or self.relations)],
+                                    title=f"Syntactic grounding, {self.split} split")
 
     def run_json(self) -> dict:
         relations: dict[str, dict] = {}
@@ -419,13 +433,12 @@ class SyntacticResult:
                 "skipped": self.skipped, "parser": self.parser, "split": self.split, **self.provenance}
 
     def save(self, folder: str | Path) -> Path:
-        """``syntactic.csv``, ``run.json`` and ``syntactic_<relation>.png``, replaced together."""
+        """``syntactic.csv``, ``run.json`` and ``syntactic.png`` (Figure 4), replaced together."""
         folder = Path(folder)
         _refuse_other_run(folder, "syntactic")
-        figures = {relation: self.plot(relation) for relation in self.relations}
+        figure = self.plot()
         with atomic_files(folder) as staged:
-            for relation, figure in figures.items():
-                staged.figure(f"syntactic_{relation}.png", figure)
+            staged.figure("syntactic.png", figure)
             staged.text("syntactic.csv", csv_text(SYNTACTIC_COLUMNS, self.rows()))
             staged.json("run.json", self.run_json())
         return folder

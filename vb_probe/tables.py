@@ -88,6 +88,8 @@ def format_syntactic_summary(result: SyntacticResult) -> str:
                 continue
             best = scores.best_head()
             hc = scores.baselines.get("highest_confidence")
-            lines.append(f"  {relation:8s} {direction:18s} n={scores.n:5d} best {best.label} {best.accuracy:.3f}  "
-                         f"highest-confidence {'n/a' if hc is None else f'{hc:.3f}'}")
+            chosen = result.selected.get((relation, direction))
+            chosen_text = f"chosen on {chosen.selected_on} {chosen.label} {chosen.accuracy:.3f}  " if chosen else ""
+            lines.append(f"  {relation:8s} {direction:18s} n={scores.n:5d} {chosen_text}best {best.label} "
+                         f"{best.accuracy:.3f}  highest-confidence {'n/a' if hc is None else f'{hc:.3f}'}")
     return "\n".join(lines)

@@ -68,13 +68,12 @@ def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, i
     annotation = flickr.annotation(str(image_id))
     choices = word_region_choices(model, tokenizer, caption.words, regions, visual_token_type)  # [L, H, n]
     groups: list[int | None] = [None] * len(caption.words)
-    hits: list[np.ndarray | None] = [None] * len(caption.words)
     for phrase in caption.phrases:
         if phrase.entity_id in annotation.boxes:  # words of one boxed entity share a colour
-            for w in range(phrase.first_word_index, phrase.last_word_index + 1):
-                groups[w] = phrase.entity_id
-                hits[w] = region_hits(regions.boxes, annotation.boxes[phrase.entity_id])
-    layer_heads = scores.per_layer_best() if scores is not None else heads_for_caption(choices, hits)
+            groups[phrase.first_word_index:phrase.last_word_index + 1] = [phrase.entity_id] * len(phrase.words)
+    entity_hits = {g: region_hits(regions.boxes, annotation.boxes[g]) for g in set(groups) - {None}}
+    word_hits = [entity_hits.get(g) for g in groups]
+    layer_heads = scores.per_layer_best() if scores is not None else heads_for_caption(choices, word_hits)
     panels = [{"layer": h.layer, "head": h.head, "accuracy": h.accuracy, "choices": choices[h.layer, h.head]}
               for h in heads_from_scores(layer_heads)]
     image = None
@@ -86,6 +85,7 @@ def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, i
     size = (regions.image_w or annotation.width, regions.image_h or annotation.height)
     source = "its grounding accuracy" if scores is not None else "its hits on this caption"
     return plot_attention_on_image(image, size, regions.boxes, list(caption.words), groups, panels,
+                                   gold={g: annotation.boxes[g] for g in entity_hits}, hits=entity_hits,
                                    title=f"image {image_id}, caption {caption_index}: each entity word's most-attended "
                                          f"region ({source} in brackets)")
 
@@ -100,5 +100,5 @@ def render_attention_figure(model, tokenizer, flickr_root: Path, features_path: 
                            images_dir=images_dir, scores=scores, visual_token_type=visual_token_type)
     out_path = Path(out_path)
     with atomic_files(out_path.parent if str(out_path.parent) else Path(".")) as staged:
-        staged.figure(out_path.name, fig, dpi=200)
+        staged.figure(out_path.name, fig)
     return out_path

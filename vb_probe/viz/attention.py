@@ -1,12 +1,31 @@
-"""Figures 1 and 5: which region each word attends to most, on the image, for one head per layer."""
+"""Figures 1 and 5: which region each entity word attends to most, on the image, for one head per layer."""
 
 from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 FUNCTION_WORDS = {"a", "an", "the", "two", "his", "her", "its", "their", "some"}  # not drawn: they carry no entity
-PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324"]
+# colours that are not the world's object colours' own names' first guesses, in an order that keeps neighbours apart
+PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#e377c2", "#8c564b"]
+
+
+def _label_positions(boxes: list[np.ndarray], texts: list[str], size: tuple[float, float]) -> list[tuple[float, float]]:
+    """Top-left corners for the labels of ``boxes`` so that no two overlap: each starts at its box's top-left
+    corner and moves down a line at a time past the labels placed before it (sizes estimated from the text)."""
+    width, height = size
+    line = 0.065 * height
+    placed: list[tuple[float, float, float, float]] = []
+    out = []
+    for box, text in zip(boxes, texts):
+        w = (0.019 * len(text) + 0.02) * width
+        x, y = float(min(box[0], width - w)), float(max(box[1], 0))
+        while any(x < px + pw and px < x + w and y < py + line and py < y + line for px, py, pw, _ in placed):
+            y += line
+        placed.append((x, y, w, line))
+        out.append((x, min(y, height - line)))
+    return out
 
 
 def plot_attention_on_image(
@@ -17,61 +36,78 @@ def plot_attention_on_image(
     word_groups: list[int | None],
     panels: list[dict],
     *,
+    gold: dict[int, np.ndarray] | None = None,
+    hits: dict[int, np.ndarray] | None = None,
     title: str = "",
 ) -> Figure:
-    """``boxes`` [R, 4]; ``word_groups[i]`` the entity id of word i (None: not in a phrase; words of one
-    entity share a colour). ``panels``: dicts with ``layer``, ``head``, ``accuracy`` and ``choices`` —
-    the attended region index per word (-1 to leave the word out). Returns a figure of up to 2×3 panels."""
+    """``boxes`` [R, 4] the regions; ``word_groups[i]`` the entity of word i (None: not in a boxed phrase; an
+    entity's words share a colour and a number); ``gold[entity]`` [n, 4] its gold boxes (dashed); ``hits[entity]``
+    [R] bool, which regions hit them (IoU ≥ 0.5). ``panels``: dicts with ``layer``, ``head``, ``accuracy`` and
+    ``choices`` (the attended region per word, -1 to leave it out). Only picked and gold boxes are drawn: solid
+    when the pick hits gold, dotted when it misses. Returns a figure of up to 2×3 panels."""
+    from matplotlib.offsetbox import AnchoredOffsetbox, HPacker, TextArea
+
     n = len(panels)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
     width, height = size
-    fig = Figure(figsize=(4.6 * cols, 4.6 * rows * height / width + 1.2), dpi=110)
+    panel_height = 4.4 * height / width
+    fig = Figure(figsize=(4.4 * cols, panel_height * rows + 1.5), dpi=120, layout="constrained")
+    grid = fig.add_gridspec(rows + 1, cols, height_ratios=[panel_height] * rows + [0.55])
     groups = [g for g in dict.fromkeys(word_groups) if g is not None]
     colour_of = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
-    for index, panel in enumerate(panels):
-        ax = fig.add_subplot(rows, cols, index + 1)
+    number_of = {g: i + 1 for i, g in enumerate(groups)}
+    axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n)]
+    for ax, panel in zip(axes, panels):
         if image is not None:
             ax.imshow(image, extent=(0, width, height, 0))
         else:
-            ax.add_patch(_rect((0, 0, width, height), "#f4f4f4", fill=True, lw=0))
-        for box in boxes:
-            ax.add_patch(_rect(box, "#999999", lw=0.4, alpha=0.5))
-        labelled: dict[tuple[int, int], list[str]] = {}  # (region, entity) → its words: one label per entity
+            ax.add_patch(_rect((0, 0, width, height), "#f2f2f2", fill=True, lw=0))
+        for group in groups:
+            for box in (gold or {}).get(group, []):
+                ax.add_patch(_rect(box, colour_of[group], lw=1.4, style="--"))
+        picked: dict[tuple[int, int], list[str]] = {}  # (region, entity) → its words: one label per entity
         for word, group, region in zip(words, word_groups, panel["choices"]):
             if group is None or region < 0 or word.lower() in FUNCTION_WORDS:
                 continue
-            labelled.setdefault((int(region), group), []).append(word)
-            ax.add_patch(_rect(boxes[region], colour_of[group], lw=2.2))
-        stacked: dict[int, int] = {}
-        for (region, group), region_words in labelled.items():
-            x1, y1 = boxes[region][:2]
-            offset = stacked.get(region, 0)
-            stacked[region] = offset + 1
-            ax.text(x1 + 2, y1 + 2 + offset * 0.06 * height, " ".join(region_words), fontsize=7, va="top",
-                    color="white", bbox=dict(facecolor=colour_of[group], alpha=0.85, pad=1, linewidth=0))
+            picked.setdefault((int(region), group), []).append(word)
+        keys = list(picked)
+        for (region, group) in keys:
+            right = hits is not None and group in hits and bool(hits[group][region])
+            ax.add_patch(_rect(boxes[region], colour_of[group], lw=2.4, style="-" if right else ":"))
+        texts = [f"{number_of[g]} {' '.join(picked[(r, g)])}" for r, g in keys]
+        corners = _label_positions([boxes[r] for r, _ in keys], texts, size)
+        for (_, group), text, (x, y) in zip(keys, texts, corners):
+            ax.text(x + 2, y + 2, text, fontsize=7, va="top", color="white",
+                    bbox=dict(facecolor=colour_of[group], alpha=0.9, pad=1.2, linewidth=0))
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_xticks([])
         ax.set_yticks([])
         accuracy = panel.get("accuracy")
-        ax.set_title(f"layer {panel['layer']}, head {panel['head']}"
-                     + (f" ({accuracy:.2f})" if accuracy is not None else ""), fontsize=9)
-    # the caption, entity words in their colour
-    x = 0.02
-    for word, group in zip(words, word_groups):
-        fig.text(x, 0.015, word, fontsize=10, color=colour_of.get(group, "black"),
-                        weight="bold" if group is not None else "normal")
-        x += 0.011 * (len(word) + 1) * (3 / cols)
+        ax.set_title(f"layer {panel['layer']}, head {panel['head']}" + (f" ({accuracy:.2f})" if accuracy is not None
+                                                                       else ""), fontsize=9)
+    caption = [TextArea(word + (f"$^{{{number_of[g]}}}$" if g is not None and
+                                (i + 1 == len(words) or word_groups[i + 1] != g) else ""),
+                        textprops=dict(color=colour_of.get(g, "black"), fontsize=10,
+                                       weight="bold" if g is not None else "normal"))
+               for i, (word, g) in enumerate(zip(words, word_groups))]
+    key = [Line2D([], [], color="black", ls="--", lw=1.4, label="gold box of the entity"),
+           Line2D([], [], color="black", ls="-", lw=2.4, label="most-attended region: hits gold (IoU ≥ 0.5)"),
+           Line2D([], [], color="black", ls=":", lw=2.4, label="most-attended region: misses")]
+    footer = fig.add_subplot(grid[rows, :])  # the caption, its entities numbered and coloured, then the key
+    footer.set_axis_off()
+    footer.add_artist(AnchoredOffsetbox(loc="upper center", child=HPacker(children=caption, pad=0, sep=4),
+                                        frameon=False))
+    footer.legend(handles=key, loc="lower center", ncol=3, fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97), h_pad=2.0)
     return fig
 
 
-def _rect(box, colour, lw=1.0, alpha=1.0, fill=False):
+def _rect(box, colour, lw=1.0, alpha=1.0, fill=False, style="-"):
     from matplotlib.patches import Rectangle
 
     x1, y1, x2, y2 = (float(v) for v in box)
     return Rectangle((x1, y1), x2 - x1, y2 - y1, fill=fill, edgecolor=colour if not fill else None,
-                     facecolor=colour if fill else "none", linewidth=lw, alpha=alpha)
+                     facecolor=colour if fill else "none", linewidth=lw, alpha=alpha, linestyle=style)

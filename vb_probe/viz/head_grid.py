@@ -4,51 +4,84 @@ from __future__ import annotations
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 SMALL_MASS = 0.2  # the paper draws heads with under 20% of their attention on regions as small dots
+BASELINE_STYLES = {"highest_confidence": ("darkorange", "highest-confidence region"), "random": ("dimgrey", "random region")}
+
+
+def _dot_size(mass: np.ndarray) -> np.ndarray:
+    return np.where(mass >= SMALL_MASS, 40 + 180 * mass, 12)
+
+
+def _spread(values: list[float], gap: float) -> list[float]:
+    """Label positions for ``values`` (ascending order kept), at least ``gap`` apart, as close to them as may be."""
+    placed: list[float] = []
+    for value in values:
+        placed.append(max(value, placed[-1] + gap) if placed else value)
+    return placed
 
 
 def plot_head_grid(
     accuracy: np.ndarray,
-    region_mass: np.ndarray,
+    region_mass: np.ndarray | None,
     baselines: dict[str, float | None] | None = None,
     *,
     title: str = "Entity grounding per head",
+    selected: tuple[int, int, str] | None = None,
+    control_best: tuple[str, float] | None = None,
     ax=None,
 ) -> Figure:
-    """``accuracy`` and ``region_mass`` [layer, head] in [0, 1]. Colour = accuracy; dot size = region mass
-    (under 20% drawn small); baselines marked on the colour bar."""
-    accuracy, region_mass = np.asarray(accuracy, float), np.asarray(region_mass, float)
+    """``accuracy`` and ``region_mass`` [layer, head] in [0, 1] (mass None: all dots one size). Colour = accuracy,
+    dot size = region mass (a key below); the baselines are labelled on the colour bar; a red ring marks the best
+    head, a blue square the head chosen on another split (``selected`` = layer, head, split); ``control_best`` =
+    (label, accuracy) of a random-initialised model's best head. Returns the figure."""
+    accuracy = np.asarray(accuracy, float)
+    mass = np.ones_like(accuracy) if region_mass is None else np.asarray(region_mass, float)
     layers, heads = accuracy.shape
     if ax is None:
-        fig = Figure(figsize=(1.0 + 0.45 * heads, 1.0 + 0.42 * layers), dpi=120)
+        fig = Figure(figsize=(2.6 + 0.5 * heads, 2.4 + 0.42 * layers), dpi=120, layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
+    shown = {k: v for k, v in (baselines or {}).items() if v is not None and k in BASELINE_STYLES}
+    top = max([float(np.nanmax(accuracy))] + list(shown.values()) + [1e-6])
     hh, ll = np.meshgrid(np.arange(heads), np.arange(layers))
-    sizes = np.where(region_mass >= SMALL_MASS, 40 + 180 * region_mass, 12)
-    shown = {k: v for k, v in (baselines or {}).items() if v is not None}
-    # colour scale up to the best head (or a baseline above it); the oracle is named in the title instead
-    top = max([float(np.nanmax(accuracy))] + [v for k, v in shown.items() if k != "oracle"] + [1e-6])
-    points = ax.scatter(hh.ravel(), ll.ravel(), c=accuracy.ravel(), s=sizes.ravel(), cmap="viridis",
+    points = ax.scatter(hh.ravel(), ll.ravel(), c=accuracy.ravel(), s=_dot_size(mass).ravel(), cmap="viridis",
                         vmin=0.0, vmax=top, edgecolors="black", linewidths=0.3)
     best = np.unravel_index(np.nanargmax(accuracy), accuracy.shape)
-    ax.scatter([best[1]], [best[0]], s=340, facecolors="none", edgecolors="red", linewidths=1.5)
+    handles = [Line2D([], [], marker="o", ls="", ms=15, mfc="none", mec="red", mew=1.6,
+                      label=f"best head L{best[0]}H{best[1]} {accuracy[best]:.3f} (chosen on these data)")]
+    ax.scatter([best[1]], [best[0]], s=340, facecolors="none", edgecolors="red", linewidths=1.6)
+    if selected is not None:
+        layer, head, split = selected
+        ax.scatter([head], [layer], s=420, marker="s", facecolors="none", edgecolors="tab:blue", linewidths=1.6)
+        handles.append(Line2D([], [], marker="s", ls="", ms=15, mfc="none", mec="tab:blue", mew=1.6,
+                              label=f"chosen on {split}: L{layer}H{head} {accuracy[layer, head]:.3f} here"))
+    if control_best is not None:
+        handles.append(Line2D([], [], ls="", label=f"random-init control: best {control_best[0]} {control_best[1]:.3f}"))
+    sizes = [Line2D([], [], marker="o", ls="", mfc="lightgrey", mec="black", mew=0.3,
+                    ms=np.sqrt(_dot_size(np.array(value))), label=label)
+             for value, label in ((0.1, f"<{SMALL_MASS:.0%}"), (0.2, "20%"), (0.6, "60%"), (1.0, "100%"))]
     ax.set_xticks(range(heads))
     ax.set_yticks(range(layers))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.set_xlim(-0.7, heads - 0.3)
     ax.set_ylim(layers - 0.3, -0.7)
-    styles = {"highest_confidence": ("darkorange", "highest-confidence"), "random": ("grey", "random"),
-              "oracle": ("black", "oracle")}
-    baseline_text = ", ".join(f"{styles[k][1]} {v:.3f}" for k, v in shown.items() if k in styles)
-    ax.set_title(f"{title}\nbest L{best[0]}H{best[1]} = {accuracy[best]:.3f} (red ring); small dots: <20% attention "
-                 f"on regions\nbaselines: {baseline_text} (lines on the colour bar)", fontsize=8)
+    ax.set_title(title, fontsize=11)
     bar = fig.colorbar(points, ax=ax, fraction=0.05, pad=0.02)
-    bar.set_label("accuracy")
-    for name, value in shown.items():
-        if name in styles and value <= top:
-            bar.ax.axhline(value, color=styles[name][0], linewidth=2.5)
-    fig.tight_layout()
+    bar.set_label("accuracy (IoU ≥ 0.5 with a gold box)")
+    bar.ax.yaxis.set_ticks_position("left")
+    bar.ax.yaxis.set_label_position("left")
+    names = sorted(shown, key=shown.get)
+    for name, y in zip(names, _spread([shown[n] for n in names], gap=0.07 * top)):
+        colour, label = BASELINE_STYLES[name]
+        bar.ax.axhline(shown[name], color=colour, linewidth=2.5)
+        bar.ax.annotate(f"{label}\n{shown[name]:.3f}", xy=(1.0, shown[name]), xytext=(1.5, y),
+                        textcoords=("axes fraction", "data"), xycoords=("axes fraction", "data"), fontsize=8,
+                        color=colour, va="center", arrowprops=dict(arrowstyle="-", color=colour, lw=0.8))
+    fig.legend(handles=handles, loc="outside lower left", ncol=1, fontsize=8, frameon=False)
+    fig.legend(handles=sizes, loc="outside lower right", ncol=4, fontsize=8, frameon=False, columnspacing=0.8,
+               title="dot size: attention on regions", title_fontsize=8)
     return fig

@@ -1,42 +1,55 @@
-"""Figure 4: per layer, the best head's accuracy on a dependency relation against the baseline."""
+"""Figure 4: per dependency relation, each layer's best head against the baseline and a random-init control."""
 
 from __future__ import annotations
 
+import numpy as np
 from matplotlib.figure import Figure
 
+DIRECTION_STYLE = {"head_to_dependent": ("tab:blue", "head word → its dependent's region"),
+                   "dependent_to_head": ("tab:green", "dependent → its head word's region")}
 
-def plot_relation_curves(
-    relation: str,
-    per_direction: dict[str, dict],
-    *,
-    ax=None,
-) -> Figure:
-    """``per_direction[direction]`` = ``{"per_layer_best": [{layer, head, accuracy}…], "highest_confidence": x,
-    "n": n}``. One solid line per direction; its baseline dashed in the same colour."""
-    if ax is None:
-        fig = Figure(figsize=(6.0, 3.6), dpi=120)
-        ax = fig.add_subplot()
-    else:
-        fig = ax.figure
-    colours = {"head_to_dependent": "tab:blue", "dependent_to_head": "tab:green"}
-    for direction, info in per_direction.items():
-        colour = colours.get(direction, "tab:purple")
-        layers = [p["layer"] for p in info["per_layer_best"]]
-        acc = [p["accuracy"] for p in info["per_layer_best"]]
-        if not layers:
-            continue
-        ax.plot(layers, acc, marker="o", color=colour, label=f"{direction} best head (n={info['n']})")
-        if info.get("highest_confidence") is not None:
-            ax.axhline(info["highest_confidence"], color=colour, linestyle="--", linewidth=1,
-                       label=f"{direction} highest-confidence baseline")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("accuracy of the layer's best head")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"Syntactic grounding: {relation}")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-    else:
-        ax.text(0.5, 0.5, "no arcs of this relation reach a phrase with boxes", ha="center", transform=ax.transAxes)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+
+def plot_relation_panels(panels: list[dict], *, title: str = "Syntactic grounding") -> Figure:
+    """One panel per relation, side by side. ``panels[i]`` = ``{"relation": str, "directions": {direction: d}}``
+    with ``d`` = ``{"n", "layers", "accuracy", "low", "high" (the per-layer best head and its 95% interval),
+    "baseline" (highest-confidence, or None), "control" (per-layer best of the random-init control, or None)}``;
+    a direction with ``n == 0`` is said in the panel, not dropped. The y-axis spans the data. Returns the figure."""
+    fig = Figure(figsize=(3.6 * len(panels) + 0.6, 3.9), dpi=120, layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    values = [v for p in panels for d in p["directions"].values() if d["n"]
+              for v in [*d["low"], *d["high"], d["baseline"] or 0, *(d["control"] or [])]]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    margin = 0.08 * (high - low or 1)
+    for ax, panel in zip(axes, panels):
+        missing = []
+        for direction, d in panel["directions"].items():
+            colour, label = DIRECTION_STYLE.get(direction, ("tab:purple", direction))
+            if not d["n"]:
+                missing.append(label)
+                continue
+            layers = np.asarray(d["layers"])
+            ax.plot(layers, d["accuracy"], marker="o", ms=3.5, color=colour, label=f"{label} (n={d['n']})")
+            ax.fill_between(layers, d["low"], d["high"], color=colour, alpha=0.15, linewidth=0)
+            if d["baseline"] is not None:
+                ax.axhline(d["baseline"], color=colour, linestyle="--", linewidth=1)
+            if d["control"] is not None:
+                ax.plot(layers, d["control"], color=colour, linestyle=":", linewidth=1.2)
+        for label in missing:
+            ax.text(0.02, 0.02 + 0.07 * missing.index(label), f"{label}: no arc whose target is in a boxed phrase",
+                    transform=ax.transAxes,
+                    fontsize=7, color="dimgrey")
+        ax.set_title(panel["relation"], fontsize=11)
+        ax.set_xlabel("layer")
+        ax.set_ylim(max(0.0, low - margin), min(1.0, high + margin))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("accuracy of the layer's best head")
+    from matplotlib.lines import Line2D
+
+    key = [Line2D([], [], color="black", marker="o", ms=3.5, label="best head of the layer (band: 95% interval)"),
+           Line2D([], [], color="black", ls="--", lw=1, label="highest-confidence region"),
+           Line2D([], [], color="black", ls=":", lw=1.2, label="random-init control, best head of the layer")]
+    fig.legend(handles=key, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=12)
     return fig
