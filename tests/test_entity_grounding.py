@@ -294,3 +294,25 @@ def test_causal_summary_by_hand():
     strong = causal_summary(np.ones(200, bool), np.zeros(200, bool), np.ones((19, 200), bool), bootstrap=200)
     assert strong["p_value"] == pytest.approx(1 / 20) and strong["excess_drop_ci95"] == [1.0, 1.0]
     assert strong["distinguishable"] and strong["verdict"].startswith("ablating the top-k heads drops accuracy 1.000")
+
+
+def test_prefetched_keeps_order_raises_in_turn_and_stops_early():
+    import threading
+
+    from vb_probe.batching import prefetched
+
+    assert list(prefetched((lambda i=i: i * i) for i in range(20))) == [i * i for i in range(20)]
+
+    def fail():
+        raise KeyboardInterrupt
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        for value in prefetched([lambda: 1, lambda: 2, fail, lambda: 4]):
+            seen.append(value)
+    assert seen == [1, 2]  # the jobs before the failing one are all delivered first
+    started = []
+    gen = prefetched((lambda i=i: started.append(i) or i) for i in range(1000))
+    assert next(gen) == 0
+    gen.close()  # the consumer stops: the worker stops too, far short of the 1000 jobs
+    assert len(started) < 10 and not any(t.name == "vb-probe-prefetch" for t in threading.enumerate())

@@ -242,3 +242,72 @@ def test_fuzz_conllu_reader(text):
     for parse in parses.values():
         assert len(parse.words) == len(parse.heads) == len(parse.relations)
         assert all(0 <= h <= len(parse.words) for h in parse.heads)
+
+
+@pytest.fixture(scope="module")
+def real_shaped(tmp_path_factory):
+    """12 images of the built-in world with 100 regions × 2048-d features each (as detectors write them) and a
+    small model over them."""
+    import torch
+    from transformers import VisualBertConfig
+
+    from bench.real_shaped import write_real_shaped_set
+    from vb_probe.checkpoints import save_model
+    from vb_probe.model import VisualBertModel
+    from vb_probe.tokenization import load_tokenizer
+
+    root = tmp_path_factory.mktemp("real")
+    data = write_real_shaped_set(root, 12)
+    vocab = len(load_tokenizer(root / "world" / "tokenizer"))
+    torch.manual_seed(0)
+    save_model(VisualBertModel(VisualBertConfig(vocab_size=vocab, visual_embedding_dim=2048, hidden_size=48,
+                                                num_hidden_layers=3, num_attention_heads=4, intermediate_size=96)),
+               root / "ckpt")
+    for f in (root / "world" / "tokenizer").iterdir():
+        shutil.copy(f, root / "ckpt")
+    return {**data, "ckpt": root / "ckpt"}
+
+
+def test_real_shaped_tables_are_byte_identical_across_batch_sizes(real_shaped, tmp_path):
+    tables = []
+    for batch in (1, 7, 64):
+        out = tmp_path / f"b{batch}"
+        assert probe_main(["entity-grounding", "--ckpt", str(real_shaped["ckpt"]), "--flickr30k",
+                           str(real_shaped["flickr30k"]), "--features", str(real_shaped["tsv"]), "--split", "train",
+                           "--batch-size", str(batch), "--out", str(out), "--quiet"]) == 0
+        tables.append((out / "entity_grounding.csv").read_bytes())
+    assert tables[0] == tables[1] == tables[2]
+
+
+def test_features_are_read_batch_by_batch_not_held(real_shaped):
+    """Collecting the split reads no features; each batch reads its own images' once; nothing keeps them."""
+    from collections import Counter
+
+    from vb_probe.api import load_model, load_tokenizer
+    from vb_probe.data.features import open_features
+    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.pipeline import ProbeConfig, collect_items, probe_pass
+
+    class CountingFeatures:
+        def __init__(self, store):
+            self.store, self.reads, self.source, self.dim = store, Counter(), store.source, store.dim
+
+        def __contains__(self, image_id):
+            return image_id in self.store
+
+        def __getitem__(self, image_id):
+            self.reads[image_id] += 1
+            return self.store[image_id]
+
+    features = CountingFeatures(open_features(real_shaped["tsv"]))
+    flickr = Flickr30kEntities(real_shaped["flickr30k"])
+    cfg = ProbeConfig(flickr30k=real_shaped["flickr30k"], features=real_shaped["tsv"], split="train")
+    image_ids = flickr.split("train")
+    items, *_ = collect_items(cfg, flickr, features, image_ids, None, "")
+    assert sum(features.reads.values()) == 0 and all(item.regions is None for item in items)
+    model = load_model(real_shaped["ckpt"])
+    probe_pass(model, load_tokenizer(model=model), items, batch_size=5, visual_token_type=1, max_text_len=64,
+               progress=False, features=features)
+    batches = [items[i:i + 5] for i in range(0, len(items), 5)]
+    expected = Counter(image for batch in batches for image in {item.image_id for item in batch})
+    assert features.reads == expected

@@ -6,34 +6,43 @@ region column r of row b is sequence position ``T_max + r``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from vb_probe.data.features import Regions
+from vb_probe.data.features import RegionFeatures, Regions
 from vb_probe.tokenization import tokenize_words
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)  # identity, not field-wise equality (fields hold arrays)
 class Query:
-    """One attention row to score: the last sub-word of ``word_index``; ``hits`` [R] bool over regions."""
+    """One attention row to score: the last sub-word of ``word_index``; ``gold`` [n, 4] the boxes it should
+    land on (None: nothing to score, e.g. a row read for display). Which regions hit them is worked out when
+    the image's regions are read, batch by batch."""
 
     group: str
     word_index: int
-    hits: np.ndarray
+    gold: np.ndarray | None
     unit: str = ""  # what it counts (phrase id, arc) — for messages and resumable bookkeeping
 
 
 @dataclass
 class ProbeItem:
-    """A caption with its image's regions and the queries to score on it."""
+    """A caption, its image and the queries to score on it. ``regions`` is read from the feature store when
+    the item's batch is collated (so a split never sits in memory), unless given here."""
 
     key: str  # <image_id>_<caption_index>
     words: tuple[str, ...]
-    regions: Regions
+    image_id: str
     queries: list[Query]
+    regions: Regions | None = None
 
 
 @dataclass
@@ -92,18 +101,27 @@ def pad_inputs(
 
 
 def collate(
-    items: list[ProbeItem], tokenizer, visual_token_type: int, max_text_len: int, device: torch.device | str = "cpu"
+    items: list[ProbeItem], tokenizer, visual_token_type: int, max_text_len: int,
+    features: RegionFeatures | None = None,
 ) -> ProbeBatch:
-    """Pad a list of items into one batch (text right-padded, regions right-padded)."""
+    """Pad a list of items into one batch (text right-padded, regions right-padded), on the CPU. Regions are
+    read from ``features`` once per image of the batch; a query's hits are its gold boxes' IoU ≥ 0.5 regions."""
+    from vb_probe.metrics.boxes import region_hits
+
+    read: dict[str, Regions] = {}
+    for item in items:
+        if item.regions is None and item.image_id not in read:
+            read[item.image_id] = features[item.image_id]
+    all_regions = [item.regions if item.regions is not None else read[item.image_id] for item in items]
     tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
     t_max = max(len(t.input_ids) for t in tokenized)
-    r_max = max(len(item.regions) for item in items)
+    r_max = max(len(r) for r in all_regions)
     inputs = pad_inputs([t.input_ids for t in tokenized], tokenizer.pad_token_id,
-                        regions=[item.regions.features for item in items], region_types=visual_token_type)
+                        regions=[r.features for r in all_regions], region_types=visual_token_type)
     b_idx, q_idx, hits, valid, confs, groups, truncated = [], [], [], [], [], [], []
-    any_confidence = all(item.regions.confidences is not None for item in items)
-    for b, (item, tokens) in enumerate(zip(items, tokenized)):
-        n_reg = len(item.regions)
+    any_confidence = all(r.confidences is not None for r in all_regions)
+    for b, (item, tokens, regions) in enumerate(zip(items, tokenized, all_regions)):
+        n_reg = len(regions)
         for query in item.queries:
             position = tokens.word_last_token[query.word_index]
             if position is None:
@@ -112,25 +130,81 @@ def collate(
             b_idx.append(b)
             q_idx.append(position)
             hit = np.zeros(r_max, dtype=bool)
-            hit[:n_reg] = query.hits
+            if query.gold is not None:
+                hit[:n_reg] = region_hits(regions.boxes, query.gold)
             hits.append(hit)
             ok = np.zeros(r_max, dtype=bool)
             ok[:n_reg] = True
             valid.append(ok)
             if any_confidence:
                 conf = np.zeros(r_max, dtype=np.float32)
-                conf[:n_reg] = item.regions.confidences
+                conf[:n_reg] = regions.confidences
                 confs.append(conf)
             groups.append(query.group)
     n = len(b_idx)
     return ProbeBatch(
-        inputs={k: v.to(device) for k, v in inputs.items()},
+        inputs=inputs,
         text_len=t_max,
-        batch_index=torch.tensor(b_idx, dtype=torch.long, device=device),
-        query_index=torch.tensor(q_idx, dtype=torch.long, device=device),
+        batch_index=torch.tensor(b_idx, dtype=torch.long),
+        query_index=torch.tensor(q_idx, dtype=torch.long),
         hits=torch.from_numpy(np.stack(hits)) if n else torch.zeros(0, r_max, dtype=torch.bool),
         region_valid=torch.from_numpy(np.stack(valid)) if n else torch.zeros(0, r_max, dtype=torch.bool),
         confidences=torch.from_numpy(np.stack(confs)) if (n and any_confidence) else None,
         groups=groups,
         truncated=truncated,
     )
+
+
+def prefetched(jobs: Iterator[Callable[[], T]], depth: int = 2) -> Iterator[T]:
+    """Run ``jobs`` (thunks, e.g. reading and collating one batch each) in a background thread, at most ``depth``
+    ahead of the consumer, and yield their results in order. An exception in a job is raised here, at its turn;
+    a consumer that stops early (an error, Ctrl-C) stops the thread."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        for job in jobs:
+            if stop.is_set():
+                return
+            try:
+                outcome = (True, job())
+            except BaseException as exc:  # handed to the consumer, which raises it in order
+                outcome = (False, exc)
+            while not stop.is_set():
+                try:
+                    results.put(outcome, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not outcome[0]:
+                return
+        results.put((True, _DONE))
+
+    worker = threading.Thread(target=work, name="vb-probe-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, value = results.get()
+            if not ok:
+                raise value
+            if value is _DONE:
+                return
+            yield value
+    finally:
+        stop.set()
+        worker.join(timeout=5)
+
+
+_DONE = object()
+
+
+def to_device(batch: ProbeBatch, device: torch.device | str, pin: bool = False) -> ProbeBatch:
+    """The batch's tensors on ``device`` (through pinned memory, and without waiting, when ``pin``)."""
+    def move(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+    return ProbeBatch({k: move(v) for k, v in batch.inputs.items()}, batch.text_len, move(batch.batch_index),
+                      move(batch.query_index), batch.hits, batch.region_valid, batch.confidences, batch.groups,
+                      batch.truncated)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vb_probe.atomic import write_text
-from vb_probe.batching import ProbeItem, Query, collate
+from vb_probe.batching import ProbeItem, Query, collate, prefetched, to_device
 from vb_probe.cache import user_cache_dir
 from vb_probe.checkpoints import file_sha256, weights_file
 from vb_probe.data.features import RegionFeatures, open_features
@@ -29,7 +29,6 @@ from vb_probe.data.parses import Parse, SpacyParser, check_parse_matches, read_c
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.hooks import capture_attention_rows, mask_text_to_text
 from vb_probe.hub import resolve
-from vb_probe.metrics.boxes import region_hits
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 
 MaskMode = Literal["posthoc", "intervene"]
@@ -177,38 +176,33 @@ class _Collection:
         self.skipped.setdefault(group, Counter())[reason] += 1
 
 
-class _ImageTargets:
-    """One image's regions and, per entity id, which regions hit its gold boxes (computed once per entity)."""
+@dataclass
+class _Image:
+    """What collecting needs of one image: its annotation, and whether the features hold it."""
 
-    def __init__(self, regions, annotation):
-        self.regions, self.annotation = regions, annotation
-        self._hits: dict[int, np.ndarray] = {}
-
-    def hits(self, entity_id: int) -> np.ndarray:
-        if entity_id not in self._hits:
-            self._hits[entity_id] = region_hits(self.regions.boxes, self.annotation.boxes[entity_id])
-        return self._hits[entity_id]
+    annotation: object
+    has_features: bool
 
 
-def _entity_queries(cfg: ProbeConfig, flickr: Flickr30kEntities, caption: Caption, image: _ImageTargets,
+def _entity_queries(cfg: ProbeConfig, flickr: Flickr30kEntities, caption: Caption, image: _Image,
                     seen: _Collection) -> list[Query]:
     """One query per phrase with gold boxes; every other phrase counted as skipped with its reason."""
     queries = []
     for phrase in caption.phrases:
         seen.n_units["phrases"] += 1
         reason = _entity_status(flickr, caption.image_id, phrase.entity_id, cfg.skip_unannotated)
-        if reason is None and image.regions is None:
+        if reason is None and not image.has_features:
             reason = "missing_features"
         if reason:
             seen.skip(ENTITY, reason)
             continue
-        queries.append(Query(ENTITY, phrase.last_word_index, image.hits(phrase.entity_id),
+        queries.append(Query(ENTITY, phrase.last_word_index, image.annotation.boxes[phrase.entity_id],
                              f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}"))
     return queries
 
 
 def _arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption, parse: Parse,
-                 image: _ImageTargets, seen: _Collection) -> list[Query]:
+                 image: _Image, seen: _Collection) -> list[Query]:
     """Per arc of a chosen relation, a query in each direction whose target word lies in a phrase with boxes."""
     queries = []
     for head, dep, relation in parse.arcs():
@@ -220,12 +214,13 @@ def _arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Captio
             phrase = _phrase_of_word(caption, target_word)
             reason = "not_in_phrase" if phrase is None else \
                 _entity_status(flickr, caption.image_id, phrase.entity_id, True)
-            if reason is None and image.regions is None:
+            if reason is None and not image.has_features:
                 reason = "missing_features"
             if reason:
                 seen.skip(group, f"target_{reason}")
                 continue
-            queries.append(Query(group, query_word, image.hits(phrase.entity_id), f"{caption.key}:{head}->{dep}"))
+            queries.append(Query(group, query_word, image.annotation.boxes[phrase.entity_id],
+                                 f"{caption.key}:{head}->{dep}"))
     return queries
 
 
@@ -237,15 +232,16 @@ def collect_items(
     parses: dict[str, Parse] | None,
     parse_source: str,
 ) -> tuple[list[ProbeItem], dict[str, Counter], dict[str, int], int]:
-    """Every phrase (and arc direction) of the split is turned into a query or counted as skipped."""
+    """Every phrase (and arc direction) of the split is turned into a query or counted as skipped. Items hold
+    image ids, not features: the features are read batch by batch (:func:`collate`)."""
     seen = _Collection()
     items: list[ProbeItem] = []
     n_captions = 0
     for image_id in image_ids:
-        if image_id not in features and not cfg.skip_missing_features:
+        has_features = image_id in features
+        if not has_features and not cfg.skip_missing_features:
             features[image_id]  # raises the one-line error naming the image
-        regions = features[image_id] if image_id in features else None
-        image = _ImageTargets(regions, flickr.annotation(image_id))
+        image = _Image(flickr.annotation(image_id), has_features)
         for caption in flickr.captions(image_id):
             n_captions += 1
             queries = _entity_queries(cfg, flickr, caption, image, seen) if cfg.entity else []
@@ -253,7 +249,7 @@ def collect_items(
                 parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, parse_source)
                 queries += _arc_queries(set(cfg.relations), flickr, caption, parse, image, seen)
             if queries:
-                items.append(ProbeItem(caption.key, caption.words, regions, queries))
+                items.append(ProbeItem(caption.key, caption.words, image_id, queries))
     return items, seen.skipped, dict(seen.n_units), n_captions
 
 
@@ -279,6 +275,23 @@ def region_attention_rows(model, batch, mask: MaskMode = "posthoc", precision: P
 def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem]]:
     for start in range(0, len(items), batch_size):
         yield items[start:start + batch_size]
+
+
+def score_batch(model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "posthoc",
+                precision: Precision = "fp32") -> None:
+    """One forward over a collated batch (on the model's device); every head's pick for every query added to
+    ``counts`` (group → :class:`HeadCounts`), with the baselines through the same rule."""
+    if not len(batch.groups):
+        return
+    region_rows = region_attention_rows(model, batch, mask, precision)
+    mass = region_rows.sum(-1)  # [layer, n, head]
+    correct = head_correct(region_rows, batch.region_valid, batch.hits)
+    base = baseline_scores(batch.hits, batch.region_valid, batch.confidences)
+    groups = np.array(batch.groups)
+    for group in dict.fromkeys(batch.groups):
+        sel = torch.from_numpy(np.flatnonzero(groups == group))
+        counts.setdefault(group, HeadCounts(len(model.blocks), model.config.num_attention_heads)).add(
+            correct[:, sel], mass[:, sel], {k: v[sel] for k, v in base.items()})
 
 
 def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], Counter]:
@@ -317,8 +330,12 @@ def probe_pass(
     resume: bool = False,
     save_every: int = 10,
     fingerprint: dict | None = None,
+    features: RegionFeatures | None = None,
 ) -> tuple[dict[str, HeadCounts], Counter]:
     """Score every query of ``items``; only the probed attention rows are computed and reduced per batch.
+
+    Batches are read from ``features`` and collated in a background thread while the model runs on the batch
+    before (in order, so results do not depend on timing); on CUDA they travel through pinned memory.
 
     With ``state_path``, counts and the number of finished batches are saved atomically every
     ``save_every`` batches; ``resume`` continues from there without counting anything twice, and only when
@@ -328,7 +345,6 @@ def probe_pass(
 
     from vb_probe.atomic import write_json
 
-    layers, heads = len(model.blocks), model.config.num_attention_heads
     counts: dict[str, HeadCounts] = {}
     truncated: Counter = Counter()
     done = 0
@@ -338,22 +354,15 @@ def probe_pass(
                                                              "batch_size": batch_size, "precision": precision})
     model.eval()  # attention dropout would distort the weights being read
     bar = tqdm(total=n_batches, initial=done, desc=description, unit="batch", disable=not progress, leave=False)
-    for number, chunk in enumerate(_batches(items, batch_size)):
-        if number < done:
-            continue
-        batch = collate(chunk, tokenizer, visual_token_type, max_text_len, device)
+    device = torch.device(device)
+    chunks = list(_batches(items, batch_size))[done:]
+    collated = prefetched((lambda chunk=chunk: collate(chunk, tokenizer, visual_token_type, max_text_len, features))
+                          for chunk in chunks)
+    for number, cpu_batch in enumerate(collated, start=done):
+        batch = to_device(cpu_batch, device, pin=device.type == "cuda")
         for query in batch.truncated:
             truncated[query.group] += 1
-        if len(batch.groups):
-            region_rows = region_attention_rows(model, batch, mask, precision)
-            mass = region_rows.sum(-1)  # [layer, n, head]
-            correct = head_correct(region_rows, batch.region_valid, batch.hits)
-            base = baseline_scores(batch.hits, batch.region_valid, batch.confidences)
-            groups = np.array(batch.groups)
-            for group in dict.fromkeys(batch.groups):
-                sel = torch.from_numpy(np.flatnonzero(groups == group))
-                counts.setdefault(group, HeadCounts(layers, heads)).add(
-                    correct[:, sel], mass[:, sel], {k: v[sel] for k, v in base.items()})
+        score_batch(model, batch, counts, mask, precision)
         bar.update(1)
         if state_path is not None and ((number + 1) % save_every == 0):
             write_json(state_path, {"run": {**(fingerprint or {}), "n_items": len(items), "batch_size": batch_size,
@@ -437,6 +446,7 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
             precision=cfg.precision, device=device, progress=progress, description=label,
             state_path=(out / f".{state_name}.progress.json") if out is not None else None, resume=resume,
             fingerprint={**config_dict(cfg), "pass": state_name, "pass_split": split, "model": checkpoint},
+            features=features,
         )
         for group, count in truncated.items():
             skipped.setdefault(group, Counter())["truncated"] += count
@@ -481,9 +491,9 @@ def word_region_attention(
 
     Returns [layer, head, n_words, R] float32 (NaN rows for words cut by truncation).
     """
-    item = ProbeItem("view", tuple(words), regions,
-                     [Query("view", w, np.zeros(len(regions), bool)) for w in range(len(words))])
-    batch = collate([item], tokenizer, visual_token_type, max_text_len, next(model.parameters()).device)
+    item = ProbeItem("view", tuple(words), regions.image_id, [Query("view", w, None) for w in range(len(words))],
+                     regions=regions)
+    batch = to_device(collate([item], tokenizer, visual_token_type, max_text_len), next(model.parameters()).device)
     out = np.full((len(model.blocks), model.config.num_attention_heads, len(words), len(regions)), np.nan,
                   dtype=np.float32)
     if len(batch.groups):

@@ -1,0 +1,144 @@
+"""Probing at real scale, end to end: the CLI's own path (`vb-probe entity-grounding`) on a generated real-shaped
+set (the built-in world's annotations; 100 regions × 2048-d features an image, LXMERT TSV), against the same
+model on pre-collated batches, and peak host memory at two split sizes (it should stay flat: features are read
+batch by batch).
+
+Each run is a child process, so its own peak RSS is measured; "end to end" is the probe call itself (reading,
+tokenising, collating, the forward, scoring), start-up (imports, loading the model) left out.
+
+    python bench/pipeline.py --quick                  # a few minutes on 2 cores: tiny model and BERT-base
+    python bench/pipeline.py --device cuda            # BERT-base on a GPU, larger splits
+
+Ends with one JSON line: ``captions_per_s`` (end to end, BERT-base), ``time_vs_model_only`` (end-to-end time over
+model-only time), ``data_path_captions_per_s`` (end to end with a tiny model: what the data path alone allows) and
+``peak_rss_ratio`` (peak host memory at the larger split over the smaller, tiny model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from vb_probe.api import load_model, load_tokenizer
+from vb_probe.batching import collate, to_device
+from vb_probe.data.features import open_features
+from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.pipeline import ProbeConfig, collect_items, run_probes, score_batch
+
+mode, ckpt, flickr, features, limit, batch, device, threads = {args!r}
+torch.set_num_threads(threads)
+torch.set_grad_enabled(False)
+model = load_model(ckpt, device=device)
+tokenizer = load_tokenizer(model=model)
+cfg = ProbeConfig(ckpt=ckpt, flickr30k=flickr, features=features, split="train", limit=limit, batch_size=batch,
+                  device=device)
+sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+if mode == "end_to_end":
+    start = time.perf_counter()
+    results = run_probes(cfg, model, tokenizer, progress=False)
+    sync()
+    seconds = time.perf_counter() - start
+    captions = results.main.n_captions
+else:  # the same model on batches collated beforehand: the ceiling of the pipeline
+    store, fl = open_features(features), Flickr30kEntities(flickr)
+    items, *_ = collect_items(cfg, fl, store, fl.split("train")[:limit], None, "")
+    batches = [to_device(collate(items[i:i + batch], tokenizer, 1, 128, store), device)
+               for i in range(0, len(items), batch)]
+    score_batch(model, batches[0], {{}})  # warm-up
+    sync()
+    start = time.perf_counter()
+    counts = {{}}
+    with torch.no_grad():
+        for b in batches:
+            score_batch(model, b, counts)
+    sync()
+    seconds = time.perf_counter() - start
+    captions = len(items)
+print(json.dumps({{"seconds": seconds, "captions": captions,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+
+def child(mode: str, ckpt: Path, data: dict, limit: int, batch: int, device: str, threads: int) -> dict:
+    script = CHILD.format(root=str(ROOT), args=(mode, str(ckpt), str(data["flickr30k"]), str(data["tsv"]), limit,
+                                                batch, device, threads))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"child {mode} failed:\n{result.stderr[-3000:]}")
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out["captions_per_s"] = out["captions"] / out["seconds"]
+    return out
+
+
+def make_checkpoint(folder: Path, tokenizer_dir: Path, size: str) -> Path:
+    """A random VisualBERT over 2048-d features: ``tiny`` (2 × 64) or ``base`` (BERT-base, 12 × 768)."""
+    import torch
+    from transformers import VisualBertConfig
+
+    from vb_probe.checkpoints import save_model
+    from vb_probe.model import VisualBertModel
+    from vb_probe.tokenization import load_tokenizer
+
+    if (folder / "model.safetensors").is_file():
+        return folder
+    vocab = len(load_tokenizer(tokenizer_dir))
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128) \
+        if size == "tiny" else {}
+    torch.manual_seed(0)
+    save_model(VisualBertModel(VisualBertConfig(vocab_size=vocab, visual_embedding_dim=2048, **shape)), folder)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, folder)
+    return folder
+
+
+def main() -> None:
+    from bench.real_shaped import write_real_shaped_set
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--quick", action="store_true", help="small splits (a few minutes on 2 cores)")
+    parser.add_argument("--work", type=Path, default=ROOT / "bench_out" / "pipeline")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    gpu = args.device.startswith("cuda")
+    small, large = (40, 320) if args.quick else (100, 800)
+    base_images = 10 if args.quick and not gpu else (200 if gpu else 40)
+    data = write_real_shaped_set(args.work, large)
+    tokenizer_dir = args.work / "world" / "tokenizer"
+    tiny, base = make_checkpoint(args.work / "tiny", tokenizer_dir, "tiny"), make_checkpoint(args.work / "base",
+                                                                                             tokenizer_dir, "base")
+    report: dict = {"bench": "pipeline", "device": args.device, "regions": 100, "feature_dim": 2048}
+    runs = {}
+    for name, ckpt, limit, batch, mode in (
+            ("tiny_small", tiny, small, 64, "end_to_end"), ("tiny_large", tiny, large, 64, "end_to_end"),
+            ("tiny_model_only", tiny, small, 64, "model_only"),
+            ("base_end_to_end", base, base_images, 256 if gpu else 16, "end_to_end"),
+            ("base_model_only", base, base_images, 256 if gpu else 16, "model_only")):
+        runs[name] = child(mode, ckpt, data, limit, batch, args.device, args.threads)
+        print(json.dumps({"run": name, **{k: round(v, 3) for k, v in runs[name].items()}}), flush=True)
+    report.update(
+        captions_per_s=round(runs["base_end_to_end"]["captions_per_s"], 2),
+        model_only_captions_per_s=round(runs["base_model_only"]["captions_per_s"], 2),
+        time_vs_model_only=round(runs["base_end_to_end"]["seconds"] / runs["base_model_only"]["seconds"], 3),
+        data_path_captions_per_s=round(runs["tiny_small"]["captions_per_s"], 1),
+        data_path_captions_per_s_large=round(runs["tiny_large"]["captions_per_s"], 1),
+        tiny_model_only_captions_per_s=round(runs["tiny_model_only"]["captions_per_s"], 1),
+        peak_rss_mb={"small": round(runs["tiny_small"]["peak_rss_mb"]), "large": round(runs["tiny_large"]["peak_rss_mb"])},
+        peak_rss_ratio=round(runs["tiny_large"]["peak_rss_mb"] / runs["tiny_small"]["peak_rss_mb"], 3),
+        split_images={"small": small, "large": large, "base": base_images})
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
