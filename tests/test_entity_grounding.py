@@ -316,3 +316,11 @@ def test_prefetched_keeps_order_raises_in_turn_and_stops_early():
     assert next(gen) == 0
     gen.close()  # the consumer stops: the worker stops too, far short of the 1000 jobs
     assert len(started) < 10 and not any(t.name == "vb-probe-prefetch" for t in threading.enumerate())
+
+
+def test_run_json_protocol_is_the_documented_one():
+    from vb_probe.pipeline import PROTOCOL_CHOICES
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
+    for key, statement in PROTOCOL_CHOICES.items():
+        assert key == "document" or f"`{key}`: {statement}" in doc, key

@@ -172,12 +172,12 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
     ]
     for relation in syntactic.relations:
         for direction in DIRECTIONS:
-            key = (relation, direction)
-            scores = syntactic.scores.get(key)
+            arc = (relation, direction)
+            scores = syntactic.scores.get(arc)
             if scores is None:
                 lines.append(f"| {relation} | {direction} | 0 | no arcs reach a boxed phrase | – | – | – |")
                 continue
-            chosen, control, best_test = syntactic.selected.get(key), syntactic.control.get(key), scores.best_head()
+            chosen, control, best_test = syntactic.selected.get(arc), syntactic.control.get(arc), scores.best_head()
             chosen_text = "–"
             if chosen is not None:
                 low, high = scores.interval(chosen.layer, chosen.head)
@@ -188,8 +188,9 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
                          f"{best_test.label} {best_test.accuracy:.3f} |")
     lines += ["", "![Figure 4](figures/fig4_syntactic.png)", "",
               "## Attention on the image (Figures 1 and 5)", "",
-              "For six layers, each layer's best grounding head: the region each entity word attends to most "
-              "(words of one entity share a colour).", ""]
+              "For six layers, each layer's best grounding head: the region each entity word attends to most (an "
+              "entity's words share a colour and a number), solid where it hits a gold box (dashed), dotted where "
+              "it misses.", ""]
     lines += [f"![{name}](figures/{name})" for name in examples]
     attribution, causal = extras["attribution"], extras["causal"]
     best_agree = attribution["best_agreeing_head"]

@@ -35,12 +35,18 @@ MaskMode = Literal["posthoc", "intervene"]
 Precision = Literal["fp32", "bf16"]
 DIRECTIONS = ("head_to_dependent", "dependent_to_head")
 ENTITY = "entity"
+# recorded in every run.json; docs/PROTOCOL.md states each of these verbatim (a test holds them in step)
 PROTOCOL_CHOICES = {
+    "document": "docs/PROTOCOL.md",
     "query_token": "last sub-word of the phrase's last word (syntactic: of the query word)",
     "correct_if": "IoU(argmax region, any gold box of the entity) >= 0.5, no union box",
     "iou_area": "continuous (x2-x1)*(y2-y1), gold boxes = XML pixels minus one",
     "argmax_ties": "lowest region index wins; padding regions never win",
     "region_columns": "text-to-text attention masked out post hoc (posthoc) or inside every layer (intervene)",
+    "baselines": "highest_confidence, random (expected), oracle: through the same IoU rule",
+    "skip_reasons": "notvisual, scene, nobox, not_in_annotation, missing_features, truncated; "
+                    "n_phrases = n_scored + sum(skipped)",
+    "selection": "selected_head: best on another split, scored here; control_random_init: same probe, random weights",
 }
 
 

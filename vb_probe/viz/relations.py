@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-DIRECTION_STYLE = {"head_to_dependent": ("tab:blue", "head word → its dependent's region"),
-                   "dependent_to_head": ("tab:green", "dependent → its head word's region")}
+DIRECTION_STYLE = {"head_to_dependent": ("tab:blue", "head → dependent"),
+                   "dependent_to_head": ("tab:green", "dependent → head")}
 
 
 def plot_relation_panels(panels: list[dict], *, title: str = "Syntactic grounding") -> Figure:
@@ -35,9 +35,8 @@ def plot_relation_panels(panels: list[dict], *, title: str = "Syntactic groundin
             if d["control"] is not None:
                 ax.plot(layers, d["control"], color=colour, linestyle=":", linewidth=1.2)
         for label in missing:
-            ax.text(0.02, 0.02 + 0.07 * missing.index(label), f"{label}: no arc whose target is in a boxed phrase",
-                    transform=ax.transAxes,
-                    fontsize=7, color="dimgrey")
+            ax.text(0.02, 0.02 + 0.07 * missing.index(label), f"{label}: no arc reaches a boxed phrase",
+                    transform=ax.transAxes, fontsize=7, color="dimgrey")
         ax.set_title(panel["relation"], fontsize=11)
         ax.set_xlabel("layer")
         ax.set_ylim(max(0.0, low - margin), min(1.0, high + margin))
@@ -50,6 +49,8 @@ def plot_relation_panels(panels: list[dict], *, title: str = "Syntactic groundin
     key = [Line2D([], [], color="black", marker="o", ms=3.5, label="best head of the layer (band: 95% interval)"),
            Line2D([], [], color="black", ls="--", lw=1, label="highest-confidence region"),
            Line2D([], [], color="black", ls=":", lw=1.2, label="random-init control, best head of the layer")]
-    fig.legend(handles=key, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles=key, loc="outside lower center", ncol=3, fontsize=8, frameon=False,
+               title="head → dependent: the head word's attention lands on its dependent's phrase region (e.g. a verb "
+                     "on its subject's); dependent → head: the reverse", title_fontsize=8)
     fig.suptitle(title, fontsize=12)
     return fig
