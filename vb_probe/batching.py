@@ -88,11 +88,16 @@ def pad_inputs(
     if regions is None:
         return inputs
     r_max = max(len(r) for r in regions)
-    visual = torch.zeros(batch, r_max, regions[0].shape[1], dtype=torch.float32)
+    if all(len(r) == r_max for r in regions):  # detectors often give every image the same count: one copy
+        visual = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in regions]))
+    else:
+        visual = torch.empty(batch, r_max, regions[0].shape[1], dtype=torch.float32)
+        for b, features in enumerate(regions):
+            visual[b, :len(features)] = torch.tensor(np.asarray(features, dtype=np.float32))  # may be read-only
+            visual[b, len(features):] = 0.0
     visual_mask = torch.zeros(batch, r_max, dtype=torch.long)
     visual_types = torch.zeros(batch, r_max, dtype=torch.long)
     for b, features in enumerate(regions):
-        visual[b, :len(features)] = torch.from_numpy(np.asarray(features, dtype=np.float32))
         visual_mask[b, :len(features)] = 1
         visual_types[b, :len(features)] = region_types if isinstance(region_types, int) else \
             torch.tensor(region_types[b], dtype=torch.long)
@@ -109,6 +114,7 @@ def collate(
     from vb_probe.metrics.boxes import region_hits
 
     read: dict[str, Regions] = {}
+    hits_of: dict[tuple[int, int], np.ndarray] = {}  # (regions, gold boxes) → hits: a phrase's captions share them
     for item in items:
         if item.regions is None and item.image_id not in read:
             read[item.image_id] = features[item.image_id]
@@ -131,7 +137,10 @@ def collate(
             q_idx.append(position)
             hit = np.zeros(r_max, dtype=bool)
             if query.gold is not None:
-                hit[:n_reg] = region_hits(regions.boxes, query.gold)
+                key = (id(regions), id(query.gold))
+                if key not in hits_of:
+                    hits_of[key] = region_hits(regions.boxes, query.gold)
+                hit[:n_reg] = hits_of[key]
             hits.append(hit)
             ok = np.zeros(r_max, dtype=bool)
             ok[:n_reg] = True
