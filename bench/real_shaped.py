@@ -17,14 +17,22 @@ from vb_probe.data.features import Regions, TsvFeatures, write_hdf5, write_tsv
 
 def write_real_shaped_set(out: Path, images: int, *, regions: int = 100, dim: int = 2048, seed: int = 0,
                           hdf5: bool = False) -> dict[str, Path]:
-    """Write ``out/world`` (the built-in world, ``images`` scenes) and ``out/features.tsv`` (+ ``.h5``) with
-    ``regions`` × ``dim`` features an image. Returns the paths (``flickr30k``, ``tsv``, ``h5``)."""
+    """Write ``out/world`` (the built-in world with at least ``images`` scenes in its train split) and
+    ``out/features.tsv`` (+ ``.h5``) with ``regions`` × ``dim`` features an image; an existing set that is large
+    enough is reused. Returns the paths (``flickr30k``, ``tsv``, ``h5``)."""
+    import json
+    import math
+
     from training.world import build_world
 
     out = Path(out)
     world = out / "world"
-    if not (world / "world.json").is_file():
-        build_world(world, images=images, seed=seed, hdf5=False, render=False, progress=False)
+    paths = {"flickr30k": world / "flickr30k", "tsv": out / "features.tsv", "h5": out / "features.h5"}
+    meta = world / "world.json"
+    if meta.is_file() and json.loads(meta.read_text())["splits"]["train"] >= images and paths["tsv"].is_file() \
+            and (paths["h5"].is_file() or not hdf5):
+        return paths
+    build_world(world, images=math.ceil(images / 0.8), seed=seed, hdf5=False, render=False, progress=False)
     source = TsvFeatures(world / "features.tsv")
     rng = np.random.default_rng(seed)
     shaped = []
@@ -38,7 +46,6 @@ def write_real_shaped_set(out: Path, images: int, *, regions: int = 100, dim: in
         shaped.append(Regions(image_id, boxes.astype(np.float32),
                               rng.standard_normal((regions, dim), dtype=np.float32),
                               rng.uniform(size=regions).astype(np.float32), w, h))
-    paths = {"flickr30k": world / "flickr30k", "tsv": out / "features.tsv", "h5": out / "features.h5"}
     write_tsv(paths["tsv"], shaped)
     if hdf5:
         write_hdf5(paths["h5"], shaped)
