@@ -30,7 +30,8 @@ def demo(tmp_path_factory):
 def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys):
     for name in ("entity_grounding/entity_grounding.csv", "entity_grounding/run.json", "syntactic/syntactic.csv",
                  "syntactic/run.json", "figures/fig3_entity_grounding.png", "figures/fig4_syntactic.png",
-                 "attribution/attribution_heads.csv", "attribution/attribution.json", "causal.json", "report.md"):
+                 "attribution/attribution_heads.csv", "attribution/attribution.json", "causal.json", "report.md",
+                 "explorer/index.html"):
         assert (demo / name).is_file(), name
     assert list((demo / "figures").glob("fig1_attention_*.png")) and list((demo / "figures").glob("fig5_attention_*.png"))
     run = json.loads((demo / "entity_grounding" / "run.json").read_text())
@@ -38,6 +39,7 @@ def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys):
     assert run["selected_head"]["selected_on"] == "val" and run["control_random_init"] is not None
     report = (demo / "report.md").read_text()
     assert "highest detector confidence" in report and "random-initialised" in report
+    assert "explorer/index.html" in report
     assert "Integrated gradients" in report and "best grounding heads lowers masked entity-word accuracy" in report
     assert set(json.loads((demo / "syntactic" / "run.json").read_text())["relations"]) == {"nsubj", "dobj", "pobj", "amod"}
     with open(demo / "syntactic" / "syntactic.csv") as handle:  # every head with its 95% interval

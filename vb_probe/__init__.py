@@ -23,6 +23,7 @@ _EXPORTS = {
     "syntactic_grounding": "vb_probe.api",
     "region_attention": "vb_probe.api",
     "TokenizerFallback": "vb_probe.api",
+    "explore": "vb_probe.explorer",
     "GroundingResult": "vb_probe.results",
     "SyntacticResult": "vb_probe.results",
     "HeadScores": "vb_probe.results",

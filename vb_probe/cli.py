@@ -125,6 +125,26 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    from vb_probe.data.features import open_features
+    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.data.parses import read_conllu
+    from vb_probe.explorer import explorer_data, write_explorer
+    from vb_probe.results import GroundingResult
+
+    out = _writable_out(args.out)
+    scores = GroundingResult.load(args.scores) if args.scores is not None else None
+    model, tokenizer = _load(args)
+    data = explorer_data(model, tokenizer, Flickr30kEntities(args.flickr30k), open_features(args.features),
+                         split=args.split, limit=args.limit, scores=scores,
+                         parses=read_conllu(args.parses) if args.parses else None, images_dir=args.images)
+    path = write_explorer(data, out)
+    size = path.stat().st_size
+    print(f"wrote {path} ({len(data['captions'])} captions, {size / 2**20:.1f} MiB, "
+          f"{size / max(len(data['captions']), 1) / 1024:.0f} KiB a caption); open it in a browser, offline")
+    return 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from vb_probe.figures import figures_from_results
 
@@ -291,6 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                "head); without it, the heads that ground this caption best")
     p.add_argument("--out", type=Path, help="the PNG, SVG or PDF to write (default attention_<id>_<k>.png)")
     p.set_defaults(func=cmd_visualize)
+
+    p = command("explore", "an interactive, offline HTML page of head attention on the image (one file)")
+    _model_options(p, "VisualBERT checkpoint: a transformers folder or a hub id")
+    p.set_defaults(limit=20)
+    p.add_argument("--scores", type=Path, help="an entity-grounding --out folder for the head grid (default: "
+                                               "computed on the captions shown)")
+    p.add_argument("--parses", type=Path, help="CoNLL-U parses: adds the nsubj / dobj / pobj views")
+    p.add_argument("--images", type=Path, help="folder of the images (<image_id>.jpg, .jpeg or .png)")
+    p.add_argument("--out", type=Path, required=True, help="folder for index.html")
+    p.set_defaults(func=cmd_explore)
 
     p = command("figures", "regenerate Figures 1, 3, 4 and 5 from a demo (or probe) output folder")
     p.add_argument("--results", type=Path, default=Path("demo_out"),

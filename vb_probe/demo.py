@@ -78,6 +78,16 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str |
     shown = [name for name in write_figures(entity, syntactic, model, tokenizer, world / "flickr30k",
                                             world / "features.tsv", out / "figures", world / "images")
              if name.startswith(("fig1", "fig5"))]
+    from vb_probe.data.features import open_features
+    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.data.parses import read_conllu
+    from vb_probe.explorer import explorer_data, write_explorer
+
+    write_explorer(explorer_data(model, tokenizer, Flickr30kEntities(world / "flickr30k"),
+                                 open_features(world / "features.tsv"), split="test", limit=20, scores=entity,
+                                 parses=read_conllu(world / "parses.conllu"), images_dir=world / "images"),
+                   out / "explorer")
+    log(f"      the interactive explorer: {out / 'explorer' / 'index.html'}")
     log("      attribution (integrated gradients) and the causal check on the first test images")
     extras = _attribution_and_causal(final, world, out, log)
     report = _report(entity, syntactic, history, config, time.time() - started, shown, key, extras)
@@ -192,6 +202,8 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
               "entity's words share a colour and a number), solid where it hits a gold box (dashed), dotted where "
               "it misses.", ""]
     lines += [f"![{name}](figures/{name})" for name in examples]
+    lines += ["", "Explore every head on the first 20 test images interactively: [`explorer/index.html`](explorer/index.html) "
+              "(one offline file: click a head, hover a word)."]
     attribution, causal = extras["attribution"], extras["causal"]
     best_agree = attribution["best_agreeing_head"]
     lines += ["", "## Attribution and a causal check", "",

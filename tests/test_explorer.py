@@ -1,0 +1,134 @@
+"""The explorer in a real browser (Chromium from the distribution, driven by Selenium, offline): the region the
+page marks is the probe's argmax, the accuracy shown is the CSV's, no console error, no request leaves the page.
+Without a browser the tests skip on a developer's machine and fail under CI (.ci/run installs one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from fixtures import write_probe_set
+
+from vb_probe.cli import main as probe_main
+
+
+def _browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        message = "no chromium / chromedriver: apt-get install chromium chromium-driver (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1500,950",
+                     "--disable-dev-shm-usage"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explore")
+    data = write_probe_set(root, n_images=8)
+    common = ["--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features", str(data["tsv"]),
+              "--limit", "4"]
+    assert probe_main(["explore", *common, "--parses", str(data["parses"]), "--out", str(root / "explorer"),
+                       "--quiet"]) == 0
+    assert probe_main(["entity-grounding", *common, "--out", str(root / "eg"), "--quiet"]) == 0
+    return {**data, "html": root / "explorer" / "index.html", "eg": root / "eg"}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = _browser()
+    yield driver
+    driver.quit()
+
+
+def test_the_page_marks_the_probes_argmax_and_shows_the_csvs_accuracy(page, browser, tmp_path):
+    import csv
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    from vb_probe.api import load_model, load_tokenizer
+    from vb_probe.data.features import open_features
+    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.pipeline import word_region_choices
+
+    html = page["html"].read_text()
+    assert "<script src" not in html and "<link" not in html  # everything inline
+    assert "http://" not in html.replace("http://www.w3.org/2000/svg", "") and "https://" not in html
+    browser.get(page["html"].as_uri())
+    model = load_model(page["ckpt"])
+    tokenizer = load_tokenizer(model=model)
+    flickr, features = Flickr30kEntities(page["flickr"]), open_features(page["tsv"])
+    with open(page["eg"] / "entity_grounding.csv") as handle:
+        accuracy = {(int(r["layer"]), int(r["head"])): r["accuracy"] for r in csv.DictReader(handle)}
+    checked = 0
+    for layer, head in ((2, 1), (0, 3)):
+        browser.find_element(By.CSS_SELECTOR, f'#grid rect[data-layer="{layer}"][data-head="{head}"]').click()
+        assert browser.find_element(By.ID, "head-accuracy").text == accuracy[(layer, head)]
+        for caption_index in (0, 3):
+            browser.find_element(By.CSS_SELECTOR, f'#captions li[data-caption="{caption_index}"]').click()
+            key = browser.find_element(By.CSS_SELECTOR, "#captions li.selected").text.split(":")[0]
+            image_id, index = key.rsplit("_", 1)
+            caption = flickr.captions(image_id)[int(index)]
+            choices = word_region_choices(model, tokenizer, caption.words, features[image_id])
+            for span in browser.find_elements(By.CSS_SELECTOR, "#caption span.query"):
+                ActionChains(browser).move_to_element(span).perform()
+                word = int(span.get_attribute("data-word"))
+                marked = browser.find_element(By.CSS_SELECTOR, '#view rect[data-picked="true"]')
+                assert int(marked.get_attribute("data-region")) == choices[layer, head, word]
+                assert browser.find_element(By.ID, "picked-region").text == str(choices[layer, head, word])
+                checked += 1
+    assert checked >= 8
+    # the relation view: the verb's attention, towards its subject's phrase
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "mode")).select_by_value("nsubj")
+    browser.find_element(By.CSS_SELECTOR, '#captions li[data-caption="0"]').click()
+    verbs = browser.find_elements(By.CSS_SELECTOR, "#caption span.query")
+    assert verbs and browser.find_elements(By.CSS_SELECTOR, "#arcs path")
+    ActionChains(browser).move_to_element(verbs[0]).perform()
+    caption = flickr.captions(flickr.split("test")[0])[0]
+    choices = word_region_choices(model, tokenizer, caption.words, features[caption.image_id])
+    marked = browser.find_element(By.CSS_SELECTOR, '#view rect[data-picked="true"]')
+    assert int(marked.get_attribute("data-region")) == choices[0, 3, int(verbs[0].get_attribute("data-word"))]
+    # the layer control steps to that layer's best head; the search filters the list
+    browser.execute_script("const s = document.getElementById('layer'); s.value = 1; "
+                           "s.dispatchEvent(new Event('input'));")
+    best = json.loads(browser.find_element(By.ID, "vb-data").get_attribute("textContent"))["per_layer_best"][1]
+    assert browser.find_element(By.ID, "head-label").text == f"L1H{best}"
+    search = browser.find_element(By.ID, "search")
+    search.send_keys(caption.words[1])
+    assert 0 < len(browser.find_elements(By.CSS_SELECTOR, "#captions li")) <= 8
+    browser.find_element(By.ID, "export-svg").click()
+    browser.find_element(By.ID, "play").click()
+    browser.find_element(By.ID, "play").click()
+    browser.save_screenshot(str(tmp_path / "explorer.png"))
+    assert (tmp_path / "explorer.png").stat().st_size > 10_000
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors
+    requests = {json.loads(e["message"])["message"]["params"]["request"]["url"].split(":")[0]
+                for e in browser.get_log("performance")
+                if json.loads(e["message"])["message"]["method"] == "Network.requestWillBeSent"}
+    assert requests <= {"file", "data"}, requests  # nothing left the page
+
+
+def test_explorer_object_shows_itself_in_a_notebook_frame(page):
+    import vb_probe
+
+    model = vb_probe.load_model(page["ckpt"])
+    shown = vb_probe.explore(model, vb_probe.load_tokenizer(model=model), page["flickr"], page["tsv"], limit=2)
+    markup = shown._repr_html_()
+    assert markup.startswith("<iframe srcdoc=") and "require" not in markup.lower() and "cdn" not in markup.lower()
+    assert len(shown.data["captions"]) == 4 and shown.data["layers"] == 3  # 2 images × 2 captions

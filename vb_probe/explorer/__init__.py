@@ -1,0 +1,150 @@
+"""``vb-probe explore``: one self-contained, offline HTML page for looking at head attention on the image.
+
+The Python side (:func:`explorer_data`) runs the probe's own rows for every query word of the chosen captions
+and packs them compactly (8-bit attention per head and region, rows re-normalised on load; the probe's own
+argmax region and hits stored beside them, so the page marks exactly what the probe scored). The page's script
+and style are plain files in this package (``page.js``, ``page.css``), inlined into one ``index.html`` with the
+data: no network request of any kind, no RequireJS, no CDN. :class:`Explorer` shows the same page in a notebook.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+
+from vb_probe.data.features import RegionFeatures
+from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.parses import Parse
+from vb_probe.metrics.boxes import region_hits
+from vb_probe.results import GroundingResult
+
+__all__ = ["explorer_data", "write_explorer", "Explorer", "explore"]
+
+
+def _image_uri(images_dir: Path | None, image_id: str, max_side: int = 480) -> str | None:
+    """The image as a small JPEG data URI (the page carries it inline), or None when there is none."""
+    from vb_probe.visualize import IMAGE_SUFFIXES
+
+    if images_dir is None:
+        return None
+    for suffix in IMAGE_SUFFIXES:
+        path = Path(images_dir) / f"{image_id}{suffix}"
+        if path.is_file():
+            from PIL import Image
+
+            image = Image.open(path).convert("RGB")
+            image.thumbnail((max_side, max_side))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+            return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return None
+
+
+def _quantised(rows: np.ndarray) -> str:
+    """[layer, head, R] attention on regions → base64 of uint8 (each row scaled to its own maximum)."""
+    peak = np.maximum(rows.max(-1, keepdims=True), 1e-12)
+    return base64.b64encode(np.round(rows / peak * 255).astype(np.uint8).tobytes()).decode("ascii")
+
+
+def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionFeatures, *, split: str = "test",
+                  limit: int | None = 20, scores: GroundingResult | None = None, parses: dict[str, Parse] | None = None,
+                  relations: tuple[str, ...] = ("nsubj", "dobj", "pobj"), images_dir: Path | None = None) -> dict:
+    """Everything the page shows, as plain JSON-able data: the head grid (``scores``, else computed here on the
+    same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
+    attention of every head on every region (quantised), the probe's argmax region and which regions hit gold."""
+    from vb_probe.api import entity_grounding
+    from vb_probe.pipeline import word_region_attention
+
+    image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
+    if scores is None:
+        scores = entity_grounding(model, tokenizer, flickr, features, split=split, limit=limit)
+    layers, heads = scores.shape
+    captions = []
+    for image_id in image_ids:
+        if image_id not in features:
+            continue
+        regions = features[image_id]
+        annotation = flickr.annotation(image_id)
+        picture = _image_uri(images_dir, image_id)
+        for caption in flickr.captions(image_id):
+            phrases = [{"entity": p.entity_id, "first": p.first_word_index, "last": p.last_word_index,
+                        "gold": annotation.boxes[p.entity_id].round(1).tolist()}
+                       for p in caption.phrases if p.entity_id in annotation.boxes]
+            arcs = []
+            parse = parses.get(caption.key) if parses else None
+            if parse is not None and parse.words == caption.words:
+                boxed = {w: i for i, p in enumerate(phrases) for w in range(p["first"], p["last"] + 1)}
+                arcs = [{"relation": r, "head": h, "dependent": d, "phrase": boxed[d]}
+                        for h, d, r in parse.arcs() if r in relations and d in boxed]
+            queries = sorted({p["last"] for p in phrases} | {a["head"] for a in arcs})
+            rows = word_region_attention(model, tokenizer, caption.words, regions)  # [L, H, words, R]
+            entries = {}
+            for word in queries:
+                if np.isnan(rows[0, 0, word]).any():
+                    continue  # cut by truncation
+                target = next((p for p in phrases if p["last"] == word), None) or \
+                    phrases[next(a["phrase"] for a in arcs if a["head"] == word)]
+                hits = region_hits(regions.boxes, np.asarray(target["gold"]))
+                entries[str(word)] = {"rows": _quantised(rows[:, :, word]),
+                                      "argmax": rows[:, :, word].argmax(-1).tolist(),
+                                      "hits": [int(i) for i in np.flatnonzero(hits)]}
+            captions.append({"key": caption.key, "image": image_id, "words": list(caption.words),
+                             "phrases": phrases, "arcs": arcs, "queries": entries,
+                             "width": float(regions.image_w or annotation.width),
+                             "height": float(regions.image_h or annotation.height),
+                             "regions": regions.boxes.round(1).tolist(), "picture": picture})
+    return {"split": split, "layers": layers, "heads": heads, "n": scores.n,
+            "accuracy": [[f"{a:.6f}" for a in row] for row in scores.accuracy],
+            "baselines": {k: v for k, v in scores.baselines.items() if v is not None},
+            "per_layer_best": [h.head for h in scores.per_layer_best()],
+            "relations": sorted({a["relation"] for c in captions for a in c["arcs"]}), "captions": captions}
+
+
+def page_html(data: dict, title: str = "vb-probe explorer") -> str:
+    """One self-contained HTML page: style, data and script inline."""
+    package = files("vb_probe.explorer")
+    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # never closes the script early
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{(package / 'page.css').read_text()}</style></head>"
+            f"<body>{(package / 'page.html').read_text()}"
+            f"<script id=\"vb-data\" type=\"application/json\">{payload}</script>"
+            f"<script>{(package / 'page.js').read_text()}</script></body></html>\n")
+
+
+def write_explorer(data: dict, out: str | Path) -> Path:
+    """``out/index.html`` (written atomically)."""
+    from vb_probe.atomic import write_text
+
+    path = Path(out) / "index.html"
+    write_text(path, page_html(data))
+    return path
+
+
+class Explorer:
+    """The explorer in a notebook: displays itself (an isolated frame, no RequireJS); ``.save(dir)`` writes it."""
+
+    def __init__(self, data: dict):
+        self.data = data
+
+    def _repr_html_(self) -> str:
+        return (f'<iframe srcdoc="{html.escape(page_html(self.data), quote=True)}" '
+                'style="width:100%;height:820px;border:0" sandbox="allow-scripts allow-downloads"></iframe>')
+
+    def save(self, out: str | Path) -> Path:
+        return write_explorer(self.data, out)
+
+
+def explore(model, tokenizer, flickr, features, **options) -> Explorer:
+    """The explorer for ``model`` on ``flickr``/``features`` (paths or readers); options as :func:`explorer_data`."""
+    from vb_probe.api import _encoder
+    from vb_probe.data.features import open_features
+
+    flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
+    features = open_features(features) if isinstance(features, (str, Path)) else features
+    return Explorer(explorer_data(_encoder(model).eval(), tokenizer, flickr, features, **options))
