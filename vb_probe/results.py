@@ -243,6 +243,17 @@ def _refuse_other_run(folder: Path, probe: str) -> None:
                            f"{probe} run to another --out (nothing was changed)")
 
 
+def _save_run(folder: Path, probe: str, columns: list[str], rows: list[dict], figure, run: dict) -> Path:
+    """``<probe>.csv``, ``<probe>.png`` and ``run.json`` into ``folder``, replaced together or not at all; a folder
+    holding another probe's run is refused."""
+    _refuse_other_run(folder, probe)
+    with atomic_files(folder) as staged:
+        staged.text(f"{probe}.csv", csv_text(columns, rows))
+        staged.figure(f"{probe}.png", figure)
+        staged.json("run.json", run)
+    return folder
+
+
 def _read_csv(path: Path) -> list[dict]:
     try:
         with open(path, encoding="utf-8", newline="") as handle:
@@ -297,14 +308,7 @@ class GroundingResult(HeadScores):
 
     def save(self, folder: str | Path) -> Path:
         """``entity_grounding.csv``, ``run.json`` and ``entity_grounding.png``, replaced together."""
-        folder = Path(folder)
-        _refuse_other_run(folder, "entity_grounding")
-        figure = self.plot()
-        with atomic_files(folder) as staged:
-            staged.text("entity_grounding.csv", csv_text(ENTITY_COLUMNS, self.rows()))
-            staged.figure("entity_grounding.png", figure)
-            staged.json("run.json", self.run_json())
-        return folder
+        return _save_run(Path(folder), "entity_grounding", ENTITY_COLUMNS, self.rows(), self.plot(), self.run_json())
 
     @classmethod
     def load(cls, folder: str | Path) -> "GroundingResult":
@@ -434,14 +438,7 @@ class SyntacticResult:
 
     def save(self, folder: str | Path) -> Path:
         """``syntactic.csv``, ``run.json`` and ``syntactic.png`` (Figure 4), replaced together."""
-        folder = Path(folder)
-        _refuse_other_run(folder, "syntactic")
-        figure = self.plot()
-        with atomic_files(folder) as staged:
-            staged.figure("syntactic.png", figure)
-            staged.text("syntactic.csv", csv_text(SYNTACTIC_COLUMNS, self.rows()))
-            staged.json("run.json", self.run_json())
-        return folder
+        return _save_run(Path(folder), "syntactic", SYNTACTIC_COLUMNS, self.rows(), self.plot(), self.run_json())
 
     @classmethod
     def load(cls, folder: str | Path) -> "SyntacticResult":
