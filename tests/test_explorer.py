@@ -94,7 +94,9 @@ def test_the_page_marks_the_probes_argmax_and_shows_the_csvs_accuracy(page, brow
     # the relation view: the verb's attention, towards its subject's phrase
     from selenium.webdriver.support.ui import Select
 
-    Select(browser.find_element(By.ID, "mode")).select_by_value("nsubj")
+    views = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#mode option")]
+    assert {"nsubj/head_to_dependent", "amod/dependent_to_head"} <= set(views)  # both directions where they exist
+    Select(browser.find_element(By.ID, "mode")).select_by_value("nsubj/head_to_dependent")
     browser.find_element(By.CSS_SELECTOR, '#captions li[data-caption="0"]').click()
     verbs = browser.find_elements(By.CSS_SELECTOR, "#caption span.query")
     assert verbs and browser.find_elements(By.CSS_SELECTOR, "#arcs path")
@@ -103,6 +105,11 @@ def test_the_page_marks_the_probes_argmax_and_shows_the_csvs_accuracy(page, brow
     choices = word_region_choices(model, tokenizer, caption.words, features[caption.image_id])
     marked = browser.find_element(By.CSS_SELECTOR, '#view rect[data-picked="true"]')
     assert int(marked.get_attribute("data-region")) == choices[0, 3, int(verbs[0].get_attribute("data-word"))]
+    Select(browser.find_element(By.ID, "mode")).select_by_value("amod/dependent_to_head")  # the reverse direction
+    adjectives = browser.find_elements(By.CSS_SELECTOR, "#caption span.query")
+    ActionChains(browser).move_to_element(adjectives[0]).perform()
+    marked = browser.find_element(By.CSS_SELECTOR, '#view rect[data-picked="true"]')
+    assert int(marked.get_attribute("data-region")) == choices[0, 3, int(adjectives[0].get_attribute("data-word"))]
     # the layer control steps to that layer's best head; the search filters the list
     browser.execute_script("const s = document.getElementById('layer'); s.value = 1; "
                            "s.dispatchEvent(new Event('input'));")

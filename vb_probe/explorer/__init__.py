@@ -54,7 +54,8 @@ def _quantised(rows: np.ndarray) -> str:
 
 def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionFeatures, *, split: str = "test",
                   limit: int | None = 20, scores: GroundingResult | None = None, parses: dict[str, Parse] | None = None,
-                  relations: tuple[str, ...] = ("nsubj", "dobj", "pobj"), images_dir: Path | None = None) -> dict:
+                  relations: tuple[str, ...] = ("nsubj", "dobj", "pobj", "amod"), images_dir: Path | None = None
+                  ) -> dict:
     """Everything the page shows, as plain JSON-able data: the head grid (``scores``, else computed here on the
     same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
     attention of every head on every region (quantised), the probe's argmax region and which regions hit gold."""
@@ -80,20 +81,26 @@ def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionF
             parse = parses.get(caption.key) if parses else None
             if parse is not None and parse.words == caption.words:
                 boxed = {w: i for i, p in enumerate(phrases) for w in range(p["first"], p["last"] + 1)}
-                arcs = [{"relation": r, "head": h, "dependent": d, "phrase": boxed[d]}
-                        for h, d, r in parse.arcs() if r in relations and d in boxed]
-            queries = sorted({p["last"] for p in phrases} | {a["head"] for a in arcs})
+                for h, d, r in parse.arcs():  # each direction whose target word lies in a boxed phrase
+                    for direction, query, target in (("head_to_dependent", h, d), ("dependent_to_head", d, h)):
+                        if r in relations and target in boxed:
+                            arcs.append({"relation": r, "direction": direction, "head": h, "dependent": d,
+                                         "query": query, "phrase": boxed[target]})
+            queries = sorted({p["last"] for p in phrases} | {a["query"] for a in arcs})
             rows = word_region_attention(model, tokenizer, caption.words, regions)  # [L, H, words, R]
             entries = {}
             for word in queries:
                 if np.isnan(rows[0, 0, word]).any():
                     continue  # cut by truncation
-                target = next((p for p in phrases if p["last"] == word), None) or \
-                    phrases[next(a["phrase"] for a in arcs if a["head"] == word)]
-                hits = region_hits(regions.boxes, np.asarray(target["gold"]))
+                targets = {f"{a['relation']}/{a['direction']}": a["phrase"] for a in arcs if a["query"] == word}
+                own = next((i for i, p in enumerate(phrases) if p["last"] == word), None)
+                if own is not None:
+                    targets["entity"] = own
                 entries[str(word)] = {"rows": _quantised(rows[:, :, word]),
                                       "argmax": rows[:, :, word].argmax(-1).tolist(),
-                                      "hits": [int(i) for i in np.flatnonzero(hits)]}
+                                      "hits": {view: [int(i) for i in np.flatnonzero(
+                                          region_hits(regions.boxes, np.asarray(phrases[phrase]["gold"])))]
+                                               for view, phrase in targets.items()}}
             captions.append({"key": caption.key, "image": image_id, "words": list(caption.words),
                              "phrases": phrases, "arcs": arcs, "queries": entries,
                              "width": float(regions.image_w or annotation.width),
@@ -103,7 +110,8 @@ def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionF
             "accuracy": [[f"{a:.6f}" for a in row] for row in scores.accuracy],
             "baselines": {k: v for k, v in scores.baselines.items() if v is not None},
             "per_layer_best": [h.head for h in scores.per_layer_best()],
-            "relations": sorted({a["relation"] for c in captions for a in c["arcs"]}), "captions": captions}
+            "views": sorted({f"{a['relation']}/{a['direction']}" for c in captions for a in c["arcs"]}),
+            "captions": captions}
 
 
 def page_html(data: dict, title: str = "vb-probe explorer") -> str:

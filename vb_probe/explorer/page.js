@@ -87,9 +87,11 @@
     });
   }
 
+  const arcsOf = (c) => c.arcs.filter((a) => `${a.relation}/${a.direction}` === state.mode);
+
   function queryWords(c) {
     if (state.mode === "entity") return new Set(c.phrases.map((p) => p.last));
-    return new Set(c.arcs.filter((a) => a.relation === state.mode).map((a) => a.head));
+    return new Set(arcsOf(c).map((a) => a.query));
   }
 
   function drawCaption() {
@@ -117,7 +119,7 @@
     svg.innerHTML = "";
     if (state.mode === "entity") return;
     const spans = [...document.querySelectorAll("#caption span")], origin = svg.getBoundingClientRect();
-    for (const arc of c.arcs.filter((a) => a.relation === state.mode)) {
+    for (const arc of arcsOf(c)) {
       const a = spans[arc.head].getBoundingClientRect(), b = spans[arc.dependent].getBoundingClientRect();
       const x1 = a.left + a.width / 2 - origin.left, x2 = b.left + b.width / 2 - origin.left;
       el("path", { d: `M${x1},38 C${x1},4 ${x2},4 ${x2},38` }, svg);
@@ -127,7 +129,7 @@
 
   function target(c, word) {  // the phrase whose gold boxes the word's attention should land on
     if (state.mode === "entity") return c.phrases.find((p) => p.last === word);
-    const arc = c.arcs.find((a) => a.relation === state.mode && a.head === word);
+    const arc = arcsOf(c).find((a) => a.query === word);
     return arc ? c.phrases[arc.phrase] : undefined;
   }
 
@@ -151,7 +153,8 @@
     if (!entry) { $("status").textContent = "Hover or click a highlighted word."; return; }
     const phrase = target(c, state.word);
     for (const g of phrase ? phrase.gold : []) el("rect", { class: "gold", x: g[0], y: g[1], width: g[2] - g[0], height: g[3] - g[1] }, view);
-    const picked = entry.argmax[state.layer][state.head], hit = entry.hits.includes(picked), b = c.regions[picked];
+    const picked = entry.argmax[state.layer][state.head], b = c.regions[picked];
+    const hit = (entry.hits[state.mode] || []).includes(picked);
     el("rect", { class: `picked ${hit ? "hit" : "miss"}`, x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
       "data-region": picked, "data-picked": "true" }, view);
     $("status").innerHTML = `<b>${c.words[state.word]}</b> (L${state.layer}H${state.head}): most-attended region ` +
@@ -199,9 +202,12 @@
   }
 
   const mode = $("mode");
-  for (const relation of data.relations) {
+  for (const view of data.views) {
+    const [relation, direction] = view.split("/");
     const option = document.createElement("option");
-    option.value = relation; option.textContent = `${relation} (head word → dependent's region)`;
+    option.value = view;
+    option.textContent = `${relation}: ${direction === "head_to_dependent" ? "head word → its dependent's region"
+      : "dependent → its head word's region"}`;
     mode.appendChild(option);
   }
   mode.addEventListener("change", () => { state.mode = mode.value; state.word = null; drawCaption(); });
