@@ -283,3 +283,15 @@ def test_spacy_parses_words_as_given(tmp_path):
     assert {("throws", "man", "nsubj"), ("throws", "ball", "dobj"), ("shirt", "red", "amod"),
             ("in", "shirt", "pobj")} <= arcs
     assert parse_conllu(to_conllu([parse]), "x")["100_0"] == parse
+
+
+def test_tsv_rows_read_the_same_without_pread(tmp_path, monkeypatch):
+    """Where the platform has no os.pread (Windows), a seek and a read give the same regions."""
+    import vb_probe.data.features as features_module
+
+    write_tsv(tmp_path / "f.tsv", make_regions())
+    expected = open_features(tmp_path / "f.tsv")["1001"]
+    monkeypatch.delattr(features_module.os, "pread")
+    got = open_features(tmp_path / "f.tsv")["1001"]
+    np.testing.assert_array_equal(got.features, expected.features)
+    np.testing.assert_array_equal(got.boxes, expected.boxes)

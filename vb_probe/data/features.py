@@ -153,11 +153,16 @@ class TsvFeatures:
     def _row(self, image_id: str) -> dict[str, memoryview]:
         """The row's fields as views into one read (the arrays are megabytes of base64: nothing is copied)."""
         start = self._offsets[image_id]
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            data = os.pread(fd, self._length[start], start)
-        finally:
-            os.close(fd)
+        if hasattr(os, "pread"):  # one positional read (POSIX); safe from the prefetch thread
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                data = os.pread(fd, self._length[start], start)
+            finally:
+                os.close(fd)
+        else:
+            with open(self.path, "rb") as handle:
+                handle.seek(start)
+                data = handle.read(self._length[start])
         end = len(data)
         while end and data[end - 1] in b"\r\n":
             end -= 1
