@@ -355,9 +355,9 @@ def probe_pass(
     truncated: Counter = Counter()
     done = 0
     n_batches = (len(items) + batch_size - 1) // batch_size
+    run = {**(fingerprint or {}), "n_items": len(items), "batch_size": batch_size, "precision": precision}
     if resume and state_path is not None and state_path.is_file():
-        done, counts, truncated = _load_progress(state_path, {**(fingerprint or {}), "n_items": len(items),
-                                                             "batch_size": batch_size, "precision": precision})
+        done, counts, truncated = _load_progress(state_path, run)
     model.eval()  # attention dropout would distort the weights being read
     bar = tqdm(total=n_batches, initial=done, desc=description, unit="batch", disable=not progress, leave=False)
     device = torch.device(device)
@@ -371,9 +371,7 @@ def probe_pass(
         score_batch(model, batch, counts, mask, precision)
         bar.update(1)
         if state_path is not None and ((number + 1) % save_every == 0):
-            write_json(state_path, {"run": {**(fingerprint or {}), "n_items": len(items), "batch_size": batch_size,
-                                            "precision": precision},
-                                    "done": number + 1,
+            write_json(state_path, {"run": run, "done": number + 1,
                                     "counts": {g: c.to_state() for g, c in counts.items()},
                                     "truncated": dict(truncated)})
     bar.close()

@@ -9,38 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from vb_probe.atomic import atomic_files, atomic_open
-from vb_probe.pipeline import ProbeResults
-from vb_probe.results import (
-    DIRECTIONS,
-    GroundingResult,
-    SyntacticResult,
-    csv_text,
-    grounding_result,
-    syntactic_result,
-    versions,
-)
+from vb_probe.results import DIRECTIONS, GroundingResult, SyntacticResult, csv_text, versions
 
-__all__ = ["csv_text", "versions", "write_csv", "write_entity_grounding", "write_syntactic", "write_attribution",
-           "format_entity_summary", "format_syntactic_summary"]
+__all__ = ["csv_text", "versions", "write_csv", "write_attribution", "format_entity_summary",
+           "format_syntactic_summary"]
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(csv_text(columns, rows))
-
-
-def write_entity_grounding(results: ProbeResults, out: Path) -> GroundingResult:
-    """entity_grounding.csv, run.json and entity_grounding.png into ``out`` (together); returns the result."""
-    result = grounding_result(results)
-    result.save(out)
-    return result
-
-
-def write_syntactic(results: ProbeResults, out: Path) -> SyntacticResult:
-    """syntactic.csv, run.json and syntactic_<relation>.png into ``out`` (together); returns the result."""
-    result = syntactic_result(results)
-    result.save(out)
-    return result
 
 
 def write_attribution(result: dict, out: Path) -> dict:

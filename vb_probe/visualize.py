@@ -36,15 +36,17 @@ def heads_for_caption(choices: np.ndarray, hits: list[np.ndarray | None]) -> lis
     return out
 
 
-def find_image(images_dir: Path | None, image_id: str) -> Path | None:
-    """``<image_id>.jpg`` (Flickr30K's own), ``.jpeg`` or ``.png`` in ``images_dir``; warns when none is there."""
+def find_image(images_dir: Path | None, image_id: str, warn: bool = True) -> Path | None:
+    """``<image_id>.jpg`` (Flickr30K's own), ``.jpeg`` or ``.png`` in ``images_dir``; warns (``warn``) when none
+    is there."""
     if images_dir is None:
         return None
     for suffix in IMAGE_SUFFIXES:
         if (Path(images_dir) / f"{image_id}{suffix}").is_file():
             return Path(images_dir) / f"{image_id}{suffix}"
-    warnings.warn(f"{images_dir}: no {image_id}.jpg, .jpeg or .png; the boxes are drawn on a plain background",
-                  stacklevel=2)
+    if warn:
+        warnings.warn(f"{images_dir}: no {image_id}.jpg, .jpeg or .png; the boxes are drawn on a plain background",
+                      stacklevel=2)
     return None
 
 

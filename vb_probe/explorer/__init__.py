@@ -29,21 +29,18 @@ __all__ = ["explorer_data", "write_explorer", "Explorer", "explore"]
 
 def _image_uri(images_dir: Path | None, image_id: str, max_side: int = 480) -> str | None:
     """The image as a small JPEG data URI (the page carries it inline), or None when there is none."""
-    from vb_probe.visualize import IMAGE_SUFFIXES
+    from PIL import Image
 
-    if images_dir is None:
+    from vb_probe.visualize import find_image
+
+    path = find_image(images_dir, image_id, warn=False)  # a page without a picture draws the boxes on grey
+    if path is None:
         return None
-    for suffix in IMAGE_SUFFIXES:
-        path = Path(images_dir) / f"{image_id}{suffix}"
-        if path.is_file():
-            from PIL import Image
-
-            image = Image.open(path).convert("RGB")
-            image.thumbnail((max_side, max_side))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-            return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-    return None
+    image = Image.open(path).convert("RGB")
+    image.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _quantised(rows: np.ndarray) -> str:
