@@ -12,9 +12,10 @@ from pathlib import Path
 
 def cmd_world(args: argparse.Namespace) -> int:
     from training.world import build_world
-    from vb_probe.atomic import check_replaceable, writable_folder
+    from vb_probe.atomic import check_replaceable, remove_stale_temporaries, writable_folder
 
-    check_replaceable(args.out)  # before any work: a user's folder is never replaced
+    check_replaceable(args.out, kind="world")  # before any work: a user's folder, or one of another kind, stays
+    remove_stale_temporaries(args.out.resolve().parent)  # a world killed mid-way left its temporary folder
     writable_folder(args.out.resolve().parent, "--out's parent")
 
     stats = build_world(args.out, images=args.images, seed=args.seed, hdf5=not args.no_hdf5,
@@ -27,10 +28,11 @@ def cmd_world(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from training.config import load_config
-    from training.loop import pretrain
+    from training.loop import claim_run_folder, pretrain
     from vb_probe.atomic import writable_folder
 
     writable_folder(args.out)
+    claim_run_folder(args.out, args.resume)  # before any work, and before the task's text is written into it
     overrides = args.set + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     if args.task:  # task-specific pre-training: masked LM on the task's own text and images
         from training.tasks import load_task, task_captions
@@ -122,41 +124,42 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 def _finetune_options(p: argparse.ArgumentParser, steps: int | None = None, allow_all: bool = False) -> None:
     from training.tasks import TASKS
+    from vb_probe.errors import positive_float, positive_int
 
     p.add_argument("--task", required=True, choices=list(TASKS) + (["all"] if allow_all else []),
                    help="the downstream task" + (" ('all': each in its own folder under --out)" if allow_all else ""))
     p.add_argument("--data", type=Path, required=True, help="folder with the task's files and features")
-    p.add_argument("--steps", type=int, default=steps,
+    p.add_argument("--steps", type=positive_int, default=steps,
                    help="fine-tuning steps" + ("" if steps else " (default: the task's own: " + ", ".join(
                        f"{name} {task.default_steps}" for name, task in TASKS.items()) + ")"))
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="examples per step")
+    p.add_argument("--lr", type=positive_float, default=2e-4, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the task head and the data order")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from training.tasks import TASKS
-    from vb_probe.errors import OneLineArgumentParser
+    from vb_probe.errors import OneLineArgumentParser, positive_int
 
     parser = OneLineArgumentParser(prog="vb-train", description="Build, pre-train and fine-tune VisualBERT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("world", help="generate the built-in world in the real data formats")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--images", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="a new or empty folder (or a world written before)")
+    p.add_argument("--images", type=positive_int, default=1000, help="how many scenes (at least 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     p.add_argument("--no-hdf5", action="store_true", help="write the TSV features only")
     p.add_argument("--no-images", action="store_true", help="skip the rendered PNGs")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("pretrain", help="masked LM with the image + sentence-image prediction")
     p.add_argument("--config", help="a packaged config (demo, tasks, paper) or a TOML file")
     p.add_argument("--data", type=Path, required=True, help="folder with the captions JSON, features and tokenizer")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, help="shorthand for --set train.steps=N")
+    p.add_argument("--steps", type=positive_int, help="shorthand for --set train.steps=N")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     p.add_argument("--init", type=Path, help="start from this VisualBERT checkpoint (e.g. for task-specific pre-training)")
     p.add_argument("--task", choices=[name for name, task in TASKS.items() if task.text_pretraining],
@@ -183,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     _finetune_options(p, steps=150)
     p.add_argument("--variants", default="full,no-early-fusion,no-coco-pretraining,no-bert-init,"
                                         "no-grounded-pretraining,no-objective2")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per variant")
     p.add_argument("--bert", type=Path, help="BERT folder for the 'with BERT init' variants (else all start random)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="pre-training overrides")
     p.add_argument("--out", type=Path, required=True)

@@ -171,6 +171,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise VbProbeError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8, re-save it") from None
         except tomllib.TOMLDecodeError as exc:
             raise VbProbeError(f"{path}: not valid TOML ({exc}); see training/configs/demo.toml for the layout") from None
+        except RecursionError:
+            raise VbProbeError(f"{path}: nested too deeply to be a config; see training/configs/demo.toml for the "
+                               "layout") from None
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or "." not in key:

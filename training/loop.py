@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from training.config import TrainConfig, TrainSection, config_from_dict
 from training.data import PretrainBatch, PretrainData
-from vb_probe.atomic import atomic_open, remove_stale_temporaries
+from vb_probe.atomic import KIND_NAMES, MANIFEST, Manifest, atomic_open, read_manifest, remove_stale_temporaries
 from vb_probe.checkpoints import init_from_bert, load_model, load_pretraining_model, save_pretraining_model
 from vb_probe.errors import CheckpointError, VbProbeError
 from vb_probe.model import VisualBertConfig, VisualBertModel
@@ -196,6 +196,40 @@ def latest_checkpoint(out: Path) -> dict | None:
     return None
 
 
+RUN_ENTRIES = {"checkpoints", "final", "log.csv", "tensorboard", "cache", MANIFEST}  # what a run folder holds
+
+
+_CLAIMED: set[Path] = set()  # run folders this process claimed (the CLI claims before writing a task's text)
+
+
+def claim_run_folder(out: Path, resume: bool) -> None:
+    """Before any work: ``out`` must be new or empty, or (with ``--resume``) a pre-training run. A run folder
+    without ``--resume`` is refused (continuing it would mix two runs' checkpoints and logs), and so is any other
+    folder: a world, a checkpoint, an output folder, or a user's files. Marks the folder as a run."""
+    if int(os.environ.get("RANK", "0")) != 0 or out.resolve() in _CLAIMED:  # under torchrun, rank 0 claims it
+        return
+    if out.is_dir() and any(out.iterdir()):
+        manifest = read_manifest(out)
+        entries = sorted(p.name for p in out.iterdir())
+        is_run = (manifest is not None and manifest.kind == "run") or (manifest is None and "checkpoints" in entries
+                                                                          and set(entries) <= RUN_ENTRIES)
+        if manifest is not None and manifest.kind not in (None, "run"):
+            raise VbProbeError(f"--out {out}: is {KIND_NAMES.get(manifest.kind, manifest.kind)} that vb-probe wrote, "
+                               "not a pre-training run; choose a new --out (nothing was changed)")
+        if not is_run:
+            raise VbProbeError(f"--out {out}: the folder holds files that are not a pre-training run "
+                               f"({', '.join(entries[:3])}); choose a new or empty --out (nothing was changed)")
+        if not resume:
+            raise VbProbeError(f"--out {out}: holds a pre-training run already; pass --resume to continue it, or "
+                               "choose a new --out (nothing was changed)")
+    out.mkdir(parents=True, exist_ok=True)
+    if read_manifest(out) is None:
+        from vb_probe.atomic import write_json
+
+        write_json(out / MANIFEST, Manifest("run").to_json())
+    _CLAIMED.add(out.resolve())
+
+
 def check_resumed_config(saved: TrainConfig, asked: TrainConfig, out: Path) -> TrainConfig:
     """A resumed run keeps its own config; only ``train.steps`` may change. Any other difference is refused
     (silently training on with the old values would make the numbers mean something else)."""
@@ -297,6 +331,7 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
         raise VbProbeError(f"train.batch_size {t.batch_size} must divide by grad_accum × processes "
                            f"({t.grad_accum} × {dd.world})")
     data_dir, out = Path(data_dir), Path(out)
+    claim_run_folder(out, resume)
     tokenizer = load_tokenizer(data_dir / config.data.tokenizer)
     data = PretrainData(data_dir, config.data, tokenizer, cache_dir=out / "cache")
     start_step = 0

@@ -51,6 +51,8 @@ def _read_json(path: Path):
         raise DataError(f"{path}: task file not found; pass --data with the task's files (e.g. a built-in world)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be a task file") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -61,7 +63,7 @@ def _read_jsonl(path: Path) -> list[dict]:
         if line.strip():
             try:
                 out.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise DataError(f"{path}:{number}: not a JSON object; each line of a jsonl file is one example") from None
     return out
 

@@ -22,7 +22,7 @@ import torch
 
 from vb_probe.data.features import RegionFeatures, Regions, open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
-from vb_probe.errors import CheckpointError
+from vb_probe.errors import CheckpointError, VbProbeError
 from vb_probe.hub import DEFAULT_TOKENIZER, resolve
 from vb_probe.model import VisualBertModel
 from vb_probe.pipeline import ProbeConfig, ProbeResults, resolve_device, run_probes, word_region_attention
@@ -132,9 +132,9 @@ def _probe(model, tokenizer, flickr: Flickr30kEntities | str | Path, features: R
            confidence: str | None, device: str | torch.device | None, progress: bool, **options) -> ProbeResults:
     """One probe pass over the model as it is, in eval mode, with the readers opened once."""
     encoder = _encoder(model)
+    device = str(resolve_device(str(device))) if device is not None else next(encoder.parameters()).device.type
     flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
     features = open_features(features, confidence) if isinstance(features, (str, Path)) else features
-    device = str(device) if device is not None else next(encoder.parameters()).device.type
     cfg = ProbeConfig(flickr30k=flickr.root, features=Path(features.source), device=device, confidence=confidence,
                       **options)
     with _eval_mode(encoder):
@@ -216,15 +216,22 @@ def region_attention(
 ) -> np.ndarray:
     """For one caption and one image: every head's attention from each word to each region.
 
-    ``words``: the caption split on spaces; ``regions``: a :class:`Regions` (e.g. ``open_features(p)[image_id]``)
-    or a [R, visual_dim] feature array. Returns [layer, head, word, region] float32: the attention row of each
-    word's last sub-word on the region columns, after the text-to-text mask (``posthoc``: text columns dropped
-    after the pass, rows not renormalised; ``intervene``: text-to-text attention blocked inside every layer).
+    ``words``: the caption's words (a string is split on spaces, as the probe splits captions); ``regions``: a
+    :class:`Regions` (e.g. ``open_features(p)[image_id]``) or a [R, visual_dim] feature array. Returns
+    [layer, head, word, region] float32: the attention row of each word's last sub-word on the region columns,
+    after the text-to-text mask (``posthoc``: text columns dropped after the pass, rows not renormalised;
+    ``intervene``: text-to-text attention blocked inside every layer).
     A word cut by truncation gets a row of NaN.
     """
     encoder = _encoder(model)
+    if isinstance(words, str):  # a caption as one string: its words, split on spaces as the probe splits them
+        words = words.split()
+    width = encoder.config.visual_embedding_dim
+    features = regions.features if isinstance(regions, Regions) else np.asarray(regions, dtype=np.float32)
+    if features.ndim != 2 or features.shape[1] != width or not len(features):
+        raise VbProbeError(f"region_attention: regions have shape {tuple(features.shape)}, expected [R, {width}] "
+                         f"(R ≥ 1 regions of the model's visual_embedding_dim); one region is [1, {width}]")
     if not isinstance(regions, Regions):
-        features = np.asarray(regions, dtype=np.float32)
         regions = Regions("example", np.zeros((len(features), 4), np.float32), features, None, None, None)
     if visual_token_type is None:
         visual_token_type = getattr(encoder.config, "visual_token_type_id", 1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
@@ -58,6 +58,7 @@ class ProbeBatch:
     confidences: torch.Tensor | None  # [n, R_max]
     groups: list[str]
     truncated: list[Query]  # queries whose word fell past the text limit (counted as skipped)
+    image_ids: list[str] = field(default_factory=list)  # [B] the image of each row (named in errors)
 
 
 def pad_inputs(
@@ -161,6 +162,7 @@ def collate(
         confidences=torch.from_numpy(np.stack(confs)) if (n and any_confidence) else None,
         groups=groups,
         truncated=truncated,
+        image_ids=[item.image_id for item in items],
     )
 
 
@@ -216,4 +218,4 @@ def to_device(batch: ProbeBatch, device: torch.device | str, pin: bool = False) 
 
     return ProbeBatch({k: move(v) for k, v in batch.inputs.items()}, batch.text_len, move(batch.batch_index),
                       move(batch.query_index), batch.hits, batch.region_valid, batch.confidences, batch.groups,
-                      batch.truncated)
+                      batch.truncated, batch.image_ids)

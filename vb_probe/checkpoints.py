@@ -57,6 +57,8 @@ def read_config_json(folder: Path) -> dict:
         raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-save the checkpoint") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a config; re-save the checkpoint") from None
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the checkpoint") from None
     if not isinstance(raw, dict):
@@ -170,6 +172,15 @@ def _fit_state_dict(
     return fitted, set_aside
 
 
+def check_finite_weights(state: dict[str, torch.Tensor], source: Path) -> None:
+    """A NaN or infinite weight makes every attention row NaN and every argmax a meaningless pick: refused."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: weight {key} holds {count} NaN or infinite values; the checkpoint is "
+                                  "damaged or its training diverged, use an earlier or another checkpoint")
+
+
 def _load_encoder(folder: Path, config_overrides: dict | None = None
                   ) -> tuple[VisualBertModel, dict[str, torch.Tensor], Path]:
     """The encoder of a VisualBERT folder, with the whole state dict it came from (heads included)."""
@@ -187,6 +198,7 @@ def _load_encoder(folder: Path, config_overrides: dict | None = None
     shapes = _skeleton(config, folder / "config.json")
     state = _read_state_dict(weights)
     fitted, set_aside = _fit_state_dict(shapes, state, weights, prefixes=("visual_bert.",))
+    check_finite_weights(fitted, weights)
     model = VisualBertModel(config)
     model.load_state_dict(fitted, strict=True)
     heads = sorted({k.split(".")[0] for k in set_aside})

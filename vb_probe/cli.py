@@ -20,9 +20,12 @@ EXAMPLES = """examples:
 """
 
 
-def _writable_out(path: Path) -> Path:
-    from vb_probe.atomic import writable_folder
+def _writable_out(path: Path, names: tuple[str, ...] | list[str] | None = ()) -> Path:
+    """``--out`` created and writable, and free to receive ``names`` (each absent, or written by vb-probe and
+    unchanged since): checked before any work, so a refusal never comes after a long probe."""
+    from vb_probe.atomic import check_outputs, writable_folder
 
+    check_outputs(path, names)
     return writable_folder(path)
 
 
@@ -67,9 +70,10 @@ def _probe_config(args: argparse.Namespace, **extra):
 
 def cmd_entity_grounding(args: argparse.Namespace) -> int:
     from vb_probe.pipeline import run_probes
-    from vb_probe.results import grounding_result
+    from vb_probe.results import GroundingResult, check_result_folder, grounding_result
     from vb_probe.tables import format_entity_summary
 
+    check_result_folder(args.out, "entity_grounding", GroundingResult.FILES)
     out = _writable_out(args.out)
     model, tokenizer = _load(args)
     results = run_probes(_probe_config(args), model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
@@ -82,12 +86,13 @@ def cmd_entity_grounding(args: argparse.Namespace) -> int:
 
 def cmd_syntactic(args: argparse.Namespace) -> int:
     from vb_probe.errors import VbProbeError
-    from vb_probe.pipeline import run_probes
-    from vb_probe.results import syntactic_result
+    from vb_probe.pipeline import parses_copy_name, run_probes
+    from vb_probe.results import SyntacticResult, check_result_folder, syntactic_result
     from vb_probe.tables import format_syntactic_summary
 
     if args.parses is None and args.parser is None:
         raise VbProbeError("syntactic probing needs --parses FILE.conllu or --parser spacy")
+    check_result_folder(args.out, "syntactic", (*SyntacticResult.FILES, parses_copy_name(args.split)))
     out = _writable_out(args.out)
     model, tokenizer = _load(args)
     cfg = _probe_config(args, entity=False, relations=tuple(args.relation), parses=args.parses,
@@ -109,13 +114,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from vb_probe.results import GroundingResult
+    from vb_probe.results import GroundingResult, check_scores_shape
     from vb_probe.visualize import render_attention_figure
 
+    out = args.out or Path(f"attention_{args.image_id}_{args.caption_index}.png")
+    _writable_out(out.parent if str(out.parent) else Path("."), [out.name])
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
     model, tokenizer = _load(args)
-    out = args.out or Path(f"attention_{args.image_id}_{args.caption_index}.png")
-    _writable_out(out.parent if str(out.parent) else Path("."))
+    if scores is not None:
+        check_scores_shape(scores.shape, (len(model.blocks), model.config.num_attention_heads), args.scores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         render_attention_figure(model, tokenizer, args.flickr30k, args.features, args.image_id, args.caption_index,
@@ -129,16 +136,21 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.data.parses import read_conllu
-    from vb_probe.explorer import explorer_data, write_explorer
-    from vb_probe.results import GroundingResult
+    from vb_probe.explorer import PAGE, explorer_data, write_explorer
+    from vb_probe.results import GroundingResult, check_scores_shape
 
-    out = _writable_out(args.out)
+    out = _writable_out(args.out, [PAGE])
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
     model, tokenizer = _load(args)
+    if scores is not None:
+        check_scores_shape(scores.shape, (len(model.blocks), model.config.num_attention_heads), args.scores)
     data = explorer_data(model, tokenizer, Flickr30kEntities(args.flickr30k), open_features(args.features),
                          split=args.split, limit=args.limit, scores=scores,
                          parses=read_conllu(args.parses) if args.parses else None, images_dir=args.images)
     path = write_explorer(data, out)
+    skipped = {k: v for k, v in data["skipped"].items() if v}
+    if skipped:
+        print("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
     size = path.stat().st_size
     print(f"wrote {path} ({len(data['captions'])} captions, {size / 2**20:.1f} MiB, "
           f"{size / max(len(data['captions']), 1) / 1024:.0f} KiB a caption); open it in a browser, offline")
@@ -148,33 +160,36 @@ def cmd_explore(args: argparse.Namespace) -> int:
 def cmd_figures(args: argparse.Namespace) -> int:
     from vb_probe.figures import figures_from_results
 
-    out = _writable_out(args.out)
-    names = figures_from_results(args.results, out, images_dir=args.images, suffix=f".{args.format}",
+    names = figures_from_results(args.results, args.out, images_dir=args.images, suffix=f".{args.format}",
                                  device=args.device)
+    out = args.out
     print("wrote " + ", ".join(str(out / name) for name in names))
     return 0
 
 
-def _masked_phrase_setup(args):
+def _masked_phrase_setup(args, before_work=None):
+    """The pre-training model, its tokenizer and the masked phrases; ``before_work(model)`` runs before the
+    phrases are collected (checks that must not wait for the long work)."""
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.errors import VbProbeError
     from vb_probe.interventions import masked_phrases
 
     model, tokenizer = _load(args, pretraining=True)
+    result = before_work(model) if before_work is not None else None
     items = masked_phrases(Flickr30kEntities(args.flickr30k), open_features(args.features), tokenizer, args.split,
                            args.limit, progress=not args.quiet)
     if not items:
         raise VbProbeError(f"no phrase with gold boxes in the first {args.limit} images of split {args.split!r}")
-    return model, tokenizer, items
+    return model, tokenizer, items, result
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     from vb_probe.interventions import attribute
-    from vb_probe.tables import write_attribution
+    from vb_probe.tables import ATTRIBUTION_FILES, write_attribution
 
-    out = _writable_out(args.out)
-    model, tokenizer, items = _masked_phrase_setup(args)
+    out = _writable_out(args.out, ATTRIBUTION_FILES)
+    model, tokenizer, items, _ = _masked_phrase_setup(args)
     result = attribute(model, items, tokenizer.pad_token_id, steps=args.steps, progress=not args.quiet)
     write_attribution(result, out)
     best = result["best_agreeing_head"]
@@ -188,15 +203,17 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_causal(args: argparse.Namespace) -> int:
-    from vb_probe.atomic import write_json
+    from vb_probe.atomic import atomic_files
     from vb_probe.interventions import causal_check, top_heads_from_csv
 
-    out = _writable_out(args.out)
-    heads = top_heads_from_csv(args.scores, args.k)  # checked before the model loads: a bad -k fails fast
-    model, tokenizer, items = _masked_phrase_setup(args)
+    out = _writable_out(args.out, ["causal.json"])
+    top_heads_from_csv(args.scores, args.k)  # checked before the model loads: a bad -k fails fast
+    model, tokenizer, items, heads = _masked_phrase_setup(args, lambda model: top_heads_from_csv(
+        args.scores, args.k, model_shape=(len(model.visual_bert.blocks), model.config.num_attention_heads)))
     result = causal_check(model, items, heads, tokenizer.pad_token_id, random_draws=args.draws, seed=args.seed,
                           progress=not args.quiet)
-    write_json(out / "causal.json", result)
+    with atomic_files(out) as staged:
+        staged.json("causal.json", result)
     low, high = result["drop_top_k_ci95"]
     print(f"masked entity-word accuracy over {result['n']} phrases: intact {result['accuracy_intact']:.3f}; "
           f"top-{result['k']} grounding heads ablated {result['accuracy_top_k_ablated']:.3f} "
@@ -338,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("causal", "ablate the top-k grounding heads (and k random heads) and measure the drop")
     _masked_phrase_options(p)
-    p.add_argument("--scores", type=Path, required=True, help="entity_grounding.csv of a probe run")
+    p.add_argument("--scores", type=Path, required=True,
+                   help="an entity-grounding --out folder or its entity_grounding.csv")
     p.add_argument("-k", type=positive_int, default=12, help="heads to ablate")
     p.add_argument("--draws", type=positive_int, default=20,
                    help="random-head draws for the control (the p-value's resolution is 1/(draws+1))")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
 from typing import NoReturn
 
@@ -26,9 +28,22 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {reason}; free space or choose a writable location, then run again (earlier results are untouched)"
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` runs: temporaries are removed, nothing is
+    left half-written (the default action would end the process on the spot)."""
+
+
+def _raise_terminated(signum, frame) -> NoReturn:
+    raise Terminated()
+
+
 def run_command(prog: str, args, handled: tuple[type[BaseException], ...] = (VbProbeError,)) -> int:
     """Run ``args.func(args)`` the way every CLI command runs: bad input → one line on stderr and exit 2
-    (``args.debug`` re-raises for the traceback), Ctrl-C → 130 with a hint to resume."""
+    (``args.debug`` re-raises for the traceback), Ctrl-C → 130 and SIGTERM → 143, each with a one-line hint
+    (``--resume`` only for commands that have it)."""
+    resumable = hasattr(args, "resume")
+    again = "run again with --resume to continue" if resumable else "nothing half-written was left; run it again"
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)
     except handled as exc:
@@ -42,8 +57,13 @@ def run_command(prog: str, args, handled: tuple[type[BaseException], ...] = (VbP
         print(f"{prog}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; run again with --resume to continue", file=sys.stderr)
+        print(f"{prog}: interrupted; {again}", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{prog}: terminated; {again}", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
@@ -51,6 +71,17 @@ class OneLineArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0 (learning rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a finite number above 0")
+    return value
 
 
 def positive_int(text: str) -> int:

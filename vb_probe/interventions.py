@@ -198,10 +198,15 @@ def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32,
             "per_phrase": per_phrase}
 
 
-def top_heads_from_csv(path: Path, k: int) -> list[tuple[int, int]]:
-    """The ``k`` most accurate heads of an ``entity_grounding.csv`` (ties: lower layer, then head)."""
+def top_heads_from_csv(path: Path, k: int, model_shape: tuple[int, int] | None = None) -> list[tuple[int, int]]:
+    """The ``k`` most accurate heads of an ``entity_grounding.csv`` (or the folder holding it; ties: lower layer,
+    then head). With ``model_shape`` (layers, heads), scores of a model of another shape are refused."""
     import csv
 
+    from vb_probe.results import check_scores_shape
+
+    path = Path(path)
+    path = path / "entity_grounding.csv" if path.is_dir() else path
     expected = "expected the entity_grounding.csv of `vb-probe entity-grounding` (layer, head, accuracy columns)"
     try:
         with open(path, encoding="utf-8-sig") as handle:
@@ -212,6 +217,8 @@ def top_heads_from_csv(path: Path, k: int) -> list[tuple[int, int]]:
         raise DataError(f"--scores {path}: cannot read it ({type(exc).__name__}); {expected}") from None
     if not rows:
         raise DataError(f"--scores {path}: no rows; {expected}")
+    if model_shape is not None:
+        check_scores_shape((1 + max(r[1] for r in rows), 1 + max(r[2] for r in rows)), model_shape, path)
     if not 1 <= k <= len(rows) // 2:
         raise DataError(f"-k {k}: the scores list {len(rows)} heads, and the control ablates k other heads; "
                         f"use -k between 1 and {len(rows) // 2}")

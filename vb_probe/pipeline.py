@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vb_probe.atomic import write_text
+from vb_probe.atomic import atomic_files, write_text
 from vb_probe.batching import ProbeItem, Query, collate, prefetched, to_device
 from vb_probe.cache import user_cache_dir
 from vb_probe.checkpoints import file_sha256, weights_file
@@ -166,9 +167,15 @@ def load_parses(cfg: ProbeConfig, flickr: Flickr30kEntities, image_ids: list[str
         parses = {p.sent_id: p for p in parses_list}
     copy = None
     if out is not None:
-        copy = out / f"parses.{cfg.split}.conllu"
-        write_text(copy, cached.read_text() if cached.is_file() else to_conllu(list(parses.values())))
+        copy = out / parses_copy_name(cfg.split)
+        with atomic_files(out) as staged:
+            staged.text(copy.name, cached.read_text() if cached.is_file() else to_conllu(list(parses.values())))
     return parses, parser.version, copy
+
+
+def parses_copy_name(split: str) -> str:
+    """The copy of the spaCy parses a syntactic run keeps beside its results."""
+    return f"parses.{split}.conllu"
 
 
 @dataclass
@@ -268,14 +275,34 @@ def region_attention_rows(model, batch, mask: MaskMode = "posthoc", precision: P
     ``precision="bf16"`` runs the forward under bf16 autocast.
     """
     device_type = batch.inputs["input_ids"].device.type
+    dtype = next(model.parameters()).dtype  # a half-precision model reads its features in its own precision
+    inputs = batch.inputs if dtype == torch.float32 else \
+        {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
     with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache, \
             torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         if mask == "intervene":
             with mask_text_to_text(model):
-                model(**batch.inputs)
+                model(**inputs)
         else:
-            model(**batch.inputs)
+            model(**inputs)
     return cache.stack("attn.pattern_rows")[..., batch.text_len:].float().cpu()
+
+
+def check_finite_rows(region_rows: torch.Tensor, batch, source: str) -> None:
+    """Non-finite attention is an error naming the image, never a pick (``argmax`` over NaN would still "choose"
+    a region and every number downstream would look plausible). ``region_rows`` [layer, n, head, R]."""
+    finite = torch.isfinite(region_rows)
+    if bool(finite.all()):
+        return
+    bad_layer, query = (int(i) for i in (~finite).nonzero()[0][:2])
+    row = int(batch.batch_index[query])
+    image_id = batch.image_ids[row] if batch.image_ids else "?"
+    largest = float(batch.inputs["visual_embeds"][row].abs().max()) if "visual_embeds" in batch.inputs else 0.0
+    cause = (f"its region features reach {largest:.3g}, beyond what the model's arithmetic holds; rescale or "
+             "re-extract them" if largest > 1e4 or not math.isfinite(largest) else
+             "the model's weights are not finite (a damaged or diverged checkpoint); use another checkpoint")
+    raise DataError(f"{source}: image {image_id}: attention is not finite (NaN or infinite) from layer {bad_layer} "
+                    f"on; {cause}")
 
 
 def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem]]:
@@ -284,12 +311,13 @@ def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem
 
 
 def score_batch(model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "posthoc",
-                precision: Precision = "fp32") -> None:
+                precision: Precision = "fp32", source: str = "the features") -> None:
     """One forward over a collated batch (on the model's device); every head's pick for every query added to
     ``counts`` (group → :class:`HeadCounts`), with the baselines through the same rule."""
     if not len(batch.groups):
         return
     region_rows = region_attention_rows(model, batch, mask, precision)
+    check_finite_rows(region_rows, batch, source)
     mass = region_rows.sum(-1)  # [layer, n, head]
     correct = head_correct(region_rows, batch.region_valid, batch.hits)
     base = baseline_scores(batch.hits, batch.region_valid, batch.confidences)
@@ -300,6 +328,32 @@ def score_batch(model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "p
             correct[:, sel], mass[:, sel], {k: v[sel] for k, v in base.items()})
 
 
+PASSES = ("main", "select", "control")  # one progress file each: .<pass>.progress.json in --out
+
+
+def progress_path(out: Path, name: str) -> Path:
+    return out / f".{name}.progress.json"
+
+
+def _is_progress_file(path: Path) -> bool:
+    """A progress file of :func:`probe_pass` (its keys), not a user's file of the same name."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(state, dict) and {"run", "done", "counts", "truncated"} <= set(state)
+
+
+def check_progress_files(out: Path, resume: bool) -> None:
+    """Before a probe runs: a file named like a progress file that vb-probe did not write is never overwritten
+    or deleted (with ``--resume`` a damaged one is reported when it is read)."""
+    for name in PASSES:
+        path = progress_path(out, name)
+        if path.exists() and not (resume or _is_progress_file(path)):
+            raise VbProbeError(f"--out {out}: holds {path.name}, which is not vb-probe's progress file; move it "
+                               "away or choose another --out (nothing was changed)")
+
+
 def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], Counter]:
     """Finished batches, counts and truncations saved by an interrupted :func:`probe_pass` of the same ``run``."""
     try:
@@ -307,7 +361,7 @@ def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], C
         saved_run, done = state["run"], int(state["done"])
         counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
         truncated = Counter({str(k): int(v) for k, v in state["truncated"].items()})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, RecursionError) as exc:
         raise VbProbeError(f"{path}: the saved progress is damaged ({type(exc).__name__}); run again without "
                            "--resume to start over") from None
     differs = sorted(k for k in set(run) | set(saved_run) if run.get(k) != saved_run.get(k))
@@ -368,7 +422,7 @@ def probe_pass(
         batch = to_device(cpu_batch, device, pin=device.type == "cuda")
         for query in batch.truncated:
             truncated[query.group] += 1
-        score_batch(model, batch, counts, mask, precision)
+        score_batch(model, batch, counts, mask, precision, source=features.source if features is not None else "")
         bar.update(1)
         if state_path is not None and ((number + 1) % save_every == 0):
             write_json(state_path, {"run": run, "done": number + 1,
@@ -428,6 +482,10 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         raise VbProbeError(f"--visual-token-type {visual_token_type}: the checkpoint has "
                            f"{model.config.type_vocab_size} token types; use 0..{model.config.type_vocab_size - 1}")
     checkpoint = checkpoint_info(cfg.ckpt, model)
+    if out is not None:
+        check_progress_files(out, resume)
+    # resumed counts must come from the same data: keyed on content, not on paths or times
+    features_key = features.content_key() if out is not None else None
     wants_parses = bool(cfg.relations)
     parser_used: dict[str, str] = {}
     relations_seen: set[str] = set()
@@ -448,8 +506,9 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
             run_model, tokenizer, items, batch_size=cfg.batch_size, visual_token_type=visual_token_type,
             max_text_len=min(cfg.max_text_len, model.config.max_position_embeddings), mask=cfg.mask,
             precision=cfg.precision, device=device, progress=progress, description=label,
-            state_path=(out / f".{state_name}.progress.json") if out is not None else None, resume=resume,
-            fingerprint={**config_dict(cfg), "pass": state_name, "pass_split": split, "model": checkpoint},
+            state_path=progress_path(out, state_name) if out is not None else None, resume=resume,
+            fingerprint={**config_dict(cfg), "pass": state_name, "pass_split": split, "model": checkpoint,
+                         "features": features_key, "items": items_digest(items)},
             features=features,
         )
         for group, count in truncated.items():
@@ -476,9 +535,22 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         notes=list(getattr(model, "load_notes", [])), relations_in_parses=relations_seen,
     )
     if out is not None:
-        for state in out.glob(".*.progress.json"):
-            state.unlink()
+        for name in PASSES:  # only the progress files this run wrote
+            if _is_progress_file(progress_path(out, name)):
+                progress_path(out, name).unlink()
     return results
+
+
+def items_digest(items: list[ProbeItem]) -> str:
+    """A digest of what was read from the annotations for ``items``: captions, images, queries and gold boxes."""
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps([item.key, item.words, item.image_id]).encode())
+        for query in item.queries:
+            digest.update(f"{query.group}|{query.word_index}|{query.unit}".encode())
+            if query.gold is not None:
+                digest.update(np.ascontiguousarray(query.gold, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def config_dict(cfg: ProbeConfig) -> dict:
@@ -497,11 +569,13 @@ def word_region_attention(
     """
     item = ProbeItem("view", tuple(words), regions.image_id, [Query("view", w, None) for w in range(len(words))],
                      regions=regions)
+    max_text_len = min(max_text_len, model.config.max_position_embeddings)  # longer captions: words cut, counted
     batch = to_device(collate([item], tokenizer, visual_token_type, max_text_len), next(model.parameters()).device)
     out = np.full((len(model.blocks), model.config.num_attention_heads, len(words), len(regions)), np.nan,
                   dtype=np.float32)
     if len(batch.groups):
         rows = region_attention_rows(model, batch, mask)  # [layer, n, head, R]
+        check_finite_rows(rows, batch, "the features")
         cut = {id(q) for q in batch.truncated}
         kept = [q.word_index for q in item.queries if id(q) not in cut]
         out[:, :, kept] = rows.permute(0, 2, 1, 3).numpy()

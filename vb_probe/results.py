@@ -221,7 +221,7 @@ def _read_run(folder: Path, probe: str) -> dict:
         run = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path}: not found; pass the --out folder of `vb-probe {probe.replace('_', '-')}`") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise DataError(f"{path}: cannot read ({type(exc).__name__}); expected the run.json of a probe run") from None
     if not isinstance(run, dict) or run.get("probe") != probe:
         raise DataError(f"{path}: is not the run.json of a {probe} run (probe: "
@@ -236,11 +236,28 @@ def _refuse_other_run(folder: Path, probe: str) -> None:
         return
     try:
         other = json.loads(path.read_text(encoding="utf-8")).get("probe")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         other = None
     if other != probe:
         raise VbProbeError(f"{folder}: already holds the run.json of {other or 'another'} run; write this "
                            f"{probe} run to another --out (nothing was changed)")
+
+
+def check_result_folder(folder: str | Path, probe: str, names: Sequence[str]) -> None:
+    """Before a probe runs: ``folder`` may receive its files ``names`` (absent, or vb-probe's own and unchanged) and
+    holds no other probe's run. The same checks run again when the files are saved."""
+    from vb_probe.atomic import check_outputs
+
+    check_outputs(folder, names)
+    if Path(folder).is_dir():
+        _refuse_other_run(Path(folder), probe)
+
+
+def check_scores_shape(scores: tuple[int, int], model: tuple[int, int], source: str | Path) -> None:
+    """Scores of a model of another shape (layers × heads) would show or ablate the wrong heads: refused."""
+    if tuple(scores) != tuple(model):
+        raise DataError(f"--scores {source}: the scores are of a {scores[0]}×{scores[1]} (layers × heads) model but "
+                        f"this model is {model[0]}×{model[1]}; pass the scores of this checkpoint")
 
 
 def _save_run(folder: Path, probe: str, columns: list[str], rows: list[dict], figure, run: dict) -> Path:

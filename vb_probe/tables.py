@@ -12,7 +12,9 @@ from vb_probe.atomic import atomic_files, atomic_open
 from vb_probe.results import DIRECTIONS, GroundingResult, SyntacticResult, csv_text, versions
 
 __all__ = ["csv_text", "versions", "write_csv", "write_attribution", "format_entity_summary",
-           "format_syntactic_summary"]
+           "format_syntactic_summary", "ATTRIBUTION_FILES"]
+
+ATTRIBUTION_FILES = ("attribution_heads.csv", "attribution.json")
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -26,11 +28,11 @@ def write_attribution(result: dict, out: Path) -> dict:
     agreement, n_agree = result["agreement"], result["n_agree"]
     summary = {k: v for k, v in result.items() if k not in ("agreement", "n_agree")}
     with atomic_files(out) as staged:
-        staged.text("attribution_heads.csv", csv_text(
+        staged.text(ATTRIBUTION_FILES[0], csv_text(
             ["layer", "head", "n", "n_agree", "agreement"],
             [{"layer": l, "head": h, "n": result["n"], "n_agree": int(n_agree[l, h]), "agreement": f"{agreement[l, h]:.6f}"}
              for l in range(agreement.shape[0]) for h in range(agreement.shape[1])]))
-        staged.json("attribution.json", summary)
+        staged.json(ATTRIBUTION_FILES[1], summary)
     return summary
 
 

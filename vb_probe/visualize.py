@@ -58,8 +58,11 @@ def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, i
     from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.metrics.boxes import region_hits
     from vb_probe.pipeline import word_region_choices
+    from vb_probe.results import check_scores_shape
     from vb_probe.viz.attention import plot_attention_on_image
 
+    if scores is not None:
+        check_scores_shape(scores.shape, (len(model.blocks), model.config.num_attention_heads), "scores")
     flickr = Flickr30kEntities(flickr_root)
     captions = flickr.captions(str(image_id))
     if not 0 <= caption_index < len(captions):

@@ -29,6 +29,8 @@ def read_karpathy(path: str | Path, splits: tuple[str, ...] | None = None) -> li
         raise DataError(f"{path}: captions file not found; pass the Karpathy split JSON (dataset_coco.json)") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-download the split file") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply to be the split file; re-download it") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{path}: expected a JSON object with an 'images' list (Karpathy split format)")
     images = []

@@ -18,6 +18,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -67,8 +68,15 @@ def validate_regions(regions: Regions, source: str) -> Regions:
     for name, array in (("boxes", boxes), ("features", features), ("confidences", regions.confidences)):
         if array is not None and not np.isfinite(array).all():
             raise DataError(f"{where}: {name} contain NaN or infinite values; re-extract the features")
+    for name, side in (("width", regions.image_w), ("height", regions.image_h)):
+        if side is not None and not (math.isfinite(side) and side >= 0):
+            raise DataError(f"{where}: image {name} is {side!r}, expected a number of pixels (0 when unknown); "
+                            "re-extract the features")
     if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
         raise DataError(f"{where}: a box has x2 < x1 or y2 < y1; boxes must be x1, y1, x2, y2 pixels")
+    if float(np.abs(boxes).max()) <= 1.0:
+        raise DataError(f"{where}: every box lies within 0..1, so the coordinates look normalised; expected x1, y1, "
+                        "x2, y2 in pixels of the image (multiply by its width and height)")
     if regions.image_w and regions.image_h:
         if outside_image(boxes, regions.image_w, regions.image_h).any():
             raise DataError(f"{where}: boxes reach outside the {regions.image_w:g}×{regions.image_h:g} image; "
@@ -84,8 +92,51 @@ class RegionFeatures(Protocol):
     def __contains__(self, image_id: str) -> bool: ...
     def __getitem__(self, image_id: str) -> Regions: ...
     def ids(self) -> list[str]: ...
+    def content_key(self) -> str: ...
     @property
     def dim(self) -> int: ...
+
+
+def sampled_digest(path: Path, blocks: int = 16, block: int = 1 << 16) -> str:
+    """A cheap content key of a large file: its size and SHA-256 over ``blocks`` evenly spaced 64 KiB blocks (first
+    and last included). Any rewrite that moves rows or changes their lengths changes it; rows are also checked
+    one by one when read, so a key that stays equal never gives one image another's regions."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        for i in range(blocks):
+            handle.seek(max(0, (size - block) * i // max(blocks - 1, 1)))
+            digest.update(handle.read(block))
+    return digest.hexdigest()
+
+
+class _Store:
+    """What the three layouts share: every image's features have the store's width (the first image's)."""
+
+    source: str
+    _dim: int | None = None
+
+    def _read(self, image_id: str) -> Regions:
+        raise NotImplementedError
+
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def __getitem__(self, image_id: str) -> Regions:
+        regions = self._read(str(image_id))
+        if regions.features.shape[1] != self.dim:
+            raise DataError(f"{self.source}: image {regions.image_id} has {regions.features.shape[1]}-d features but "
+                            f"the others are {self.dim}-d; every image needs features of one width, re-extract it")
+        return regions
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            first = next(iter(self.ids()), None)
+            if first is None:
+                raise DataError(f"{self.source}: no images; the feature file or folder is empty")
+            self._dim = int(self._read(first).features.shape[1])
+        return self._dim
 
 
 def _missing(source: str, image_id: str) -> DataError:
@@ -93,8 +144,8 @@ def _missing(source: str, image_id: str) -> DataError:
                      "--skip-missing-features to count its phrases as skipped")
 
 
-class TsvFeatures:
-    """LXMERT-style TSV read through a cached byte-offset index."""
+class TsvFeatures(_Store):
+    """LXMERT-style TSV read through a cached byte-offset index (keyed on the file's content)."""
 
     def __init__(self, path: str | Path, confidence: ConfidenceSource = "objects_conf"):
         self.path = Path(path)
@@ -104,27 +155,33 @@ class TsvFeatures:
         if confidence not in ("objects_conf", "attrs_conf", "none"):
             raise ValueError(f"confidence source {confidence!r}: use objects_conf, attrs_conf or none")
         self.confidence = confidence
-        self._offsets = self._load_or_build_index()
-        # each row's length, from the next row's offset: a row is then one positional read
-        starts = sorted(self._offsets.values()) + [self.path.stat().st_size]
-        self._length = {start: end - start for start, end in zip(starts, starts[1:])}
-        self._dim: int | None = None
+        self._key = sampled_digest(self.path)
+        self._set_index(self._load_or_build_index())
 
-    def _load_or_build_index(self) -> dict[str, int]:
+    def _set_index(self, offsets: dict[str, int]) -> None:
+        self._offsets = offsets
+        # each row's length, from the next row's offset: a row is then one positional read
+        starts = sorted(offsets.values()) + [self.path.stat().st_size]
+        self._length = {start: end - start for start, end in zip(starts, starts[1:])}
+
+    def content_key(self) -> str:
+        return self._key
+
+    def _load_or_build_index(self, rebuild: bool = False) -> dict[str, int]:
         from vb_probe.cache import user_cache_dir
 
-        stat = self.path.stat()
-        resolved = str(self.path.resolve())
-        stamp = {"path": resolved, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-        # in the user's cache, keyed by the file: nothing is ever written into a data folder
-        index_path = user_cache_dir("tsv-index", hashlib.sha256(resolved.encode()).hexdigest()[:20] + ".json")
-        try:
-            cached = json.loads(index_path.read_text())
-            if cached.get("stamp") == stamp:
-                return cached["offsets"]
-        except (OSError, ValueError, KeyError):
-            pass
+        # in the user's cache, keyed on the file's content: nothing is ever written into a data folder, and a
+        # file rewritten in place (same size and time) gets a new index
+        index_path = user_cache_dir("tsv-index", self._key[:40] + ".json")
+        if not rebuild:
+            try:
+                cached = json.loads(index_path.read_text())
+                if cached.get("key") == self._key:
+                    return {str(k): int(v) for k, v in cached["offsets"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+                pass
         offsets: dict[str, int] = {}
+        lines: dict[str, int] = {}
         with open(self.path, "rb") as handle:
             position = 0
             for line_number, line in enumerate(handle, start=1):
@@ -134,12 +191,16 @@ class TsvFeatures:
                         raise DataError(f"{self.path}:{line_number}: not a tab-separated feature row; expected "
                                         f"the {len(TSV_FIELDS)} LXMERT fields")
                 else:
-                    offsets[line[:tab].decode("utf-8", "replace")] = position
+                    image_id = line[:tab].decode("utf-8", "replace")
+                    if image_id in offsets:
+                        raise DataError(f"{self.path}:{line_number}: image {image_id} has a second row (the first is "
+                                        f"line {lines[image_id]}); keep one row per image")
+                    offsets[image_id], lines[image_id] = position, line_number
                 position += len(line)
         try:  # the cache is a convenience: a read-only folder just means rebuilding next time
             from vb_probe.atomic import write_json
 
-            write_json(index_path, {"stamp": stamp, "offsets": offsets})
+            write_json(index_path, {"key": self._key, "offsets": offsets})
         except OSError:
             pass
         return offsets
@@ -151,7 +212,25 @@ class TsvFeatures:
         return list(self._offsets)
 
     def _row(self, image_id: str) -> dict[str, memoryview]:
-        """The row's fields as views into one read (the arrays are megabytes of base64: nothing is copied)."""
+        """The row's fields as views into one read (the arrays are megabytes of base64: nothing is copied). The row
+        read must be the image's own (its id first, one whole line); otherwise the index is rebuilt once."""
+        data = self._read_row(image_id)
+        if not self._is_row_of(data, image_id):
+            self._set_index(self._load_or_build_index(rebuild=True))
+            if image_id not in self._offsets:
+                raise _missing(self.source, image_id)
+            data = self._read_row(image_id)
+            if not self._is_row_of(data, image_id):
+                raise DataError(f"{self.path}: the row read for image {image_id} is another image's; the file "
+                                "changed while it was read, run again")
+        return self._fields(data, image_id)
+
+    @staticmethod
+    def _is_row_of(data: bytes, image_id: str) -> bool:
+        newline = data.find(b"\n")
+        return data.startswith(image_id.encode() + b"\t") and newline in (-1, len(data) - 1)
+
+    def _read_row(self, image_id: str) -> bytes:
         start = self._offsets[image_id]
         if hasattr(os, "pread"):  # one positional read (POSIX); safe from the prefetch thread
             fd = os.open(self.path, os.O_RDONLY)
@@ -163,6 +242,9 @@ class TsvFeatures:
             with open(self.path, "rb") as handle:
                 handle.seek(start)
                 data = handle.read(self._length[start])
+        return data
+
+    def _fields(self, data: bytes, image_id: str) -> dict[str, memoryview]:
         end = len(data)
         while end and data[end - 1] in b"\r\n":
             end -= 1
@@ -207,8 +289,7 @@ class TsvFeatures:
             array = array.astype(dtype)
         return array if width is None else array.reshape(n, -1)
 
-    def __getitem__(self, image_id: str) -> Regions:
-        image_id = str(image_id)
+    def _read(self, image_id: str) -> Regions:
         if image_id not in self._offsets:
             raise _missing(self.source, image_id)
         row = self._row(image_id)
@@ -223,17 +304,8 @@ class TsvFeatures:
         boxes = self._array(row, "boxes", np.float32, image_id, n, 4)
         features = self._array(row, "features", np.float32, image_id, n, -1)
         conf = None if self.confidence == "none" else self._array(row, self.confidence, np.float32, image_id, n, None)
-        return validate_regions(Regions(image_id, boxes, features, conf, image_w, image_h), self.source)
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            first = next(iter(self._offsets), None)
-            if first is None:
-                raise DataError(f"{self.path}: no feature rows; the file is empty")
-            self._dim = self[first].features.shape[1]
-        return self._dim
-
+        return validate_regions(Regions(image_id, boxes, features, conf, image_w or None, image_h or None),
+                                self.source)
 
 
 class _IdMapUnpickler(pickle.Unpickler):
@@ -279,8 +351,14 @@ def read_id_map(path: Path) -> dict[str, int]:
         index[image_id] = row
     return index
 
-class Hdf5Features:
-    """BAN-style HDF5 with ``<stem>_imgid2idx.pkl`` beside it; datasets are sliced lazily."""
+class Hdf5Features(_Store):
+    """BAN-style HDF5 with ``<stem>_imgid2idx.pkl`` beside it; datasets are sliced lazily.
+
+    The layout is checked when the file is opened, against what the file really holds (so a header that
+    declares a billion regions for one image is refused before anything is allocated): ``image_features``
+    [N, D] and ``image_bb`` [N, 4] numbers, ``pos_boxes`` [images, 2] whole numbers with 0 ≤ start ≤ end ≤ N,
+    optional ``confidences`` [N] and ``image_wh`` [images, 2].
+    """
 
     def __init__(self, path: str | Path, confidence_key: str | None = "confidences"):
         import h5py
@@ -297,16 +375,68 @@ class Hdf5Features:
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise DataError(f"{self.path}: not a readable HDF5 file ({exc}); re-copy it") from None
-        for name in ("image_features", "image_bb", "pos_boxes"):
-            if name not in self._file:
-                raise DataError(f"{self.path}: dataset {name!r} missing; expected BAN layout "
-                                "(image_features, image_bb, pos_boxes)")
-        rows = int(self._file["pos_boxes"].shape[0])
+        features = self._dataset("image_features", 2)
+        boxes = self._dataset("image_bb", 2)
+        pos = self._dataset("pos_boxes", 2, integer=True)
+        n_regions = features.shape[0]
+        if boxes.shape != (n_regions, 4):
+            raise DataError(f"{self.path}: image_bb has shape {boxes.shape}, expected [{n_regions}, 4] (one box per "
+                            "row of image_features); re-extract the features")
+        if pos.shape[1] != 2:
+            raise DataError(f"{self.path}: pos_boxes has shape {pos.shape}, expected [images, 2] (start, end rows)")
+        ranges = self._whole(pos, "pos_boxes")
+        bad = np.flatnonzero((ranges[:, 0] < 0) | (ranges[:, 0] > ranges[:, 1]) | (ranges[:, 1] > n_regions))
+        if len(bad):
+            start, end = (int(v) for v in ranges[bad[0]])
+            raise DataError(f"{self.path}: pos_boxes row {int(bad[0])} declares regions {start}..{end}, but "
+                            f"image_features has rows 0..{n_regions}; the file is damaged, re-extract it")
+        self._ranges = ranges
+        rows = len(ranges)
         for image_id, row in self._index.items():
             if not 0 <= row < rows:
                 raise DataError(f"{index_path}: image {image_id} maps to row {row}, but pos_boxes has rows 0..{rows - 1}; "
                                 "the id map does not belong to this .h5 file, re-create it")
-        self.confidence_key = confidence_key if confidence_key and confidence_key in self._file else None
+        self.confidence_key = None
+        if confidence_key and confidence_key in self._file:
+            confidences = self._dataset(confidence_key, 1)
+            if confidences.shape != (n_regions,):
+                raise DataError(f"{self.path}: {confidence_key} has shape {confidences.shape}, expected "
+                                f"[{n_regions}] (one per region)")
+            self.confidence_key = confidence_key
+        self._sizes = None
+        if "image_wh" in self._file:
+            sizes = self._dataset("image_wh", 2)
+            if sizes.shape != (rows, 2):
+                raise DataError(f"{self.path}: image_wh has shape {sizes.shape}, expected [{rows}, 2]")
+            self._sizes = self._whole(sizes, "image_wh").astype(np.float64)
+        self._dim = int(features.shape[1])
+
+    def _dataset(self, name: str, ndim: int, integer: bool = False):
+        """The dataset ``name``: present, readable (an external link to a missing file is not), numeric, ``ndim``-D."""
+        import h5py
+
+        what = f"{self.path}: dataset {name!r}"
+        try:
+            dataset = self._file.get(name)
+        except (KeyError, OSError, RuntimeError, ValueError) as exc:
+            raise DataError(f"{what} cannot be opened ({str(exc).splitlines()[0][:100]}); an external link to a "
+                            "missing file? Copy the data into the .h5 file") from None
+        if dataset is None:
+            raise DataError(f"{what} missing; expected BAN layout (image_features, image_bb, pos_boxes)")
+        if not isinstance(dataset, h5py.Dataset):
+            raise DataError(f"{what} is a {type(dataset).__name__}, expected an array")
+        kind = dataset.dtype.kind
+        if kind not in ("iu" if integer else "iuf") or dataset.ndim != ndim:
+            raise DataError(f"{what} holds {dataset.dtype} with {dataset.ndim} dimensions, expected a {ndim}-D array "
+                            f"of {'whole numbers' if integer else 'numbers'}; re-extract the features")
+        return dataset
+
+    def _whole(self, dataset, name: str) -> np.ndarray:
+        try:
+            return np.asarray(dataset[()])
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise DataError(f"{self.path}: dataset {name!r} cannot be read ({str(exc).splitlines()[0][:100]}); "
+                            "the file is damaged, re-copy it") from None
 
     def __contains__(self, image_id: str) -> bool:
         return str(image_id) in self._index
@@ -314,32 +444,31 @@ class Hdf5Features:
     def ids(self) -> list[str]:
         return list(self._index)
 
-    def __getitem__(self, image_id: str) -> Regions:
-        image_id = str(image_id)
+    def content_key(self) -> str:
+        return sampled_digest(self.path) + sampled_digest(self.path.with_name(f"{self.path.stem}_imgid2idx.pkl"))
+
+    def _read(self, image_id: str) -> Regions:
         if image_id not in self._index:
             raise _missing(self.source, image_id)
         row = self._index[image_id]
-        start, end = (int(v) for v in self._file["pos_boxes"][row])
-        conf = None
-        if self.confidence_key is not None:
-            conf = np.asarray(self._file[self.confidence_key][start:end], dtype=np.float32)
-        size = self._file["image_wh"][row] if "image_wh" in self._file else (None, None)
-        regions = Regions(
-            image_id,
-            np.asarray(self._file["image_bb"][start:end], dtype=np.float32),
-            np.asarray(self._file["image_features"][start:end], dtype=np.float32),
-            conf,
-            float(size[0]) if size[0] is not None else None,
-            float(size[1]) if size[1] is not None else None,
-        )
+        start, end = (int(v) for v in self._ranges[row])
+        try:
+            conf = None
+            if self.confidence_key is not None:
+                conf = np.asarray(self._file[self.confidence_key][start:end], dtype=np.float32)
+            boxes = np.asarray(self._file["image_bb"][start:end], dtype=np.float32)
+            features = np.asarray(self._file["image_features"][start:end], dtype=np.float32)
+        except (OSError, RuntimeError, ValueError) as exc:
+            raise DataError(f"{self.path}: image {image_id}'s rows {start}..{end} cannot be read "
+                            f"({str(exc).splitlines()[0][:100]}); the file is damaged, re-copy it") from None
+        size = self._sizes[row] if self._sizes is not None else (None, None)
+        regions = Regions(image_id, boxes, features, conf,
+                          float(size[0]) or None if size[0] is not None else None,
+                          float(size[1]) or None if size[1] is not None else None)
         return validate_regions(regions, self.source)
 
-    @property
-    def dim(self) -> int:
-        return int(self._file["image_features"].shape[1])
 
-
-class NpzFeatures:
+class NpzFeatures(_Store):
     """A folder of ``<img_id>.npz`` files."""
 
     def __init__(self, folder: str | Path):
@@ -348,7 +477,6 @@ class NpzFeatures:
         if not self.folder.is_dir():
             raise DataError(f"{self.folder}: not a folder of <img_id>.npz files; pass --features <folder>")
         self._ids = sorted(p.stem for p in self.folder.glob("*.npz"))
-        self._dim: int | None = None
 
     def __contains__(self, image_id: str) -> bool:
         return (self.folder / f"{image_id}.npz").is_file()
@@ -356,8 +484,17 @@ class NpzFeatures:
     def ids(self) -> list[str]:
         return list(self._ids)
 
-    def __getitem__(self, image_id: str) -> Regions:
-        image_id = str(image_id)
+    def content_key(self) -> str:
+        """Names and sizes of every file, and sampled contents of up to 64 of them, evenly spread."""
+        digest = hashlib.sha256()
+        paths = [self.folder / f"{i}.npz" for i in self._ids]
+        for path in paths:
+            digest.update(f"{path.name}:{path.stat().st_size};".encode())
+        for path in paths[:: max(1, len(paths) // 64)]:
+            digest.update(sampled_digest(path, blocks=4).encode())
+        return digest.hexdigest()
+
+    def _read(self, image_id: str) -> Regions:
         path = self.folder / f"{image_id}.npz"
         if not path.is_file():
             raise _missing(self.source, image_id)
@@ -369,23 +506,26 @@ class NpzFeatures:
         for key in ("boxes", "features"):
             if key not in arrays:
                 raise DataError(f"{path}: array {key!r} missing; expected boxes, features (confidences optional)")
+        sizes = {}
+        for key in ("image_w", "image_h"):
+            if key in arrays:
+                value = arrays[key]
+                if value.size != 1 or value.dtype.kind not in "iuf":
+                    raise DataError(f"{path}: {key} holds {value.dtype} of shape {value.shape}, expected one number "
+                                    "of pixels")
+                sizes[key] = float(value.reshape(())) or None
+        for key in ("boxes", "features", "confidences"):
+            if key in arrays and arrays[key].dtype.kind not in "iuf":
+                raise DataError(f"{path}: {key} holds {arrays[key].dtype}, expected numbers")
         regions = Regions(
             image_id,
             arrays["boxes"].astype(np.float32),
             arrays["features"].astype(np.float32),
             arrays["confidences"].astype(np.float32) if "confidences" in arrays else None,
-            float(arrays["image_w"]) if "image_w" in arrays else None,
-            float(arrays["image_h"]) if "image_h" in arrays else None,
+            sizes.get("image_w"),
+            sizes.get("image_h"),
         )
         return validate_regions(regions, str(path))
-
-    @property
-    def dim(self) -> int:
-        if self._dim is None:
-            if not self._ids:
-                raise DataError(f"{self.folder}: no .npz files; extract features first")
-            self._dim = self[self._ids[0]].features.shape[1]
-        return self._dim
 
 
 def open_features(path: str | Path, confidence: str | None = None) -> RegionFeatures:

@@ -196,7 +196,16 @@ def read_split(root: str | Path, split: str) -> list[str]:
         text = path.read_text(encoding="utf-8-sig")  # a byte order mark is not part of the first id
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); expected one image id a line, save it as UTF-8") from None
-    ids = [line.strip() for line in text.splitlines() if line.strip()]
+    ids, first_line = [], {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        image_id = line.strip()
+        if not image_id:
+            continue
+        if image_id in first_line:  # counted twice, it would weigh twice in every number
+            raise DataError(f"{path}:{number}: image {image_id} is listed a second time (first on line "
+                            f"{first_line[image_id]}); list each image once")
+        first_line[image_id] = number
+        ids.append(image_id)
     if not ids:
         raise DataError(f"{path}: split {split!r} lists no images; pass another --split or fill the list")
     return ids

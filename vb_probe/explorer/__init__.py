@@ -10,6 +10,7 @@ data: no network request of any kind, no RequireJS, no CDN. :class:`Explorer` sh
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -21,10 +22,13 @@ import numpy as np
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.parses import Parse
+from vb_probe.errors import VbProbeError
 from vb_probe.metrics.boxes import region_hits
-from vb_probe.results import GroundingResult
+from vb_probe.results import GroundingResult, check_scores_shape
 
-__all__ = ["explorer_data", "write_explorer", "Explorer", "explore"]
+__all__ = ["explorer_data", "write_explorer", "Explorer", "explore", "PAGE"]
+
+PAGE = "index.html"  # what `vb-probe explore --out DIR` writes into DIR
 
 
 def _image_uri(images_dir: Path | None, image_id: str, max_side: int = 480) -> str | None:
@@ -62,10 +66,13 @@ def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionF
     image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
     if scores is None:
         scores = entity_grounding(model, tokenizer, flickr, features, split=split, limit=limit)
+    check_scores_shape(scores.shape, (len(model.blocks), model.config.num_attention_heads), "scores")
     layers, heads = scores.shape
     captions = []
+    skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
     for image_id in image_ids:
         if image_id not in features:
+            skipped["images_without_features"] += 1
             continue
         regions = features[image_id]
         annotation = flickr.annotation(image_id)
@@ -87,8 +94,9 @@ def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionF
             rows = word_region_attention(model, tokenizer, caption.words, regions)  # [L, H, words, R]
             entries = {}
             for word in queries:
-                if np.isnan(rows[0, 0, word]).any():
-                    continue  # cut by truncation
+                if np.isnan(rows[0, 0, word]).any():  # cut by truncation: counted, shown in the summary
+                    skipped["query_words_cut_by_truncation"] += 1
+                    continue
                 targets = {f"{a['relation']}/{a['direction']}": a["phrase"] for a in arcs if a["query"] == word}
                 own = next((i for i, p in enumerate(phrases) if p["last"] == word), None)
                 if own is not None:
@@ -108,27 +116,52 @@ def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionF
             "baselines": {k: v for k, v in scores.baselines.items() if v is not None},
             "per_layer_best": [h.head for h in scores.per_layer_best()],
             "views": sorted({f"{a['relation']}/{a['direction']}" for c in captions for a in c["arcs"]}),
-            "captions": captions}
+            "skipped": skipped, "captions": captions}
+
+
+# In the page's JSON every character that could end the <script> element or open a comment (<, >, &) and the
+# two line separators that older scripts treat as line ends are written as \u escapes: still the same JSON.
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def page_json(data: dict) -> str:
+    """``data`` as JSON that is safe inside a ``<script>`` element whatever its strings hold; non-finite numbers
+    (which JSON cannot carry, and which would blank the page) are refused."""
+    try:
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise VbProbeError(f"the explorer's data holds a number that is not finite ({exc}); check the features' "
+                           "image sizes and boxes") from None
+    return "".join(_JSON_ESCAPES.get(c, c) for c in text) if any(c in text for c in _JSON_ESCAPES) else text
+
+
+def _csp_hash(source: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(source.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
 def page_html(data: dict, title: str = "vb-probe explorer") -> str:
-    """One self-contained HTML page: style, data and script inline."""
+    """One self-contained HTML page: style, data and script inline. Its Content-Security-Policy lets only this
+    page's own script and style run (by hash: no inline event handler, no other script) and allows no request
+    at all (images come as data: URIs)."""
     package = files("vb_probe.explorer")
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")  # never closes the script early
+    script, style = (package / "page.js").read_text(), (package / "page.css").read_text()
+    policy = (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; "
+              "img-src data: blob:; base-uri 'none'; form-action 'none'")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{(package / 'page.css').read_text()}</style></head>"
+            f"<meta http-equiv=\"Content-Security-Policy\" content=\"{policy}\">"
+            f"<title>{html.escape(title)}</title><style>{style}</style></head>"
             f"<body>{(package / 'page.html').read_text()}"
-            f"<script id=\"vb-data\" type=\"application/json\">{payload}</script>"
-            f"<script>{(package / 'page.js').read_text()}</script></body></html>\n")
+            f"<script id=\"vb-data\" type=\"application/json\">{page_json(data)}</script>"
+            f"<script>{script}</script></body></html>\n")
 
 
 def write_explorer(data: dict, out: str | Path) -> Path:
-    """``out/index.html`` (written atomically)."""
-    from vb_probe.atomic import write_text
+    """``out/index.html``, written atomically and recorded as vb-probe's (a user's file there is refused)."""
+    from vb_probe.atomic import atomic_files
 
-    path = Path(out) / "index.html"
-    write_text(path, page_html(data))
-    return path
+    with atomic_files(out) as staged:
+        staged.text(PAGE, page_html(data))
+    return Path(out) / PAGE
 
 
 class Explorer:
@@ -147,9 +180,10 @@ class Explorer:
 
 def explore(model, tokenizer, flickr, features, **options) -> Explorer:
     """The explorer for ``model`` on ``flickr``/``features`` (paths or readers); options as :func:`explorer_data`."""
-    from vb_probe.api import _encoder
+    from vb_probe.api import _encoder, _eval_mode
     from vb_probe.data.features import open_features
 
     flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
     features = open_features(features) if isinstance(features, (str, Path)) else features
-    return Explorer(explorer_data(_encoder(model).eval(), tokenizer, flickr, features, **options))
+    with _eval_mode(_encoder(model)) as encoder:  # the model is given back in the mode it came in
+        return Explorer(explorer_data(encoder, tokenizer, flickr, features, **options))

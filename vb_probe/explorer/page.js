@@ -1,5 +1,7 @@
 // vb-probe explorer: reads the JSON in #vb-data and draws the head grid, one caption on its image, and the
-// attention of the selected head from the selected word. No network, no libraries.
+// attention of the selected head from the selected word. No network, no libraries. Strings from the data (words,
+// keys, relations) only ever become text (textContent): nothing here parses markup, and the page's
+// Content-Security-Policy would refuse an inline handler or a request if anything did.
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("vb-data").textContent);
@@ -10,6 +12,12 @@
     const node = document.createElementNS(SVG, name);
     for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
     if (parent) parent.appendChild(node);
+    return node;
+  };
+  const text = (name, content, attrs) => {  // an HTML element holding text: data never becomes markup
+    const node = document.createElement(name);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    node.textContent = content;
     return node;
   };
   const decoded = new Map();  // "<caption>:<word>" → Float32Array [layer][head][region], rows re-normalised
@@ -44,7 +52,7 @@
   function drawGrid() {
     const grid = $("grid"), size = 24, pad = 22;
     grid.setAttribute("viewBox", `0 0 ${pad + data.heads * size} ${pad + data.layers * size}`);
-    grid.innerHTML = "";
+    grid.replaceChildren();
     for (let l = 0; l < data.layers; l++) {
       el("text", { x: 2, y: pad + l * size + 15 }, grid).textContent = l;
       for (let h = 0; h < data.heads; h++) {
@@ -68,14 +76,14 @@
     for (const cell of document.querySelectorAll("#grid rect")) {
       cell.classList.toggle("selected", +cell.dataset.layer === layer && +cell.dataset.head === head);
     }
-    $("head-info").innerHTML = `<b id="head-label">L${layer}H${head}</b> grounding accuracy ` +
-      `<b id="head-accuracy">${data.accuracy[layer][head]}</b>`;
+    $("head-info").replaceChildren(text("b", `L${layer}H${head}`, { id: "head-label" }), " grounding accuracy ",
+      text("b", String(data.accuracy[layer][head]), { id: "head-accuracy" }));
     drawView();
   }
 
   function drawList(filter) {
     const list = $("captions");
-    list.innerHTML = "";
+    list.replaceChildren();
     data.captions.forEach((c, i) => {
       if (filter && !c.words.join(" ").toLowerCase().includes(filter.toLowerCase())) return;
       const item = document.createElement("li");
@@ -96,7 +104,7 @@
 
   function drawCaption() {
     const c = data.captions[state.caption], box = $("caption"), queries = queryWords(c);
-    box.innerHTML = "";
+    box.replaceChildren();
     c.words.forEach((word, i) => {
       const span = document.createElement("span");
       span.textContent = word;
@@ -116,7 +124,7 @@
 
   function drawArcs() {
     const svg = $("arcs"), c = data.captions[state.caption];
-    svg.innerHTML = "";
+    svg.replaceChildren();
     if (state.mode === "entity") return;
     const spans = [...document.querySelectorAll("#caption span")], origin = svg.getBoundingClientRect();
     for (const arc of arcsOf(c)) {
@@ -136,7 +144,7 @@
   function drawView() {
     const c = data.captions[state.caption], view = $("view");
     view.setAttribute("viewBox", `0 0 ${c.width} ${c.height}`);
-    view.innerHTML = "";
+    view.replaceChildren();
     if (c.picture) el("image", { href: c.picture, x: 0, y: 0, width: c.width, height: c.height }, view);
     else el("rect", { x: 0, y: 0, width: c.width, height: c.height, fill: "#eee" }, view);
     for (const span of document.querySelectorAll("#caption span")) span.classList.toggle("active", +span.dataset.word === state.word);
@@ -157,9 +165,10 @@
     const hit = (entry.hits[state.mode] || []).includes(picked);
     el("rect", { class: `picked ${hit ? "hit" : "miss"}`, x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
       "data-region": picked, "data-picked": "true" }, view);
-    $("status").innerHTML = `<b>${c.words[state.word]}</b> (L${state.layer}H${state.head}): most-attended region ` +
-      `<b id="picked-region">${picked}</b> ${hit ? "hits gold (IoU ≥ 0.5)" : "misses gold"}` +
-      `; dashed: gold boxes of “${c.words.slice(phrase.first, phrase.last + 1).join(" ")}”`;
+    $("status").replaceChildren(text("b", c.words[state.word]),
+      ` (L${state.layer}H${state.head}): most-attended region `, text("b", String(picked), { id: "picked-region" }),
+      ` ${hit ? "hits gold (IoU ≥ 0.5)" : "misses gold"}; dashed: gold boxes of “` +
+      `${c.words.slice(phrase.first, phrase.last + 1).join(" ")}”`);
   }
 
   function stop() { if (state.timer) { clearInterval(state.timer); state.timer = null; $("play").textContent = "▶ best head of each layer"; } }
@@ -218,7 +227,10 @@
     "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svgText())));
   $("export-png").addEventListener("click", exportPng);
   $("search").addEventListener("input", (e) => drawList(e.target.value));
-  $("summary").textContent = `${data.captions.length} captions, ${data.layers} × ${data.heads} heads`;
+  const skipped = Object.entries(data.skipped || {}).filter(([, n]) => n > 0)
+    .map(([reason, n]) => `${n} ${reason.replaceAll("_", " ")}`);
+  $("summary").textContent = `${data.captions.length} captions, ${data.layers} × ${data.heads} heads` +
+    (skipped.length ? ` (skipped: ${skipped.join(", ")})` : "");
   drawGrid();
   drawList("");
   select(0, data.per_layer_best[0]);

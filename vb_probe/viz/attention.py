@@ -6,6 +6,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from vb_probe.viz.text import plain
+
 FUNCTION_WORDS = {"a", "an", "the", "two", "his", "her", "its", "their", "some"}  # not drawn: they carry no entity
 # colours that are not the world's object colours' own names' first guesses, in an order that keeps neighbours apart
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#e377c2", "#8c564b"]
@@ -78,7 +80,7 @@ def plot_attention_on_image(
         texts = [f"{number_of[g]} {' '.join(picked[(r, g)])}" for r, g in keys]
         corners = _label_positions([boxes[r] for r, _ in keys], texts, size)
         for (_, group), text, (x, y) in zip(keys, texts, corners):
-            ax.text(x + 2, y + 2, text, fontsize=7, va="top", color="white",
+            ax.text(x + 2, y + 2, plain(text), fontsize=7, va="top", color="white",
                     bbox=dict(facecolor=colour_of[group], alpha=0.9, pad=1.2, linewidth=0))
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
@@ -87,7 +89,7 @@ def plot_attention_on_image(
         accuracy = panel.get("accuracy")
         ax.set_title(f"layer {panel['layer']}, head {panel['head']}" + (f" ({accuracy:.2f})" if accuracy is not None
                                                                        else ""), fontsize=9)
-    caption = [TextArea(word + (f"$^{{{number_of[g]}}}$" if g is not None and
+    caption = [TextArea(plain(word) + (f"$^{{{number_of[g]}}}$" if g is not None and
                                 (i + 1 == len(words) or word_groups[i + 1] != g) else ""),
                         textprops=dict(color=colour_of.get(g, "black"), fontsize=10,
                                        weight="bold" if g is not None else "normal"))
@@ -101,7 +103,7 @@ def plot_attention_on_image(
                                         frameon=False))
     footer.legend(handles=key, loc="lower center", ncol=3, fontsize=8, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(plain(title), fontsize=11)
     return fig
 
 

@@ -6,6 +6,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from vb_probe.viz.text import plain
+
 SMALL_MASS = 0.2  # the paper draws heads with under 20% of their attention on regions as small dots
 BASELINE_STYLES = {"highest_confidence": ("darkorange", "highest-confidence region"), "random": ("dimgrey", "random region")}
 
@@ -57,7 +59,7 @@ def plot_head_grid(
         layer, head, split = selected
         ax.scatter([head], [layer], s=420, marker="s", facecolors="none", edgecolors="tab:blue", linewidths=1.6)
         handles.append(Line2D([], [], marker="s", ls="", ms=15, mfc="none", mec="tab:blue", mew=1.6,
-                              label=f"chosen on {split}: L{layer}H{head} {accuracy[layer, head]:.3f} here"))
+                              label=f"chosen on {plain(split)}: L{layer}H{head} {accuracy[layer, head]:.3f} here"))
     if control_best is not None:
         handles.append(Line2D([], [], ls="", label=f"random-init control: best {control_best[0]} {control_best[1]:.3f}"))
     sizes = [Line2D([], [], marker="o", ls="", mfc="lightgrey", mec="black", mew=0.3,
@@ -69,7 +71,7 @@ def plot_head_grid(
     ax.set_ylabel("layer")
     ax.set_xlim(-0.7, heads - 0.3)
     ax.set_ylim(layers - 0.3, -0.7)
-    ax.set_title(title, fontsize=11)
+    ax.set_title(plain(title), fontsize=11)
     bar = fig.colorbar(points, ax=ax, fraction=0.05, pad=0.02)
     bar.set_label("accuracy (IoU ≥ 0.5 with a gold box)")
     bar.ax.yaxis.set_ticks_position("left")

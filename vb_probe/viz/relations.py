@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+from vb_probe.viz.text import plain
+
 DIRECTION_STYLE = {"head_to_dependent": ("tab:blue", "head → dependent"),
                    "dependent_to_head": ("tab:green", "dependent → head")}
 
@@ -37,7 +39,7 @@ def plot_relation_panels(panels: list[dict], *, title: str = "Syntactic groundin
         for label in missing:
             ax.text(0.02, 0.02 + 0.07 * missing.index(label), f"{label}: no arc reaches a boxed phrase",
                     transform=ax.transAxes, fontsize=7, color="dimgrey")
-        ax.set_title(panel["relation"], fontsize=11)
+        ax.set_title(plain(panel["relation"]), fontsize=11)
         ax.set_xlabel("layer")
         ax.set_ylim(max(0.0, low - margin), min(1.0, high + margin))
         ax.grid(alpha=0.3)
@@ -52,5 +54,5 @@ def plot_relation_panels(panels: list[dict], *, title: str = "Syntactic groundin
     fig.legend(handles=key, loc="outside lower center", ncol=3, fontsize=8, frameon=False,
                title="head → dependent: the head word's attention lands on its dependent's phrase region (e.g. a verb "
                      "on its subject's); dependent → head: the reverse", title_fontsize=8)
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(plain(title), fontsize=12)
     return fig
