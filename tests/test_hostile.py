@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 
 import numpy as np
@@ -510,3 +511,764 @@ def test_fuzz_toml_config(tmp_path_factory, text):
         return
     t = config.train
     assert t.steps >= 1 and 0 < t.lr <= 1 and config.model.hidden_size % config.model.num_attention_heads == 0
+
+
+# ====================================================================================== round two
+# Each class of the second hostile round: script from captions, plausible numbers from broken numbers, our
+# writers against our own folders, a user's single file, silent wrong data, another model's scores, tracebacks,
+# the Python API, leftovers.
+
+def _rewrite_captions(flickr, image_id: str, lines: list[str]) -> None:
+    (flickr / "Sentences" / f"{image_id}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _copy_set(data, tmp_path):
+    """A private copy of the probe set's data (flickr root, TSV) to damage."""
+    root = tmp_path / "set"
+    shutil.copytree(data["flickr"], root / "flickr")
+    shutil.copy(data["tsv"], root / "features.tsv")
+    return {**data, "flickr": root / "flickr", "tsv": root / "features.tsv"}
+
+
+def _test_regions(data):
+    """The regions of the test split's images (the set's val split holds a box that the reader refuses)."""
+    from vb_probe.data.features import open_features
+
+    store = open_features(data["tsv"])
+    return [store[i] for i in (data["flickr"] / "test.txt").read_text().split()]
+
+
+def _write_tsv_rows(path, regions_list):
+    from vb_probe.data.features import write_tsv
+
+    write_tsv(path, regions_list)
+
+
+# ------------------------------------------------------------------------- 1. script from data in the page
+
+PAYLOADS = [
+    "[/EN#1/people <img src=x onerror=window.__pwned=1;document.title='pwned'> man]",
+    "throws [/EN#2/other a <!--<script> ball] </script><script>window.__pwned=2</script>",
+    "[/EN#3/other <svg/onload=window.__pwned=3> &lt;b&gt;x&lt;/b&gt; <!-- --> balls] ]]> \u2028 \u2029 end",
+]
+
+
+@pytest.fixture(scope="module")
+def hostile_page(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("xss")
+    flickr = root / "flickr"
+    shutil.copytree(data["flickr"], flickr)
+    for image_id in data["ids"][:2]:
+        _rewrite_captions(flickr, image_id, [" ".join(PAYLOADS[:2]), PAYLOADS[2] + " <!--<script>"])
+    out = root / "page"
+    assert probe_main(["explore", "--ckpt", str(data["ckpt"]), "--flickr30k", str(flickr), "--features",
+                       str(data["tsv"]), "--limit", "2", "--out", str(out), "--quiet"]) == 0
+    return {"html": out / "index.html", "flickr": flickr}
+
+
+def test_page_json_cannot_end_its_script_or_open_a_comment(hostile_page):
+    html = hostile_page["html"].read_text(encoding="utf-8")
+    assert html.count("</script>") == 2 and html.count("<script") == 2  # the data element and the page's own
+    payload = html.split('<script id="vb-data" type="application/json">')[1].split("</script>")[0]
+    assert not {"<", ">", "&"} & set(payload) and "onerror" in payload  # the captions are there, as escapes
+    assert "<!--" not in html
+    assert "Content-Security-Policy" in html and "'unsafe-inline'" not in html and "default-src 'none'" in html
+
+
+@FUZZ
+@given(text=st.text(alphabet=st.sampled_from(list("<>/!-&'\"scriptSCRIPT \u2028\u2029\\x")), max_size=40))
+def test_fuzz_page_json_round_trips_and_holds_no_markup(text):
+    from vb_probe.explorer import page_json
+
+    encoded = page_json({"words": [text], "key": text})
+    assert json.loads(encoded) == {"words": [text], "key": text}
+    assert not {"<", ">", "&", "\u2028", "\u2029"} & set(encoded)
+
+
+def test_page_json_refuses_numbers_that_are_not_finite():
+    from vb_probe.explorer import page_json
+
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(VbProbeError, match="not finite"):
+            page_json({"width": bad})
+
+
+def test_hostile_captions_stay_text_in_the_browser(hostile_page):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from test_explorer import _browser
+
+    browser = _browser()
+    try:
+        browser.get(hostile_page["html"].as_uri())
+        hovered = 0
+        for index in range(len(browser.find_elements(By.CSS_SELECTOR, "#captions li"))):
+            browser.find_element(By.CSS_SELECTOR, f'#captions li[data-caption="{index}"]').click()
+            for layer, head in ((0, 0), (2, 3)):
+                browser.find_element(By.CSS_SELECTOR, f'#grid rect[data-layer="{layer}"][data-head="{head}"]').click()
+                for word in browser.find_elements(By.CSS_SELECTOR, "#caption span"):  # every word, query or not
+                    ActionChains(browser).move_to_element(word).click().perform()
+                    hovered += 1
+                    assert browser.execute_script("return window.__pwned") is None
+        assert hovered > 40
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#captions li")) == 4  # 2 images × 2 captions, none split
+        browser.find_element(By.CSS_SELECTOR, '#captions li[data-caption="0"]').click()
+        shown = browser.find_element(By.ID, "caption").text
+        assert "<img src=x onerror=window.__pwned=1;document.title='pwned'>" in shown  # the payload, as text
+        assert "</script><script>window.__pwned=2</script>" in shown
+        assert browser.title == "vb-probe explorer"
+        ActionChains(browser).move_to_element(browser.find_element(By.CSS_SELECTOR, "#caption span.query")).perform()
+        status = browser.find_element(By.ID, "status").text
+        assert "most-attended region" in status
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+        # and were markup ever to slip in, the policy forbids its inline handler and any request
+        browser.execute_script("document.getElementById('status').innerHTML = "
+                               "'<img src=x onerror=\"window.__csp=1\">';")
+        browser.execute_script("fetch('data:text/plain,x').then(() => { window.__fetched = 1; }, () => {});")
+        import time
+
+        time.sleep(0.5)
+        assert browser.execute_script("return window.__csp") is None
+        assert browser.execute_script("return window.__fetched") is None
+    finally:
+        browser.quit()
+
+
+def test_nan_image_size_never_reaches_the_page(data, tmp_path, capsys):
+    bad = _copy_set(data, tmp_path)
+    rows = bad["tsv"].read_text().splitlines()
+    fields = rows[0].split("\t")
+    fields[1] = "nan"  # img_h
+    rows[0] = "\t".join(fields)
+    bad["tsv"].write_text("\n".join(rows) + "\n")
+    assert probe_main(["explore", "--ckpt", str(data["ckpt"]), "--flickr30k", str(bad["flickr"]), "--features",
+                       str(bad["tsv"]), "--limit", "2", "--out", str(tmp_path / "p"), "--quiet"]) == 2
+    one_line_error(capsys, f"image {data['ids'][0]}", "image height is nan")
+    assert not (tmp_path / "p" / "index.html").exists()
+
+
+# ------------------------------------------------------------------------- 2. plausible numbers from broken numbers
+
+def test_a_nan_weight_in_a_checkpoint_is_refused(data, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(data["ckpt"], ckpt)
+    state = load_file(str(ckpt / "model.safetensors"))
+    key = next(k for k in state if "encoder.layer.1.attention.self.key.weight" in k)
+    state[key][0, 0] = float("nan")
+    save_file(state, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    assert probe_main(probe_args(data, tmp_path / "o", ckpt=ckpt)) == 2
+    one_line_error(capsys, "model.safetensors", "encoder.layer.1.attention.self.key.weight", "NaN or infinite")
+    assert not (tmp_path / "o" / "entity_grounding.csv").exists()
+
+
+def test_non_finite_attention_from_a_model_in_memory_is_an_error_naming_the_image(data):
+    import vb_probe
+
+    model = vb_probe.load_model(data["ckpt"])
+    tokenizer = vb_probe.load_tokenizer(model=model)
+    with torch.no_grad():
+        model.blocks[1].attention.self.key.weight[0, 0] = float("nan")
+    with pytest.raises(DataError, match=r"image 500: attention is not finite .* from layer 1.*weights are not finite"):
+        vb_probe.entity_grounding(model, tokenizer, data["flickr"], data["tsv"])
+
+
+def test_features_that_overflow_attention_are_an_error_naming_the_image(data, tmp_path, capsys):
+    bad = _copy_set(data, tmp_path)
+    regions = _test_regions(data)
+    huge = regions[1]
+    huge.features = np.full_like(huge.features, 3e38)  # finite, but no float32 product of it is
+    _write_tsv_rows(bad["tsv"], regions)
+    assert probe_main(probe_args(data, tmp_path / "o", features=bad["tsv"])) == 2
+    one_line_error(capsys, f"image {data['ids'][1]}: attention is not finite", "reach 3e+38")
+    assert not (tmp_path / "o" / "entity_grounding.csv").exists()
+
+
+@pytest.mark.parametrize("layout", ["tsv", "h5", "npz"])
+def test_normalised_boxes_are_refused_naming_the_file(data, tmp_path, layout):
+    from vb_probe.data.features import Regions, open_features, write_hdf5, write_npz, write_tsv
+
+    store = open_features(data["tsv"])
+    regions = [store[i] for i in data["ids"][:3]]
+    normalised = [Regions(r.image_id, r.boxes / np.array([400, 300, 400, 300], np.float32), r.features,
+                          r.confidences, r.image_w, r.image_h) for r in regions]
+    path = tmp_path / {"tsv": "f.tsv", "h5": "f.h5", "npz": "npz"}[layout]
+    {"tsv": write_tsv, "h5": write_hdf5, "npz": write_npz}[layout](path, normalised)
+    with pytest.raises(DataError, match=f"{path.name}.*image {regions[0].image_id}.*look normalised"):
+        open_features(path)[regions[0].image_id]
+
+
+# ------------------------------------------------------------------------- 3. our writers against our own folders
+
+def test_world_refuses_to_replace_a_checkpoint(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    before = snapshot(run / "final")
+    assert train_main(["world", "--out", str(run / "final"), "--images", "10", "--quiet", "--no-images",
+                       "--no-hdf5"]) == 2
+    one_line_error(capsys, "is a model checkpoint that vb-probe wrote", "this command writes a built-in world")
+    assert snapshot(run / "final") == before
+    assert train_main(["world", "--out", str(run), "--images", "10", "--quiet", "--no-images"]) == 2
+    one_line_error(capsys, "is a pre-training run that vb-probe wrote")
+
+
+def test_a_checkpoint_is_never_saved_over_a_world_or_a_run(world, tmp_path):
+    from vb_probe.checkpoints import load_model, save_model
+
+    model = load_model(world["run"] / "final")
+    w = tmp_path / "w"
+    shutil.copytree(world["world"], w)
+    before = snapshot(w)
+    with pytest.raises(VbProbeError, match="is a built-in world that vb-probe wrote"):
+        save_model(model, w)
+    assert snapshot(w) == before
+    with pytest.raises(VbProbeError, match="is a pre-training run"):
+        save_model(model, world["run"])
+
+
+def test_pretrain_into_an_existing_run_needs_resume(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    before = snapshot(run)
+    args = ["pretrain", "--data", str(world["world"]), "--out", str(run), "--quiet", "--steps", "4",
+            *sum((["--set", s] for s in TINY), [])]
+    assert train_main(args) == 2
+    one_line_error(capsys, "holds a pre-training run already", "pass --resume")
+    assert snapshot(run) == before  # final/, the log and the old step files all as they were
+    assert train_main([*args, "--resume"]) == 0
+    steps = [int(r.split(",")[0]) for r in (run / "log.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4]  # one run, continued: no steps of another mixed in
+
+
+def test_pretrain_refuses_a_world_or_a_users_folder(world, tmp_path, capsys):
+    args = ["--data", str(world["world"]), "--quiet", "--steps", "2", *sum((["--set", s] for s in TINY), [])]
+    assert train_main(["pretrain", "--out", str(world["world"]), *args, "--resume"]) == 2
+    one_line_error(capsys, "is a built-in world that vb-probe wrote, not a pre-training run")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "log.csv").write_text("my own log\n")
+    assert train_main(["pretrain", "--out", str(mine), *args]) == 2
+    one_line_error(capsys, "not a pre-training run (log.csv)")
+    assert (mine / "log.csv").read_text() == "my own log\n"
+
+
+def test_a_file_the_user_edited_inside_a_world_is_not_replaced(tmp_path, capsys):
+    out = tmp_path / "w"
+    args = ["world", "--out", str(out), "--images", "10", "--quiet", "--no-images", "--no-hdf5"]
+    assert train_main(args) == 0
+    caption = next((out / "flickr30k" / "Sentences").glob("*.txt"))
+    caption.write_text(caption.read_text() + "my correction\n")
+    assert train_main(args) == 2
+    one_line_error(capsys, f"flickr30k/Sentences/{caption.name} changed since vb-probe wrote it")
+    assert caption.read_text().endswith("my correction\n")
+
+
+# ------------------------------------------------------------------------- 4. a user's single file
+
+def _never(name):
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{name} ran before the refusal")
+    return fail
+
+
+@pytest.mark.parametrize("command, name", [
+    ("entity-grounding", "entity_grounding.csv"), ("entity-grounding", "entity_grounding.png"),
+    ("syntactic", "syntactic.csv"), ("syntactic", "parses.test.conllu"), ("explore", "index.html"),
+    ("causal", "causal.json"), ("attribute", "attribution.json"),
+])
+def test_a_users_file_among_the_outputs_is_refused_before_the_work(data, world, tmp_path, capsys, monkeypatch,
+                                                                   command, name):
+    from vb_probe import cli, explorer, interventions, pipeline
+
+    for module, attr in ((pipeline, "run_probes"), (explorer, "explorer_data"), (interventions, "masked_phrases"),
+                         (cli, "_load")):
+        monkeypatch.setattr(module, attr, _never(attr))
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / name).write_text("the user's own")
+    if command in ("causal", "attribute"):
+        w = world["world"]
+        argv = [command, "--ckpt", str(world["run"] / "final"), "--flickr30k", str(w / "flickr30k"), "--features",
+                str(w / "features.tsv"), "--out", str(out), "--quiet"]
+        argv += ["--scores", str(out / name)] if command == "causal" else []
+    else:
+        extra = ["--parses", str(data["parses"]), "--relation", "nsubj"] if command == "syntactic" else []
+        argv = probe_args(data, out, *extra, command=command)
+    assert probe_main(argv) == 2
+    one_line_error(capsys, f"holds files vb-probe did not write ({name})")
+    assert (out / name).read_text() == "the user's own"
+    assert sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_an_edited_result_file_is_refused_and_the_own_run_replaced(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert probe_main(probe_args(data, out, "--limit", "2")) == 0
+    assert probe_main(probe_args(data, out, "--limit", "3")) == 0  # its own files: replaced
+    table = out / "entity_grounding.csv"
+    table.write_text(table.read_text() + "my note\n")
+    assert probe_main(probe_args(data, out)) == 2
+    one_line_error(capsys, "entity_grounding.csv changed since vb-probe wrote it")
+    assert table.read_text().endswith("my note\n")
+
+
+def test_visualize_figures_and_demo_refuse_a_users_file(data, tmp_path, capsys, monkeypatch):
+    from vb_probe import cli
+
+    results = tmp_path / "results"
+    assert probe_main(probe_args(data, results / "entity_grounding", "--limit", "2")) == 0
+    monkeypatch.setattr(cli, "_load", _never("_load"))
+    mine = tmp_path / "attention.png"
+    mine.write_bytes(b"my picture")
+    assert probe_main(["visualize", "--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features",
+                       str(data["tsv"]), "--image-id", "500", "--out", str(mine)]) == 2
+    one_line_error(capsys, "holds files vb-probe did not write (attention.png)")
+    assert mine.read_bytes() == b"my picture"
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "fig3_entity_grounding.png").write_bytes(b"mine")
+    monkeypatch.setattr("vb_probe.api.load_model", _never("load_model"))
+    assert probe_main(["figures", "--results", str(results), "--out", str(figures)]) == 2
+    one_line_error(capsys, "(fig3_entity_grounding.png)")
+    demo_out = tmp_path / "demo"
+    demo_out.mkdir()
+    (demo_out / "report.md").write_text("my report")
+    monkeypatch.setattr("training.world.build_world", _never("build_world"))
+    assert probe_main(["demo", "--out", str(demo_out), "--quiet"]) == 2
+    one_line_error(capsys, "(report.md)")
+    assert sorted(p.name for p in demo_out.iterdir()) == ["report.md"]
+
+
+def test_only_the_runs_own_progress_files_are_removed(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".x.progress.json").write_text("a user's hidden file")
+    assert probe_main(probe_args(data, out)) == 0
+    assert (out / ".x.progress.json").read_text() == "a user's hidden file"
+    (out / ".main.progress.json").write_text("not a progress file")
+    assert probe_main(probe_args(data, out)) == 2
+    one_line_error(capsys, ".main.progress.json, which is not vb-probe's progress file")
+    assert (out / ".main.progress.json").read_text() == "not a progress file"
+
+
+# ------------------------------------------------------------------------- 5. silent wrong data
+
+def test_an_image_listed_twice_in_a_split_is_refused(data, tmp_path, capsys):
+    bad = _copy_set(data, tmp_path)
+    (bad["flickr"] / "test.txt").write_text("500\n501\n500\n")
+    assert probe_main(probe_args(data, tmp_path / "o", flickr=bad["flickr"])) == 2
+    one_line_error(capsys, "test.txt:3: image 500 is listed a second time (first on line 1)")
+
+
+def test_an_image_twice_in_a_tsv_is_refused(data, tmp_path, capsys):
+    bad = _copy_set(data, tmp_path)
+    rows = bad["tsv"].read_text().splitlines()
+    bad["tsv"].write_text("\n".join([*rows, rows[1]]) + "\n")
+    assert probe_main(probe_args(data, tmp_path / "o", features=bad["tsv"])) == 2
+    one_line_error(capsys, f"features.tsv:{len(rows) + 1}: image {data['ids'][1]} has a second row (the first is line 2)")
+
+
+def test_a_tsv_rewritten_in_place_never_gives_one_image_anothers_regions(data, tmp_path):
+    from vb_probe.data.features import open_features
+
+    store = open_features(data["tsv"])
+    a, b = store["500"], store["501"]
+    path = tmp_path / "f.tsv"
+    b.boxes, b.features = b.boxes[: len(a)], b.features[: len(a)]  # rows of equal length
+    b.confidences = b.confidences[: len(a)]
+    _write_tsv_rows(path, [a, b])
+    opened = open_features(path)
+    stat = path.stat()
+    swapped_a = type(a)("501", a.boxes, a.features, a.confidences, a.image_w, a.image_h)
+    swapped_b = type(b)("500", b.boxes, b.features, b.confidences, b.image_w, b.image_h)
+    _write_tsv_rows(path, [swapped_b, swapped_a])  # same size; same time stamp below
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size
+    for store_now in (opened, open_features(path)):  # the store opened before, and a new one
+        np.testing.assert_array_equal(store_now["500"].features, b.features)
+        np.testing.assert_array_equal(store_now["501"].features, a.features)
+
+
+def test_resume_after_the_features_changed_is_refused(data, tmp_path, capsys, monkeypatch):
+    from vb_probe import pipeline
+
+    bad = _copy_set(data, tmp_path)
+    out = tmp_path / "o"
+    real = pipeline.collate
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(pipeline, "collate", interrupting)
+    assert probe_main(probe_args(data, out, "--batch-size", "1", features=bad["tsv"])) == 130
+    monkeypatch.setattr(pipeline, "collate", real)
+    regions = _test_regions(data)
+    regions[-1].features = regions[-1].features + 1.0  # same ids and sizes, other numbers
+    _write_tsv_rows(bad["tsv"], regions)
+    capsys.readouterr()
+    assert probe_main(probe_args(data, out, "--batch-size", "1", "--resume", features=bad["tsv"])) == 2
+    one_line_error(capsys, "saved progress is for another run (features")
+
+
+# ------------------------------------------------------------------------- 6. another model's scores
+
+@pytest.fixture(scope="module")
+def other_shape_scores(data, tmp_path_factory):
+    """entity-grounding scores of a 2-layer × 8-head model (the set's checkpoint is 3 × 4)."""
+    from fixtures import write_checkpoint
+
+    root = tmp_path_factory.mktemp("shape")
+    ckpt = write_checkpoint(root / "ckpt", layers=2, heads=8)
+    assert probe_main(probe_args(data, root / "eg", ckpt=ckpt)) == 0
+    return root / "eg"
+
+
+@pytest.mark.parametrize("command", ["explore", "visualize", "causal"])
+def test_scores_of_another_model_are_refused_naming_both_shapes(data, world, other_shape_scores, tmp_path, capsys,
+                                                                command):
+    if command == "causal":  # the world's checkpoint is 2 × 4
+        w = world["world"]
+        argv = ["causal", "--ckpt", str(world["run"] / "final"), "--flickr30k", str(w / "flickr30k"), "--features",
+                str(w / "features.tsv"), "--scores", str(other_shape_scores), "-k", "2", "--out",
+                str(tmp_path / "c"), "--quiet"]
+        shapes = ("2×8", "this model is 2×4")
+    else:
+        argv = [command, "--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features",
+                str(data["tsv"]), "--scores", str(other_shape_scores), "--out",
+                str(tmp_path / ("p" if command == "explore" else "a.png"))]
+        argv += ["--image-id", "500"] if command == "visualize" else ["--quiet"]
+        shapes = ("2×8", "this model is 3×4")
+    assert probe_main(argv) == 2
+    one_line_error(capsys, "--scores", *shapes)
+    assert not (tmp_path / "p" / "index.html").exists() and not (tmp_path / "a.png").exists()
+
+
+# ------------------------------------------------------------------------- 7. tracebacks where one line belongs
+
+def _h5(data, tmp_path, build):
+    """An HDF5 feature file built by ``build(h5file)``, with the set's id map beside it."""
+    import h5py
+
+    path = tmp_path / "f.h5"
+    with h5py.File(path, "w") as handle:
+        build(handle)
+    shutil.copy(data["h5"].with_name("features_imgid2idx.pkl"), tmp_path / "f_imgid2idx.pkl")
+    return path
+
+
+def _good_h5(handle, n_images=30, per=4, pos=None):
+    handle["image_features"] = np.zeros((n_images * per, 12), np.float32)
+    handle["image_bb"] = np.tile(np.array([[1, 1, 50, 50]], np.float32), (n_images * per, 1))
+    handle["pos_boxes"] = pos if pos is not None else np.stack([np.arange(n_images) * per,
+                                                                (np.arange(n_images) + 1) * per], 1)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("external", "cannot be opened"),
+    ("vlen", "expected a 2-D array of whole numbers"),
+    ("1d", "expected a 2-D array of whole numbers"),
+    ("billion", "declares regions 0..1000000000"),
+    ("bb_rows", "image_bb has shape (119, 4), expected [120, 4]"),
+])
+def test_hdf5_layout_errors_are_one_line(data, tmp_path, case, expected):
+    import h5py
+
+    from vb_probe.data.features import open_features
+
+    def build(handle):
+        if case == "external":
+            _good_h5(handle)
+            del handle["image_features"]
+            handle["image_features"] = h5py.ExternalLink(str(tmp_path / "gone.h5"), "/image_features")
+        elif case == "vlen":
+            _good_h5(handle, pos=np.zeros((30, 2), np.int64))
+            del handle["pos_boxes"]
+            vlen = handle.create_dataset("pos_boxes", (30,), dtype=h5py.vlen_dtype(np.int64))
+            vlen[0] = np.array([0, 4])
+        elif case == "1d":
+            _good_h5(handle, pos=np.arange(30))
+        elif case == "billion":
+            pos = np.stack([np.arange(30) * 4, (np.arange(30) + 1) * 4], 1)
+            pos[0] = (0, 10**9)
+            _good_h5(handle, pos=pos)
+        else:
+            _good_h5(handle)
+            del handle["image_bb"]
+            handle["image_bb"] = np.ones((119, 4), np.float32)
+    with pytest.raises(DataError, match=re.escape(expected)) as caught:
+        open_features(_h5(data, tmp_path, build))["500"]
+    assert "\n" not in str(caught.value)
+
+
+def test_npz_size_with_two_values_is_one_line(tmp_path):
+    from vb_probe.data.features import open_features
+
+    folder = tmp_path / "npz"
+    folder.mkdir()
+    np.savez(folder / "7.npz", boxes=np.array([[1, 1, 9, 9]], np.float32), features=np.ones((1, 3), np.float32),
+             image_w=np.array([400.0, 300.0]), image_h=np.float32(300))
+    with pytest.raises(DataError, match=r"7.npz: image_w holds float64 of shape \(2,\), expected one number"):
+        open_features(folder)["7"]
+
+
+def test_a_later_image_with_features_of_another_width_is_one_line(data, tmp_path, capsys):
+    bad = _copy_set(data, tmp_path)
+    regions = _test_regions(data)
+    regions[2].features = np.concatenate([regions[2].features, regions[2].features], 1)
+    _write_tsv_rows(bad["tsv"], regions)
+    assert probe_main(probe_args(data, tmp_path / "o", features=bad["tsv"])) == 2
+    one_line_error(capsys, f"image {regions[2].image_id} has 24-d features but the others are 12-d")
+
+
+DEEP = 100_000
+
+
+def test_deeply_nested_config_run_json_and_toml_are_one_line(data, tmp_path, capsys):
+    from training.config import load_config
+    from vb_probe.results import GroundingResult
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(data["ckpt"], ckpt)
+    (ckpt / "config.json").write_text("[" * DEEP + "]" * DEEP)
+    assert probe_main(probe_args(data, tmp_path / "o", ckpt=ckpt)) == 2
+    one_line_error(capsys, "config.json: nested too deeply")
+    scores = tmp_path / "eg"
+    scores.mkdir()
+    (scores / "run.json").write_text('{"probe": ' + "[" * DEEP + "]" * DEEP + "}")
+    with pytest.raises(DataError, match="run.json: cannot read"):
+        GroundingResult.load(scores)
+    toml = tmp_path / "deep.toml"
+    toml.write_text("a = " + "[" * DEEP + "]" * DEEP + "\n")
+    with pytest.raises(VbProbeError, match="deep.toml: nested too deeply"):
+        load_config(toml)
+
+
+def test_captions_longer_than_the_model_and_mathtext_in_explore_and_visualize(data, tmp_path, capsys):
+    long = _copy_set(data, tmp_path)
+    words = " ".join(["a"] * 70)  # the checkpoint has 64 positions
+    _rewrite_captions(long["flickr"], "500", [f"{words} [/EN#1/people a man] throws [/EN#2/other a ball]",
+                                              "[/EN#1/people a $\\foo$ man] holds [/EN#2/other a $x^2 ball]"])
+    common = ["--ckpt", str(data["ckpt"]), "--flickr30k", str(long["flickr"]), "--features", str(data["tsv"])]
+    assert probe_main(["explore", *common, "--limit", "1", "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    assert "query words cut by truncation" in capsys.readouterr().out
+    for index in (0, 1):
+        out = tmp_path / f"v{index}.png"
+        assert probe_main(["visualize", *common, "--image-id", "500", "--caption-index", str(index),
+                           "--out", str(out)]) == 0
+        assert out.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["ablate", "--task", "vqa", "--data", "d", "--seeds", "0"], "argument --seeds: 0 must be at least 1"),
+    (["finetune", "--task", "vqa", "--data", "d", "--init", "random", "--steps", "0"],
+     "argument --steps: 0 must be at least 1"),
+    (["finetune", "--task", "vqa", "--data", "d", "--init", "random", "--batch-size", "0"],
+     "argument --batch-size: 0 must be at least 1"),
+    (["finetune", "--task", "vqa", "--data", "d", "--init", "random", "--lr", "nan"],
+     "argument --lr: nan must be a finite number above 0"),
+    (["pretrain", "--data", "d", "--steps", "0"], "argument --steps: 0 must be at least 1"),
+    (["world", "--images", "-3"], "argument --images: -3 must be at least 1"),
+])
+def test_vb_train_counts_below_one_are_one_line(tmp_path, capsys, argv, expected):
+    with pytest.raises(SystemExit) as stop:
+        train_main([*argv, "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2
+    one_line_error(capsys, expected)
+    assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------- 8. the Python API
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_is_probed(data, dtype):
+    import vb_probe
+
+    model = vb_probe.load_model(data["ckpt"])
+    tokenizer = vb_probe.load_tokenizer(model=model)
+    full = vb_probe.entity_grounding(model, tokenizer, data["flickr"], data["tsv"])
+    half = vb_probe.entity_grounding(model.to(dtype), tokenizer, data["flickr"], data["tsv"])
+    assert half.n == full.n and half.n_phrases == full.n_phrases
+    agree = (half.n_correct == full.n_correct).mean()
+    assert agree > 0.5, agree  # the same picks but for near-ties
+    assert np.abs(half.accuracy - full.accuracy).max() < 0.15
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_cuda_on_a_cpu_only_torch_is_one_line(data):
+    import vb_probe
+
+    model = vb_probe.load_model(data["ckpt"])
+    tokenizer = vb_probe.load_tokenizer(model=model)
+    with pytest.raises(VbProbeError, match="--device cuda: no CUDA device is available here"):
+        vb_probe.entity_grounding(model, tokenizer, data["flickr"], data["tsv"], device="cuda")
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_region_attention_refuses_a_vector_and_splits_a_string(data):
+    import vb_probe
+    from vb_probe.data.features import open_features
+
+    model = vb_probe.load_model(data["ckpt"])
+    tokenizer = vb_probe.load_tokenizer(model=model)
+    regions = open_features(data["tsv"])["500"]
+    with pytest.raises(VbProbeError, match=r"regions have shape \(12,\), expected \[R, 12\]"):
+        vb_probe.region_attention(model, tokenizer, ["a", "man"], regions.features[0])
+    as_string = vb_probe.region_attention(model, tokenizer, "a man throws a ball", regions)
+    as_words = vb_probe.region_attention(model, tokenizer, ["a", "man", "throws", "a", "ball"], regions)
+    assert as_string.shape[2] == 5
+    np.testing.assert_array_equal(as_string, as_words)
+
+
+def test_explore_gives_a_training_model_back_in_training_mode(data):
+    import vb_probe
+
+    model = vb_probe.load_model(data["ckpt"]).train()
+    vb_probe.explore(model, vb_probe.load_tokenizer(model=model), data["flickr"], data["tsv"], limit=1)
+    assert model.training and all(m.training for m in model.modules())
+
+
+# ------------------------------------------------------------------------- 9. leftovers
+
+def test_sigterm_during_a_final_save_leaves_no_temporary(world, tmp_path, capsys, monkeypatch):
+    import signal
+
+    import vb_probe.checkpoints as checkpoints
+
+    real = checkpoints.save_file
+
+    def killed(*args, **kwargs):
+        real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill` would, in the middle of writing final/
+        import time
+
+        time.sleep(5)
+    monkeypatch.setattr(checkpoints, "save_file", killed)
+    run = tmp_path / "run"
+    assert train_main(["pretrain", "--data", str(world["world"]), "--out", str(run), "--quiet", "--steps", "2",
+                       *sum((["--set", s] for s in TINY), [])]) == 143
+    err = one_line_error(capsys, "terminated", "run again with --resume")
+    assert "Traceback" not in err
+    assert not [p.name for p in run.rglob("*.tmp")] and not (run / "final").exists()
+
+
+def test_sigterm_during_world_leaves_nothing_behind(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "w"
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", "world", "--out", str(out), "--images", "400",
+                                "--quiet", "--no-hdf5"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".w.*.tmp")):
+        time.sleep(0.05)
+    assert list(tmp_path.glob(".w.*.tmp")), "the world never started writing"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == ["vb-train: error: terminated; nothing half-written was left; run it again"] or \
+        err.strip().endswith("nothing half-written was left; run it again"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_temporaries_of_killed_writers_are_removed_and_live_ones_kept(data, tmp_path):
+    from vb_probe.atomic import remove_stale_temporaries
+
+    dead = 2**22 + 12345  # above the usual pid range: no such process
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / f".entity_grounding.csv.{dead}-ab12cd.tmp").write_text("half")
+    (out / f".index.{dead}-old.tmp").mkdir()
+    live = out / f".run.json.{os.getppid()}-zz99.tmp"  # a live process's write in progress
+    live.write_text("being written")
+    assert probe_main(probe_args(data, out, "--limit", "2")) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == [live.name]
+    (out / f".x.{dead}-q.tmp").write_text("")
+    assert remove_stale_temporaries(out) == 1
+
+
+@pytest.mark.parametrize("command", ["explore", "world"])
+def test_interrupting_a_command_without_resume_does_not_suggest_it(data, tmp_path, capsys, monkeypatch, command):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    if command == "explore":
+        monkeypatch.setattr("vb_probe.explorer.explorer_data", interrupted)
+        code = probe_main(["explore", "--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features",
+                           str(data["tsv"]), "--out", str(tmp_path / "p"), "--quiet"])
+    else:
+        monkeypatch.setattr("training.world.build_world", interrupted)
+        code = train_main(["world", "--out", str(tmp_path / "w"), "--images", "10", "--quiet"])
+    assert code == 130
+    err = one_line_error(capsys, "interrupted; nothing half-written was left; run it again")
+    assert "--resume" not in err
+
+
+# ------------------------------------------------------------------------- the same classes, further cases
+
+def test_normalised_gold_boxes_in_the_xml_are_refused(tmp_path):
+    from vb_probe.data.flickr30k import read_annotation
+
+    with pytest.raises(DataError, match=r"9.xml object 0: box \(0.1, 0.2, 0.5, 0.9\) lies within 0..1, so it looks "
+                                        "normalised"):
+        read_annotation(_annotation_with_box(
+            tmp_path, "<xmin>0.1</xmin><ymin>0.2</ymin><xmax>0.5</xmax><ymax>0.9</ymax>"))
+
+
+@pytest.mark.parametrize("change", [{"split": None}, {"n_phrases": "many"}, {"skipped": [1, 2]},
+                                    {"selected_head": {"layer": 1}}, {"n_phrases": 3}])
+def test_a_run_json_with_fields_missing_or_wrong_is_one_line(data, tmp_path, change):
+    from vb_probe.results import GroundingResult
+
+    out = tmp_path / "eg"
+    assert probe_main(probe_args(data, out, "--limit", "2")) == 0
+    run = json.loads((out / "run.json").read_text())
+    for key, value in change.items():
+        run.pop(key) if value is None else run.__setitem__(key, value)
+    (out / "run.json").write_text(json.dumps(run))
+    with pytest.raises(DataError, match="run.json: ") as caught:
+        GroundingResult.load(out)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("row, expected", [("-1,0,0.9", "layer -1, head 0"), ("0,1,nan", "accuracy nan")])
+def test_score_tables_with_negative_heads_or_nan_are_refused(tmp_path, row, expected):
+    from vb_probe.interventions import top_heads_from_csv
+
+    table = tmp_path / "entity_grounding.csv"
+    table.write_text("layer,head,accuracy\n" + "".join(f"{l},{h},0.{l}{h}\n" for l in range(2) for h in range(4))
+                     + row + "\n")
+    with pytest.raises(DataError, match=re.escape(expected)):
+        top_heads_from_csv(tmp_path, 2)  # the folder holding the table, as for --scores
+
+
+def test_one_relation_given_as_a_string_is_one_relation(data):
+    import vb_probe
+
+    model = vb_probe.load_model(data["ckpt"])
+    tokenizer = vb_probe.load_tokenizer(model=model)
+    one = vb_probe.syntactic_grounding(model, tokenizer, data["flickr"], data["tsv"], relations="nsubj",
+                                       parses=data["parses"])
+    assert one.relations == ["nsubj"]
+    shown = vb_probe.explore(model, tokenizer, data["flickr"], data["tsv"], limit=1, parses=data["parses"])
+    assert "nsubj/head_to_dependent" in shown.data["views"]
+
+
+def test_finetune_evaluate_and_ablate_refuse_a_users_file_before_training(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("training.finetune.finetune", _never("finetune"))
+    monkeypatch.setattr("training.finetune.ablate", _never("ablate"))
+    monkeypatch.setattr("training.finetune.evaluate_saved", _never("evaluate_saved"))
+    for command, name, extra in (("finetune", "metrics.json", ["--init", "random", "--task", "vqa"]),
+                                 ("ablate", "ablation.png", ["--task", "vqa"]),
+                                 ("evaluate", "metrics.json", [])):
+        out = tmp_path / command
+        out.mkdir()
+        (out / name).write_text("mine")
+        where = ["--ckpt", str(out)] if command == "evaluate" else ["--out", str(out)]
+        assert train_main([command, "--data", str(world["world"]), *where, *extra]) == 2
+        one_line_error(capsys, f"holds files vb-probe did not write ({name})")
+        assert (out / name).read_text() == "mine"

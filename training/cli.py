@@ -80,13 +80,14 @@ def _print_metrics(result: dict) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from training.finetune import finetune
-    from vb_probe.atomic import writable_folder
-
-    writable_folder(args.out)
+    from training.finetune import FINETUNE_FILES, finetune
     from training.tasks import TASKS
+    from vb_probe.atomic import check_outputs, writable_folder
 
     tasks = list(TASKS) if args.task == "all" else [args.task]
+    for task in tasks:  # every folder checked before any training: a user's file is never replaced
+        check_outputs(args.out / task if args.task == "all" else args.out, FINETUNE_FILES)
+    writable_folder(args.out)
     for task in tasks:  # with --task all, each task in its own folder under --out
         out = args.out / task if args.task == "all" else args.out
         result = finetune(task, args.data, args.init, out, _settings(args, task), tokenizer_dir=args.tokenizer,
@@ -97,21 +98,24 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.finetune import evaluate_saved
-    from vb_probe.atomic import write_json
+    from training.finetune import FINETUNE_FILES, evaluate_saved
+    from vb_probe.atomic import atomic_files, check_outputs
 
+    out = args.out or args.ckpt
+    check_outputs(out, [FINETUNE_FILES[1]])
     result = evaluate_saved(args.ckpt, args.data, args.device)
     _print_metrics(result)
-    out = args.out or args.ckpt
-    write_json(out / "metrics.json", result)
+    with atomic_files(out) as staged:
+        staged.json(FINETUNE_FILES[1], result)
     print(f"wrote {out / 'metrics.json'}")
     return 0
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from training.finetune import ablate
-    from vb_probe.atomic import writable_folder
+    from training.finetune import ABLATION_FILES, ablate
+    from vb_probe.atomic import check_outputs, writable_folder
 
+    check_outputs(args.out, ABLATION_FILES)
     writable_folder(args.out)
     rows = ablate(args.task, args.data, args.out, [v for v in args.variants.split(",") if v], args.seeds,
                   args.set, _settings(args), bert=args.bert, progress=not args.quiet)

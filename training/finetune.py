@@ -20,8 +20,11 @@ from vb_probe.atomic import atomic_files
 from vb_probe.batching import pad_inputs
 from vb_probe.data.features import open_features
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.tables import write_csv
+from vb_probe.tables import csv_text
 from vb_probe.tokenization import tokenize_words
+
+FINETUNE_FILES = ("model.pt", "metrics.json")  # what `vb-train finetune --out` holds
+ABLATION_FILES = ("ablation.csv", "ablation_runs.csv", "ablation.png")
 
 
 @dataclass(frozen=True)
@@ -168,8 +171,8 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
     with atomic_files(out) as staged:  # the model and its metrics land together or not at all
         torch.save({"model": model.state_dict(), "task": task_name, "config": model.visual_bert.config.to_dict(),
                     "tokenizer": str(Path(tokenizer.name_or_path).resolve()), "settings": dict(settings.__dict__)},
-                   staged.path("model.pt"))
-        staged.json("metrics.json", result)
+                   staged.path(FINETUNE_FILES[0]))
+        staged.json(FINETUNE_FILES[1], result)
     return result
 
 
@@ -271,9 +274,10 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
         scores = [r["score"] for r in runs if r["variant"] == variant]
         rows.append({"variant": variant, "metric": metric, "mean": f"{np.mean(scores):.4f}",
                      "std": f"{np.std(scores):.4f}", "seeds": len(scores), "chance": f"{runs[0]['chance']:.4f}"})
-    write_csv(out / "ablation.csv", ["variant", "metric", "mean", "std", "seeds", "chance"], rows)
-    write_csv(out / "ablation_runs.csv", ["variant", "seed", "score", "chance"], runs)
-    _figure(rows, metric, out / "ablation.png")
+    with atomic_files(out) as staged:  # the table, the runs and the figure land together
+        staged.text(ABLATION_FILES[0], csv_text(["variant", "metric", "mean", "std", "seeds", "chance"], rows))
+        staged.text(ABLATION_FILES[1], csv_text(["variant", "seed", "score", "chance"], runs))
+        _figure(rows, metric).savefig(staged.path(ABLATION_FILES[2]), format="png")
     return rows
 
 
@@ -297,10 +301,8 @@ def _shape(config) -> dict:
     return {k: getattr(config.model, k) for k in SHAPE_KEYS}
 
 
-def _figure(rows: list[dict], metric: str, path: Path) -> None:
+def _figure(rows: list[dict], metric: str):
     from matplotlib.figure import Figure
-
-    from vb_probe.atomic import atomic_open
 
     fig = Figure(figsize=(7, 3.5), dpi=120)
     ax = fig.add_subplot()
@@ -313,5 +315,4 @@ def _figure(rows: list[dict], metric: str, path: Path) -> None:
     ax.set_title("Ablation (mean ± std over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png")
+    return fig

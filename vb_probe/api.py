@@ -196,12 +196,13 @@ def syntactic_grounding(
     """Per dependency relation and direction, every head's grounding of the arc's other word (Figure 4).
 
     ``parses``: a CoNLL-U file whose tokens are the captions' words; without it, ``parser="spacy"`` parses them
-    (the default when neither is given). ``relations``: names as the parses spell them, or ``("all",)``.
+    (the default when neither is given). ``relations``: names as the parses spell them (one name or several), or
+    ``"all"``.
     """
     return syntactic_result(_probe(
         model, tokenizer, flickr, features, confidence, device, progress, split=split, mask=mask,
         batch_size=batch_size, precision=precision, limit=limit, select_on=select_on, control=control, entity=False,
-        relations=tuple(relations), parses=Path(parses) if parses else None,
+        relations=(relations,) if isinstance(relations, str) else tuple(relations), parses=Path(parses) if parses else None,
         parser=parser or (None if parses else "spacy"), spacy_model=spacy_model))
 
 

@@ -281,7 +281,7 @@ def write_checkpoint_folder(path: str | Path, config: VisualBertConfig, state: d
     path = Path(path)
     config.architectures = [architecture]
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, kind="checkpoint") as tmp:
         config.to_json_file(str(tmp / "config.json"))
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:

@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from vb_probe.atomic import write_text
+from vb_probe.atomic import atomic_files, check_outputs, check_replaceable
 from vb_probe.pipeline import DIRECTIONS
 from vb_probe.results import GroundingResult, SyntacticResult
 
@@ -30,11 +30,11 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str |
 
     started = time.time()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     world = out / "world"
-    world_meta = world / "world.json"
-    if world_meta.is_file() and json.loads(world_meta.read_text()).get("images") == images and \
-            json.loads(world_meta.read_text()).get("seed") == seed:
+    reuse_world = _world_matches(world, images, seed)
+    check_demo_folder(out, reuse_world)
+    out.mkdir(parents=True, exist_ok=True)
+    if reuse_world:
         log(f"[1/4] world: reusing {world}")
     else:
         log(f"[1/4] world: generating {images} scenes into {world}")
@@ -91,14 +91,46 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str |
     log("      attribution (integrated gradients) and the causal check on the first test images")
     extras = _attribution_and_causal(final, world, out, log)
     report = _report(entity, syntactic, history, config, time.time() - started, shown, key, extras)
-    write_text(out / "report.md", report)
+    with atomic_files(out) as staged:
+        staged.text("report.md", report)
     log(f"report: {out / 'report.md'}")
     return {"entity": entity, "syntactic": syntactic, "report": out / "report.md"}
 
 
+def _world_matches(world: Path, images: int, seed: int) -> bool:
+    """The world already in ``world`` is the one asked for (so it is reused, not rebuilt)."""
+    try:
+        meta = json.loads((world / "world.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("images") == images and meta.get("seed") == seed
+
+
+def check_demo_folder(out: Path, reuse_world: bool) -> None:
+    """Before any work: every file and folder the demo writes under ``out`` is absent or vb-probe's own, unchanged,
+    and of its kind (the world, the pre-training runs, the result folders); a user's file is never replaced."""
+    from vb_probe.pipeline import check_progress_files, parses_copy_name
+    from vb_probe.tables import ATTRIBUTION_FILES
+
+    check_outputs(out, ["report.md", "causal.json"])
+    if not reuse_world:
+        check_replaceable(out / "world", "--out's world/", kind="world")
+    check_outputs(out / "entity_grounding", GroundingResult.FILES, what="--out's entity_grounding/")
+    check_outputs(out / "syntactic", (*SyntacticResult.FILES, parses_copy_name("test")), what="--out's syntactic/")
+    check_progress_files(out / "syntactic", resume=False)
+    check_outputs(out / "figures", None, what="--out's figures/")
+    check_outputs(out / "explorer", ["index.html"], what="--out's explorer/")
+    check_outputs(out / "attribution", ATTRIBUTION_FILES, what="--out's attribution/")
+    models = out / "models"
+    if models.is_dir():
+        from training.loop import claim_run_folder
+
+        for run in sorted(p for p in models.iterdir() if p.is_dir()):
+            claim_run_folder(run, resume=True)  # each is a pre-training run (resumed when interrupted)
+
+
 def _attribution_and_causal(final: Path, world: Path, out: Path, log, images: int = 3, ig_steps: int = 16) -> dict:
     """Integrated gradients on a few test images' masked phrases, and the top-12 vs random-12 head ablation."""
-    from vb_probe.atomic import write_json
     from vb_probe.checkpoints import load_pretraining_model
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
@@ -115,7 +147,8 @@ def _attribution_and_causal(final: Path, world: Path, out: Path, log, images: in
     n_heads = len(model.visual_bert.blocks) * model.config.num_attention_heads
     heads = top_heads_from_csv(out / "entity_grounding" / "entity_grounding.csv", min(12, n_heads // 2))
     causal = causal_check(model, causal_items, heads, tokenizer.pad_token_id)
-    write_json(out / "causal.json", causal)
+    with atomic_files(out) as staged:
+        staged.json("causal.json", causal)
     log(f"      IG top region hits gold {result['ig_top_region_grounding_accuracy']:.3f} ({result['n']} phrases); "
         f"ablating the top-{causal['k']} grounding heads drops masked entity-word accuracy {causal['drop_top_k']:.3f} "
         f"vs {causal['drop_random_k']:.3f} for {causal['k']} random heads; {causal['verdict']}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vb_probe.atomic import atomic_files
+from vb_probe.atomic import atomic_files, check_outputs, writable_folder
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import DataError
 from vb_probe.results import GroundingResult, SyntacticResult
@@ -23,19 +23,30 @@ def example_captions(flickr: Flickr30kEntities, split: str = "test", count: int 
     return [(image_id, index) for _, image_id, index in scored[:count]]
 
 
+def figure_names(entity: GroundingResult, has_syntactic: bool, flickr: Flickr30kEntities,
+                 suffix: str = ".png") -> dict[str, tuple[str, int] | None]:
+    """The files :func:`write_figures` writes: name → the (image id, caption index) an attention figure shows, or
+    None for Figures 3 and 4. Known before anything is drawn, so an output folder is checked first."""
+    names: dict[str, tuple[str, int] | None] = {f"fig3_entity_grounding{suffix}": None}
+    if has_syntactic:
+        names[f"fig4_syntactic{suffix}"] = None
+    for number, (image_id, caption_index) in enumerate(example_captions(flickr, entity.split)):
+        names[f"fig{1 if number == 0 else 5}_attention_{image_id}_{caption_index}{suffix}"] = (image_id, caption_index)
+    return names
+
+
 def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, model, tokenizer, flickr_root: Path,
                   features_path: Path, out: Path, images_dir: Path | None = None, suffix: str = ".png") -> list[str]:
     """Figures 1, 3, 4 and 5 into ``out``, written together; returns the file names."""
     from vb_probe.visualize import attention_figure
 
-    figures = {f"fig3_entity_grounding{suffix}": entity.plot()}
-    if syntactic is not None:
-        figures[f"fig4_syntactic{suffix}"] = syntactic.plot()
-    flickr = Flickr30kEntities(flickr_root)
-    for number, (image_id, caption_index) in enumerate(example_captions(flickr, entity.split)):
-        figures[f"fig{1 if number == 0 else 5}_attention_{image_id}_{caption_index}{suffix}"] = attention_figure(
-            model, tokenizer, flickr_root, features_path, image_id, caption_index, images_dir=images_dir,
-            scores=entity)
+    figures = {}
+    for name, example in figure_names(entity, syntactic is not None, Flickr30kEntities(flickr_root), suffix).items():
+        if example is None:
+            figures[name] = entity.plot() if name.startswith("fig3") else syntactic.plot()
+        else:
+            figures[name] = attention_figure(model, tokenizer, flickr_root, features_path, *example,
+                                             images_dir=images_dir, scores=entity)
     with atomic_files(out) as staged:
         for name, figure in figures.items():
             staged.figure(name, figure)
@@ -57,6 +68,8 @@ def figures_from_results(results: Path, out: Path, images_dir: Path | None = Non
     if missing:
         raise DataError(f"{results / 'entity_grounding' / 'run.json'}: records no {', '.join(missing)}; the attention "
                         "figures need the checkpoint and data of the run")
+    check_outputs(out, figure_names(entity, syntactic is not None, Flickr30kEntities(config["flickr30k"]), suffix))
+    writable_folder(out)
     model = load_model(config["ckpt"], device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

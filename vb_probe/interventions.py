@@ -217,6 +217,10 @@ def top_heads_from_csv(path: Path, k: int, model_shape: tuple[int, int] | None =
         raise DataError(f"--scores {path}: cannot read it ({type(exc).__name__}); {expected}") from None
     if not rows:
         raise DataError(f"--scores {path}: no rows; {expected}")
+    bad = next((r for r in rows if not np.isfinite(r[0]) or r[1] < 0 or r[2] < 0), None)
+    if bad is not None:
+        raise DataError(f"--scores {path}: the row of layer {bad[1]}, head {bad[2]} has accuracy {-bad[0]}; expected "
+                        f"heads numbered from 0 and finite accuracies; {expected}")
     if model_shape is not None:
         check_scores_shape((1 + max(r[1] for r in rows), 1 + max(r[2] for r in rows)), model_shape, path)
     if not 1 <= k <= len(rows) // 2:

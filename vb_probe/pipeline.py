@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vb_probe.atomic import atomic_files, write_text
+from vb_probe.atomic import atomic_files, remove_stale_temporaries, write_text
 from vb_probe.batching import ProbeItem, Query, collate, prefetched, to_device
 from vb_probe.cache import user_cache_dir
 from vb_probe.checkpoints import file_sha256, weights_file
@@ -161,6 +161,7 @@ def load_parses(cfg: ProbeConfig, flickr: Flickr30kEntities, image_ids: list[str
         parses_list = parser.parse(items)
         text = to_conllu(parses_list)
         try:
+            remove_stale_temporaries(cached.parent)
             write_text(cached, text)
         except OSError:
             pass  # the cache is a convenience

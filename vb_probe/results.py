@@ -13,6 +13,7 @@ import io
 import json
 import platform
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -163,8 +164,12 @@ class HeadScores:
     def from_rows(cls, rows: list[dict], baselines: dict, where: str) -> "HeadScores":
         """Inverse of :meth:`rows` (CSV rows as read by ``csv.DictReader``)."""
         try:
+            if min(min(int(r["layer"]), int(r["head"]), int(r["n_correct"]), int(r["n"])) for r in rows) < 0:
+                raise ValueError("a layer, head or count below 0")
             layers = 1 + max(int(r["layer"]) for r in rows)
             heads = 1 + max(int(r["head"]) for r in rows)
+            if len(rows) != layers * heads or len({(r["layer"], r["head"]) for r in rows}) != len(rows):
+                raise ValueError(f"{len(rows)} rows for a {layers}×{heads} grid of heads")
             n_correct = np.zeros((layers, heads), np.int64)
             mass = np.zeros((layers, heads))
             has_mass = all(r.get("region_mass") not in (None, "") for r in rows)
@@ -271,6 +276,18 @@ def _save_run(folder: Path, probe: str, columns: list[str], rows: list[dict], fi
     return folder
 
 
+@contextmanager
+def _fields_of(path: Path):
+    """A run.json whose fields are missing or of the wrong type is one line naming it, never a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, VbProbeError):
+            raise
+        raise DataError(f"{path}: a field is missing or of the wrong type ({type(exc).__name__}: {exc}); expected the "
+                        "run.json vb-probe writes, run the probe again") from None
+
+
 def _read_csv(path: Path) -> list[dict]:
     try:
         with open(path, encoding="utf-8", newline="") as handle:
@@ -333,15 +350,20 @@ class GroundingResult(HeadScores):
         folder = Path(folder)
         folder = folder.parent if folder.is_file() else folder
         run = _read_run(folder, "entity_grounding")
-        scores = HeadScores.from_rows(_read_csv(folder / "entity_grounding.csv"), run.get("baselines", {}),
-                                      str(folder / "entity_grounding.csv"))
         known = {"probe", "n_phrases", "n_scored", "skipped", "baselines", "best_head", "per_layer_best",
                  "selected_head", "control_random_init", "split"}
-        return cls(scores.n_correct, scores.n, scores.region_mass, scores.baselines, split=run["split"],
-                   n_phrases=run["n_phrases"], skipped=dict(run["skipped"]),
-                   selected_head=_selected_from(run.get("selected_head")),
-                   control=_control_from(run.get("control_random_init")),
-                   provenance={k: v for k, v in run.items() if k not in known})
+        with _fields_of(folder / "run.json"):
+            scores = HeadScores.from_rows(_read_csv(folder / "entity_grounding.csv"), dict(run.get("baselines", {})),
+                                          str(folder / "entity_grounding.csv"))
+            result = cls(scores.n_correct, scores.n, scores.region_mass, scores.baselines, split=str(run["split"]),
+                         n_phrases=int(run["n_phrases"]), skipped={str(k): int(v) for k, v in run["skipped"].items()},
+                         selected_head=_selected_from(run.get("selected_head")),
+                         control=_control_from(run.get("control_random_init")),
+                         provenance={k: v for k, v in run.items() if k not in known})
+        if result.n_phrases != result.n + sum(result.skipped.values()):
+            raise DataError(f"{folder / 'run.json'}: n_phrases {result.n_phrases} is not the {result.n} scored plus "
+                            f"{sum(result.skipped.values())} skipped; the files do not belong together, run the probe again")
+        return result
 
     def equals(self, other: "GroundingResult") -> bool:
         return (HeadScores.equals(self, other) and self.split == other.split and self.n_phrases == other.n_phrases
@@ -463,6 +485,11 @@ class SyntacticResult:
         folder = folder.parent if folder.is_file() else folder
         run = _read_run(folder, "syntactic")
         rows = _read_csv(folder / "syntactic.csv")
+        with _fields_of(folder / "run.json"):
+            return cls._from_files(folder, run, rows)
+
+    @classmethod
+    def _from_files(cls, folder: Path, run: dict, rows: list[dict]) -> "SyntacticResult":
         by_group: dict[tuple[str, str], list[dict]] = {}
         for row in rows:
             by_group.setdefault((row["relation"], row["direction"]), []).append(row)

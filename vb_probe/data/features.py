@@ -198,8 +198,9 @@ class TsvFeatures(_Store):
                     offsets[image_id], lines[image_id] = position, line_number
                 position += len(line)
         try:  # the cache is a convenience: a read-only folder just means rebuilding next time
-            from vb_probe.atomic import write_json
+            from vb_probe.atomic import remove_stale_temporaries, write_json
 
+            remove_stale_temporaries(index_path.parent)  # an index write killed mid-way
             write_json(index_path, {"key": self._key, "offsets": offsets})
         except OSError:
             pass
@@ -417,10 +418,14 @@ class Hdf5Features(_Store):
 
         what = f"{self.path}: dataset {name!r}"
         try:
+            link = self._file.get(name, getlink=True)
             dataset = self._file.get(name)
         except (KeyError, OSError, RuntimeError, ValueError) as exc:
-            raise DataError(f"{what} cannot be opened ({str(exc).splitlines()[0][:100]}); an external link to a "
-                            "missing file? Copy the data into the .h5 file") from None
+            raise DataError(f"{what} cannot be opened ({str(exc).splitlines()[0][:100]}); copy the data into the "
+                            ".h5 file") from None
+        if dataset is None and isinstance(link, (h5py.ExternalLink, h5py.SoftLink)):
+            target = f"{link.filename}:{link.path}" if isinstance(link, h5py.ExternalLink) else link.path
+            raise DataError(f"{what} is a link to {target}, which cannot be opened; copy the data into the .h5 file")
         if dataset is None:
             raise DataError(f"{what} missing; expected BAN layout (image_features, image_bb, pos_boxes)")
         if not isinstance(dataset, h5py.Dataset):

@@ -9,6 +9,7 @@ Boxes are returned as the official reader does: the XML's pixel coordinates minu
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vb_probe.data.text import text_lines
 from vb_probe.errors import DataError
 from vb_probe.metrics.boxes import outside_image
 
@@ -114,7 +116,7 @@ def read_sentences(path: str | Path, image_id: str | None = None) -> list[Captio
     path = Path(path)
     image_id = image_id or path.stem
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        lines = text_lines(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise DataError(f"{path}: sentence file missing for image {image_id}; check --flickr30k points at "
                         "the Flickr30K Entities root") from None
@@ -129,14 +131,21 @@ def read_sentences(path: str | Path, image_id: str | None = None) -> list[Captio
     return captions
 
 
-def _int_field(element: ET.Element, name: str, where: str) -> int:
+def _number(element: ET.Element, name: str, where: str) -> float:
     found = element.find(name)
     if found is None or found.text is None:
         raise DataError(f"{where}: <{name}> missing; expected a number")
     try:
-        return int(float(found.text.strip()))
-    except (ValueError, OverflowError):  # OverflowError: inf
-        raise DataError(f"{where}: <{name}> is {found.text.strip()!r}, expected a finite number") from None
+        value = float(found.text.strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise DataError(f"{where}: <{name}> is {found.text.strip()!r}, expected a finite number")
+    return value
+
+
+def _int_field(element: ET.Element, name: str, where: str) -> int:
+    return int(_number(element, name, where))
 
 
 def read_annotation(path: str | Path, image_id: str | None = None) -> Annotation:
@@ -167,7 +176,11 @@ def read_annotation(path: str | Path, image_id: str | None = None) -> Annotation
             ids.append(int(name))
         box = obj.find("bndbox")
         if box is not None:
-            x1, y1, x2, y2 = (_int_field(box, k, where) - 1 for k in ("xmin", "ymin", "xmax", "ymax"))
+            raw = [_number(box, k, where) for k in ("xmin", "ymin", "xmax", "ymax")]
+            if max(abs(v) for v in raw) <= 1.0 and max(annotation.width, annotation.height) > 1:
+                raise DataError(f"{where}: box ({', '.join(f'{v:g}' for v in raw)}) lies within 0..1, so it looks "
+                                "normalised; Flickr30K Entities boxes are pixels of the image, fix the annotation")
+            x1, y1, x2, y2 = (int(v) - 1 for v in raw)
             if x2 < x1 or y2 < y1:
                 raise DataError(f"{where}: box ({x1 + 1}, {y1 + 1}, {x2 + 1}, {y2 + 1}) has xmax < xmin or "
                                 "ymax < ymin; fix the box coordinates")
@@ -197,7 +210,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); expected one image id a line, save it as UTF-8") from None
     ids, first_line = [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         image_id = line.strip()
         if not image_id:
             continue

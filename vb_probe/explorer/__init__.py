@@ -179,11 +179,16 @@ class Explorer:
 
 
 def explore(model, tokenizer, flickr, features, **options) -> Explorer:
-    """The explorer for ``model`` on ``flickr``/``features`` (paths or readers); options as :func:`explorer_data`."""
+    """The explorer for ``model`` on ``flickr``/``features`` (paths or readers); options as :func:`explorer_data`
+    (``parses`` may also be a CoNLL-U file's path)."""
     from vb_probe.api import _encoder, _eval_mode
     from vb_probe.data.features import open_features
 
     flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
     features = open_features(features) if isinstance(features, (str, Path)) else features
+    if isinstance(options.get("parses"), (str, Path)):  # a CoNLL-U file, as the CLI's --parses
+        from vb_probe.data.parses import read_conllu
+
+        options["parses"] = read_conllu(options["parses"])
     with _eval_mode(_encoder(model)) as encoder:  # the model is given back in the mode it came in
         return Explorer(explorer_data(encoder, tokenizer, flickr, features, **options))
