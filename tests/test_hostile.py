@@ -196,21 +196,27 @@ def test_vocabulary_without_cls_is_refused(data, tmp_path, capsys):
     one_line_error(capsys, "has no [CLS]")
 
 
-def test_resume_with_another_mask_is_refused(data, tmp_path, capsys, monkeypatch):
+def interrupted_probe(monkeypatch, argv: list[str], after_batches: int = 10) -> None:
+    """Run ``vb-probe argv`` and press Ctrl-C when batch ``after_batches + 1`` is collated (progress is saved
+    every 10 batches, so a resume has something to continue from)."""
     from vb_probe import pipeline
 
-    out = tmp_path / "o"
     real = pipeline.collate
     calls = {"n": 0}
 
     def interrupting(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 11:
+        if calls["n"] == after_batches + 1:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
     monkeypatch.setattr(pipeline, "collate", interrupting)
-    assert probe_main(probe_args(data, out, "--batch-size", "1")) == 130
+    assert probe_main(argv) == 130
     monkeypatch.setattr(pipeline, "collate", real)
+
+
+def test_resume_with_another_mask_is_refused(data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    interrupted_probe(monkeypatch, probe_args(data, out, "--batch-size", "1"))
     capsys.readouterr()
     assert probe_main(probe_args(data, out, "--batch-size", "1", "--mask", "intervene", "--resume")) == 2
     one_line_error(capsys, "saved progress is for another run", "mask 'posthoc' → 'intervene'")
@@ -891,21 +897,9 @@ def test_a_tsv_rewritten_in_place_never_gives_one_image_anothers_regions(data, t
 
 
 def test_resume_after_the_features_changed_is_refused(data, tmp_path, capsys, monkeypatch):
-    from vb_probe import pipeline
-
     bad = _copy_set(data, tmp_path)
     out = tmp_path / "o"
-    real = pipeline.collate
-    calls = {"n": 0}
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 11:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(pipeline, "collate", interrupting)
-    assert probe_main(probe_args(data, out, "--batch-size", "1", features=bad["tsv"])) == 130
-    monkeypatch.setattr(pipeline, "collate", real)
+    interrupted_probe(monkeypatch, probe_args(data, out, "--batch-size", "1", features=bad["tsv"]))
     regions = _test_regions(data)
     regions[-1].features = regions[-1].features + 1.0  # same ids and sizes, other numbers
     _write_tsv_rows(bad["tsv"], regions)
