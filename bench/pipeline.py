@@ -32,10 +32,12 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 import torch
 from vb_probe.api import load_model, load_tokenizer
-from vb_probe.batching import collate, to_device
+from vb_probe.batching import to_device
 from vb_probe.data.features import open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
-from vb_probe.pipeline import ProbeConfig, collect_items, run_probes, score_batch
+from vb_probe.families import family_of
+from vb_probe.pipeline import ProbeConfig, run_probes, score_batch
+from vb_probe.queries import collect_items
 
 mode, ckpt, flickr, features, limit, batch, device, threads = {args!r}
 torch.set_num_threads(threads)
@@ -52,25 +54,27 @@ if mode == "end_to_end":
     seconds = time.perf_counter() - start
     captions = results.main.n_captions
 elif mode == "data_only":  # reading, tokenising and collating every batch, no model: the data path alone
-    store, fl = open_features(features), Flickr30kEntities(flickr)
-    items, *_ = collect_items(cfg, fl, store, fl.split("train")[:limit], None, "")
+    store, fl, family = open_features(features), Flickr30kEntities(flickr), family_of(model)
+    items, _ = collect_items(fl, store, fl.split("train")[:limit])
+    facts = family.prepare(model, store, {{}})
     start = time.perf_counter()
     for i in range(0, len(items), batch):
-        collate(items[i:i + batch], tokenizer, 1, 128, store)
+        family.collate(model, items[i:i + batch], tokenizer, facts, 128, store)
     seconds = time.perf_counter() - start
     captions = len(items)
 else:  # the same model on batches collated beforehand: the ceiling of the pipeline
-    store, fl = open_features(features), Flickr30kEntities(flickr)
-    items, *_ = collect_items(cfg, fl, store, fl.split("train")[:limit], None, "")
-    batches = [to_device(collate(items[i:i + batch], tokenizer, 1, 128, store), device)
+    store, fl, family = open_features(features), Flickr30kEntities(flickr), family_of(model)
+    items, _ = collect_items(fl, store, fl.split("train")[:limit])
+    facts = family.prepare(model, store, {{}})
+    batches = [to_device(family.collate(model, items[i:i + batch], tokenizer, facts, 128, store), device)
                for i in range(0, len(items), batch)]
-    score_batch(model, batches[0], {{}})  # warm-up
+    score_batch(family, model, batches[0], {{}})  # warm-up
     sync()
     start = time.perf_counter()
     counts = {{}}
     with torch.no_grad():
         for b in batches:
-            score_batch(model, b, counts)
+            score_batch(family, model, b, counts)
     sync()
     seconds = time.perf_counter() - start
     captions = len(items)
@@ -95,8 +99,8 @@ def make_checkpoint(folder: Path, tokenizer_dir: Path, size: str) -> Path:
     import torch
     from transformers import VisualBertConfig
 
-    from vb_probe.checkpoints import save_model
-    from vb_probe.model import VisualBertModel
+    from vb_probe.families.visualbert.checkpoints import save_model
+    from vb_probe.families.visualbert.model import VisualBertModel
     from vb_probe.tokenization import load_tokenizer
 
     if (folder / "model.safetensors").is_file():

@@ -58,9 +58,9 @@ def main() -> None:
 
     from transformers import VisualBertModel as Reference
 
-    from vb_probe.hooks import capture_attention_rows
+    from vb_probe.families.visualbert.hooks import capture_attention_rows
+    from vb_probe.families.visualbert.model import VisualBertModel
     from vb_probe.metrics.grounding import HeadCounts, head_correct
-    from vb_probe.model import VisualBertModel
 
     config = bert_base_config(dropout=0.0)
     torch.manual_seed(0)

@@ -61,8 +61,8 @@ def main() -> None:
 
     from transformers import VisualBertForPreTraining as Reference
 
-    from vb_probe.model import VisualBertModel
-    from vb_probe.pretraining_model import VisualBertForPreTraining
+    from vb_probe.families.visualbert.model import VisualBertModel
+    from vb_probe.families.visualbert.pretraining import VisualBertForPreTraining
 
     config = bert_base_config()
     torch.manual_seed(0)

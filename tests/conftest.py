@@ -63,7 +63,7 @@ def reference_and_ours(config, seed=0):
     """transformers' VisualBertModel with random weights, and ours with the same weights."""
     from transformers import VisualBertModel as Reference
 
-    from vb_probe.model import VisualBertModel
+    from vb_probe.families.visualbert.model import VisualBertModel
 
     torch.manual_seed(seed)
     reference = Reference(config).eval()

@@ -79,7 +79,7 @@ def test_transformers_models_in_memory_are_converted_by_name(data):
     converted = vb_probe.load_model(with_heads)
     assert any("set aside" in note for note in converted.load_notes)
     np.testing.assert_array_equal(probe(data, converted).n_correct, reference.n_correct)
-    with pytest.raises(vb_probe.VbProbeError, match="not a VisualBERT model"):
+    with pytest.raises(vb_probe.VbProbeError, match="Linear: not a model vb-probe knows"):
         vb_probe.load_model(torch.nn.Linear(2, 2))
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import random_inputs, tiny_config
 
-from vb_probe.checkpoints import init_from_bert, load_model, save_model
 from vb_probe.errors import CheckpointError
-from vb_probe.model import VisualBertModel
+from vb_probe.families.visualbert.checkpoints import init_from_bert, load_model, save_model
+from vb_probe.families.visualbert.model import VisualBertModel
 from vb_probe.tokenization import load_tokenizer, tokenize_words
 
 WORDS = ["a", "man", "dog", "red", "ball", "throws", "the", "##s", "play", "##ing", "on", "grass", "'", "s"]

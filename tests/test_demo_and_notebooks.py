@@ -98,10 +98,10 @@ def test_attribution_and_causal_commands(demo, tmp_path, capsys):
     import torch
     from transformers import VisualBertForPreTraining
 
-    from vb_probe.checkpoints import load_pretraining_model
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
-    from vb_probe.interventions import _batch, masked_phrases, masked_word_accuracy
+    from vb_probe.families.visualbert.checkpoints import load_pretraining_model
+    from vb_probe.families.visualbert.interventions import _batch, masked_phrases, masked_word_accuracy
     from vb_probe.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(model)
@@ -124,7 +124,7 @@ def test_attribution_and_causal_commands(demo, tmp_path, capsys):
     assert causal["accuracy_top_k_ablated"] == pytest.approx(masked_word_accuracy(surgery, items, tokenizer.pad_token_id))
     capsys.readouterr()
     # a probe checkpoint without a masked-LM head is refused with a one-line reason
-    from vb_probe.checkpoints import load_model, save_model
+    from vb_probe.families.visualbert.checkpoints import load_model, save_model
     save_model(load_model(model), tmp_path / "encoder_only")
     code = cli_main(["attribute", *common[:1], str(tmp_path / "encoder_only"), *common[2:], "--out", str(tmp_path / "b")])
     assert code == 2 and "no masked-LM head" in capsys.readouterr().err

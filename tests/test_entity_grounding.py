@@ -14,7 +14,8 @@ from fixtures import write_checkpoint, write_dataset
 
 from vb_probe.cli import main as cli_main
 from vb_probe.metrics.boxes import iou, region_hits
-from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct, wilson_interval
+from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
+from vb_probe.metrics.intervals import wilson_interval
 
 
 def test_iou_by_hand():
@@ -201,8 +202,8 @@ def test_hdf5_without_confidence_and_select_on_and_control(world, tmp_path):
     # the control equals the same probe run on a random-initialised model of the same shape (seed 0), saved
     import torch
 
-    from vb_probe.checkpoints import load_model, save_model
-    from vb_probe.model import VisualBertModel
+    from vb_probe.families.visualbert.checkpoints import load_model, save_model
+    from vb_probe.families.visualbert.model import VisualBertModel
 
     config = load_model(world["ckpt"]).config
     torch.manual_seed(0)
@@ -259,7 +260,7 @@ def test_bad_input_exits_2_with_one_line(world, tmp_path, capsys, case, message)
 def test_integrated_gradients_by_hand():
     """As captum checks its own: on a linear model IG from zero is input × weight, and on F(x) = Σ x² it is x²
     (Gauss–Legendre integrates the quadratic path exactly); attributions add up to F(x) − F(0) (completeness)."""
-    from vb_probe.interventions import integrated_gradients
+    from vb_probe.families.visualbert.interventions import integrated_gradients
 
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(1, 5, generator=g), torch.randn(1, 3, 2, generator=g)
@@ -319,7 +320,7 @@ def test_prefetched_keeps_order_raises_in_turn_and_stops_early():
 
 
 def test_run_json_protocol_is_the_documented_one():
-    from vb_probe.pipeline import PROTOCOL_CHOICES
+    from vb_probe.queries import PROTOCOL_CHOICES
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
     for key, statement in PROTOCOL_CHOICES.items():

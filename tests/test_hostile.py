@@ -106,7 +106,7 @@ def test_world_replaces_its_own_folder_but_not_a_file_added_to_it(tmp_path, caps
 
 
 def test_saving_a_model_never_replaces_a_users_folder(data, tmp_path):
-    from vb_probe.checkpoints import load_model, save_model
+    from vb_probe.families.visualbert.checkpoints import load_model, save_model
 
     folder = tmp_path / "results"
     folder.mkdir()
@@ -199,7 +199,7 @@ def test_vocabulary_without_cls_is_refused(data, tmp_path, capsys):
 def interrupted_probe(monkeypatch, argv: list[str], after_batches: int = 10) -> None:
     """Run ``vb-probe argv`` and press Ctrl-C when batch ``after_batches + 1`` is collated (progress is saved
     every 10 batches, so a resume has something to continue from)."""
-    from vb_probe import pipeline
+    from vb_probe.families.visualbert import inputs as pipeline  # where a batch is collated
 
     real = pipeline.collate
     calls = {"n": 0}
@@ -430,8 +430,8 @@ def test_resume_removes_a_killed_saves_temporary_file(world, tmp_path):
 
 
 def test_ablate_heads_refuses_an_unknown_mode(data):
-    from vb_probe.checkpoints import load_model
-    from vb_probe.hooks import ablate_heads
+    from vb_probe.families.visualbert.checkpoints import load_model
+    from vb_probe.families.visualbert.hooks import ablate_heads
 
     with pytest.raises(ValueError, match="ablation mode 'maen'"):
         with ablate_heads(load_model(data["ckpt"]), [(0, 0)], mode="maen"):  # type: ignore[arg-type]
@@ -452,7 +452,7 @@ json_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 200), st.float
                                                 "layer_norm_eps", "hidden_dropout_prob", "bypass_transformer",
                                                 "model_type"]), json_values, max_size=3))
 def test_fuzz_config_json(data, tmp_path_factory, changes):
-    from vb_probe.checkpoints import load_model
+    from vb_probe.families.visualbert.checkpoints import load_model
 
     folder = tmp_path_factory.mktemp("cfg")
     ckpt = folder / "ckpt"
@@ -721,7 +721,7 @@ def test_world_refuses_to_replace_a_checkpoint(world, tmp_path, capsys):
 
 
 def test_a_checkpoint_is_never_saved_over_a_world_or_a_run(world, tmp_path):
-    from vb_probe.checkpoints import load_model, save_model
+    from vb_probe.families.visualbert.checkpoints import load_model, save_model
 
     model = load_model(world["run"] / "final")
     w = tmp_path / "w"
@@ -786,7 +786,8 @@ def _never(name):
 ])
 def test_a_users_file_among_the_outputs_is_refused_before_the_work(data, world, tmp_path, capsys, monkeypatch,
                                                                    command, name):
-    from vb_probe import cli, explorer, interventions, pipeline
+    from vb_probe import cli, explorer, pipeline
+    from vb_probe.families.visualbert import interventions
 
     for module, attr in ((pipeline, "run_probes"), (explorer, "explorer_data"), (interventions, "masked_phrases"),
                          (cli, "_load")):
@@ -1109,7 +1110,7 @@ def test_region_attention_refuses_a_vector_and_splits_a_string(data):
     model = vb_probe.load_model(data["ckpt"])
     tokenizer = vb_probe.load_tokenizer(model=model)
     regions = open_features(data["tsv"])["500"]
-    with pytest.raises(VbProbeError, match=r"regions have shape \(12,\), expected \[R, 12\]"):
+    with pytest.raises(VbProbeError, match=r"regions have shape \(12,\), expected \[R, D\]"):
         vb_probe.region_attention(model, tokenizer, ["a", "man"], regions.features[0])
     as_string = vb_probe.region_attention(model, tokenizer, "a man throws a ball", regions)
     as_words = vb_probe.region_attention(model, tokenizer, ["a", "man", "throws", "a", "ball"], regions)
@@ -1130,7 +1131,7 @@ def test_explore_gives_a_training_model_back_in_training_mode(data):
 def test_sigterm_during_a_final_save_leaves_no_temporary(world, tmp_path, capsys, monkeypatch):
     import signal
 
-    import vb_probe.checkpoints as checkpoints
+    import vb_probe.families.visualbert.checkpoints as checkpoints
 
     real = checkpoints.save_file
 
@@ -1231,7 +1232,7 @@ def test_a_run_json_with_fields_missing_or_wrong_is_one_line(data, tmp_path, cha
 
 @pytest.mark.parametrize("row, expected", [("-1,0,0.9", "layer -1, head 0"), ("0,1,nan", "accuracy nan")])
 def test_score_tables_with_negative_heads_or_nan_are_refused(tmp_path, row, expected):
-    from vb_probe.interventions import top_heads_from_csv
+    from vb_probe.families.visualbert.interventions import top_heads_from_csv
 
     table = tmp_path / "entity_grounding.csv"
     table.write_text("layer,head,accuracy\n" + "".join(f"{l},{h},0.{l}{h}\n" for l in range(2) for h in range(4))

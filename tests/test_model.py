@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import random_inputs, reference_and_ours, tiny_config
 
-from vb_probe import hooks
 from vb_probe.errors import VbProbeError
+from vb_probe.families.visualbert import hooks
 
 
 def assert_same_outputs(reference, ours, inputs, atol=1e-5):
@@ -157,7 +157,7 @@ def test_mean_ablation_sets_head_to_its_mean(config):
 
 
 def test_without_early_fusion_text_stack_ignores_regions(config):
-    from vb_probe.model import VisualBertModel
+    from vb_probe.families.visualbert.model import VisualBertModel
 
     cfg = tiny_config(bypass_transformer=True)
     torch.manual_seed(0)

@@ -105,7 +105,7 @@ def test_vb_train_bad_input(tmp_path, capsys):
 
 
 def test_probe_resume_gives_the_same_tables(world, tmp_path, monkeypatch):
-    from vb_probe import pipeline
+    from vb_probe.families.visualbert import inputs as pipeline  # where a batch is collated
 
     reference = tmp_path / "reference"
     assert probe_main(_args(world, reference, "--batch-size", "1")) == 0
@@ -252,8 +252,8 @@ def real_shaped(tmp_path_factory):
     from transformers import VisualBertConfig
 
     from bench.real_shaped import write_real_shaped_set
-    from vb_probe.checkpoints import save_model
-    from vb_probe.model import VisualBertModel
+    from vb_probe.families.visualbert.checkpoints import save_model
+    from vb_probe.families.visualbert.model import VisualBertModel
     from vb_probe.tokenization import load_tokenizer
 
     root = tmp_path_factory.mktemp("real")
@@ -286,7 +286,8 @@ def test_features_are_read_batch_by_batch_not_held(real_shaped):
     from vb_probe.api import load_model, load_tokenizer
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
-    from vb_probe.pipeline import ProbeConfig, collect_items, probe_pass
+    from vb_probe.pipeline import probe_pass
+    from vb_probe.queries import collect_items
 
     class CountingFeatures:
         def __init__(self, store):
@@ -301,12 +302,11 @@ def test_features_are_read_batch_by_batch_not_held(real_shaped):
 
     features = CountingFeatures(open_features(real_shaped["tsv"]))
     flickr = Flickr30kEntities(real_shaped["flickr30k"])
-    cfg = ProbeConfig(flickr30k=real_shaped["flickr30k"], features=real_shaped["tsv"], split="train")
     image_ids = flickr.split("train")
-    items, *_ = collect_items(cfg, flickr, features, image_ids, None, "")
+    items, _ = collect_items(flickr, features, image_ids)
     assert sum(features.reads.values()) == 0 and all(item.regions is None for item in items)
     model = load_model(real_shaped["ckpt"])
-    probe_pass(model, load_tokenizer(model=model), items, batch_size=5, visual_token_type=1, max_text_len=64,
+    probe_pass(model, load_tokenizer(model=model), items, batch_size=5, facts={"visual_token_type": 1}, max_text_len=64,
                progress=False, features=features)
     batches = [items[i:i + 5] for i in range(0, len(items), 5)]
     expected = Counter(image for batch in batches for image in {item.image_id for item in batch})

@@ -84,7 +84,7 @@ def test_resume_is_exact_and_checkpoint_loads_in_transformers(small_world, tmp_p
 
     from training import loop
     from training.cli import main
-    from vb_probe.checkpoints import load_model
+    from vb_probe.families.visualbert.checkpoints import load_model
 
     base = ["pretrain", "--data", str(small_world), "--quiet", "--steps", "6",
             *sum((["--set", s] for s in TINY), [])]

@@ -16,10 +16,10 @@ import torch
 
 from training.config import DataSection, ObjectiveSection, TrainSection
 from training.objectives import ENTITY, choose_masked, corrupt, word_classes_from_pos
-from vb_probe.batching import pad_inputs
 from vb_probe.data.coco import read_karpathy
 from vb_probe.data.features import open_features
 from vb_probe.errors import DataError
+from vb_probe.families.visualbert.inputs import pad_inputs
 
 
 @dataclass

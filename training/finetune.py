@@ -17,9 +17,9 @@ import torch
 from training.loop import lr_at
 from training.tasks import MAX_REGIONS, TASKS, Example, Task, TaskModel, load_task
 from vb_probe.atomic import atomic_files
-from vb_probe.batching import pad_inputs
 from vb_probe.data.features import open_features
 from vb_probe.errors import DataError, VbProbeError
+from vb_probe.families.visualbert.inputs import pad_inputs
 from vb_probe.tables import csv_text
 from vb_probe.tokenization import tokenize_words
 
@@ -107,8 +107,8 @@ def evaluate_task(model: TaskModel, task: Task, encoder: Encoder, examples: list
 
 def build_encoder_model(init: str | Path, task: Task, tokenizer, visual_dim: int, shape: dict | None = None):
     """The encoder from a VisualBERT checkpoint folder, or random (``init='random'``, shape from ``shape``)."""
-    from vb_probe.checkpoints import load_model
-    from vb_probe.model import VisualBertConfig, VisualBertModel
+    from vb_probe.families.visualbert.checkpoints import load_model
+    from vb_probe.families.visualbert.model import VisualBertConfig, VisualBertModel
 
     if str(init) == "random":
         if shape is None:  # the demo model's shape
@@ -131,7 +131,7 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
     """Fine-tune on the task's train split; write ``out/metrics.json`` (held-out metrics + chance)."""
     from tqdm.auto import tqdm
 
-    from vb_probe.pipeline import resolve_device
+    from vb_probe.devices import resolve_device
     from vb_probe.tokenization import load_tokenizer
 
     started = time.time()
@@ -178,7 +178,7 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
 
 def evaluate_saved(run_dir: Path, data_dir: Path, device: str = "cpu") -> dict:
     """Evaluate a fine-tuned model (``model.pt`` of a finetune run) on the task's held-out split."""
-    from vb_probe.model import VisualBertConfig, VisualBertModel
+    from vb_probe.families.visualbert.model import VisualBertConfig, VisualBertModel
     from vb_probe.tokenization import load_tokenizer
 
     path = Path(run_dir) / "model.pt"
@@ -252,7 +252,7 @@ def ablate(task_name: str, data_dir: Path, out: Path, variants: list[str], seeds
                 init, shape = "random", _shape(config)
                 if bert:
                     from training.loop import build_model
-                    from vb_probe.checkpoints import save_pretraining_model
+                    from vb_probe.families.visualbert.checkpoints import save_pretraining_model
                     from vb_probe.tokenization import load_tokenizer
 
                     tok = load_tokenizer(data_dir / config.data.tokenizer)
@@ -288,7 +288,7 @@ SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "interm
 def bert_overrides(bert: Path, user_overrides: list[str]) -> list[str]:
     """With ``--bert``: every variant takes BERT's shape (so the random-init ones differ in initialisation
     only) and, unless ``data.tokenizer`` is set, the BERT folder's tokenizer (its vocabulary is the model's)."""
-    from vb_probe.checkpoints import read_config_json
+    from vb_probe.families.visualbert.checkpoints import read_config_json
 
     raw = read_config_json(bert)
     overrides = [f"model.{k}={raw[k]}" for k in SHAPE_KEYS if k in raw]

@@ -26,11 +26,11 @@ import torch.nn.functional as F
 from training.config import TrainConfig, TrainSection, config_from_dict
 from training.data import PretrainBatch, PretrainData
 from vb_probe.atomic import KIND_NAMES, MANIFEST, Manifest, atomic_open, read_manifest, remove_stale_temporaries
-from vb_probe.checkpoints import init_from_bert, load_model, load_pretraining_model, save_pretraining_model
+from vb_probe.devices import resolve_device
 from vb_probe.errors import CheckpointError, VbProbeError
-from vb_probe.model import VisualBertConfig, VisualBertModel
-from vb_probe.pipeline import resolve_device
-from vb_probe.pretraining_model import VisualBertForPreTraining
+from vb_probe.families.visualbert.checkpoints import init_from_bert, load_model, load_pretraining_model, save_pretraining_model
+from vb_probe.families.visualbert.model import VisualBertConfig, VisualBertModel
+from vb_probe.families.visualbert.pretraining import VisualBertForPreTraining
 from vb_probe.tables import write_csv
 from vb_probe.tokenization import load_tokenizer
 

@@ -29,7 +29,7 @@ _EXPORTS = {
     "HeadScores": "vb_probe.results",
     "Flickr30kEntities": "vb_probe.data.flickr30k",
     "open_features": "vb_probe.data.features",
-    "VisualBertModel": "vb_probe.model",
+    "VisualBertModel": "vb_probe.families.visualbert.model",
     "VbProbeError": "vb_probe.errors",
 }
 

@@ -1,4 +1,5 @@
-"""The public verbs, for notebooks and scripts: load any VisualBERT, probe it, get typed results.
+"""The public verbs, for notebooks and scripts: load a model of any known family (VisualBERT today), probe it,
+get typed results.
 
     import vb_probe
     model = vb_probe.load_model("demo_out/models/<key>/final")   # a folder, a hub id, or a model object
@@ -22,11 +23,20 @@ import torch
 
 from vb_probe.data.features import RegionFeatures, Regions, open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
-from vb_probe.errors import CheckpointError, VbProbeError
-from vb_probe.hub import DEFAULT_TOKENIZER, resolve
-from vb_probe.model import VisualBertModel
-from vb_probe.pipeline import ProbeConfig, ProbeResults, resolve_device, run_probes, word_region_attention
-from vb_probe.results import GroundingResult, SyntacticResult, grounding_result, syntactic_result
+from vb_probe.devices import resolve_device
+from vb_probe.errors import VbProbeError
+from vb_probe.families import family_of
+from vb_probe.hub import read_config_json, resolve
+from vb_probe.pipeline import (
+    ProbeConfig,
+    ProbeResults,
+    SingleImage,
+    grounding_result,
+    run_probes,
+    syntactic_result,
+    word_region_attention,
+)
+from vb_probe.results import GroundingResult, SyntacticResult
 
 
 def load_model_and_tokenizer(cfg: ProbeConfig):
@@ -38,71 +48,47 @@ def load_model_and_tokenizer(cfg: ProbeConfig):
 
 
 class TokenizerFallback(UserWarning):
-    """The checkpoint has no tokenizer of its own; bert-base-uncased is used (as for every uclanlp checkpoint)."""
+    """The checkpoint has no tokenizer of its own; its family's default is used (bert-base-uncased for VisualBERT,
+    as for every uclanlp checkpoint)."""
 
 
 ModelSource = str | Path | torch.nn.Module
 
 
-def load_model(src: ModelSource, *, device: str | torch.device | None = None) -> VisualBertModel:
-    """A :class:`VisualBertModel` in eval mode from any VisualBERT:
+def load_model(src: ModelSource, *, device: str | torch.device | None = None) -> torch.nn.Module:
+    """A probe-ready model in eval mode, of the family its ``config.json`` (or class) names:
 
-    - a checkpoint folder (transformers format, with or without the ``visual_bert.`` prefix of task models);
+    - a checkpoint folder (for VisualBERT: transformers format, with or without the ``visual_bert.`` prefix of
+      task models);
     - a hub id such as ``uclanlp/visualbert-vqa-coco-pre``, through the hub cache (``HF_HOME``,
       ``HF_HUB_OFFLINE``);
     - a model in memory: ours (returned as it is, edits included), our pre-training model (its encoder), or
       transformers' ``VisualBertModel`` / ``VisualBertFor*`` (converted by parameter name; task heads set aside).
     """
-    model = _encoder(src)
+    device = resolve_device(str(device)) if device is not None else None  # before anything is loaded
+    model = _model(src)
     if device is not None:
-        model.to(resolve_device(str(device)))
+        model.to(device)
     return model.eval()
 
 
-def _encoder(src: ModelSource) -> VisualBertModel:
-    """Our encoder for ``src``, its training mode untouched (the probes set and restore it)."""
-    from vb_probe.checkpoints import load_model as load_folder
-
-    if isinstance(src, VisualBertModel):
-        return src
+def _model(src: ModelSource) -> torch.nn.Module:
+    """The probe-ready model for ``src`` (its family's), its training mode untouched (the probes set and restore
+    it)."""
     if isinstance(src, torch.nn.Module):
-        return _from_module(src)
-    model = load_folder(resolve(src, "--ckpt"))
+        return family_of(src).load(src)
+    folder = resolve(src, "--ckpt")
+    model = family_of(read_config_json(folder), str(folder / "config.json")).load(folder)
     if str(src) != str(model.checkpoint_path):
         model.load_notes.append(f"{src} resolved to {model.checkpoint_path}")
     return model
 
 
-def _from_module(module: torch.nn.Module) -> VisualBertModel:
-    """Our encoder from a module in memory: ours inside a wrapper, or transformers' VisualBERT classes."""
-    from vb_probe.checkpoints import _fit_state_dict, _skeleton
-
-    inner = getattr(module, "visual_bert", None)
-    if isinstance(inner, VisualBertModel):
-        return inner
-    config = getattr(module, "config", None)
-    if getattr(config, "model_type", None) != "visual_bert":
-        raise CheckpointError(f"{type(module).__name__}: not a VisualBERT model (config.model_type "
-                              f"{getattr(config, 'model_type', None)!r}); pass a checkpoint folder, a hub id, or a "
-                              "VisualBertModel / VisualBertFor* object")
-    from vb_probe.model import VisualBertConfig
-
-    ours = VisualBertConfig.from_dict(config.to_dict())
-    state = {k: v.detach() for k, v in module.state_dict().items()}
-    fitted, set_aside = _fit_state_dict(_skeleton(ours, Path(type(module).__name__)), state,
-                                        Path(type(module).__name__), prefixes=("visual_bert.",))
-    model = VisualBertModel(ours).to(next(module.parameters()).device)
-    model.load_state_dict(fitted, strict=True)
-    model.load_notes = [f"converted from {type(module).__name__} in memory"] + (
-        [f"set aside {len(set_aside)} task-head weights"] if set_aside else [])
-    model.checkpoint_path = None
-    return model
-
-
 def load_tokenizer(src: str | Path | None = None, model: torch.nn.Module | None = None):
     """The tokenizer for ``model``: ``src`` (a folder or hub id) when given; else the checkpoint's own when its
-    folder has one; else ``bert-base-uncased`` (the tokenizer every uclanlp checkpoint was trained with), saying
-    so in one line (a :class:`TokenizerFallback` warning). Checked against the model's vocabulary size."""
+    folder has one; else its family's default (for VisualBERT ``bert-base-uncased``, the tokenizer every uclanlp
+    checkpoint was trained with), saying so in one line (a :class:`TokenizerFallback` warning). Checked against
+    the model's vocabulary size."""
     from vb_probe.tokenization import has_tokenizer_files
     from vb_probe.tokenization import load_tokenizer as load_folder
 
@@ -111,10 +97,13 @@ def load_tokenizer(src: str | Path | None = None, model: torch.nn.Module | None 
         folder = getattr(model, "checkpoint_path", None)
         if folder is not None and has_tokenizer_files(folder):
             return load_folder(folder, vocab_size=vocab_size)
-        warnings.warn(f"{folder or 'the model'} has no tokenizer files; using {DEFAULT_TOKENIZER}, the tokenizer of "
-                      "the uclanlp VisualBERT checkpoints (pass a tokenizer to use another)", TokenizerFallback,
-                      stacklevel=2)
-        src = DEFAULT_TOKENIZER
+        default = family_of(model).default_tokenizer if model is not None else None
+        if default is None:
+            raise VbProbeError(f"{folder or 'the model'} has no tokenizer files; pass --tokenizer (a folder or hub id)")
+        warnings.warn(f"{folder or 'the model'} has no tokenizer files; using {default}, its family's tokenizer "
+                      "(for VisualBERT, the one every uclanlp checkpoint was trained with; pass a tokenizer to use "
+                      "another)", TokenizerFallback, stacklevel=2)
+        src = default
     return load_folder(resolve(src, "--tokenizer"), vocab_size=vocab_size)
 
 
@@ -131,7 +120,7 @@ def _eval_mode(model: torch.nn.Module):
 def _probe(model, tokenizer, flickr: Flickr30kEntities | str | Path, features: RegionFeatures | str | Path,
            confidence: str | None, device: str | torch.device | None, progress: bool, **options) -> ProbeResults:
     """One probe pass over the model as it is, in eval mode, with the readers opened once."""
-    encoder = _encoder(model)
+    encoder = _model(model)
     device = str(resolve_device(str(device))) if device is not None else next(encoder.parameters()).device.type
     flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
     features = open_features(features, confidence) if isinstance(features, (str, Path)) else features
@@ -224,18 +213,15 @@ def region_attention(
     ``intervene``: text-to-text attention blocked inside every layer).
     A word cut by truncation gets a row of NaN.
     """
-    encoder = _encoder(model)
+    encoder = _model(model)
     if isinstance(words, str):  # a caption as one string: its words, split on spaces as the probe splits them
         words = words.split()
-    width = encoder.config.visual_embedding_dim
     features = regions.features if isinstance(regions, Regions) else np.asarray(regions, dtype=np.float32)
-    if features.ndim != 2 or features.shape[1] != width or not len(features):
-        raise VbProbeError(f"region_attention: regions have shape {tuple(features.shape)}, expected [R, {width}] "
-                         f"(R ≥ 1 regions of the model's visual_embedding_dim); one region is [1, {width}]")
+    if features.ndim != 2 or not len(features):
+        raise VbProbeError(f"region_attention: regions have shape {tuple(features.shape)}, expected [R, D] (R ≥ 1 "
+                           "regions of D features each; one region is [1, D])")
     if not isinstance(regions, Regions):
         regions = Regions("example", np.zeros((len(features), 4), np.float32), features, None, None, None)
-    if visual_token_type is None:
-        visual_token_type = getattr(encoder.config, "visual_token_type_id", 1)
+    facts = family_of(encoder).prepare(encoder, SingleImage(regions), {"visual_token_type": visual_token_type})
     with _eval_mode(encoder):
-        return word_region_attention(encoder, tokenizer, tuple(words), regions, visual_token_type,
-                                     max_text_len=encoder.config.max_position_embeddings, mask=mask)
+        return word_region_attention(encoder, tokenizer, tuple(words), regions, facts, max_text_len=10**9, mask=mask)

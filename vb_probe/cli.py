@@ -37,9 +37,9 @@ def _print_notes(caught: list[warnings.WarningMessage]) -> None:
 def _load(args: argparse.Namespace, pretraining: bool = False):
     """The model (``--ckpt``: folder or hub id) and tokenizer, printing a one-line note for each fallback."""
     from vb_probe.api import load_model, load_tokenizer
-    from vb_probe.checkpoints import load_pretraining_model
+    from vb_probe.devices import resolve_device
+    from vb_probe.families.visualbert.checkpoints import load_pretraining_model
     from vb_probe.hub import resolve
-    from vb_probe.pipeline import resolve_device
 
     device = resolve_device(args.device)
     with warnings.catch_warnings(record=True) as caught:
@@ -69,8 +69,8 @@ def _probe_config(args: argparse.Namespace, **extra):
 
 
 def cmd_entity_grounding(args: argparse.Namespace) -> int:
-    from vb_probe.pipeline import run_probes
-    from vb_probe.results import GroundingResult, check_result_folder, grounding_result
+    from vb_probe.pipeline import grounding_result, run_probes
+    from vb_probe.results import GroundingResult, check_result_folder
     from vb_probe.tables import format_entity_summary
 
     check_result_folder(args.out, "entity_grounding", GroundingResult.FILES)
@@ -86,8 +86,8 @@ def cmd_entity_grounding(args: argparse.Namespace) -> int:
 
 def cmd_syntactic(args: argparse.Namespace) -> int:
     from vb_probe.errors import VbProbeError
-    from vb_probe.pipeline import parses_copy_name, run_probes
-    from vb_probe.results import SyntacticResult, check_result_folder, syntactic_result
+    from vb_probe.pipeline import parses_copy_name, run_probes, syntactic_result
+    from vb_probe.results import SyntacticResult, check_result_folder
     from vb_probe.tables import format_syntactic_summary
 
     if args.parses is None and args.parser is None:
@@ -114,6 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
+    from vb_probe.families import head_shape
     from vb_probe.results import GroundingResult, check_scores_shape
     from vb_probe.visualize import render_attention_figure
 
@@ -122,7 +123,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
     model, tokenizer = _load(args)
     if scores is not None:
-        check_scores_shape(scores.shape, (len(model.blocks), model.config.num_attention_heads), args.scores)
+        check_scores_shape(scores.shape, head_shape(model), args.scores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         render_attention_figure(model, tokenizer, args.flickr30k, args.features, args.image_id, args.caption_index,
@@ -137,13 +138,14 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.data.parses import read_conllu
     from vb_probe.explorer import PAGE, explorer_data, write_explorer
+    from vb_probe.families import head_shape
     from vb_probe.results import GroundingResult, check_scores_shape
 
     out = _writable_out(args.out, [PAGE])
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
     model, tokenizer = _load(args)
     if scores is not None:
-        check_scores_shape(scores.shape, (len(model.blocks), model.config.num_attention_heads), args.scores)
+        check_scores_shape(scores.shape, head_shape(model), args.scores)
     data = explorer_data(model, tokenizer, Flickr30kEntities(args.flickr30k), open_features(args.features),
                          split=args.split, limit=args.limit, scores=scores,
                          parses=read_conllu(args.parses) if args.parses else None, images_dir=args.images)
@@ -173,7 +175,7 @@ def _masked_phrase_setup(args, before_work=None):
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.errors import VbProbeError
-    from vb_probe.interventions import masked_phrases
+    from vb_probe.families.visualbert.interventions import masked_phrases
 
     model, tokenizer = _load(args, pretraining=True)
     result = before_work(model) if before_work is not None else None
@@ -185,7 +187,7 @@ def _masked_phrase_setup(args, before_work=None):
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from vb_probe.interventions import attribute
+    from vb_probe.families.visualbert.interventions import attribute
     from vb_probe.tables import ATTRIBUTION_FILES, write_attribution
 
     out = _writable_out(args.out, ATTRIBUTION_FILES)
@@ -204,7 +206,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 def cmd_causal(args: argparse.Namespace) -> int:
     from vb_probe.atomic import atomic_files
-    from vb_probe.interventions import causal_check, top_heads_from_csv
+    from vb_probe.families.visualbert.interventions import causal_check, top_heads_from_csv
 
     out = _writable_out(args.out, ["causal.json"])
     top_heads_from_csv(args.scores, args.k)  # checked before the model loads: a bad -k fails fast

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from vb_probe.atomic import atomic_files, check_outputs, check_replaceable
-from vb_probe.pipeline import DIRECTIONS
+from vb_probe.queries import DIRECTIONS
 from vb_probe.results import GroundingResult, SyntacticResult
 
 DEMO_RELATIONS = ("nsubj", "dobj", "pobj", "amod")
@@ -24,8 +24,7 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str |
     from training.loop import pretrain
     from training.world import build_world
     from vb_probe.api import load_model_and_tokenizer
-    from vb_probe.pipeline import ProbeConfig, run_probes
-    from vb_probe.results import grounding_result, syntactic_result
+    from vb_probe.pipeline import ProbeConfig, grounding_result, run_probes, syntactic_result
     from vb_probe.tables import format_entity_summary, format_syntactic_summary
 
     started = time.time()
@@ -131,10 +130,10 @@ def check_demo_folder(out: Path, reuse_world: bool) -> None:
 
 def _attribution_and_causal(final: Path, world: Path, out: Path, log, images: int = 3, ig_steps: int = 16) -> dict:
     """Integrated gradients on a few test images' masked phrases, and the top-12 vs random-12 head ablation."""
-    from vb_probe.checkpoints import load_pretraining_model
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
-    from vb_probe.interventions import attribute, causal_check, masked_phrases, top_heads_from_csv
+    from vb_probe.families.visualbert.checkpoints import load_pretraining_model
+    from vb_probe.families.visualbert.interventions import attribute, causal_check, masked_phrases, top_heads_from_csv
     from vb_probe.tables import write_attribution
     from vb_probe.tokenization import load_tokenizer
 

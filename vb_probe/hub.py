@@ -7,6 +7,8 @@ Either way the answer is a local folder, or a one-line error naming the id and t
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -66,3 +68,45 @@ def resolve(source: str | os.PathLike, what: str = "--ckpt") -> Path:
         reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{what} {text}: not a local folder, not in the hub cache {cache}, and the hub could "
                               f"not be reached ({reason}); fetch it with {fetch}") from None
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_file(folder: str | Path) -> Path:
+    """The weight file of a checkpoint folder (safetensors preferred)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: checkpoint folder not found; pass a folder holding config.json and model weights")
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"{folder}: no model.safetensors or pytorch_model.bin; expected a transformers checkpoint folder "
+        "(sharded checkpoints: merge the shards first)"
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_config_json(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; a checkpoint folder needs the config.json that transformers writes")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-save the checkpoint") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: nested too deeply to be a config; re-save the checkpoint") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the checkpoint") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(raw).__name__}, expected an object of config fields")
+    return raw

@@ -1,8 +1,10 @@
-"""load → collect queries → batch → capture attention rows → score. One forward pass serves every probe.
+"""The probe engine: collect queries → batch → attention rows → score. One forward pass serves every probe.
 
 ``run_probes`` is the single entry point behind ``vb-probe entity-grounding``, ``vb-probe syntactic`` and
-the demo; it returns :class:`ProbeResults` (counts per group) that :mod:`vb_probe.tables` writes out.
-Groups: ``entity`` for phrases, ``<relation>/<direction>`` for dependency arcs.
+the demo; it returns :class:`ProbeResults` (counts per group), which :func:`grounding_result` and
+:func:`syntactic_result` turn into the typed results. Groups: ``entity`` for phrases,
+``<relation>/<direction>`` for dependency arcs. The engine knows no model: everything model-specific is asked
+of the model's family (:mod:`vb_probe.families`).
 """
 
 from __future__ import annotations
@@ -21,36 +23,23 @@ import numpy as np
 import torch
 
 from vb_probe.atomic import atomic_files, remove_stale_temporaries, write_text
-from vb_probe.batching import ProbeItem, Query, collate, prefetched, to_device
+from vb_probe.batching import prefetched, to_device
 from vb_probe.cache import user_cache_dir
-from vb_probe.checkpoints import file_sha256, weights_file
-from vb_probe.data.features import RegionFeatures, open_features
-from vb_probe.data.flickr30k import NOTVISUAL_ID, Caption, Flickr30kEntities
-from vb_probe.data.parses import Parse, SpacyParser, check_parse_matches, read_conllu, to_conllu
+from vb_probe.data.features import RegionFeatures, Regions, open_features
+from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.parses import Parse, SpacyParser, read_conllu, to_conllu
+from vb_probe.devices import resolve_device
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.hooks import capture_attention_rows, mask_text_to_text
-from vb_probe.hub import resolve
+from vb_probe.families import Family, family_of
+from vb_probe.hub import file_sha256, resolve, weights_file
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
+from vb_probe.queries import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeItem, Query, collect_items
+from vb_probe.results import GroundingResult, HeadScores, SyntacticResult, _selected, versions
 
 MaskMode = Literal["posthoc", "intervene"]
 Precision = Literal["fp32", "bf16"]
-DIRECTIONS = ("head_to_dependent", "dependent_to_head")
-ENTITY = "entity"
-# recorded in every run.json; docs/PROTOCOL.md states each of these verbatim (a test holds them in step)
-PROTOCOL_CHOICES = {
-    "document": "docs/PROTOCOL.md",
-    "query_token": "last sub-word of the phrase's last word (syntactic: of the query word)",
-    "correct_if": "IoU(argmax region, any gold box of the entity) >= 0.5, no union box",
-    "iou_area": "continuous (x2-x1)*(y2-y1), gold boxes = XML pixels minus one",
-    "argmax_ties": "lowest region index wins; padding regions never win",
-    "region_columns": "text-to-text attention masked out post hoc (posthoc) or inside every layer (intervene)",
-    "baselines": "highest_confidence, random (expected), oracle: through the same IoU rule",
-    "skip_reasons": "notvisual, scene, nobox, not_in_annotation, missing_features, truncated; "
-                    "n_phrases = n_scored + sum(skipped)",
-    "selection": "selected_head: best on another split, scored here; control_random_init: same probe, random weights",
-}
-
-
+__all__ = ["ProbeConfig", "ProbeResults", "run_probes", "probe_pass", "word_region_attention", "grounding_result",
+           "syntactic_result", "DIRECTIONS", "ENTITY", "PROTOCOL_CHOICES", "resolve_device"]
 @dataclass(frozen=True)
 class ProbeConfig:
     """Everything a probe run depends on; recorded in run.json."""
@@ -103,44 +92,11 @@ class ProbeResults:
     checkpoint: dict = field(default_factory=dict)
     parser: str | None = None
     parses_file: Path | None = None
-    visual_token_type: int = 1
+    facts: dict = field(default_factory=dict)  # the family's facts of its inputs (e.g. visual_token_type)
+    family: str = ""
     wall_time_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     relations_in_parses: set[str] = field(default_factory=set)  # every relation the split's parses hold
-
-
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VbProbeError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise VbProbeError(f"--device {name}: unknown device; use cpu or cuda")
-    return torch.device(name)
-
-
-# ----------------------------------------------------------------------------------------------- collection
-
-def _phrase_of_word(caption: Caption, word: int):
-    for phrase in caption.phrases:
-        if phrase.first_word_index <= word <= phrase.last_word_index:
-            return phrase
-    return None
-
-
-def _entity_status(flickr: Flickr30kEntities, image_id: str, entity_id: int, skip_unannotated: bool) -> str | None:
-    """None when the entity has gold boxes, else the skip reason."""
-    if entity_id == NOTVISUAL_ID:
-        return "notvisual"
-    annotation = flickr.annotation(image_id)
-    if entity_id in annotation.boxes:
-        return None
-    if entity_id in annotation.scene:
-        return "scene"
-    if entity_id in annotation.nobox:
-        return "nobox"
-    if skip_unannotated:
-        return "not_in_annotation"
-    flickr.check_entities(image_id)  # raises the one-line error naming the phrase
-    return "not_in_annotation"
 
 
 def load_parses(cfg: ProbeConfig, flickr: Flickr30kEntities, image_ids: list[str], out: Path | None
@@ -179,115 +135,7 @@ def parses_copy_name(split: str) -> str:
     return f"parses.{split}.conllu"
 
 
-@dataclass
-class _Collection:
-    """What collecting the queries of a split counts: units considered, and skips by group and reason."""
-
-    skipped: dict[str, Counter] = field(default_factory=dict)
-    n_units: Counter = field(default_factory=Counter)
-
-    def skip(self, group: str, reason: str) -> None:
-        self.skipped.setdefault(group, Counter())[reason] += 1
-
-
-@dataclass
-class _Image:
-    """What collecting needs of one image: its annotation, and whether the features hold it."""
-
-    annotation: object
-    has_features: bool
-
-
-def _entity_queries(cfg: ProbeConfig, flickr: Flickr30kEntities, caption: Caption, image: _Image,
-                    seen: _Collection) -> list[Query]:
-    """One query per phrase with gold boxes; every other phrase counted as skipped with its reason."""
-    queries = []
-    for phrase in caption.phrases:
-        seen.n_units["phrases"] += 1
-        reason = _entity_status(flickr, caption.image_id, phrase.entity_id, cfg.skip_unannotated)
-        if reason is None and not image.has_features:
-            reason = "missing_features"
-        if reason:
-            seen.skip(ENTITY, reason)
-            continue
-        queries.append(Query(ENTITY, phrase.last_word_index, image.annotation.boxes[phrase.entity_id],
-                             f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}"))
-    return queries
-
-
-def _arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption, parse: Parse,
-                 image: _Image, seen: _Collection) -> list[Query]:
-    """Per arc of a chosen relation, a query in each direction whose target word lies in a phrase with boxes."""
-    queries = []
-    for head, dep, relation in parse.arcs():
-        if "all" not in relations and relation not in relations:
-            continue
-        seen.n_units["arcs"] += 1
-        for direction, query_word, target_word in (("head_to_dependent", head, dep), ("dependent_to_head", dep, head)):
-            group = f"{relation}/{direction}"
-            phrase = _phrase_of_word(caption, target_word)
-            reason = "not_in_phrase" if phrase is None else \
-                _entity_status(flickr, caption.image_id, phrase.entity_id, True)
-            if reason is None and not image.has_features:
-                reason = "missing_features"
-            if reason:
-                seen.skip(group, f"target_{reason}")
-                continue
-            queries.append(Query(group, query_word, image.annotation.boxes[phrase.entity_id],
-                                 f"{caption.key}:{head}->{dep}"))
-    return queries
-
-
-def collect_items(
-    cfg: ProbeConfig,
-    flickr: Flickr30kEntities,
-    features: RegionFeatures,
-    image_ids: list[str],
-    parses: dict[str, Parse] | None,
-    parse_source: str,
-) -> tuple[list[ProbeItem], dict[str, Counter], dict[str, int], int]:
-    """Every phrase (and arc direction) of the split is turned into a query or counted as skipped. Items hold
-    image ids, not features: the features are read batch by batch (:func:`collate`)."""
-    seen = _Collection()
-    items: list[ProbeItem] = []
-    n_captions = 0
-    for image_id in image_ids:
-        has_features = image_id in features
-        if not has_features and not cfg.skip_missing_features:
-            features[image_id]  # raises the one-line error naming the image
-        image = _Image(flickr.annotation(image_id), has_features)
-        for caption in flickr.captions(image_id):
-            n_captions += 1
-            queries = _entity_queries(cfg, flickr, caption, image, seen) if cfg.entity else []
-            if parses is not None:
-                parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, parse_source)
-                queries += _arc_queries(set(cfg.relations), flickr, caption, parse, image, seen)
-            if queries:
-                items.append(ProbeItem(caption.key, caption.words, image_id, queries))
-    return items, seen.skipped, dict(seen.n_units), n_captions
-
-
 # ----------------------------------------------------------------------------------------------- the pass
-
-def region_attention_rows(model, batch, mask: MaskMode = "posthoc", precision: Precision = "fp32") -> torch.Tensor:
-    """One forward; the attention of every probed query on the region columns: [layer, n, head, R] (cpu).
-
-    ``posthoc`` drops the text columns after the pass; ``intervene`` blocks text-to-text attention inside it.
-    ``precision="bf16"`` runs the forward under bf16 autocast.
-    """
-    device_type = batch.inputs["input_ids"].device.type
-    dtype = next(model.parameters()).dtype  # a half-precision model reads its features in its own precision
-    inputs = batch.inputs if dtype == torch.float32 else \
-        {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
-    with capture_attention_rows(model, batch.batch_index, batch.query_index, len(batch.inputs["input_ids"])) as cache, \
-            torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        if mask == "intervene":
-            with mask_text_to_text(model):
-                model(**inputs)
-        else:
-            model(**inputs)
-    return cache.stack("attn.pattern_rows")[..., batch.text_len:].float().cpu()
-
 
 def check_finite_rows(region_rows: torch.Tensor, batch, source: str) -> None:
     """Non-finite attention is an error naming the image, never a pick (``argmax`` over NaN would still "choose"
@@ -298,7 +146,7 @@ def check_finite_rows(region_rows: torch.Tensor, batch, source: str) -> None:
     bad_layer, query = (int(i) for i in (~finite).nonzero()[0][:2])
     row = int(batch.batch_index[query])
     image_id = batch.image_ids[row] if batch.image_ids else "?"
-    largest = float(batch.inputs["visual_embeds"][row].abs().max()) if "visual_embeds" in batch.inputs else 0.0
+    largest = batch.feature_peak[row] if batch.feature_peak else 0.0
     cause = (f"its region features reach {largest:.3g}, beyond what the model's arithmetic holds; rescale or "
              "re-extract them" if largest > 1e4 or not math.isfinite(largest) else
              "the model's weights are not finite (a damaged or diverged checkpoint); use another checkpoint")
@@ -311,13 +159,14 @@ def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem
         yield items[start:start + batch_size]
 
 
-def score_batch(model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "posthoc",
+def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "posthoc",
                 precision: Precision = "fp32", source: str = "the features") -> None:
     """One forward over a collated batch (on the model's device); every head's pick for every query added to
     ``counts`` (group → :class:`HeadCounts`), with the baselines through the same rule."""
     if not len(batch.groups):
         return
-    region_rows = region_attention_rows(model, batch, mask, precision)
+    site = family.sites(model)[0]
+    region_rows = family.rows(model, batch, site, mask, precision)  # [layer, n, head, R]
     check_finite_rows(region_rows, batch, source)
     mass = region_rows.sum(-1)  # [layer, n, head]
     correct = head_correct(region_rows, batch.region_valid, batch.hits)
@@ -325,7 +174,7 @@ def score_batch(model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "p
     groups = np.array(batch.groups)
     for group in dict.fromkeys(batch.groups):
         sel = torch.from_numpy(np.flatnonzero(groups == group))
-        counts.setdefault(group, HeadCounts(len(model.blocks), model.config.num_attention_heads)).add(
+        counts.setdefault(group, HeadCounts(site.layers, site.heads)).add(
             correct[:, sel], mass[:, sel], {k: v[sel] for k, v in base.items()})
 
 
@@ -380,7 +229,7 @@ def probe_pass(
     items: list[ProbeItem],
     *,
     batch_size: int,
-    visual_token_type: int,
+    facts: dict,
     max_text_len: int,
     mask: MaskMode = "posthoc",
     precision: Precision = "fp32",
@@ -394,6 +243,7 @@ def probe_pass(
     features: RegionFeatures | None = None,
 ) -> tuple[dict[str, HeadCounts], Counter]:
     """Score every query of ``items``; only the probed attention rows are computed and reduced per batch.
+    ``facts``: what the model's family prepared for its inputs (:meth:`Family.prepare`).
 
     Batches are read from ``features`` and collated in a background thread while the model runs on the batch
     before (in order, so results do not depend on timing); on CUDA they travel through pinned memory.
@@ -414,16 +264,18 @@ def probe_pass(
     if resume and state_path is not None and state_path.is_file():
         done, counts, truncated = _load_progress(state_path, run)
     model.eval()  # attention dropout would distort the weights being read
+    family = family_of(model)
     bar = tqdm(total=n_batches, initial=done, desc=description, unit="batch", disable=not progress, leave=False)
     device = torch.device(device)
     chunks = list(_batches(items, batch_size))[done:]
-    collated = prefetched((lambda chunk=chunk: collate(chunk, tokenizer, visual_token_type, max_text_len, features))
+    collated = prefetched((lambda chunk=chunk: family.collate(model, chunk, tokenizer, facts, max_text_len, features))
                           for chunk in chunks)
     for number, cpu_batch in enumerate(collated, start=done):
         batch = to_device(cpu_batch, device, pin=device.type == "cuda")
         for query in batch.truncated:
             truncated[query.group] += 1
-        score_batch(model, batch, counts, mask, precision, source=features.source if features is not None else "")
+        score_batch(family, model, batch, counts, mask, precision,
+                    source=features.source if features is not None else "")
         bar.update(1)
         if state_path is not None and ((number + 1) % save_every == 0):
             write_json(state_path, {"run": run, "done": number + 1,
@@ -467,21 +319,10 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
     if cfg.mask not in ("posthoc", "intervene"):
         raise VbProbeError(f"--mask {cfg.mask}: use posthoc or intervene")
     device = resolve_device(cfg.device)
-    if model.config.bypass_transformer:
-        raise VbProbeError(f"{cfg.ckpt or 'the model'}: a model without early fusion has regions in its last layer only; "
-                           "probe an early-fusion checkpoint (bypass_transformer false)")
+    family = family_of(model)
     flickr = flickr if flickr is not None else Flickr30kEntities(cfg.flickr30k)
     features = features if features is not None else open_features(cfg.features, cfg.confidence)
-    if features.dim != model.config.visual_embedding_dim:
-        raise DataError(f"{cfg.features}: region features are {features.dim}-d but the checkpoint's "
-                        f"visual_embedding_dim is {model.config.visual_embedding_dim}; pass the features the "
-                        "checkpoint was trained on")
-    visual_token_type = cfg.visual_token_type
-    if visual_token_type is None:
-        visual_token_type = getattr(model.config, "visual_token_type_id", 1)
-    if not 0 <= visual_token_type < model.config.type_vocab_size:
-        raise VbProbeError(f"--visual-token-type {visual_token_type}: the checkpoint has "
-                           f"{model.config.type_vocab_size} token types; use 0..{model.config.type_vocab_size - 1}")
+    facts = family.prepare(model, features, config_dict(cfg))  # the model's checks, before any work
     checkpoint = checkpoint_info(cfg.ckpt, model)
     if out is not None:
         check_progress_files(out, resume)
@@ -502,10 +343,12 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
             if split == cfg.split:
                 keys = {c.key for i in image_ids for c in flickr.captions(i)}
                 relations_seen.update(r for k, p in parses.items() if k in keys for _, _, r in p.arcs())
-        items, skipped, n_units, n_captions = collect_items(cfg, flickr, features, image_ids, parses, parse_source)
+        items, seen = collect_items(flickr, features, image_ids, entity=cfg.entity, relations=cfg.relations,
+                                    parses=parses, parse_source=parse_source, skip_unannotated=cfg.skip_unannotated,
+                                    skip_missing_features=cfg.skip_missing_features)
         counts, truncated = probe_pass(
-            run_model, tokenizer, items, batch_size=cfg.batch_size, visual_token_type=visual_token_type,
-            max_text_len=min(cfg.max_text_len, model.config.max_position_embeddings), mask=cfg.mask,
+            run_model, tokenizer, items, batch_size=cfg.batch_size, facts=facts,
+            max_text_len=min(cfg.max_text_len, family.text_limit(model)), mask=cfg.mask,
             precision=cfg.precision, device=device, progress=progress, description=label,
             state_path=progress_path(out, state_name) if out is not None else None, resume=resume,
             fingerprint={**config_dict(cfg), "pass": state_name, "pass_split": split, "model": checkpoint,
@@ -513,8 +356,8 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
             features=features,
         )
         for group, count in truncated.items():
-            skipped.setdefault(group, Counter())["truncated"] += count
-        return SplitResult(counts, skipped, n_units, len(image_ids), n_captions)
+            seen.skipped.setdefault(group, Counter())["truncated"] += count
+        return SplitResult(counts, seen.skipped, dict(seen.n_units), len(image_ids), seen.n_captions)
 
     def cfg_for(split: str) -> ProbeConfig:
         from dataclasses import replace
@@ -525,14 +368,10 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
     select = one_split(cfg.select_on, model, f"selecting on {cfg.select_on}", "select") if cfg.select_on else None
     control = None
     if cfg.control:
-        from vb_probe.model import VisualBertModel
-
-        torch.manual_seed(cfg.seed)
-        random_model = VisualBertModel(model.config).to(device).eval()
-        control = one_split(cfg.split, random_model, "random-init control", "control")
+        control = one_split(cfg.split, family.twin(model, cfg.seed), "random-init control", "control")
     results = ProbeResults(
         config=cfg, main=main, select=select, control=control, checkpoint=checkpoint,
-        parser=parser_used.get("name"), visual_token_type=visual_token_type, wall_time_s=time.time() - started,
+        parser=parser_used.get("name"), facts=facts, family=family.name, wall_time_s=time.time() - started,
         notes=list(getattr(model, "load_notes", [])), relations_in_parses=relations_seen,
     )
     if out is not None:
@@ -559,23 +398,48 @@ def config_dict(cfg: ProbeConfig) -> dict:
             for k, v in asdict(cfg).items()}
 
 
+class SingleImage:
+    """One image's regions as a feature store (what a family prepares for one caption's rows)."""
+
+    def __init__(self, regions: Regions):
+        self.regions = regions
+        self.source = f"image {regions.image_id}"
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id == self.regions.image_id
+
+    def __getitem__(self, image_id: str) -> Regions:
+        return self.regions
+
+    def ids(self) -> list[str]:
+        return [self.regions.image_id]
+
+    @property
+    def dim(self) -> int:
+        return int(self.regions.features.shape[1])
+
+
 @torch.no_grad()
 def word_region_attention(
-    model, tokenizer, words: tuple[str, ...], regions, visual_token_type: int = 1, max_text_len: int = 128,
+    model, tokenizer, words: tuple[str, ...], regions: Regions, facts: dict | None = None, max_text_len: int = 128,
     mask: MaskMode = "posthoc",
 ) -> np.ndarray:
-    """For one caption: each word's last sub-word's attention on the image's regions, in every head.
+    """For one caption: each word's last sub-word's attention on the image's tokens (regions), in every head of
+    the model's first site. ``facts``: the family's (default: prepared for these regions).
 
-    Returns [layer, head, n_words, R] float32 (NaN rows for words cut by truncation).
+    Returns [layer, head, n_words, R] float32 (NaN rows for words cut by truncation: a caption longer than the
+    model takes is cut, never an error).
     """
+    family = family_of(model)
+    facts = facts if facts is not None else family.prepare(model, SingleImage(regions), {})
+    site = family.sites(model)[0]
     item = ProbeItem("view", tuple(words), regions.image_id, [Query("view", w, None) for w in range(len(words))],
                      regions=regions)
-    max_text_len = min(max_text_len, model.config.max_position_embeddings)  # longer captions: words cut, counted
-    batch = to_device(collate([item], tokenizer, visual_token_type, max_text_len), next(model.parameters()).device)
-    out = np.full((len(model.blocks), model.config.num_attention_heads, len(words), len(regions)), np.nan,
-                  dtype=np.float32)
+    max_text_len = min(max_text_len, family.text_limit(model))
+    batch = to_device(family.collate(model, [item], tokenizer, facts, max_text_len), next(model.parameters()).device)
+    out = np.full((site.layers, site.heads, len(words), len(regions)), np.nan, dtype=np.float32)
     if len(batch.groups):
-        rows = region_attention_rows(model, batch, mask)  # [layer, n, head, R]
+        rows = family.rows(model, batch, site, mask)  # [layer, n, head, R]
         check_finite_rows(rows, batch, "the features")
         cut = {id(q) for q in batch.truncated}
         kept = [q.word_index for q in item.queries if id(q) not in cut]
@@ -584,13 +448,77 @@ def word_region_attention(
 
 
 def word_region_choices(
-    model, tokenizer, words: tuple[str, ...], regions, visual_token_type: int = 1, max_text_len: int = 128,
+    model, tokenizer, words: tuple[str, ...], regions: Regions, facts: dict | None = None, max_text_len: int = 128,
     mask: MaskMode = "posthoc",
 ) -> np.ndarray:
     """For one caption: the region each word's last sub-word attends to most, in every head.
 
     Returns [layer, head, n_words] region indices (-1 for a word cut by truncation); ties: the lowest index.
     """
-    rows = word_region_attention(model, tokenizer, words, regions, visual_token_type, max_text_len, mask)
+    rows = word_region_attention(model, tokenizer, words, regions, facts, max_text_len, mask)
     cut = np.isnan(rows).any(-1)
     return np.where(cut, -1, np.nan_to_num(rows, nan=-np.inf).argmax(-1)).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------- typed results
+
+def grounding_result(results: ProbeResults) -> GroundingResult:
+    """The entity-grounding result of a :class:`vb_probe.pipeline.ProbeResults`."""
+    main = results.main
+    counts = main.counts.get(ENTITY)
+    skipped = dict(sorted(main.skipped.get(ENTITY, {}).items()))
+    n_phrases = main.n_units.get("phrases", 0)
+    if counts is None or counts.n == 0:
+        raise VbProbeError(f"no phrase of split {results.config.split!r} could be scored ({n_phrases} phrases, "
+                           f"skipped: {skipped or 'none'}); check the split, the annotations and the features")
+    assert n_phrases == counts.n + sum(skipped.values()), "every phrase is scored or skipped"
+    scores = HeadScores.from_counts(counts)
+    select = results.select.counts.get(ENTITY) if results.select else None
+    control = results.control.counts.get(ENTITY) if results.control else None
+    return GroundingResult(
+        scores.n_correct, scores.n, scores.region_mass, scores.baselines, split=results.config.split,
+        n_phrases=n_phrases, skipped={k: int(v) for k, v in skipped.items()},
+        selected_head=_selected(scores, HeadScores.from_counts(select) if select else None, results.config.select_on),
+        control=_control_scores(control), provenance=provenance(results))
+
+
+def syntactic_result(results: ProbeResults) -> SyntacticResult:
+    """The syntactic-grounding result of a :class:`vb_probe.pipeline.ProbeResults` (one per relation/direction)."""
+    main, cfg = results.main, results.config
+    present = sorted({g.split("/")[0] for g in list(main.counts) + list(main.skipped) if g != ENTITY})
+    wanted = present if "all" in cfg.relations else list(cfg.relations)
+    unknown = [r for r in wanted if r not in present]
+    if unknown:
+        available = sorted(results.relations_in_parses) or present
+        raise VbProbeError(f"relation {', '.join(unknown)} does not occur in the parses of split {cfg.split!r}; "
+                           f"relations present: {', '.join(available) or 'none'}")
+    scores, selected, control, skipped = {}, {}, {}, {}
+    for relation in wanted:
+        for direction in DIRECTIONS:
+            group, key = f"{relation}/{direction}", (relation, direction)
+            skipped[group] = {k: int(v) for k, v in sorted(main.skipped.get(group, {}).items())}
+            if group not in main.counts:
+                continue
+            scores[key] = HeadScores.from_counts(main.counts[group], with_mass=False)
+            select = results.select.counts.get(group) if results.select else None
+            chosen = _selected(scores[key], HeadScores.from_counts(select) if select else None, cfg.select_on)
+            if chosen is not None:
+                selected[key] = chosen
+            if results.control is not None and group in results.control.counts:
+                control[key] = _control_scores(results.control.counts[group])
+    return SyntacticResult(wanted, scores, skipped, cfg.split, main.n_units.get("arcs", 0), results.parser,
+                           selected, control, provenance(results))
+
+
+def _control_scores(counts: HeadCounts | None) -> HeadScores | None:
+    """The random-init control as run.json keeps it: correct counts only (its baselines are the main run's)."""
+    return None if counts is None else HeadScores(counts.n_correct.numpy().astype(np.int64), counts.n)
+
+
+def provenance(results: ProbeResults) -> dict:
+    """How the numbers were made: what run.json records beside them."""
+    cfg = results.config
+    return {"n_images": results.main.n_images, "n_captions": results.main.n_captions,
+            "checkpoint": results.checkpoint, "mask": cfg.mask, "precision": cfg.precision,
+            **results.facts, "family": results.family, "protocol": PROTOCOL_CHOICES, "versions": versions(),
+            "wall_time_s": round(results.wall_time_s, 2), "notes": results.notes, "config": config_dict(cfg)}

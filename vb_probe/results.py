@@ -17,14 +17,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from vb_probe.atomic import atomic_files
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.metrics.grounding import HeadCounts, wilson_interval
-from vb_probe.pipeline import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeResults, config_dict
+from vb_probe.metrics.intervals import wilson_interval
+from vb_probe.queries import DIRECTIONS
+
+if TYPE_CHECKING:
+    from vb_probe.metrics.grounding import HeadCounts
 
 DIGITS = 6  # printed digits of accuracies, masses and baselines (the CSV's and run.json's)
 BASELINES = ("highest_confidence", "random", "oracle")
@@ -96,7 +99,7 @@ class HeadScores:
     baselines: dict[str, float | None] = field(default_factory=dict)
 
     @classmethod
-    def from_counts(cls, counts: HeadCounts, with_mass: bool = True) -> "HeadScores":
+    def from_counts(cls, counts: "HeadCounts", with_mass: bool = True) -> "HeadScores":
         mass = np.round((counts.region_mass / max(counts.n, 1)).numpy(), DIGITS) if with_mass else None
         return cls(counts.n_correct.numpy().astype(np.int64), counts.n, mass,
                    {k: _round(v) for k, v in counts.baseline_accuracy().items()})
@@ -520,67 +523,3 @@ class SyntacticResult:
         parts = [f"{r}/{d} n={s.n} best {s.best_head().label} {s.best_head().accuracy:.3f}"
                  for (r, d), s in self.scores.items()]
         return f"SyntacticResult(split={self.split!r}, " + "; ".join(parts) + ")"
-
-
-# ----------------------------------------------------------------------------------------- from a probe pass
-
-def grounding_result(results: ProbeResults) -> GroundingResult:
-    """The entity-grounding result of a :class:`vb_probe.pipeline.ProbeResults`."""
-    main = results.main
-    counts = main.counts.get(ENTITY)
-    skipped = dict(sorted(main.skipped.get(ENTITY, {}).items()))
-    n_phrases = main.n_units.get("phrases", 0)
-    if counts is None or counts.n == 0:
-        raise VbProbeError(f"no phrase of split {results.config.split!r} could be scored ({n_phrases} phrases, "
-                           f"skipped: {skipped or 'none'}); check the split, the annotations and the features")
-    assert n_phrases == counts.n + sum(skipped.values()), "every phrase is scored or skipped"
-    scores = HeadScores.from_counts(counts)
-    select = results.select.counts.get(ENTITY) if results.select else None
-    control = results.control.counts.get(ENTITY) if results.control else None
-    return GroundingResult(
-        scores.n_correct, scores.n, scores.region_mass, scores.baselines, split=results.config.split,
-        n_phrases=n_phrases, skipped={k: int(v) for k, v in skipped.items()},
-        selected_head=_selected(scores, HeadScores.from_counts(select) if select else None, results.config.select_on),
-        control=_control_scores(control), provenance=provenance(results))
-
-
-def syntactic_result(results: ProbeResults) -> SyntacticResult:
-    """The syntactic-grounding result of a :class:`vb_probe.pipeline.ProbeResults` (one per relation/direction)."""
-    main, cfg = results.main, results.config
-    present = sorted({g.split("/")[0] for g in list(main.counts) + list(main.skipped) if g != ENTITY})
-    wanted = present if "all" in cfg.relations else list(cfg.relations)
-    unknown = [r for r in wanted if r not in present]
-    if unknown:
-        available = sorted(results.relations_in_parses) or present
-        raise VbProbeError(f"relation {', '.join(unknown)} does not occur in the parses of split {cfg.split!r}; "
-                           f"relations present: {', '.join(available) or 'none'}")
-    scores, selected, control, skipped = {}, {}, {}, {}
-    for relation in wanted:
-        for direction in DIRECTIONS:
-            group, key = f"{relation}/{direction}", (relation, direction)
-            skipped[group] = {k: int(v) for k, v in sorted(main.skipped.get(group, {}).items())}
-            if group not in main.counts:
-                continue
-            scores[key] = HeadScores.from_counts(main.counts[group], with_mass=False)
-            select = results.select.counts.get(group) if results.select else None
-            chosen = _selected(scores[key], HeadScores.from_counts(select) if select else None, cfg.select_on)
-            if chosen is not None:
-                selected[key] = chosen
-            if results.control is not None and group in results.control.counts:
-                control[key] = _control_scores(results.control.counts[group])
-    return SyntacticResult(wanted, scores, skipped, cfg.split, main.n_units.get("arcs", 0), results.parser,
-                           selected, control, provenance(results))
-
-
-def _control_scores(counts: HeadCounts | None) -> HeadScores | None:
-    """The random-init control as run.json keeps it: correct counts only (its baselines are the main run's)."""
-    return None if counts is None else HeadScores(counts.n_correct.numpy().astype(np.int64), counts.n)
-
-
-def provenance(results: ProbeResults) -> dict:
-    """How the numbers were made: what run.json records beside them."""
-    cfg = results.config
-    return {"n_images": results.main.n_images, "n_captions": results.main.n_captions,
-            "checkpoint": results.checkpoint, "mask": cfg.mask, "precision": cfg.precision,
-            "visual_token_type": results.visual_token_type, "protocol": PROTOCOL_CHOICES, "versions": versions(),
-            "wall_time_s": round(results.wall_time_s, 2), "notes": results.notes, "config": config_dict(cfg)}

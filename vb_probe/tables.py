@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vb_probe.atomic import atomic_files, atomic_open
-from vb_probe.results import DIRECTIONS, GroundingResult, SyntacticResult, csv_text, versions
+from vb_probe.queries import DIRECTIONS
+from vb_probe.results import GroundingResult, SyntacticResult, csv_text, versions
 
 __all__ = ["csv_text", "versions", "write_csv", "write_attribution", "format_entity_summary",
            "format_syntactic_summary", "ATTRIBUTION_FILES"]
@@ -24,7 +25,8 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 def write_attribution(result: dict, out: Path) -> dict:
     """``attribution_heads.csv`` (per head: how often its argmax region is the top-attributed one) and
-    ``attribution.json`` (the rest of :func:`vb_probe.interventions.attribute`'s result); returns the latter."""
+    ``attribution.json`` (the rest of :func:`vb_probe.families.visualbert.interventions.attribute`'s result);
+    returns the latter."""
     agreement, n_agree = result["agreement"], result["n_agree"]
     summary = {k: v for k, v in result.items() if k not in ("agreement", "n_agree")}
     with atomic_files(out) as staged:

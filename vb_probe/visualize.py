@@ -52,17 +52,18 @@ def find_image(images_dir: Path | None, image_id: str, warn: bool = True) -> Pat
 
 def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, image_id: str, caption_index: int, *,
                      images_dir: Path | None = None, scores: GroundingResult | None = None,
-                     visual_token_type: int = 1):
+                     facts: dict | None = None):
     """Figure 1/5 for caption ``caption_index`` of ``image_id``; returns the figure."""
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.families import head_shape
     from vb_probe.metrics.boxes import region_hits
     from vb_probe.pipeline import word_region_choices
     from vb_probe.results import check_scores_shape
     from vb_probe.viz.attention import plot_attention_on_image
 
     if scores is not None:
-        check_scores_shape(scores.shape, (len(model.blocks), model.config.num_attention_heads), "scores")
+        check_scores_shape(scores.shape, head_shape(model), "scores")
     flickr = Flickr30kEntities(flickr_root)
     captions = flickr.captions(str(image_id))
     if not 0 <= caption_index < len(captions):
@@ -71,7 +72,7 @@ def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, i
     caption = captions[caption_index]
     regions = open_features(features_path)[str(image_id)]
     annotation = flickr.annotation(str(image_id))
-    choices = word_region_choices(model, tokenizer, caption.words, regions, visual_token_type)  # [L, H, n]
+    choices = word_region_choices(model, tokenizer, caption.words, regions, facts)  # [L, H, n]
     groups: list[int | None] = [None] * len(caption.words)
     for phrase in caption.phrases:
         if phrase.entity_id in annotation.boxes:  # words of one boxed entity share a colour
@@ -97,12 +98,12 @@ def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, i
 
 def render_attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, image_id: str,
                             caption_index: int, out_path: Path, *, images_dir: Path | None = None,
-                            scores: GroundingResult | None = None, visual_token_type: int = 1) -> Path:
+                            scores: GroundingResult | None = None, facts: dict | None = None) -> Path:
     """Draw Figure 1/5 into ``out_path`` (.png, .svg or .pdf: the format its extension names)."""
     from vb_probe.atomic import atomic_files
 
     fig = attention_figure(model, tokenizer, flickr_root, features_path, image_id, caption_index,
-                           images_dir=images_dir, scores=scores, visual_token_type=visual_token_type)
+                           images_dir=images_dir, scores=scores, facts=facts)
     out_path = Path(out_path)
     with atomic_files(out_path.parent if str(out_path.parent) else Path(".")) as staged:
         staged.figure(out_path.name, fig)

@@ -23,6 +23,7 @@ from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.parses import Parse
 from vb_probe.errors import VbProbeError
+from vb_probe.families import head_shape
 from vb_probe.metrics.boxes import region_hits
 from vb_probe.results import GroundingResult, check_scores_shape
 
@@ -66,7 +67,7 @@ def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionF
     image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
     if scores is None:
         scores = entity_grounding(model, tokenizer, flickr, features, split=split, limit=limit)
-    check_scores_shape(scores.shape, (len(model.blocks), model.config.num_attention_heads), "scores")
+    check_scores_shape(scores.shape, head_shape(model), "scores")
     layers, heads = scores.shape
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
@@ -181,7 +182,7 @@ class Explorer:
 def explore(model, tokenizer, flickr, features, **options) -> Explorer:
     """The explorer for ``model`` on ``flickr``/``features`` (paths or readers); options as :func:`explorer_data`
     (``parses`` may also be a CoNLL-U file's path)."""
-    from vb_probe.api import _encoder, _eval_mode
+    from vb_probe.api import _eval_mode, _model
     from vb_probe.data.features import open_features
 
     flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
@@ -190,5 +191,5 @@ def explore(model, tokenizer, flickr, features, **options) -> Explorer:
         from vb_probe.data.parses import read_conllu
 
         options["parses"] = read_conllu(options["parses"])
-    with _eval_mode(_encoder(model)) as encoder:  # the model is given back in the mode it came in
+    with _eval_mode(_model(model)) as encoder:  # the model is given back in the mode it came in
         return Explorer(explorer_data(encoder, tokenizer, flickr, features, **options))

@@ -8,7 +8,6 @@ maximum); padding regions never win.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -104,14 +103,3 @@ class HeadCounts:
         return cls(state["layers"], state["heads"], state["n"], torch.tensor(state["n_correct"], dtype=torch.int64),
                    torch.tensor(state["region_mass"], dtype=torch.float64), dict(state["baselines"]),
                    state["has_confidence"])
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (from counts alone, so no per-query data is kept)."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))

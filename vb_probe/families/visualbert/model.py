@@ -6,7 +6,7 @@ keeps transformers' parameter names (so its checkpoints load as they are) and is
 
 Sequence layout everywhere: ``[CLS] w1 … wn [SEP]`` (T text tokens) followed by R region tokens.
 
-Each attention block has named hook points (see :mod:`vb_probe.hooks` for the public names):
+Each attention block has named hook points (see :mod:`vb_probe.families.visualbert.hooks` for the public names):
 
 * ``q``, ``k``, ``v``   ``[batch, head, seq, d_head]``
 * ``scores``            ``[batch, head, query, key]`` pre-softmax, mask added
@@ -147,7 +147,7 @@ class VisualBertSelfAttention(nn.Module):
         self.hook_q, self.hook_k, self.hook_v = HookPoint(), HookPoint(), HookPoint()
         self.hook_scores, self.hook_pattern = HookPoint(), HookPoint()
         self.hook_pattern_rows, self.hook_z = HookPoint(), HookPoint()
-        # The rows that ``pattern_rows`` computes (a RowSelection); set by vb_probe.hooks.
+        # The rows that ``pattern_rows`` computes (a RowSelection); set by vb_probe.families.visualbert.hooks.
         self.rows_to_capture = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -310,7 +310,7 @@ class VisualBertModel(nn.Module):
         self.pooler = VisualBertPooler(config) if add_pooling_layer else None
         if config.bypass_transformer:
             self.additional_layer = VisualBertLayer(config)
-        # Text-to-text masking inside every layer ("intervene" mode); set by vb_probe.hooks.
+        # Text-to-text masking inside every layer ("intervene" mode); set by vb_probe.families.visualbert.hooks.
         self.block_text_to_text = False
         self.init_weights()
 

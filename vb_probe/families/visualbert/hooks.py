@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 
 from vb_probe.errors import VbProbeError
-from vb_probe.model import HookPoint, RowSelection, VisualBertModel
+from vb_probe.families.visualbert.model import HookPoint, RowSelection, VisualBertModel
 
 _ATTN_POINTS = {"q": "hook_q", "k": "hook_k", "v": "hook_v", "scores": "hook_scores",
                 "pattern": "hook_pattern", "pattern_rows": "hook_pattern_rows", "z": "hook_z"}

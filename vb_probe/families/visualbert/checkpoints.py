@@ -7,8 +7,6 @@ checkpoints) prefix the encoder's keys with ``visual_bert.``; their head weights
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from pathlib import Path
 
@@ -18,52 +16,13 @@ from transformers import BertConfig, VisualBertConfig
 
 from vb_probe.atomic import atomic_dir
 from vb_probe.errors import CheckpointError
-from vb_probe.model import VisualBertModel
-from vb_probe.pretraining_model import VisualBertForPreTraining
+from vb_probe.families.visualbert.model import VisualBertModel
+from vb_probe.families.visualbert.pretraining import VisualBertForPreTraining
+from vb_probe.hub import WEIGHT_FILES, file_sha256, read_config_json, weights_file  # noqa: F401  (re-exported)
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Buffers some older checkpoints carry; they are derived, never learned.
 _IGNORED_KEYS = ("embeddings.position_ids",)
-
-
-def weights_file(folder: str | Path) -> Path:
-    """The weight file of a checkpoint folder (safetensors preferred)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: checkpoint folder not found; pass a folder holding config.json and model weights")
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(
-        f"{folder}: no model.safetensors or pytorch_model.bin; expected a transformers checkpoint folder "
-        "(sharded checkpoints: merge the shards first)"
-    )
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_config_json(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; a checkpoint folder needs the config.json that transformers writes")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-save the checkpoint") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: nested too deeply to be a config; re-save the checkpoint") from None
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the checkpoint") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: holds a JSON {type(raw).__name__}, expected an object of config fields")
-    return raw
 
 
 # config.json fields that decide the model's shape: whole numbers of at least 1
@@ -319,3 +278,25 @@ def load_pretraining_model(path: str | Path, *, device: str | torch.device | Non
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def model_from_module(module: torch.nn.Module) -> VisualBertModel:
+    """Our encoder from a module in memory: ours inside a wrapper, or transformers' VisualBERT classes."""
+    inner = getattr(module, "visual_bert", None)
+    if isinstance(inner, VisualBertModel):
+        return inner
+    config = getattr(module, "config", None)
+    if getattr(config, "model_type", None) != "visual_bert":
+        raise CheckpointError(f"{type(module).__name__}: not a VisualBERT model (config.model_type "
+                              f"{getattr(config, 'model_type', None)!r}); pass a checkpoint folder, a hub id, or a "
+                              "VisualBertModel / VisualBertFor* object")
+    ours = VisualBertConfig.from_dict(config.to_dict())
+    state = {k: v.detach() for k, v in module.state_dict().items()}
+    fitted, set_aside = _fit_state_dict(_skeleton(ours, Path(type(module).__name__)), state,
+                                        Path(type(module).__name__), prefixes=("visual_bert.",))
+    model = VisualBertModel(ours).to(next(module.parameters()).device)
+    model.load_state_dict(fitted, strict=True)
+    model.load_notes = [f"converted from {type(module).__name__} in memory"] + (
+        [f"set aside {len(set_aside)} task-head weights"] if set_aside else [])
+    model.checkpoint_path = None
+    return model

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from vb_probe.model import VisualBertConfig, VisualBertModel
+from vb_probe.families.visualbert.model import VisualBertConfig, VisualBertModel
 
 
 class PredictionHeadTransform(nn.Module):
@@ -45,7 +45,7 @@ class PreTrainingHeads(nn.Module):
 
 
 class VisualBertForPreTraining(nn.Module):
-    """Encoder + pre-training heads; :func:`vb_probe.checkpoints.save_pretraining_model` writes a folder that
+    """Encoder + pre-training heads; :func:`vb_probe.families.visualbert.checkpoints.save_pretraining_model` writes a folder that
     transformers' ``VisualBertForPreTraining.from_pretrained`` and ``vb_probe.load_model`` both load."""
 
     def __init__(self, encoder: VisualBertModel):

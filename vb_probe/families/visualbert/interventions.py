@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vb_probe.batching import pad_inputs
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.hooks import ablate_heads, capture_attention_rows
+from vb_probe.families.visualbert.hooks import ablate_heads, capture_attention_rows
+from vb_probe.families.visualbert.inputs import pad_inputs
 from vb_probe.metrics.boxes import region_hits
 from vb_probe.metrics.causal import causal_summary
 from vb_probe.tokenization import tokenize_words

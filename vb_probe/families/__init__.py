@@ -1,0 +1,117 @@
+"""Model families: the probe engine knows no model; a family is one module behind :class:`Family`, found through
+one registry (``@register_family``), as the trainer's tasks are.
+
+A family owns everything that differs between vision-language transformers: recognising and loading its
+checkpoints and in-memory objects, turning probe items into the model's inputs plus a layout (which sequence
+positions are the query words' last sub-words, which are image tokens, and each image token's box in the
+original image's pixels), the attention *sites* it exposes, the rows of every head from the query positions to
+the image tokens, a random-initialised twin for the control, and the facts of its inputs that ``run.json``
+records. Queries, counts, results, figures and the explorer stay family-free.
+
+Adding a family: one module with a class that implements :class:`Family`, decorated with ``@register_family``
+and imported by :func:`_load_builtin_families` (or by the user's own code before probing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # the engine's types, for the protocol only (no import at run time: no cycle)
+    import torch
+
+    from vb_probe.batching import ProbeBatch
+    from vb_probe.data.features import RegionFeatures
+    from vb_probe.queries import ProbeItem
+
+
+@dataclass(frozen=True)
+class Site:
+    """A stack of attention that can be probed: ``name`` ("self" for a single-stream model, "cross" for a
+    dual-stream model's language-to-vision layers), ``layers`` × ``heads``."""
+
+    name: str
+    layers: int
+    heads: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.layers, self.heads)
+
+
+@runtime_checkable
+class Family(Protocol):
+    """What the engine asks of a model family. ``model`` is always an object this family's :meth:`load` gave."""
+
+    name: str
+    model_type: str  # config.json's model_type of its checkpoints
+    default_tokenizer: str | None  # a hub id used when a checkpoint has no tokenizer of its own (None: refuse)
+
+    def recognise(self, source: dict | Any) -> bool:
+        """``source``: a checkpoint's ``config.json`` (a dict) or a model object in memory."""
+
+    def load(self, source: Path | Any) -> Any:
+        """The probe-ready model (eval mode untouched) from a checkpoint folder or an object in memory; it carries
+        ``checkpoint_path`` (a folder or None) and ``load_notes`` (lines to show)."""
+
+    def sites(self, model) -> list[Site]:
+        """The attention sites, the one probed first."""
+
+    def prepare(self, model, features: RegionFeatures, options: dict) -> dict:
+        """Check that ``model`` can be probed on ``features`` with ``options`` (the probe's configuration);
+        return the facts of its inputs to record in ``run.json`` and to hand to :meth:`collate`."""
+
+    def text_limit(self, model) -> int:
+        """How many text tokens the model takes at most."""
+
+    def collate(self, model, items: list[ProbeItem], tokenizer, facts: dict, max_text_len: int,
+                features: RegionFeatures | None = None) -> ProbeBatch:
+        """The model's inputs and the layout of ``items`` (queries, image tokens and their boxes), on the CPU."""
+
+    def rows(self, model, batch: ProbeBatch, site: Site, mask: str = "posthoc", precision: str = "fp32"
+             ) -> torch.Tensor:
+        """One forward; every head's attention from each query to the image tokens: [layer, n, head, R], fp32,
+        on the CPU (padding tokens 0)."""
+
+    def twin(self, model, seed: int):
+        """A random-initialised model of the same shape (the control)."""
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(cls: type) -> type:
+    """Class decorator: one instance of ``cls`` joins the registry under ``cls.name``."""
+    FAMILIES[cls.name] = cls()
+    return cls
+
+
+def _load_builtin_families() -> None:
+    from vb_probe.families import visualbert  # noqa: F401  (registers itself)
+
+
+def family_of(source: dict | Any, where: str = "the model") -> Family:
+    """The family that recognises ``source`` (a ``config.json`` dict or a model object); a one-line error
+    naming what was found and what is known otherwise."""
+    from vb_probe.errors import CheckpointError
+
+    _load_builtin_families()
+    for family in FAMILIES.values():
+        if family.recognise(source):
+            return family
+    known = " or ".join(repr(f.model_type) for f in FAMILIES.values())
+    if isinstance(source, dict):
+        found = source.get("model_type")
+        hint = (" (a BERT folder initialises pre-training with `vb-train pretrain --set model.init=bert:<folder>`)"
+                if found == "bert" else "")
+        raise CheckpointError(f"{where}: model_type is {found!r}, expected {known}; pass a checkpoint of a model "
+                              f"family vb-probe knows{hint}")
+    raise CheckpointError(f"{type(source).__name__}: not a model vb-probe knows (config.model_type "
+                          f"{getattr(getattr(source, 'config', None), 'model_type', None)!r}, expected {known}); pass "
+                          "a checkpoint folder, a hub id, or a model object of a known family")
+
+
+def head_shape(model) -> tuple[int, int]:
+    """(layers, heads) of the model's first attention site: the shape of its score tables."""
+    return family_of(model).sites(model)[0].shape

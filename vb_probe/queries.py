@@ -1,0 +1,169 @@
+"""Captions → queries: the one place that decides what is probed (the probe, the explorer, ``visualize`` and the
+interventions all ask it) and counts what is skipped, with its reason.
+
+A :class:`Query` is one attention row to score: the last sub-word of a word, and the gold boxes its attention
+should land on. Groups: ``entity`` for phrases, ``<relation>/<direction>`` for dependency arcs. No model and no
+torch here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vb_probe.data.features import RegionFeatures, Regions
+from vb_probe.data.flickr30k import NOTVISUAL_ID, Caption, Flickr30kEntities
+from vb_probe.data.parses import Parse, check_parse_matches
+
+DIRECTIONS = ("head_to_dependent", "dependent_to_head")
+ENTITY = "entity"
+# recorded in every run.json; docs/PROTOCOL.md states each of these verbatim (a test holds them in step)
+PROTOCOL_CHOICES = {
+    "document": "docs/PROTOCOL.md",
+    "query_token": "last sub-word of the phrase's last word (syntactic: of the query word)",
+    "correct_if": "IoU(argmax region, any gold box of the entity) >= 0.5, no union box",
+    "iou_area": "continuous (x2-x1)*(y2-y1), gold boxes = XML pixels minus one",
+    "argmax_ties": "lowest region index wins; padding regions never win",
+    "region_columns": "text-to-text attention masked out post hoc (posthoc) or inside every layer (intervene)",
+    "baselines": "highest_confidence, random (expected), oracle: through the same IoU rule",
+    "skip_reasons": "notvisual, scene, nobox, not_in_annotation, missing_features, truncated; "
+                    "n_phrases = n_scored + sum(skipped)",
+    "selection": "selected_head: best on another split, scored here; control_random_init: same probe, random weights",
+}
+
+
+@dataclass(eq=False)  # identity, not field-wise equality (fields hold arrays)
+class Query:
+    """One attention row to score: the last sub-word of ``word_index``; ``gold`` [n, 4] the boxes it should
+    land on (None: nothing to score, e.g. a row read for display). Which image tokens hit them is worked out
+    when the image is read, batch by batch."""
+
+    group: str
+    word_index: int
+    gold: np.ndarray | None
+    unit: str = ""  # what it counts (phrase id, arc) — for messages and resumable bookkeeping
+
+
+@dataclass
+class ProbeItem:
+    """A caption, its image and the queries to score on it. ``regions`` is read from the feature store when
+    the item's batch is collated (so a split never sits in memory), unless given here."""
+
+    key: str  # <image_id>_<caption_index>
+    words: tuple[str, ...]
+    image_id: str
+    queries: list[Query]
+    regions: Regions | None = None
+
+
+@dataclass
+class Collection:
+    """What collecting the queries of a split counts: units considered, and skips by group and reason."""
+
+    skipped: dict[str, Counter] = field(default_factory=dict)
+    n_units: Counter = field(default_factory=Counter)
+    n_captions: int = 0
+
+    def skip(self, group: str, reason: str) -> None:
+        self.skipped.setdefault(group, Counter())[reason] += 1
+
+
+def phrase_of_word(caption: Caption, word: int):
+    """The phrase of ``caption`` that holds word ``word`` (None outside every phrase)."""
+    for phrase in caption.phrases:
+        if phrase.first_word_index <= word <= phrase.last_word_index:
+            return phrase
+    return None
+
+
+def entity_status(flickr: Flickr30kEntities, image_id: str, entity_id: int, skip_unannotated: bool) -> str | None:
+    """None when the entity has gold boxes, else the skip reason."""
+    if entity_id == NOTVISUAL_ID:
+        return "notvisual"
+    annotation = flickr.annotation(image_id)
+    if entity_id in annotation.boxes:
+        return None
+    if entity_id in annotation.scene:
+        return "scene"
+    if entity_id in annotation.nobox:
+        return "nobox"
+    if skip_unannotated:
+        return "not_in_annotation"
+    flickr.check_entities(image_id)  # raises the one-line error naming the phrase
+    return "not_in_annotation"
+
+
+def has_features(features: RegionFeatures, image_id: str, skip_missing: bool) -> bool:
+    """The one policy for an image without features: an error naming it, unless ``skip_missing`` (then its
+    queries are counted as skipped, ``missing_features``)."""
+    if image_id in features:
+        return True
+    if not skip_missing:
+        features[image_id]  # raises the one-line error naming the image
+    return False
+
+
+def entity_queries(flickr: Flickr30kEntities, caption: Caption, features_present: bool, seen: Collection,
+                   skip_unannotated: bool = False) -> list[Query]:
+    """One query per phrase with gold boxes; every other phrase counted as skipped with its reason."""
+    annotation = flickr.annotation(caption.image_id)
+    queries = []
+    for phrase in caption.phrases:
+        seen.n_units["phrases"] += 1
+        reason = entity_status(flickr, caption.image_id, phrase.entity_id, skip_unannotated)
+        if reason is None and not features_present:
+            reason = "missing_features"
+        if reason:
+            seen.skip(ENTITY, reason)
+            continue
+        queries.append(Query(ENTITY, phrase.last_word_index, annotation.boxes[phrase.entity_id],
+                             f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}"))
+    return queries
+
+
+def arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption, parse: Parse,
+                features_present: bool, seen: Collection) -> list[Query]:
+    """Per arc of a chosen relation (``"all"``: every one), a query in each direction whose target word lies in a
+    phrase with boxes."""
+    annotation = flickr.annotation(caption.image_id)
+    queries = []
+    for head, dep, relation in parse.arcs():
+        if "all" not in relations and relation not in relations:
+            continue
+        seen.n_units["arcs"] += 1
+        for direction, query_word, target_word in (("head_to_dependent", head, dep), ("dependent_to_head", dep, head)):
+            group = f"{relation}/{direction}"
+            phrase = phrase_of_word(caption, target_word)
+            reason = "not_in_phrase" if phrase is None else \
+                entity_status(flickr, caption.image_id, phrase.entity_id, True)
+            if reason is None and not features_present:
+                reason = "missing_features"
+            if reason:
+                seen.skip(group, f"target_{reason}")
+                continue
+            queries.append(Query(group, query_word, annotation.boxes[phrase.entity_id],
+                                 f"{caption.key}:{head}->{dep}"))
+    return queries
+
+
+def collect_items(flickr: Flickr30kEntities, features: RegionFeatures, image_ids: list[str], *, entity: bool = True,
+                  relations: tuple[str, ...] = (), parses: dict[str, Parse] | None = None, parse_source: str = "",
+                  skip_unannotated: bool = False, skip_missing_features: bool = False
+                  ) -> tuple[list[ProbeItem], Collection]:
+    """Every phrase (and arc direction) of ``image_ids`` is turned into a query or counted as skipped. Items hold
+    image ids, not features: the features are read batch by batch."""
+    seen = Collection()
+    items: list[ProbeItem] = []
+    for image_id in image_ids:
+        present = has_features(features, image_id, skip_missing_features)
+        for caption in flickr.captions(image_id):
+            seen.n_captions += 1
+            queries = entity_queries(flickr, caption, present, seen, skip_unannotated) if entity else []
+            if parses is not None:
+                parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, parse_source)
+                queries += arc_queries(set(relations), flickr, caption, parse, present, seen)
+            if queries:
+                items.append(ProbeItem(caption.key, caption.words, image_id, queries))
+    return items, seen
