@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    args = ["demo", "--out", str(out), "--images", "30", "--quiet"]
+    args = ["demo", "--out", str(out), "--scenes", "30", "--quiet"]
     for item in TINY:
         args += ["--set", item]
     assert cli_main(["--debug", *args]) == 0
@@ -49,7 +49,7 @@ def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys):
     assert "Head chosen on val, scored on test" in report and "head chosen on val: test accuracy (95% interval)" in report
     models = list((demo / "models").iterdir())
     capsys.readouterr()
-    args = ["demo", "--out", str(demo), "--images", "30"] + sum((["--set", s] for s in TINY), [])
+    args = ["demo", "--out", str(demo), "--scenes", "30"] + sum((["--set", s] for s in TINY), [])
     assert cli_main(args + ["--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "reusing" in printed and "world: reusing" in printed

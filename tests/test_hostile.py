@@ -79,7 +79,7 @@ def test_world_refuses_a_folder_holding_a_users_file(tmp_path, capsys):
     folder = tmp_path / "d"
     folder.mkdir()
     (folder / "thesis.txt").write_text("three years of work")
-    assert train_main(["world", "--out", str(folder), "--images", "10", "--quiet", "--no-images"]) == 2
+    assert train_main(["world", "--out", str(folder), "--scenes", "10", "--quiet", "--no-images"]) == 2
     one_line_error(capsys, "thesis.txt", "vb-probe did not write")
     assert (folder / "thesis.txt").read_text() == "three years of work"
     assert [p.name for p in folder.iterdir()] == ["thesis.txt"]
@@ -88,7 +88,7 @@ def test_world_refuses_a_folder_holding_a_users_file(tmp_path, capsys):
 def test_world_refuses_an_existing_file_as_out(tmp_path, capsys):
     target = tmp_path / "notes.md"
     target.write_text("mine")
-    assert train_main(["world", "--out", str(target), "--images", "10", "--quiet", "--no-images"]) == 2
+    assert train_main(["world", "--out", str(target), "--scenes", "10", "--quiet", "--no-images"]) == 2
     one_line_error(capsys, "is a file, not a folder")
     assert target.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]  # no temporary folder left either
@@ -96,7 +96,7 @@ def test_world_refuses_an_existing_file_as_out(tmp_path, capsys):
 
 def test_world_replaces_its_own_folder_but_not_a_file_added_to_it(tmp_path, capsys):
     out = tmp_path / "w"
-    args = ["world", "--out", str(out), "--images", "10", "--quiet", "--no-images", "--no-hdf5"]
+    args = ["world", "--out", str(out), "--scenes", "10", "--quiet", "--no-images", "--no-hdf5"]
     assert train_main(args) == 0
     assert train_main(args) == 0  # its own folder: replaced
     (out / "flickr30k" / "my_notes.txt").write_text("added by the user")
@@ -363,7 +363,7 @@ def test_argument_errors_are_one_line(capsys, argv, expected):
 def test_world_and_pretrain_out_that_cannot_be_written(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert train_main(["world", "--out", str(blocker / "sub"), "--images", "10", "--quiet"]) == 2
+    assert train_main(["world", "--out", str(blocker / "sub"), "--scenes", "10", "--quiet"]) == 2
     one_line_error(capsys, "file: is a file, not a folder")
     assert train_main(["pretrain", "--data", str(tmp_path), "--out", str(blocker / "sub")]) == 2
     one_line_error(capsys, "cannot create the folder")
@@ -712,11 +712,11 @@ def test_world_refuses_to_replace_a_checkpoint(world, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
     before = snapshot(run / "final")
-    assert train_main(["world", "--out", str(run / "final"), "--images", "10", "--quiet", "--no-images",
+    assert train_main(["world", "--out", str(run / "final"), "--scenes", "10", "--quiet", "--no-images",
                        "--no-hdf5"]) == 2
     one_line_error(capsys, "is a model checkpoint that vb-probe wrote", "this command writes a built-in world")
     assert snapshot(run / "final") == before
-    assert train_main(["world", "--out", str(run), "--images", "10", "--quiet", "--no-images"]) == 2
+    assert train_main(["world", "--out", str(run), "--scenes", "10", "--quiet", "--no-images"]) == 2
     one_line_error(capsys, "is a pre-training run that vb-probe wrote")
 
 
@@ -762,7 +762,7 @@ def test_pretrain_refuses_a_world_or_a_users_folder(world, tmp_path, capsys):
 
 def test_a_file_the_user_edited_inside_a_world_is_not_replaced(tmp_path, capsys):
     out = tmp_path / "w"
-    args = ["world", "--out", str(out), "--images", "10", "--quiet", "--no-images", "--no-hdf5"]
+    args = ["world", "--out", str(out), "--scenes", "10", "--quiet", "--no-images", "--no-hdf5"]
     assert train_main(args) == 0
     caption = next((out / "flickr30k" / "Sentences").glob("*.txt"))
     caption.write_text(caption.read_text() + "my correction\n")
@@ -1066,7 +1066,7 @@ def test_captions_longer_than_the_model_and_mathtext_in_explore_and_visualize(da
     (["finetune", "--task", "vqa", "--data", "d", "--init", "random", "--lr", "nan"],
      "argument --lr: nan must be a finite number above 0"),
     (["pretrain", "--data", "d", "--steps", "0"], "argument --steps: 0 must be at least 1"),
-    (["world", "--images", "-3"], "argument --images: -3 must be at least 1"),
+    (["world", "--scenes", "-3"], "argument --scenes: -3 must be at least 1"),
 ])
 def test_vb_train_counts_below_one_are_one_line(tmp_path, capsys, argv, expected):
     with pytest.raises(SystemExit) as stop:
@@ -1157,7 +1157,7 @@ def test_sigterm_during_world_leaves_nothing_behind(tmp_path):
     import time
 
     out = tmp_path / "w"
-    process = subprocess.Popen([sys.executable, "-m", "training.cli", "world", "--out", str(out), "--images", "400",
+    process = subprocess.Popen([sys.executable, "-m", "training.cli", "world", "--out", str(out), "--scenes", "400",
                                 "--quiet", "--no-hdf5"], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".w.*.tmp")):
@@ -1197,7 +1197,7 @@ def test_interrupting_a_command_without_resume_does_not_suggest_it(data, tmp_pat
                            str(data["tsv"]), "--out", str(tmp_path / "p"), "--quiet"])
     else:
         monkeypatch.setattr("training.world.build_world", interrupted)
-        code = train_main(["world", "--out", str(tmp_path / "w"), "--images", "10", "--quiet"])
+        code = train_main(["world", "--out", str(tmp_path / "w"), "--scenes", "10", "--quiet"])
     assert code == 130
     err = one_line_error(capsys, "interrupted; nothing half-written was left; run it again")
     assert "--resume" not in err
@@ -1232,7 +1232,7 @@ def test_a_run_json_with_fields_missing_or_wrong_is_one_line(data, tmp_path, cha
 
 @pytest.mark.parametrize("row, expected", [("-1,0,0.9", "layer -1, head 0"), ("0,1,nan", "accuracy nan")])
 def test_score_tables_with_negative_heads_or_nan_are_refused(tmp_path, row, expected):
-    from vb_probe.families.visualbert.interventions import top_heads_from_csv
+    from vb_probe.results import top_heads_from_csv
 
     table = tmp_path / "entity_grounding.csv"
     table.write_text("layer,head,accuracy\n" + "".join(f"{l},{h},0.{l}{h}\n" for l in range(2) for h in range(4))

@@ -76,7 +76,9 @@ def test_help_shows_defaults_and_examples_and_version_works(capsys):
     assert "(default: 20)" in " ".join(capsys.readouterr().out.split())  # the images it uses, said
     with pytest.raises(SystemExit):
         probe_main(["demo", "--help"])
-    assert "a count; visualize's --images is a folder" in " ".join(capsys.readouterr().out.split())
+    demo_help = " ".join(capsys.readouterr().out.split())
+    assert "--scenes SCENES how many scenes (images) the built-in world has" in demo_help  # a count, by its own name
+    assert "--images" not in demo_help.split("--images, elsewhere")[0]
 
 
 def test_visualize_without_scores_uses_the_heads_that_ground_the_caption(data, tmp_path, capsys):

@@ -116,8 +116,8 @@ def test_deterministic_for_a_seed(tmp_path):
 def test_world_cli_prints_statistics(tmp_path, capsys):
     from training.cli import main
 
-    assert main(["world", "--out", str(tmp_path / "w"), "--images", "20", "--quiet", "--no-images"]) == 0
+    assert main(["world", "--out", str(tmp_path / "w"), "--scenes", "20", "--quiet", "--no-images"]) == 0
     printed = capsys.readouterr().out
     assert "highest-confidence" in printed and "oracle" in printed and "nsubj" in printed
-    assert main(["world", "--out", str(tmp_path / "w2"), "--images", "3"]) == 2
+    assert main(["world", "--out", str(tmp_path / "w2"), "--scenes", "3"]) == 2
     assert "--images 3" in capsys.readouterr().err

@@ -18,7 +18,7 @@ def cmd_world(args: argparse.Namespace) -> int:
     remove_stale_temporaries(args.out.resolve().parent)  # a world killed mid-way left its temporary folder
     writable_folder(args.out.resolve().parent, "--out's parent")
 
-    stats = build_world(args.out, images=args.images, seed=args.seed, hdf5=not args.no_hdf5,
+    stats = build_world(args.out, images=args.scenes, seed=args.seed, hdf5=not args.no_hdf5,
                         render=not args.no_images, progress=not args.quiet)
     print(f"world written to {args.out}")
     for line in stats.lines():
@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("world", help="generate the built-in world in the real data formats")
     p.add_argument("--out", type=Path, required=True, help="a new or empty folder (or a world written before)")
-    p.add_argument("--images", type=positive_int, default=1000, help="how many scenes (at least 10)")
+    p.add_argument("--scenes", type=positive_int, default=1000,
+                   help="how many scenes (images) to generate, at least 10")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     p.add_argument("--no-hdf5", action="store_true", help="write the TSV features only")
     p.add_argument("--no-images", action="store_true", help="skip the rendered PNGs")

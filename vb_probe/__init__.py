@@ -22,14 +22,19 @@ _EXPORTS = {
     "entity_grounding": "vb_probe.api",
     "syntactic_grounding": "vb_probe.api",
     "region_attention": "vb_probe.api",
+    "load_masked_lm": "vb_probe.api",
+    "attribute": "vb_probe.api",
+    "causal_check": "vb_probe.api",
     "TokenizerFallback": "vb_probe.api",
     "explore": "vb_probe.explorer",
     "GroundingResult": "vb_probe.results",
     "SyntacticResult": "vb_probe.results",
     "HeadScores": "vb_probe.results",
+    "AttributionResult": "vb_probe.results",
+    "CausalResult": "vb_probe.results",
     "Flickr30kEntities": "vb_probe.data.flickr30k",
     "open_features": "vb_probe.data.features",
-    "VisualBertModel": "vb_probe.families.visualbert.model",
+    "families": "vb_probe.families",
     "VbProbeError": "vb_probe.errors",
 }
 
@@ -37,6 +42,8 @@ __all__ = [*_EXPORTS, "__version__"]
 
 
 def __getattr__(name: str):
+    if name == "families":
+        return import_module("vb_probe.families")
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'vb_probe' has no attribute {name!r}")

@@ -25,7 +25,7 @@ from vb_probe.data.features import RegionFeatures, Regions, open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.devices import resolve_device
 from vb_probe.errors import VbProbeError
-from vb_probe.families import family_of
+from vb_probe.families import family_of, head_shape
 from vb_probe.hub import read_config_json, resolve
 from vb_probe.pipeline import (
     ProbeConfig,
@@ -36,7 +36,7 @@ from vb_probe.pipeline import (
     syntactic_result,
     word_region_attention,
 )
-from vb_probe.results import GroundingResult, SyntacticResult
+from vb_probe.results import AttributionResult, CausalResult, GroundingResult, SyntacticResult, top_heads_from_csv
 
 
 def load_model_and_tokenizer(cfg: ProbeConfig):
@@ -58,12 +58,11 @@ ModelSource = str | Path | torch.nn.Module
 def load_model(src: ModelSource, *, device: str | torch.device | None = None) -> torch.nn.Module:
     """A probe-ready model in eval mode, of the family its ``config.json`` (or class) names:
 
-    - a checkpoint folder (for VisualBERT: transformers format, with or without the ``visual_bert.`` prefix of
-      task models);
+    - a checkpoint folder (for VisualBERT: transformers format, task models' checkpoints included);
     - a hub id such as ``uclanlp/visualbert-vqa-coco-pre``, through the hub cache (``HF_HOME``,
       ``HF_HUB_OFFLINE``);
     - a model in memory: ours (returned as it is, edits included), our pre-training model (its encoder), or
-      transformers' ``VisualBertModel`` / ``VisualBertFor*`` (converted by parameter name; task heads set aside).
+      transformers' own VisualBERT models (converted by parameter name; task heads set aside).
     """
     device = resolve_device(str(device)) if device is not None else None  # before anything is loaded
     model = _model(src)
@@ -225,3 +224,64 @@ def region_attention(
     facts = family_of(encoder).prepare(encoder, SingleImage(regions), {"visual_token_type": visual_token_type})
     with _eval_mode(encoder):
         return word_region_attention(encoder, tokenizer, tuple(words), regions, facts, max_text_len=10**9, mask=mask)
+
+
+def load_masked_lm(src: ModelSource, *, device: str | torch.device | None = None) -> torch.nn.Module:
+    """A model with its masked-LM head (a pre-training checkpoint: a folder, a hub id or an object), in eval mode:
+    what :func:`attribute` and :func:`causal_check` need. A family without such a head is refused in one line."""
+    device = resolve_device(str(device)) if device is not None else None
+    if isinstance(src, torch.nn.Module):
+        model = src
+    else:
+        folder = resolve(src, "--ckpt")
+        family = family_of(read_config_json(folder), str(folder / "config.json"))
+        if not hasattr(family, "load_masked_lm"):
+            raise VbProbeError(f"{folder}: the {family.name} family has no masked-LM head; attribution and the causal "
+                               "check need one")
+        model = family.load_masked_lm(folder)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def _interventions(model: torch.nn.Module):
+    """The model's family's attribution and causal-check code (a family with a masked-LM head)."""
+    family = family_of(model)
+    tools = getattr(family, "interventions", None)
+    if tools is None:
+        raise VbProbeError(f"the {family.name} family has no masked-LM head; attribution and the causal check need one")
+    return tools
+
+
+def _masked_phrases(model, tokenizer, flickr30k, features, split: str, limit: int | None, progress: bool):
+    tools = _interventions(model)
+    flickr30k = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
+    features = open_features(features) if isinstance(features, (str, Path)) else features
+    items = tools.masked_phrases(flickr30k, features, tokenizer, split, limit, progress=progress)
+    if not items:
+        raise VbProbeError(f"no phrase with gold boxes in the first {limit} images of split {split!r}")
+    return tools, items
+
+
+def attribute(model: torch.nn.Module, tokenizer, flickr30k: Flickr30kEntities | str | Path,
+              features: RegionFeatures | str | Path, *, split: str = "test", limit: int | None = 20, steps: int = 32,
+              progress: bool = False) -> AttributionResult:
+    """Integrated gradients (captum) of each masked entity word's prediction with respect to the regions and the
+    words, against each head's attention: how often a head's most-attended region is the top-attributed one.
+    ``model``: from :func:`load_masked_lm`. Returns an :class:`AttributionResult` (``save``, ``load``, ``plot``)."""
+    tools, items = _masked_phrases(model, tokenizer, flickr30k, features, split, limit, progress)
+    with _eval_mode(model):
+        return tools.attribute(model, items, tokenizer.pad_token_id, steps=steps, progress=progress)
+
+
+def causal_check(model: torch.nn.Module, tokenizer, flickr30k: Flickr30kEntities | str | Path,
+                 features: RegionFeatures | str | Path, scores: str | Path, *, k: int = 12, draws: int = 20,
+                 seed: int = 0, split: str = "test", limit: int | None = 20, progress: bool = False) -> CausalResult:
+    """Ablate the ``k`` best grounding heads of ``scores`` (an entity-grounding folder or its CSV) and, per draw, k
+    random others; the drop in masked entity-word accuracy with a bootstrap interval and an empirical p-value.
+    ``model``: from :func:`load_masked_lm`. Returns a :class:`CausalResult` (``save``, ``load``, ``plot``)."""
+    heads = top_heads_from_csv(Path(scores), k, model_shape=head_shape(family_of(model).load(model)))
+    tools, items = _masked_phrases(model, tokenizer, flickr30k, features, split, limit, progress)
+    with _eval_mode(model):
+        return tools.causal_check(model, items, heads, tokenizer.pad_token_id, random_draws=draws, seed=seed,
+                                  progress=progress)

@@ -34,24 +34,19 @@ def _print_notes(caught: list[warnings.WarningMessage]) -> None:
         print(f"note: {warning.message}")
 
 
-def _load(args: argparse.Namespace, pretraining: bool = False):
-    """The model (``--ckpt``: folder or hub id) and tokenizer, printing a one-line note for each fallback."""
-    from vb_probe.api import load_model, load_tokenizer
-    from vb_probe.devices import resolve_device
-    from vb_probe.families.visualbert.checkpoints import load_pretraining_model
-    from vb_probe.hub import resolve
+def _load(args: argparse.Namespace, masked_lm: bool = False):
+    """The model (``--ckpt``: folder or hub id; with ``masked_lm`` its masked-LM head too) and tokenizer, through
+    the API, printing a one-line note for each fallback."""
+    from vb_probe.api import load_masked_lm, load_model, load_tokenizer
+    from vb_probe.families import family_of
 
-    device = resolve_device(args.device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        if pretraining:
-            model = load_pretraining_model(resolve(args.ckpt, "--ckpt"), device=device)
-            tokenizer = load_tokenizer(args.tokenizer, model=model.visual_bert)
-        else:
-            model = load_model(args.ckpt, device=device)
-            tokenizer = load_tokenizer(args.tokenizer, model=model)
+        model = (load_masked_lm if masked_lm else load_model)(args.ckpt, device=args.device)
+        encoder = family_of(model).load(model) if masked_lm else model
+        tokenizer = load_tokenizer(args.tokenizer, model=encoder)
     _print_notes(caught)
-    for note in getattr(model, "load_notes", []) or getattr(getattr(model, "visual_bert", None), "load_notes", []):
+    for note in getattr(encoder, "load_notes", []):
         print(f"note: {note}")
     return model, tokenizer
 
@@ -108,7 +103,7 @@ def cmd_syntactic(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vb_probe.demo import run_demo
 
-    run_demo(_writable_out(args.out), images=args.images, seed=args.seed, config_path=args.config,
+    run_demo(_writable_out(args.out), scenes=args.scenes, seed=args.seed, config_path=args.config,
              overrides=args.set, progress=not args.quiet)
     return 0
 
@@ -169,53 +164,34 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-def _masked_phrase_setup(args, before_work=None):
-    """The pre-training model, its tokenizer and the masked phrases; ``before_work(model)`` runs before the
-    phrases are collected (checks that must not wait for the long work)."""
-    from vb_probe.data.features import open_features
-    from vb_probe.data.flickr30k import Flickr30kEntities
-    from vb_probe.errors import VbProbeError
-    from vb_probe.families.visualbert.interventions import masked_phrases
-
-    model, tokenizer = _load(args, pretraining=True)
-    result = before_work(model) if before_work is not None else None
-    items = masked_phrases(Flickr30kEntities(args.flickr30k), open_features(args.features), tokenizer, args.split,
-                           args.limit, progress=not args.quiet)
-    if not items:
-        raise VbProbeError(f"no phrase with gold boxes in the first {args.limit} images of split {args.split!r}")
-    return model, tokenizer, items, result
-
-
 def cmd_attribute(args: argparse.Namespace) -> int:
-    from vb_probe.families.visualbert.interventions import attribute
-    from vb_probe.tables import ATTRIBUTION_FILES, write_attribution
+    from vb_probe.api import attribute
+    from vb_probe.results import AttributionResult
 
-    out = _writable_out(args.out, ATTRIBUTION_FILES)
-    model, tokenizer, items, _ = _masked_phrase_setup(args)
-    result = attribute(model, items, tokenizer.pad_token_id, steps=args.steps, progress=not args.quiet)
-    write_attribution(result, out)
-    best = result["best_agreeing_head"]
+    out = _writable_out(args.out, AttributionResult.FILES)
+    model, tokenizer = _load(args, masked_lm=True)
+    result = attribute(model, tokenizer, args.flickr30k, args.features, split=args.split, limit=args.limit,
+                       steps=args.steps, progress=not args.quiet)
+    result.save(out)
+    best = result.best_head()
     print(f"integrated gradients over {result['n']} masked phrase words: the top-attributed region hits gold "
           f"{result['ig_top_region_grounding_accuracy']:.3f}; image share of attribution "
           f"{result['mean_image_share_of_attribution']:.3f}")
-    print(f"head whose most-attended region most often is the top-attributed one: L{best['layer']}H{best['head']} "
-          f"({best['agreement']:.3f})")
-    print(f"wrote {out / 'attribution_heads.csv'}, {out / 'attribution.json'}")
+    print(f"head whose most-attended region most often is the top-attributed one: {best.label} ({best.accuracy:.3f})")
+    print("wrote " + ", ".join(str(out / name) for name in result.FILES))
     return 0
 
 
 def cmd_causal(args: argparse.Namespace) -> int:
-    from vb_probe.atomic import atomic_files
-    from vb_probe.families.visualbert.interventions import causal_check, top_heads_from_csv
+    from vb_probe.api import causal_check
+    from vb_probe.results import CausalResult, top_heads_from_csv
 
-    out = _writable_out(args.out, ["causal.json"])
+    out = _writable_out(args.out, CausalResult.FILES)
     top_heads_from_csv(args.scores, args.k)  # checked before the model loads: a bad -k fails fast
-    model, tokenizer, items, heads = _masked_phrase_setup(args, lambda model: top_heads_from_csv(
-        args.scores, args.k, model_shape=(len(model.visual_bert.blocks), model.config.num_attention_heads)))
-    result = causal_check(model, items, heads, tokenizer.pad_token_id, random_draws=args.draws, seed=args.seed,
-                          progress=not args.quiet)
-    with atomic_files(out) as staged:
-        staged.json("causal.json", result)
+    model, tokenizer = _load(args, masked_lm=True)
+    result = causal_check(model, tokenizer, args.flickr30k, args.features, args.scores, k=args.k, draws=args.draws,
+                          seed=args.seed, split=args.split, limit=args.limit, progress=not args.quiet)
+    result.save(out)
     low, high = result["drop_top_k_ci95"]
     print(f"masked entity-word accuracy over {result['n']} phrases: intact {result['accuracy_intact']:.3f}; "
           f"top-{result['k']} grounding heads ablated {result['accuracy_top_k_ablated']:.3f} "
@@ -311,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", "the whole pipeline on the built-in world, ending in report.md")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
-    p.add_argument("--images", type=positive_int, default=1000, dest="images",
-                   help="how many scenes the built-in world has (a count; visualize's --images is a folder)")
+    p.add_argument("--scenes", type=positive_int, default=1000,
+                   help="how many scenes (images) the built-in world has; --images, elsewhere, is a folder of images")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in world")
     p.add_argument("--config", default="demo", help="pre-training config: a packaged name (demo, tasks, paper) or "
                                                     "a TOML file")

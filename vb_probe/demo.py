@@ -18,26 +18,28 @@ from vb_probe.results import GroundingResult, SyntacticResult
 DEMO_RELATIONS = ("nsubj", "dobj", "pobj", "amod")
 
 
-def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str | Path | None = None,
+def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str | Path | None = None,
              overrides: list[str] | None = None, progress: bool = True, log=print) -> dict:
     from training.config import load_config
     from training.loop import pretrain
     from training.world import build_world
     from vb_probe.api import load_model_and_tokenizer
+    from vb_probe.data.features import open_features
+    from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.pipeline import ProbeConfig, grounding_result, run_probes, syntactic_result
     from vb_probe.tables import format_entity_summary, format_syntactic_summary
 
     started = time.time()
     out = Path(out)
     world = out / "world"
-    reuse_world = _world_matches(world, images, seed)
+    reuse_world = _world_matches(world, scenes, seed)
     check_demo_folder(out, reuse_world)
     out.mkdir(parents=True, exist_ok=True)
     if reuse_world:
         log(f"[1/4] world: reusing {world}")
     else:
-        log(f"[1/4] world: generating {images} scenes into {world}")
-        stats = build_world(world, images=images, seed=seed, progress=progress)
+        log(f"[1/4] world: generating {scenes} scenes into {world}")
+        stats = build_world(world, images=scenes, seed=seed, progress=progress)
         for line in stats.lines():
             log("      " + line)
 
@@ -45,7 +47,7 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str |
     # the cache key covers the training config and the world it trains on
     import hashlib
 
-    key = hashlib.sha256(f"{config.digest()}:{images}:{seed}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{config.digest()}:{scenes}:{seed}".encode()).hexdigest()[:12]
     model_dir = out / "models" / key
     final = model_dir / "final"
     if final.is_dir():
@@ -59,11 +61,14 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str |
 
     log("[3/4] probing held-out images: entity grounding + syntactic grounding in one pass "
         "(heads chosen on val, scored on test; random-init control)")
+    flickr = Flickr30kEntities(world / "flickr30k")  # each reader opened once, for every step below
+    features = open_features(world / "features.tsv")
     cfg = ProbeConfig(ckpt=final, flickr30k=world / "flickr30k", features=world / "features.tsv", split="test",
                       select_on="val", control=True, relations=DEMO_RELATIONS, parses=world / "parses.conllu",
                       batch_size=32)
     model, tokenizer, _ = load_model_and_tokenizer(cfg)
-    results = run_probes(cfg, model, tokenizer, out=out / "syntactic", progress=progress)
+    results = run_probes(cfg, model, tokenizer, out=out / "syntactic", progress=progress, flickr=flickr,
+                         features=features)
     entity = grounding_result(results)
     entity.save(out / "entity_grounding")
     syntactic = syntactic_result(results)
@@ -72,23 +77,19 @@ def run_demo(out: Path, *, images: int = 1000, seed: int = 0, config_path: str |
     log(format_syntactic_summary(syntactic))
 
     log("[4/4] figures and report")
-    from vb_probe.figures import write_figures
-
-    shown = [name for name in write_figures(entity, syntactic, model, tokenizer, world / "flickr30k",
-                                            world / "features.tsv", out / "figures", world / "images")
-             if name.startswith(("fig1", "fig5"))]
-    from vb_probe.data.features import open_features
-    from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.data.parses import read_conllu
     from vb_probe.explorer import explorer_data, write_explorer
+    from vb_probe.figures import write_figures
 
-    write_explorer(explorer_data(model, tokenizer, Flickr30kEntities(world / "flickr30k"),
-                                 open_features(world / "features.tsv"), split="test", limit=20, scores=entity,
+    shown = [name for name in write_figures(entity, syntactic, model, tokenizer, flickr, features, out / "figures",
+                                            world / "images")
+             if name.startswith(("fig1", "fig5"))]
+    write_explorer(explorer_data(model, tokenizer, flickr, features, split="test", limit=20, scores=entity,
                                  parses=read_conllu(world / "parses.conllu"), images_dir=world / "images"),
                    out / "explorer")
     log(f"      the interactive explorer: {out / 'explorer' / 'index.html'}")
     log("      attribution (integrated gradients) and the causal check on the first test images")
-    extras = _attribution_and_causal(final, world, out, log)
+    extras = _attribution_and_causal(final, flickr, features, out, entity.shape, log)
     report = _report(entity, syntactic, history, config, time.time() - started, shown, key, extras)
     with atomic_files(out) as staged:
         staged.text("report.md", report)
@@ -109,7 +110,7 @@ def check_demo_folder(out: Path, reuse_world: bool) -> None:
     """Before any work: every file and folder the demo writes under ``out`` is absent or vb-probe's own, unchanged,
     and of its kind (the world, the pre-training runs, the result folders); a user's file is never replaced."""
     from vb_probe.pipeline import check_progress_files, parses_copy_name
-    from vb_probe.tables import ATTRIBUTION_FILES
+    from vb_probe.results import AttributionResult
 
     check_outputs(out, ["report.md", "causal.json"])
     if not reuse_world:
@@ -119,7 +120,7 @@ def check_demo_folder(out: Path, reuse_world: bool) -> None:
     check_progress_files(out / "syntactic", resume=False)
     check_outputs(out / "figures", None, what="--out's figures/")
     check_outputs(out / "explorer", ["index.html"], what="--out's explorer/")
-    check_outputs(out / "attribution", ATTRIBUTION_FILES, what="--out's attribution/")
+    check_outputs(out / "attribution", AttributionResult.FILES, what="--out's attribution/")
     models = out / "models"
     if models.is_dir():
         from training.loop import claim_run_folder
@@ -128,26 +129,19 @@ def check_demo_folder(out: Path, reuse_world: bool) -> None:
             claim_run_folder(run, resume=True)  # each is a pre-training run (resumed when interrupted)
 
 
-def _attribution_and_causal(final: Path, world: Path, out: Path, log, images: int = 3, ig_steps: int = 16) -> dict:
+def _attribution_and_causal(final: Path, flickr, features, out: Path, shape: tuple[int, int], log, images: int = 3,
+                            ig_steps: int = 16) -> dict:
     """Integrated gradients on a few test images' masked phrases, and the top-12 vs random-12 head ablation."""
-    from vb_probe.data.features import open_features
-    from vb_probe.data.flickr30k import Flickr30kEntities
-    from vb_probe.families.visualbert.checkpoints import load_pretraining_model
-    from vb_probe.families.visualbert.interventions import attribute, causal_check, masked_phrases, top_heads_from_csv
-    from vb_probe.tables import write_attribution
-    from vb_probe.tokenization import load_tokenizer
+    from vb_probe.api import attribute, causal_check, load_masked_lm, load_tokenizer
+    from vb_probe.families import family_of
 
-    model = load_pretraining_model(final)
-    tokenizer = load_tokenizer(final)
-    flickr, features = Flickr30kEntities(world / "flickr30k"), open_features(world / "features.tsv")
-    items = masked_phrases(flickr, features, tokenizer, "test", images)
-    result = write_attribution(attribute(model, items, tokenizer.pad_token_id, steps=ig_steps), out / "attribution")
-    causal_items = masked_phrases(flickr, features, tokenizer, "test", None)
-    n_heads = len(model.visual_bert.blocks) * model.config.num_attention_heads
-    heads = top_heads_from_csv(out / "entity_grounding" / "entity_grounding.csv", min(12, n_heads // 2))
-    causal = causal_check(model, causal_items, heads, tokenizer.pad_token_id)
-    with atomic_files(out) as staged:
-        staged.json("causal.json", causal)
+    model = load_masked_lm(final)
+    tokenizer = load_tokenizer(model=family_of(model).load(model))
+    result = attribute(model, tokenizer, flickr, features, split="test", limit=images, steps=ig_steps)
+    result.save(out / "attribution")
+    causal = causal_check(model, tokenizer, flickr, features, out / "entity_grounding",
+                          k=min(12, shape[0] * shape[1] // 2), split="test", limit=None)
+    causal.save(out)
     log(f"      IG top region hits gold {result['ig_top_region_grounding_accuracy']:.3f} ({result['n']} phrases); "
         f"ablating the top-{causal['k']} grounding heads drops masked entity-word accuracy {causal['drop_top_k']:.3f} "
         f"vs {causal['drop_random_k']:.3f} for {causal['k']} random heads; {causal['verdict']}")
@@ -237,13 +231,13 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
     lines += ["", "Explore every head on the first 20 test images interactively: [`explorer/index.html`](explorer/index.html) "
               "(one offline file: click a head, hover a word)."]
     attribution, causal = extras["attribution"], extras["causal"]
-    best_agree = attribution["best_agreeing_head"]
+    best_agree = attribution.best_head()
     lines += ["", "## Attribution and a causal check", "",
               f"- Integrated gradients of {attribution['n']} masked entity words (first test images): the region with "
               f"the largest attribution hits a gold box {attribution['ig_top_region_grounding_accuracy']:.3f} of the "
               f"time; the image carries {attribution['mean_image_share_of_attribution']:.2f} of the attribution. "
-              f"Head whose most-attended region most often is that region: L{best_agree['layer']}H{best_agree['head']} "
-              f"({best_agree['agreement']:.2f}). Table: `attribution/attribution_heads.csv`.",
+              f"Head whose most-attended region most often is that region: {best_agree.label} "
+              f"({best_agree.accuracy:.2f}). Table: `attribution/attribution_heads.csv`.",
               f"- Ablating the {causal['k']} best grounding heads lowers masked entity-word accuracy on {causal['n']} "
               f"test phrases from {causal['accuracy_intact']:.3f} to {causal['accuracy_top_k_ablated']:.3f} "
               f"(drop {causal['drop_top_k']:.3f}, 95% bootstrap interval {causal['drop_top_k_ci95'][0]:.3f} to "

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vb_probe.atomic import atomic_files, check_outputs, writable_folder
+from vb_probe.data.features import RegionFeatures, open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import DataError
 from vb_probe.results import GroundingResult, SyntacticResult
@@ -35,17 +36,21 @@ def figure_names(entity: GroundingResult, has_syntactic: bool, flickr: Flickr30k
     return names
 
 
-def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, model, tokenizer, flickr_root: Path,
-                  features_path: Path, out: Path, images_dir: Path | None = None, suffix: str = ".png") -> list[str]:
-    """Figures 1, 3, 4 and 5 into ``out``, written together; returns the file names."""
+def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, model, tokenizer,
+                  flickr30k: Flickr30kEntities | Path, features: RegionFeatures | Path, out: Path,
+                  images_dir: Path | None = None, suffix: str = ".png") -> list[str]:
+    """Figures 1, 3, 4 and 5 into ``out``, written together (``flickr30k`` and ``features``: readers or their
+    paths, opened once); returns the file names."""
     from vb_probe.visualize import attention_figure
 
+    flickr30k = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
+    features = open_features(features) if isinstance(features, (str, Path)) else features
     figures = {}
-    for name, example in figure_names(entity, syntactic is not None, Flickr30kEntities(flickr_root), suffix).items():
+    for name, example in figure_names(entity, syntactic is not None, flickr30k, suffix).items():
         if example is None:
             figures[name] = entity.plot() if name.startswith("fig3") else syntactic.plot()
         else:
-            figures[name] = attention_figure(model, tokenizer, flickr_root, features_path, *example,
+            figures[name] = attention_figure(model, tokenizer, flickr30k, features, *example,
                                              images_dir=images_dir, scores=entity)
     with atomic_files(out) as staged:
         for name, figure in figures.items():

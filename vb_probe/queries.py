@@ -44,6 +44,7 @@ class Query:
     word_index: int
     gold: np.ndarray | None
     unit: str = ""  # what it counts (phrase id, arc) — for messages and resumable bookkeeping
+    first_word_index: int | None = None  # an entity phrase's first word (its words: first..word_index)
 
 
 @dataclass
@@ -119,7 +120,7 @@ def entity_queries(flickr: Flickr30kEntities, caption: Caption, features_present
             seen.skip(ENTITY, reason)
             continue
         queries.append(Query(ENTITY, phrase.last_word_index, annotation.boxes[phrase.entity_id],
-                             f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}"))
+                             f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}", phrase.first_word_index))
     return queries
 
 

@@ -1,5 +1,5 @@
-"""Tables and text: CSV writing, the package versions run.json records, the CLI's summaries of typed results,
-and the attribution table. The score tables themselves are written by :mod:`vb_probe.results`.
+"""Tables and text: CSV writing, the package versions run.json records, and the CLI's summaries of typed results.
+The score tables themselves are written by :mod:`vb_probe.results`.
 
 Numbers are written with fixed precision so the same inputs give byte-identical files.
 """
@@ -8,34 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vb_probe.atomic import atomic_files, atomic_open
+from vb_probe.atomic import atomic_open
 from vb_probe.queries import DIRECTIONS
 from vb_probe.results import GroundingResult, SyntacticResult, csv_text, versions
 
-__all__ = ["csv_text", "versions", "write_csv", "write_attribution", "format_entity_summary",
-           "format_syntactic_summary", "ATTRIBUTION_FILES"]
-
-ATTRIBUTION_FILES = ("attribution_heads.csv", "attribution.json")
+__all__ = ["csv_text", "versions", "write_csv", "format_entity_summary", "format_syntactic_summary"]
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
         handle.write(csv_text(columns, rows))
-
-
-def write_attribution(result: dict, out: Path) -> dict:
-    """``attribution_heads.csv`` (per head: how often its argmax region is the top-attributed one) and
-    ``attribution.json`` (the rest of :func:`vb_probe.families.visualbert.interventions.attribute`'s result);
-    returns the latter."""
-    agreement, n_agree = result["agreement"], result["n_agree"]
-    summary = {k: v for k, v in result.items() if k not in ("agreement", "n_agree")}
-    with atomic_files(out) as staged:
-        staged.text(ATTRIBUTION_FILES[0], csv_text(
-            ["layer", "head", "n", "n_agree", "agreement"],
-            [{"layer": l, "head": h, "n": result["n"], "n_agree": int(n_agree[l, h]), "agreement": f"{agreement[l, h]:.6f}"}
-             for l in range(agreement.shape[0]) for h in range(agreement.shape[1])]))
-        staged.json(ATTRIBUTION_FILES[1], summary)
-    return summary
 
 
 def format_entity_summary(result: GroundingResult) -> str:

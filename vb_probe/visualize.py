@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vb_probe.data.features import RegionFeatures, open_features
+from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import DataError
 from vb_probe.results import GroundingResult, Head
 
@@ -50,12 +52,12 @@ def find_image(images_dir: Path | None, image_id: str, warn: bool = True) -> Pat
     return None
 
 
-def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, image_id: str, caption_index: int, *,
+def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, features: RegionFeatures | Path, image_id: str,
+                     caption_index: int, *,
                      images_dir: Path | None = None, scores: GroundingResult | None = None,
                      facts: dict | None = None):
-    """Figure 1/5 for caption ``caption_index`` of ``image_id``; returns the figure."""
-    from vb_probe.data.features import open_features
-    from vb_probe.data.flickr30k import Flickr30kEntities
+    """Figure 1/5 for caption ``caption_index`` of ``image_id`` (``flickr30k`` and ``features``: readers or their
+    paths); returns the figure."""
     from vb_probe.families import head_shape
     from vb_probe.metrics.boxes import region_hits
     from vb_probe.pipeline import word_region_choices
@@ -64,13 +66,14 @@ def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, i
 
     if scores is not None:
         check_scores_shape(scores.shape, head_shape(model), "scores")
-    flickr = Flickr30kEntities(flickr_root)
+    flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
+    store = open_features(features) if isinstance(features, (str, Path)) else features
     captions = flickr.captions(str(image_id))
     if not 0 <= caption_index < len(captions):
         raise DataError(f"image {image_id} has captions 0..{len(captions) - 1}; --caption-index {caption_index} "
                         "is out of range")
     caption = captions[caption_index]
-    regions = open_features(features_path)[str(image_id)]
+    regions = store[str(image_id)]
     annotation = flickr.annotation(str(image_id))
     choices = word_region_choices(model, tokenizer, caption.words, regions, facts)  # [L, H, n]
     groups: list[int | None] = [None] * len(caption.words)
@@ -96,13 +99,14 @@ def attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, i
                                          f"region ({source} in brackets)")
 
 
-def render_attention_figure(model, tokenizer, flickr_root: Path, features_path: Path, image_id: str,
+def render_attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, features: RegionFeatures | Path,
+                            image_id: str,
                             caption_index: int, out_path: Path, *, images_dir: Path | None = None,
                             scores: GroundingResult | None = None, facts: dict | None = None) -> Path:
     """Draw Figure 1/5 into ``out_path`` (.png, .svg or .pdf: the format its extension names)."""
     from vb_probe.atomic import atomic_files
 
-    fig = attention_figure(model, tokenizer, flickr_root, features_path, image_id, caption_index,
+    fig = attention_figure(model, tokenizer, flickr30k, features, image_id, caption_index,
                            images_dir=images_dir, scores=scores, facts=facts)
     out_path = Path(out_path)
     with atomic_files(out_path.parent if str(out_path.parent) else Path(".")) as staged:

@@ -25,6 +25,7 @@ from vb_probe.data.parses import Parse
 from vb_probe.errors import VbProbeError
 from vb_probe.families import head_shape
 from vb_probe.metrics.boxes import region_hits
+from vb_probe.queries import has_features
 from vb_probe.results import GroundingResult, check_scores_shape
 
 __all__ = ["explorer_data", "write_explorer", "Explorer", "explore", "PAGE"]
@@ -56,8 +57,8 @@ def _quantised(rows: np.ndarray) -> str:
 
 def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionFeatures, *, split: str = "test",
                   limit: int | None = 20, scores: GroundingResult | None = None, parses: dict[str, Parse] | None = None,
-                  relations: tuple[str, ...] = ("nsubj", "dobj", "pobj", "amod"), images_dir: Path | None = None
-                  ) -> dict:
+                  relations: tuple[str, ...] = ("nsubj", "dobj", "pobj", "amod"), images_dir: Path | None = None,
+                  skip_missing_features: bool = False) -> dict:
     """Everything the page shows, as plain JSON-able data: the head grid (``scores``, else computed here on the
     same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
     attention of every head on every region (quantised), the probe's argmax region and which regions hit gold."""
@@ -72,7 +73,7 @@ def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionF
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
     for image_id in image_ids:
-        if image_id not in features:
+        if not has_features(features, image_id, skip_missing_features):  # the probe's policy: an error, or counted
             skipped["images_without_features"] += 1
             continue
         regions = features[image_id]

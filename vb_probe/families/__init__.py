@@ -91,6 +91,12 @@ def _load_builtin_families() -> None:
     from vb_probe.families import visualbert  # noqa: F401  (registers itself)
 
 
+def known_families() -> dict[str, Family]:
+    """Every registered family by name: the built-in ones and any a user's code registered."""
+    _load_builtin_families()
+    return dict(FAMILIES)
+
+
 def family_of(source: dict | Any, where: str = "the model") -> Family:
     """The family that recognises ``source`` (a ``config.json`` dict or a model object); a one-line error
     naming what was found and what is known otherwise."""

@@ -6,6 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from vb_probe.results import head_label
 from vb_probe.viz.text import plain
 
 SMALL_MASS = 0.2  # the paper draws heads with under 20% of their attention on regions as small dots
@@ -32,12 +33,14 @@ def plot_head_grid(
     title: str = "Entity grounding per head",
     selected: tuple[int, int, str] | None = None,
     control_best: tuple[str, float] | None = None,
+    value_label: str = "accuracy (IoU ≥ 0.5 with a gold box)",
     ax=None,
 ) -> Figure:
     """``accuracy`` and ``region_mass`` [layer, head] in [0, 1] (mass None: all dots one size). Colour = accuracy,
     dot size = region mass (a key below); the baselines are labelled on the colour bar; a red ring marks the best
     head, a blue square the head chosen on another split (``selected`` = layer, head, split); ``control_best`` =
-    (label, accuracy) of a random-initialised model's best head. Returns the figure."""
+    (label, accuracy) of a random-initialised model's best head; ``value_label`` names what the colour shows
+    (the colour bar's label). Without ``region_mass`` there is no dot-size key. Returns the figure."""
     accuracy = np.asarray(accuracy, float)
     mass = np.ones_like(accuracy) if region_mass is None else np.asarray(region_mass, float)
     layers, heads = accuracy.shape
@@ -53,13 +56,13 @@ def plot_head_grid(
                         vmin=0.0, vmax=top, edgecolors="black", linewidths=0.3)
     best = np.unravel_index(np.nanargmax(accuracy), accuracy.shape)
     handles = [Line2D([], [], marker="o", ls="", ms=15, mfc="none", mec="red", mew=1.6,
-                      label=f"best head L{best[0]}H{best[1]} {accuracy[best]:.3f} (chosen on these data)")]
+                      label=f"best head {head_label(*best)} {accuracy[best]:.3f} (chosen on these data)")]
     ax.scatter([best[1]], [best[0]], s=340, facecolors="none", edgecolors="red", linewidths=1.6)
     if selected is not None:
         layer, head, split = selected
         ax.scatter([head], [layer], s=420, marker="s", facecolors="none", edgecolors="tab:blue", linewidths=1.6)
         handles.append(Line2D([], [], marker="s", ls="", ms=15, mfc="none", mec="tab:blue", mew=1.6,
-                              label=f"chosen on {plain(split)}: L{layer}H{head} {accuracy[layer, head]:.3f} here"))
+                              label=f"chosen on {plain(split)}: {head_label(layer, head)} {accuracy[layer, head]:.3f} here"))
     if control_best is not None:
         handles.append(Line2D([], [], ls="", label=f"random-init control: best {control_best[0]} {control_best[1]:.3f}"))
     sizes = [Line2D([], [], marker="o", ls="", mfc="lightgrey", mec="black", mew=0.3,
@@ -73,7 +76,7 @@ def plot_head_grid(
     ax.set_ylim(layers - 0.3, -0.7)
     ax.set_title(plain(title), fontsize=11)
     bar = fig.colorbar(points, ax=ax, fraction=0.05, pad=0.02)
-    bar.set_label("accuracy (IoU ≥ 0.5 with a gold box)")
+    bar.set_label(value_label)
     bar.ax.yaxis.set_ticks_position("left")
     bar.ax.yaxis.set_label_position("left")
     names = sorted(shown, key=shown.get)
@@ -84,6 +87,7 @@ def plot_head_grid(
                         textcoords=("axes fraction", "data"), xycoords=("axes fraction", "data"), fontsize=8,
                         color=colour, va="center", arrowprops=dict(arrowstyle="-", color=colour, lw=0.8))
     fig.legend(handles=handles, loc="outside lower left", ncol=1, fontsize=8, frameon=False)
-    fig.legend(handles=sizes, loc="outside lower right", ncol=4, fontsize=8, frameon=False, columnspacing=0.8,
-               title="dot size: attention on regions", title_fontsize=8)
+    if region_mass is not None:
+        fig.legend(handles=sizes, loc="outside lower right", ncol=4, fontsize=8, frameon=False, columnspacing=0.8,
+                   title="dot size: attention on regions", title_fontsize=8)
     return fig

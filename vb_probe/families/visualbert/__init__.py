@@ -96,6 +96,20 @@ class VisualBertFamily:
                 model(**inputs)
         return cache.stack("attn.pattern_rows")[..., batch.extras["text_len"]:].float().cpu()
 
+    def load_masked_lm(self, folder: Path):
+        """The encoder with its masked-LM and sentence-image heads (a pre-training checkpoint), in eval mode: what
+        attribution and the causal check need."""
+        from vb_probe.families.visualbert.checkpoints import load_pretraining_model
+
+        return load_pretraining_model(folder)
+
+    @property
+    def interventions(self):
+        """Attribution and the causal check on masked phrase words (:mod:`.interventions`)."""
+        from vb_probe.families.visualbert import interventions
+
+        return interventions
+
     def twin(self, model, seed: int):
         from vb_probe.families.visualbert.model import VisualBertModel
 

@@ -27,6 +27,7 @@ import torch
 
 from vb_probe.errors import VbProbeError
 from vb_probe.families.visualbert.model import HookPoint, RowSelection, VisualBertModel
+from vb_probe.results import head_label
 
 _ATTN_POINTS = {"q": "hook_q", "k": "hook_k", "v": "hook_v", "scores": "hook_scores",
                 "pattern": "hook_pattern", "pattern_rows": "hook_pattern_rows", "z": "hook_z"}
@@ -103,7 +104,7 @@ def ablate_heads(
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         if not (0 <= layer < len(model.blocks) and 0 <= head < model.config.num_attention_heads):
-            raise VbProbeError(f"head L{layer}H{head} does not exist in a {len(model.blocks)}-layer, "
+            raise VbProbeError(f"head {head_label(layer, head)} does not exist in a {len(model.blocks)}-layer, "
                                f"{model.config.num_attention_heads}-head model; were the scores made with this model?")
         by_layer.setdefault(layer, []).append(head)
 

@@ -13,18 +13,19 @@ Both work on *masked phrases*: for each phrase with gold boxes, its last word's 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
-from vb_probe.errors import DataError, VbProbeError
+from vb_probe.errors import VbProbeError
 from vb_probe.families.visualbert.hooks import ablate_heads, capture_attention_rows
 from vb_probe.families.visualbert.inputs import pad_inputs
 from vb_probe.metrics.boxes import region_hits
 from vb_probe.metrics.causal import causal_summary
+from vb_probe.queries import ENTITY, collect_items
+from vb_probe.results import AttributionResult, CausalResult, head_label
 from vb_probe.tokenization import tokenize_words
 
 
@@ -41,31 +42,31 @@ class MaskedPhrase:
 
 def masked_phrases(flickr: Flickr30kEntities, features: RegionFeatures, tokenizer, split: str, limit: int | None,
                    max_text_len: int = 128, progress: bool = False) -> list[MaskedPhrase]:
-    """Every phrase with gold boxes in the first ``limit`` images of ``split``, its last word masked."""
+    """Every phrase with gold boxes in the first ``limit`` images of ``split`` (the probe's own queries:
+    :func:`vb_probe.queries.collect_items`), its last word masked. Phrases whose word falls past the text limit
+    are left out."""
     from tqdm.auto import tqdm
 
-    out = []
     image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
-    for image_id in tqdm(image_ids, desc=f"phrases of {len(image_ids)} {split} images", unit="image",
-                         disable=not progress, leave=False):
-        annotation = flickr.annotation(image_id)
-        if image_id not in features:
-            continue
-        regions = features[image_id]
-        for caption in flickr.captions(image_id):
-            tokens = tokenize_words(tokenizer, list(caption.words), max_length=max_text_len)
-            for phrase in caption.phrases:
-                if phrase.entity_id not in annotation.boxes:
-                    continue
-                first, last = tokens.word_first_token[phrase.last_word_index], tokens.word_last_token[phrase.last_word_index]
-                if last is None:
-                    continue
-                ids = list(tokens.input_ids)
-                target = ids[last]
-                for p in range(first, last + 1):
-                    ids[p] = tokenizer.mask_token_id
-                out.append(MaskedPhrase(caption.key, " ".join(phrase.words), ids, list(range(first, last + 1)), target,
-                                        regions.features, region_hits(regions.boxes, annotation.boxes[phrase.entity_id])))
+    items, _ = collect_items(flickr, features, image_ids)
+    out = []
+    for item in tqdm(items, desc=f"phrases of {len(image_ids)} {split} images", unit="caption",
+                     disable=not progress, leave=False):
+        regions = features[item.image_id]
+        tokens = tokenize_words(tokenizer, list(item.words), max_length=max_text_len)
+        for query in item.queries:
+            if query.group != ENTITY:
+                continue
+            first, last = tokens.word_first_token[query.word_index], tokens.word_last_token[query.word_index]
+            if last is None:
+                continue
+            ids = list(tokens.input_ids)
+            target = ids[last]
+            for p in range(first, last + 1):
+                ids[p] = tokenizer.mask_token_id
+            phrase = " ".join(item.words[query.first_word_index:query.word_index + 1])
+            out.append(MaskedPhrase(item.key, phrase, ids, list(range(first, last + 1)), target, regions.features,
+                                    region_hits(regions.boxes, query.gold)))
     return out
 
 
@@ -98,7 +99,7 @@ def masked_word_accuracy(model, items: list[MaskedPhrase], pad_id: int, batch_si
 
 
 def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, int]], pad_id: int, *,
-                 random_draws: int = 20, seed: int = 0, progress: bool = False) -> dict:
+                 random_draws: int = 20, seed: int = 0, progress: bool = False) -> CausalResult:
     """Masked-entity-word accuracy with nothing, the top-k grounding heads, or k random heads ablated (one set
     per draw), with a bootstrap interval over phrases and an empirical p-value (:func:`causal_summary`)."""
     from tqdm.auto import tqdm
@@ -122,10 +123,10 @@ def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, in
         with ablate_heads(encoder, chosen):
             draws.append(masked_word_hits(model, items, pad_id))
     summary = causal_summary(intact, top, np.stack(draws), seed=seed)
-    return {"k": len(top_heads), "heads_ablated": [f"L{l}H{h}" for l, h in top_heads], **summary,
-            "region_to_phrase_r1": None,
-            "region_to_phrase_note": "needs a checkpoint fine-tuned for Flickr30K region-to-phrase "
-                                     "(vb-train finetune --task flickr30k); this one has no such head"}
+    return CausalResult({"k": len(top_heads), "heads_ablated": [head_label(l, h) for l, h in top_heads], **summary,
+                         "region_to_phrase_r1": None,
+                         "region_to_phrase_note": "needs a checkpoint fine-tuned for Flickr30K region-to-phrase "
+                                                  "(vb-train finetune --task flickr30k); this one has no such head"})
 
 
 def integrated_gradients(forward, inputs: tuple[torch.Tensor, ...], steps: int
@@ -144,7 +145,7 @@ def integrated_gradients(forward, inputs: tuple[torch.Tensor, ...], steps: int
 
 
 def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32, visual_token_type: int = 1,
-              progress: bool = False) -> dict:
+              progress: bool = False) -> AttributionResult:
     """Integrated gradients (zero baselines) of each masked word's logit w.r.t. region features and word
     embeddings; per head, agreement of its most-attended region with the top-attributed region."""
     from tqdm.auto import tqdm
@@ -189,41 +190,10 @@ def attribute(model, items: list[MaskedPhrase], pad_id: int, *, steps: int = 32,
     n = len(items)
     rate = agree.double() / max(n, 1)
     flat = int(rate.flatten().argmax())
-    return {"n": n, "ig_steps": steps, "ig_top_region_grounding_accuracy": top_hits / max(n, 1),
-            # |sum of attributions − (F(x) − F(0))| / |F(x) − F(0)|: how well the integral converged (0 is exact)
-            "ig_completeness_error_max": float(max(completeness)) if completeness else None,
-            "mean_image_share_of_attribution": float(np.mean(image_share)) if image_share else None,
-            "agreement": rate.numpy(), "n_agree": agree.numpy(),
-            "best_agreeing_head": {"layer": flat // heads, "head": flat % heads, "agreement": float(rate.flatten()[flat])},
-            "per_phrase": per_phrase}
-
-
-def top_heads_from_csv(path: Path, k: int, model_shape: tuple[int, int] | None = None) -> list[tuple[int, int]]:
-    """The ``k`` most accurate heads of an ``entity_grounding.csv`` (or the folder holding it; ties: lower layer,
-    then head). With ``model_shape`` (layers, heads), scores of a model of another shape are refused."""
-    import csv
-
-    from vb_probe.results import check_scores_shape
-
-    path = Path(path)
-    path = path / "entity_grounding.csv" if path.is_dir() else path
-    expected = "expected the entity_grounding.csv of `vb-probe entity-grounding` (layer, head, accuracy columns)"
-    try:
-        with open(path, encoding="utf-8-sig") as handle:
-            rows = [(-float(r["accuracy"]), int(r["layer"]), int(r["head"])) for r in csv.DictReader(handle)]
-    except FileNotFoundError:
-        raise DataError(f"--scores {path}: file not found; {expected}") from None
-    except (OSError, UnicodeDecodeError, KeyError, TypeError, ValueError, csv.Error) as exc:
-        raise DataError(f"--scores {path}: cannot read it ({type(exc).__name__}); {expected}") from None
-    if not rows:
-        raise DataError(f"--scores {path}: no rows; {expected}")
-    bad = next((r for r in rows if not np.isfinite(r[0]) or r[1] < 0 or r[2] < 0), None)
-    if bad is not None:
-        raise DataError(f"--scores {path}: the row of layer {bad[1]}, head {bad[2]} has accuracy {-bad[0]}; expected "
-                        f"heads numbered from 0 and finite accuracies; {expected}")
-    if model_shape is not None:
-        check_scores_shape((1 + max(r[1] for r in rows), 1 + max(r[2] for r in rows)), model_shape, path)
-    if not 1 <= k <= len(rows) // 2:
-        raise DataError(f"-k {k}: the scores list {len(rows)} heads, and the control ablates k other heads; "
-                        f"use -k between 1 and {len(rows) // 2}")
-    return [(layer, head) for _, layer, head in sorted(rows)[:k]]
+    return AttributionResult(agree.numpy().astype(np.int64), n, {
+        "n": n, "ig_steps": steps, "ig_top_region_grounding_accuracy": top_hits / max(n, 1),
+        # |sum of attributions − (F(x) − F(0))| / |F(x) − F(0)|: how well the integral converged (0 is exact)
+        "ig_completeness_error_max": float(max(completeness)) if completeness else None,
+        "mean_image_share_of_attribution": float(np.mean(image_share)) if image_share else None,
+        "best_agreeing_head": {"layer": flat // heads, "head": flat % heads, "agreement": float(rate.flatten()[flat])},
+        "per_phrase": per_phrase})

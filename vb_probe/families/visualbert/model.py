@@ -22,7 +22,9 @@ or attentions are asked for.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -313,6 +315,23 @@ class VisualBertModel(nn.Module):
         # Text-to-text masking inside every layer ("intervene" mode); set by vb_probe.families.visualbert.hooks.
         self.block_text_to_text = False
         self.init_weights()
+
+    def save_pretrained(self, path: str | os.PathLike, tokenizer=None) -> Path:
+        """The encoder as a transformers folder (``config.json`` + ``model.safetensors``, + the tokenizer's files
+        when given) that ``from_pretrained`` here and transformers' ``VisualBertModel.from_pretrained`` load as it
+        is; written atomically, and never over a folder vb-probe did not write."""
+        from vb_probe.families.visualbert.checkpoints import save_model
+
+        return save_model(self, path, tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike) -> "VisualBertModel":
+        """The encoder of a transformers VisualBERT folder or hub id (through the hub cache; task models' heads are
+        set aside), in eval mode."""
+        from vb_probe.families.visualbert.checkpoints import load_model
+        from vb_probe.hub import resolve
+
+        return load_model(resolve(source, "source"))
 
     @property
     def blocks(self) -> list[VisualBertLayer]:
