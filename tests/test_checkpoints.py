@@ -153,3 +153,19 @@ def test_bad_checkpoints_name_the_problem(tmp_path):
     write_vocab(tmp_path / "bigtok", extra=500)
     with pytest.raises(CheckpointError, match="vocab_size is 120"):
         load_tokenizer(tmp_path / "bigtok", vocab_size=config.vocab_size)
+
+
+def test_save_pretrained_and_from_pretrained_as_transformers_users_expect(tmp_path, config):
+    from transformers import VisualBertModel as Reference
+
+    from vb_probe.families.visualbert.model import VisualBertModel
+
+    torch.manual_seed(3)
+    model = VisualBertModel(config).eval()
+    model.save_pretrained(tmp_path / "m")
+    again = VisualBertModel.from_pretrained(tmp_path / "m")
+    theirs = Reference.from_pretrained(tmp_path / "m")
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[name], tensor, rtol=0, atol=0)
+        torch.testing.assert_close(theirs.state_dict()[name], tensor, rtol=0, atol=0)
+    assert not again.training

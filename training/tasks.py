@@ -27,6 +27,7 @@ from torch import nn
 
 from vb_probe.data.features import open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.text import read_json_file
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.metrics.boxes import region_hits
 
@@ -45,14 +46,8 @@ class Example:
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: task file not found; pass --data with the task's files (e.g. a built-in world)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except RecursionError:
-        raise DataError(f"{path}: nested too deeply to be a task file") from None
+    return read_json_file(path, "re-create the task's files", "task file not found; pass --data with the task's "
+                          "files (e.g. a built-in world)")
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -8,7 +8,6 @@ Either way the answer is a local folder, or a one-line error naming the id and t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -96,17 +95,12 @@ def file_sha256(path: str | Path) -> str:
 
 
 def read_config_json(folder: Path) -> dict:
+    """A checkpoint folder's ``config.json`` as a dict (one-line errors naming it)."""
+    from vb_probe.data.text import read_json_file
+
     path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; a checkpoint folder needs the config.json that transformers writes")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-save the checkpoint") from None
-    except RecursionError:
-        raise CheckpointError(f"{path}: nested too deeply to be a config; re-save the checkpoint") from None
-    except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{path}: not UTF-8 text (byte {exc.start}); re-save the checkpoint") from None
+    raw = read_json_file(path, "re-save the checkpoint", "missing; a checkpoint folder needs the config.json that "
+                         "transformers writes", CheckpointError)
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: holds a JSON {type(raw).__name__}, expected an object of config fields")
     return raw

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from vb_probe.data.text import read_json_file
 from vb_probe.errors import DataError
 
 
@@ -23,14 +23,8 @@ class CocoImage:
 def read_karpathy(path: str | Path, splits: tuple[str, ...] | None = None) -> list[CocoImage]:
     """Images of the given splits (all when None); ``restval`` is its own split, as in the file."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: captions file not found; pass the Karpathy split JSON (dataset_coco.json)") from None
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); re-download the split file") from None
-    except RecursionError:
-        raise DataError(f"{path}: nested too deeply to be the split file; re-download it") from None
+    data = read_json_file(path, "re-download the split file", "captions file not found; pass the Karpathy split "
+                          "JSON (dataset_coco.json)")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"{path}: expected a JSON object with an 'images' list (Karpathy split format)")
     images = []
