@@ -116,23 +116,23 @@ def _eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _probe(model, tokenizer, flickr: Flickr30kEntities | str | Path, features: RegionFeatures | str | Path,
+def _probe(model, tokenizer, flickr30k: Flickr30kEntities | str | Path, features: RegionFeatures | str | Path,
            confidence: str | None, device: str | torch.device | None, progress: bool, **options) -> ProbeResults:
     """One probe pass over the model as it is, in eval mode, with the readers opened once."""
     encoder = _model(model)
     device = str(resolve_device(str(device))) if device is not None else next(encoder.parameters()).device.type
-    flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
+    flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
     features = open_features(features, confidence) if isinstance(features, (str, Path)) else features
     cfg = ProbeConfig(flickr30k=flickr.root, features=Path(features.source), device=device, confidence=confidence,
                       **options)
     with _eval_mode(encoder):
-        return run_probes(cfg, encoder.to(device), tokenizer, progress=progress, flickr=flickr, features=features)
+        return run_probes(cfg, encoder.to(device), tokenizer, progress=progress, flickr30k=flickr, features=features)
 
 
 def entity_grounding(
     model: torch.nn.Module,
     tokenizer,
-    flickr: Flickr30kEntities | str | Path,
+    flickr30k: Flickr30kEntities | str | Path,
     features: RegionFeatures | str | Path,
     *,
     split: str = "test",
@@ -150,12 +150,12 @@ def entity_grounding(
 ) -> GroundingResult:
     """Score every head of ``model`` as it is (edits in memory included) against Flickr30K Entities gold boxes.
 
-    ``flickr``: a :class:`Flickr30kEntities` or its root; ``features``: a feature store or its path (TSV, HDF5,
+    ``flickr30k``: a :class:`Flickr30kEntities` or its root; ``features``: a feature store or its path (TSV, HDF5,
     folder of npz). ``select_on``: also choose heads on that split (the unbiased number); ``control``: also probe
     a random-initialised model of the same shape. Returns a :class:`GroundingResult`.
     """
     return grounding_result(_probe(
-        model, tokenizer, flickr, features, confidence, device, progress, split=split, mask=mask,
+        model, tokenizer, flickr30k, features, confidence, device, progress, split=split, mask=mask,
         batch_size=batch_size, precision=precision, limit=limit, select_on=select_on, control=control,
         skip_unannotated=skip_unannotated, skip_missing_features=skip_missing_features))
 
@@ -163,7 +163,7 @@ def entity_grounding(
 def syntactic_grounding(
     model: torch.nn.Module,
     tokenizer,
-    flickr: Flickr30kEntities | str | Path,
+    flickr30k: Flickr30kEntities | str | Path,
     features: RegionFeatures | str | Path,
     *,
     relations: Sequence[str] = ("nsubj", "dobj", "pobj"),
@@ -188,7 +188,7 @@ def syntactic_grounding(
     ``"all"``.
     """
     return syntactic_result(_probe(
-        model, tokenizer, flickr, features, confidence, device, progress, split=split, mask=mask,
+        model, tokenizer, flickr30k, features, confidence, device, progress, split=split, mask=mask,
         batch_size=batch_size, precision=precision, limit=limit, select_on=select_on, control=control, entity=False,
         relations=(relations,) if isinstance(relations, str) else tuple(relations), parses=Path(parses) if parses else None,
         parser=parser or (None if parses else "spacy"), spacy_model=spacy_model))

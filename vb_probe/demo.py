@@ -67,7 +67,7 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
                       select_on="val", control=True, relations=DEMO_RELATIONS, parses=world / "parses.conllu",
                       batch_size=32)
     model, tokenizer, _ = load_model_and_tokenizer(cfg)
-    results = run_probes(cfg, model, tokenizer, out=out / "syntactic", progress=progress, flickr=flickr,
+    results = run_probes(cfg, model, tokenizer, out=out / "syntactic", progress=progress, flickr30k=flickr,
                          features=features)
     entity = grounding_result(results)
     entity.save(out / "entity_grounding")

@@ -303,11 +303,11 @@ def checkpoint_info(ckpt: Path | str | None, model=None) -> dict:
 
 
 def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, progress: bool = True,
-               resume: bool = False, flickr: Flickr30kEntities | None = None,
+               resume: bool = False, flickr30k: Flickr30kEntities | None = None,
                features: RegionFeatures | None = None) -> ProbeResults:
     """Run the probes ``cfg`` asks for (entity grounding and/or syntactic) in one pass per split/model.
 
-    ``model`` and ``tokenizer`` as :mod:`vb_probe.api` loads them; ``flickr`` and ``features`` may be given as
+    ``model`` and ``tokenizer`` as :mod:`vb_probe.api` loads them; ``flickr30k`` and ``features`` may be given as
     objects (else opened from ``cfg.flickr30k`` / ``cfg.features``). ``out``: where progress is kept for
     ``resume`` (and a copy of the parses); the results themselves are written by :mod:`vb_probe.results`.
     """
@@ -320,7 +320,7 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         raise VbProbeError(f"--mask {cfg.mask}: use posthoc or intervene")
     device = resolve_device(cfg.device)
     family = family_of(model)
-    flickr = flickr if flickr is not None else Flickr30kEntities(cfg.flickr30k)
+    flickr = flickr30k if flickr30k is not None else Flickr30kEntities(cfg.flickr30k)
     features = features if features is not None else open_features(cfg.features, cfg.confidence)
     facts = family.prepare(model, features, config_dict(cfg))  # the model's checks, before any work
     checkpoint = checkpoint_info(cfg.ckpt, model)

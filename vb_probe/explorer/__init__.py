@@ -55,7 +55,7 @@ def _quantised(rows: np.ndarray) -> str:
     return base64.b64encode(np.round(rows / peak * 255).astype(np.uint8).tobytes()).decode("ascii")
 
 
-def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionFeatures, *, split: str = "test",
+def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: RegionFeatures, *, split: str = "test",
                   limit: int | None = 20, scores: GroundingResult | None = None, parses: dict[str, Parse] | None = None,
                   relations: tuple[str, ...] = ("nsubj", "dobj", "pobj", "amod"), images_dir: Path | None = None,
                   skip_missing_features: bool = False) -> dict:
@@ -65,6 +65,7 @@ def explorer_data(model, tokenizer, flickr: Flickr30kEntities, features: RegionF
     from vb_probe.api import entity_grounding
     from vb_probe.pipeline import word_region_attention
 
+    flickr = flickr30k
     image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
     if scores is None:
         scores = entity_grounding(model, tokenizer, flickr, features, split=split, limit=limit)
@@ -180,13 +181,13 @@ class Explorer:
         return write_explorer(self.data, out)
 
 
-def explore(model, tokenizer, flickr, features, **options) -> Explorer:
-    """The explorer for ``model`` on ``flickr``/``features`` (paths or readers); options as :func:`explorer_data`
+def explore(model, tokenizer, flickr30k, features, **options) -> Explorer:
+    """The explorer for ``model`` on ``flickr30k``/``features`` (paths or readers); options as :func:`explorer_data`
     (``parses`` may also be a CoNLL-U file's path)."""
     from vb_probe.api import _eval_mode, _model
     from vb_probe.data.features import open_features
 
-    flickr = flickr if isinstance(flickr, Flickr30kEntities) else Flickr30kEntities(flickr)
+    flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
     features = open_features(features) if isinstance(features, (str, Path)) else features
     if isinstance(options.get("parses"), (str, Path)):  # a CoNLL-U file, as the CLI's --parses
         from vb_probe.data.parses import read_conllu
