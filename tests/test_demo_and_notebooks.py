@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
     return out
 
 
-def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys):
+def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys, monkeypatch):
     for name in ("entity_grounding/entity_grounding.csv", "entity_grounding/run.json", "syntactic/syntactic.csv",
                  "syntactic/run.json", "figures/fig3_entity_grounding.png", "figures/fig4_syntactic.png",
                  "attribution/attribution_heads.csv", "attribution/attribution.json", "causal.json", "report.md",
@@ -49,11 +49,25 @@ def test_demo_writes_every_artifact_and_reuses_the_model(demo, capsys):
     assert "Head chosen on val, scored on test" in report and "head chosen on val: test accuracy (95% interval)" in report
     models = list((demo / "models").iterdir())
     capsys.readouterr()
+    from vb_probe.data import features, flickr30k
+
+    opened = {"annotations": 0, "features": 0}  # each reader is opened once for the whole run
+
+    def counted(cls, kind):
+        real = cls.__init__
+
+        def init(self, *args, **kwargs):
+            opened[kind] += 1
+            real(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "__init__", init)
+    counted(flickr30k.Flickr30kEntities, "annotations")
+    counted(features.TsvFeatures, "features")
     args = ["demo", "--out", str(demo), "--scenes", "30"] + sum((["--set", s] for s in TINY), [])
     assert cli_main(args + ["--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "reusing" in printed and "world: reusing" in printed
     assert list((demo / "models").iterdir()) == models
+    assert opened == {"annotations": 1, "features": 1}
 
 
 @pytest.mark.parametrize("notebook", sorted(p.name for p in (ROOT / "analysis_notebooks").glob("*.ipynb")))

@@ -8,8 +8,9 @@ original image's pixels), the attention *sites* it exposes, the rows of every he
 the image tokens, a random-initialised twin for the control, and the facts of its inputs that ``run.json``
 records. Queries, counts, results, figures and the explorer stay family-free.
 
-Adding a family: one module with a class that implements :class:`Family`, decorated with ``@register_family``
-and imported by :func:`_load_builtin_families` (or by the user's own code before probing).
+Adding a family: one module (or package) under ``vb_probe/families`` with a class that implements :class:`Family`,
+decorated with ``@register_family`` (found and imported on first use), or the same class in the user's own code,
+imported before probing.
 """
 
 from __future__ import annotations
@@ -88,7 +89,12 @@ def register_family(cls: type) -> type:
 
 
 def _load_builtin_families() -> None:
-    from vb_probe.families import visualbert  # noqa: F401  (registers itself)
+    """Import every module and package under ``vb_probe/families`` once: each registers its family."""
+    import pkgutil
+    from importlib import import_module
+
+    for module in pkgutil.iter_modules(__path__):
+        import_module(f"{__name__}.{module.name}")
 
 
 def known_families() -> dict[str, Family]:
