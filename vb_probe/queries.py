@@ -45,6 +45,16 @@ class Query:
     gold: np.ndarray | None
     unit: str = ""  # what it counts (phrase id, arc) — for messages and resumable bookkeeping
     first_word_index: int | None = None  # an entity phrase's first word (its words: first..word_index)
+    entity_id: int | None = None  # the entity whose gold boxes these are
+    arc: tuple[int, int] | None = None  # a dependency arc's (head word, dependent word)
+
+    @property
+    def target_word(self) -> int | None:
+        """An arc query's other word (the one inside the phrase whose boxes are the target)."""
+        if self.arc is None:
+            return None
+        head, dependent = self.arc
+        return dependent if self.group.endswith("/head_to_dependent") else head
 
 
 @dataclass
@@ -120,7 +130,8 @@ def entity_queries(flickr: Flickr30kEntities, caption: Caption, features_present
             seen.skip(ENTITY, reason)
             continue
         queries.append(Query(ENTITY, phrase.last_word_index, annotation.boxes[phrase.entity_id],
-                             f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}", phrase.first_word_index))
+                             f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}", phrase.first_word_index,
+                             phrase.entity_id))
     return queries
 
 
@@ -144,8 +155,8 @@ def arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption
             if reason:
                 seen.skip(group, f"target_{reason}")
                 continue
-            queries.append(Query(group, query_word, annotation.boxes[phrase.entity_id],
-                                 f"{caption.key}:{head}->{dep}"))
+            queries.append(Query(group, query_word, annotation.boxes[phrase.entity_id], f"{caption.key}:{head}->{dep}",
+                                 entity_id=phrase.entity_id, arc=(head, dep)))
     return queries
 
 

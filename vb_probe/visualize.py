@@ -61,6 +61,7 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
     from vb_probe.families import head_shape
     from vb_probe.metrics.boxes import region_hits
     from vb_probe.pipeline import word_region_choices
+    from vb_probe.queries import Collection, entity_queries
     from vb_probe.results import check_scores_shape
     from vb_probe.viz.attention import plot_attention_on_image
 
@@ -77,10 +78,11 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
     annotation = flickr.annotation(str(image_id))
     choices = word_region_choices(model, tokenizer, caption.words, regions, facts)  # [L, H, n]
     groups: list[int | None] = [None] * len(caption.words)
-    for phrase in caption.phrases:
-        if phrase.entity_id in annotation.boxes:  # words of one boxed entity share a colour
-            groups[phrase.first_word_index:phrase.last_word_index + 1] = [phrase.entity_id] * len(phrase.words)
-    entity_hits = {g: region_hits(regions.boxes, annotation.boxes[g]) for g in set(groups) - {None}}
+    entity_hits = {}
+    for query in entity_queries(flickr, caption, True, Collection()):  # the probe's queries: phrases with boxes
+        groups[query.first_word_index:query.word_index + 1] = \
+            [query.entity_id] * (query.word_index + 1 - query.first_word_index)  # an entity's words share a colour
+        entity_hits[query.entity_id] = region_hits(regions.boxes, query.gold)
     word_hits = [entity_hits.get(g) for g in groups]
     layer_heads = scores.per_layer_best() if scores is not None else heads_for_caption(choices, word_hits)
     panels = [{"layer": h.layer, "head": h.head, "accuracy": h.accuracy, "choices": choices[h.layer, h.head]}

@@ -21,11 +21,11 @@ import numpy as np
 
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
-from vb_probe.data.parses import Parse
+from vb_probe.data.parses import Parse, check_parse_matches
 from vb_probe.errors import VbProbeError
 from vb_probe.families import head_shape
 from vb_probe.metrics.boxes import region_hits
-from vb_probe.queries import has_features
+from vb_probe.queries import Collection, arc_queries, entity_queries, has_features
 from vb_probe.results import GroundingResult, check_scores_shape
 
 __all__ = ["explorer_data", "write_explorer", "Explorer", "explore", "PAGE"]
@@ -73,6 +73,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
     layers, heads = scores.shape
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
+    seen = Collection()
     for image_id in image_ids:
         if not has_features(features, image_id, skip_missing_features):  # the probe's policy: an error, or counted
             skipped["images_without_features"] += 1
@@ -80,19 +81,18 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
         regions = features[image_id]
         annotation = flickr.annotation(image_id)
         picture = _image_uri(images_dir, image_id)
-        for caption in flickr.captions(image_id):
-            phrases = [{"entity": p.entity_id, "first": p.first_word_index, "last": p.last_word_index,
-                        "gold": annotation.boxes[p.entity_id].round(1).tolist()}
-                       for p in caption.phrases if p.entity_id in annotation.boxes]
+        for caption in flickr.captions(image_id):  # the probe's own queries, skips counted the same way
+            entity = entity_queries(flickr, caption, True, seen)
+            phrases = [{"entity": q.entity_id, "first": q.first_word_index, "last": q.word_index,
+                        "gold": q.gold.round(1).tolist()} for q in entity]
             arcs = []
-            parse = parses.get(caption.key) if parses else None
-            if parse is not None and parse.words == caption.words:
-                boxed = {w: i for i, p in enumerate(phrases) for w in range(p["first"], p["last"] + 1)}
-                for h, d, r in parse.arcs():  # each direction whose target word lies in a boxed phrase
-                    for direction, query, target in (("head_to_dependent", h, d), ("dependent_to_head", d, h)):
-                        if r in relations and target in boxed:
-                            arcs.append({"relation": r, "direction": direction, "head": h, "dependent": d,
-                                         "query": query, "phrase": boxed[target]})
+            if parses is not None:
+                parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, "the parses")
+                for q in arc_queries(set(relations), flickr, caption, parse, True, seen):
+                    relation, direction = q.group.split("/")
+                    phrase = next(i for i, p in enumerate(phrases) if p["first"] <= q.target_word <= p["last"])
+                    arcs.append({"relation": relation, "direction": direction, "head": q.arc[0],
+                                 "dependent": q.arc[1], "query": q.word_index, "phrase": phrase})
             queries = sorted({p["last"] for p in phrases} | {a["query"] for a in arcs})
             rows = word_region_attention(model, tokenizer, caption.words, regions)  # [L, H, words, R]
             entries = {}
