@@ -212,6 +212,14 @@ def test_hdf5_without_confidence_and_select_on_and_control(world, tmp_path):
     control = tmp_path / "control"
     assert run_cli(["entity-grounding", "--ckpt", tmp_path / "random", "--flickr30k", world["flickr"], "--features", h5,
                     "--mask", "intervene", "--precision", "bf16", "--out", control, "--quiet"]) == 0
+    def grid(folder):
+        with open(folder / "entity_grounding.csv") as handle:
+            table = list(csv.DictReader(handle))
+        return [[int(r["n_correct"]) for r in table if int(r["layer"]) == l] for l in range(3)]
+    # the whole count grid, not only its best head; and the checkpoint itself (sharpened queries) differs from the
+    # seed-0 twin, so a "control" that probed the checkpoint again would fail here
+    assert run["control_random_init"]["n_correct"] == grid(control)
+    assert grid(control) != grid(out)
     assert run["control_random_init"]["best_head"] == json.loads((control / "run.json").read_text())["best_head"]
     # intervene: a text query sees regions only, so all its attention mass is on regions
     assert all(float(r["region_mass"]) == pytest.approx(1.0, abs=1e-5) for r in rows)

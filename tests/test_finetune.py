@@ -250,3 +250,37 @@ def test_a_fifth_task_is_one_class_in_one_module(world_and_model, tmp_path, caps
         assert again["accuracy"] == metrics["accuracy"]  # the saved model re-scores to the same number
     finally:
         TASKS.pop("boxed-phrases")
+
+
+def test_a_fine_tuned_model_is_probed_and_errors_say_what_to_pass(world_and_model, tmp_path, capsys):
+    """A `vb-train finetune --out` folder probes as it is (its encoder, the task head set aside, the tokenizer it
+    was fine-tuned with); --task all's folder is answered with the per-task folders to pass."""
+    from safetensors.torch import load_file
+
+    from vb_probe.cli import main as probe_main
+
+    world, model = world_and_model
+    out = tmp_path / "ft"
+    assert train_main(["finetune", "--task", "all", "--data", str(world), "--init", str(model), "--out", str(out),
+                       "--steps", "2", "--batch-size", "4", "--quiet"]) == 0
+    capsys.readouterr()
+    assert train_main(["evaluate", "--ckpt", str(out), "--data", str(world)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the fine-tuned models of flickr30k, nlvr2, vcr, vqa (from --task all); pass one of them" in err
+    probe = ["entity-grounding", "--ckpt", str(out / "vqa"), "--flickr30k", str(world / "flickr30k"), "--features",
+             str(world / "features.tsv"), "--limit", "3", "--quiet", "--out", str(tmp_path / "eg")]
+    assert probe_main(probe) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tuned for vqa: its encoder is probed" in printed and "bert-base-uncased" not in printed
+    run = json.loads((tmp_path / "eg" / "run.json").read_text())
+    assert run["checkpoint"]["weights"] == "model.pt" and run["n_scored"] > 0
+    saved = torch.load(out / "vqa" / "model.pt", weights_only=True)["model"]
+    pretrained = load_file(str(model / "model.safetensors"))
+    changed = [k for k, v in saved.items() if k.startswith("visual_bert.") and not torch.equal(v, pretrained[k])]
+    assert changed
+    import vb_probe
+
+    loaded = vb_probe.load_model(out / "vqa").state_dict()  # the fine-tuned encoder, not the pre-trained one
+    assert all(torch.equal(loaded[k[len("visual_bert."):]], saved[k]) for k in changed)
+    assert probe_main(["figures", "--results", str(tmp_path / "eg"), "--out", str(tmp_path / "figs")]) == 0
+    assert (tmp_path / "figs" / "fig3_entity_grounding.png").is_file()

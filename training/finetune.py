@@ -6,7 +6,6 @@ metrics of the task and ``chance``, the score of guessing.
 
 from __future__ import annotations
 
-import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,20 +177,11 @@ def finetune(task_name: str, data_dir: Path, init: str | Path, out: Path, settin
 
 def evaluate_saved(run_dir: Path, data_dir: Path, device: str = "cpu") -> dict:
     """Evaluate a fine-tuned model (``model.pt`` of a finetune run) on the task's held-out split."""
+    from vb_probe.families.visualbert.checkpoints import read_finetuned
     from vb_probe.families.visualbert.model import VisualBertConfig, VisualBertModel
     from vb_probe.tokenization import load_tokenizer
 
-    path = Path(run_dir) / "model.pt"
-    if not path.is_file():
-        raise VbProbeError(f"{path}: not found; pass --ckpt with the --out folder of `vb-train finetune`")
-    try:  # tensors and plain values only: a crafted file is refused, never run
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise VbProbeError(f"{path}: refused to load: it holds Python objects, not only tensors and plain values "
-                           f"({str(exc).splitlines()[-1][:100]}); pass a model.pt written by `vb-train finetune`") from None
-    except Exception as exc:
-        raise VbProbeError(f"{path}: cannot read ({type(exc).__name__}); the file is truncated or corrupt, "
-                           "fine-tune again") from None
+    saved = read_finetuned(Path(run_dir) / FINETUNE_FILES[0])
     task = load_task(saved["task"], data_dir)
     model = TaskModel(VisualBertModel(VisualBertConfig.from_dict(saved["config"])), task)
     model.load_state_dict(saved["model"])

@@ -26,7 +26,7 @@ from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.devices import resolve_device
 from vb_probe.errors import VbProbeError
 from vb_probe.families import family_of, head_shape
-from vb_probe.hub import read_config_json, resolve
+from vb_probe.hub import folder_config, read_config_json, resolve
 from vb_probe.pipeline import (
     ProbeConfig,
     ProbeResults,
@@ -77,7 +77,7 @@ def _model(src: ModelSource) -> torch.nn.Module:
     if isinstance(src, torch.nn.Module):
         return family_of(src).load(src)
     folder = resolve(src, "--ckpt")
-    model = family_of(read_config_json(folder), str(folder / "config.json")).load(folder)
+    model = family_of(folder_config(folder), str(folder / "config.json")).load(folder)
     if str(src) != str(model.checkpoint_path):
         model.load_notes.append(f"{src} resolved to {model.checkpoint_path}")
     return model
@@ -92,6 +92,8 @@ def load_tokenizer(src: str | Path | None = None, model: torch.nn.Module | None 
     from vb_probe.tokenization import load_tokenizer as load_folder
 
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if src is None and getattr(model, "tokenizer_path", None) is not None:
+        src = model.tokenizer_path  # the tokenizer a fine-tuned model was trained with
     if src is None:
         folder = getattr(model, "checkpoint_path", None)
         if folder is not None and has_tokenizer_files(folder):

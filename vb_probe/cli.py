@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("figures", "regenerate Figures 1, 3, 4 and 5 from a demo (or probe) output folder")
     p.add_argument("--results", type=Path, default=Path("demo_out"),
-                   help="folder holding entity_grounding/ (and syntactic/) as the demo writes them")
+                   help="a demo folder (entity_grounding/, syntactic/) or an entity-grounding --out folder")
     p.add_argument("--out", type=Path, default=Path("figures"), help="folder for the figures")
     p.add_argument("--images", type=Path, help="folder of the images to draw on (default: the world's renders)")
     p.add_argument("--format", choices=["png", "svg", "pdf"], default="png", help="file format of every figure")

@@ -60,14 +60,18 @@ def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, mo
 
 def figures_from_results(results: Path, out: Path, images_dir: Path | None = None, suffix: str = ".png",
                          device: str = "cpu") -> list[str]:
-    """Regenerate the figures of a demo output folder (``entity_grounding/`` and ``syntactic/`` inside it), with
-    the checkpoint, annotations and features its run.json names."""
+    """Regenerate the figures of a demo output folder (``entity_grounding/`` and ``syntactic/`` inside it) or of an
+    entity-grounding ``--out`` folder, with the checkpoint, annotations and features its run.json names."""
     import warnings
 
     from vb_probe.api import load_model, load_tokenizer
 
-    entity = GroundingResult.load(results / "entity_grounding")
-    syntactic = SyntacticResult.load(results / "syntactic") if (results / "syntactic" / "run.json").is_file() else None
+    if (results / "entity_grounding.csv").is_file():  # an entity-grounding --out folder itself
+        entity, syntactic = GroundingResult.load(results), None
+    else:  # a demo folder: entity_grounding/ and, when there, syntactic/
+        entity = GroundingResult.load(results / "entity_grounding")
+        syntactic = SyntacticResult.load(results / "syntactic") if (results / "syntactic" / "run.json").is_file() \
+            else None
     config = entity.provenance.get("config", {})
     missing = [k for k in ("ckpt", "flickr30k", "features") if not config.get(k)]
     if missing:

@@ -69,7 +69,7 @@ def resolve(source: str | os.PathLike, what: str = "--ckpt") -> Path:
                               f"not be reached ({reason}); fetch it with {fetch}") from None
 
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")  # model.pt: `vb-train finetune`
 
 
 def weights_file(folder: str | Path) -> Path:
@@ -92,6 +92,20 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def folder_config(folder: Path) -> dict:
+    """What a checkpoint folder says it is: its ``config.json``; for a ``vb-train finetune`` folder (``model.pt``
+    and no ``config.json``), the config stored in ``model.pt``."""
+    if not (folder / "config.json").is_file() and (folder / "model.pt").is_file():
+        import torch
+
+        try:
+            saved = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+        except Exception:  # the family's loader reports it in one line
+            return {}
+        return saved.get("config", {}) if isinstance(saved, dict) else {}
+    return read_config_json(folder)
 
 
 def read_config_json(folder: Path) -> dict:

@@ -29,7 +29,7 @@ class VisualBertFamily:
     default_tokenizer = DEFAULT_TOKENIZER  # every uclanlp checkpoint was trained with bert-base-uncased
 
     def recognise(self, source: dict | Any) -> bool:
-        if isinstance(source, dict):
+        if isinstance(source, dict):  # config.json, or the config a fine-tuned model.pt carries
             return source.get("model_type") == MODEL_TYPE
         from vb_probe.families.visualbert.model import VisualBertModel
 
@@ -45,7 +45,12 @@ class VisualBertFamily:
         from vb_probe.families.visualbert.model import VisualBertModel
 
         if isinstance(source, (str, Path)):
-            return load_model(Path(source))
+            from vb_probe.families.visualbert.checkpoints import FINETUNED, load_finetuned
+
+            folder = Path(source)
+            if not (folder / "config.json").is_file() and (folder / FINETUNED).is_file():
+                return load_finetuned(folder)  # a `vb-train finetune` folder: its encoder
+            return load_model(folder)
         if isinstance(source, VisualBertModel):
             return source
         return model_from_module(source)

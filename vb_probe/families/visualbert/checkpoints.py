@@ -300,3 +300,49 @@ def model_from_module(module: torch.nn.Module) -> VisualBertModel:
         [f"set aside {len(set_aside)} task-head weights"] if set_aside else [])
     model.checkpoint_path = None
     return model
+
+
+FINETUNED = "model.pt"  # what `vb-train finetune --out` holds: the task model's weights, its config and tokenizer
+
+
+def read_finetuned(path: Path) -> dict:
+    """A ``model.pt`` of ``vb-train finetune``: tensors and plain values only (a crafted file is refused, never
+    run), with one-line errors."""
+    import pickle
+
+    if not path.is_file():
+        tasks = sorted(p.parent.name for p in path.parent.glob(f"*/{FINETUNED}"))
+        if tasks:  # `finetune --task all` writes one folder per task
+            raise CheckpointError(f"{path.parent}: holds the fine-tuned models of {', '.join(tasks)} (from --task all); "
+                                  f"pass one of them, e.g. {path.parent / tasks[0]}")
+        raise CheckpointError(f"{path}: not found; pass the --out folder of `vb-train finetune`")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load: it holds Python objects, not only tensors and plain values "
+                              f"({str(exc).splitlines()[-1][:100]}); pass a model.pt written by `vb-train finetune`") \
+            from None
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read ({type(exc).__name__}); the file is truncated or corrupt, "
+                              "fine-tune again") from None
+    if not isinstance(saved, dict) or not {"model", "config", "task"} <= set(saved):
+        raise CheckpointError(f"{path}: not a model.pt of `vb-train finetune` (model, config and task expected)")
+    return saved
+
+
+def load_finetuned(folder: Path) -> VisualBertModel:
+    """The encoder of a fine-tuned model (``vb-train finetune --out``), its task head set aside: the probes read
+    the fine-tuned encoder's heads. ``model.tokenizer_path`` is the tokenizer it was fine-tuned with."""
+    path = folder / FINETUNED
+    saved = read_finetuned(path)
+    check_config_fields(saved["config"], path)
+    config = VisualBertConfig.from_dict(saved["config"])
+    fitted, set_aside = _fit_state_dict(_skeleton(config, path), saved["model"], path, prefixes=("visual_bert.",))
+    check_finite_weights(fitted, path)
+    model = VisualBertModel(config)
+    model.load_state_dict(fitted, strict=True)
+    model.load_notes = [f"fine-tuned for {saved['task']}: its encoder is probed, {len(set_aside)} task-head weights "
+                        "set aside"]
+    model.checkpoint_path = folder
+    model.tokenizer_path = Path(saved["tokenizer"]) if saved.get("tokenizer") else None
+    return model.eval()
