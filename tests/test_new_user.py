@@ -156,3 +156,54 @@ def test_figures_are_written_in_the_format_their_extension_names(data, tmp_path)
     with pytest.raises(VbProbeError, match="name it .png, .svg or .pdf"):
         with atomic_files(tmp_path) as staged:
             staged.figure("f.xyz", fig)
+
+
+# ------------------------------------------------------------------------------------------- round three
+
+def test_help_says_each_default_once_and_none_for_required_options(capsys):
+    from training.cli import build_parser as train_parser
+    from vb_probe.cli import build_parser as probe_parser
+
+    for parser in (probe_parser(), train_parser()):
+        commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+        for name, command in commands.items():
+            text = " ".join(command.format_help().split())
+            assert "(default: None)" not in text, name
+            for action in command._actions:  # every option says what it is for
+                assert action.help, f"{name} {action.option_strings}"
+            tokenizer = text.split("--tokenizer TOKENIZER", 1)[-1].split(" --", 1)[0]
+            assert tokenizer.count("default") <= 1, name
+
+
+def test_numbers_print_with_the_files_digits_and_never_negative_zero(data):
+    from vb_probe.metrics.causal import causal_summary
+    from vb_probe.metrics.intervals import shown
+
+    assert (shown(-0.0004), shown(0.12398), shown(None)) == ("0.000", "0.124", "n/a")
+    import vb_probe
+
+    model = vb_probe.load_model(data["ckpt"])
+    result = vb_probe.entity_grounding(model, vb_probe.load_tokenizer(model=model), data["flickr"], data["tsv"])
+    text = repr(result)
+    assert f"highest-confidence {result.baselines['highest_confidence']:.3f}," in text
+    intact = np.array([True] * 40 + [False] * 60)
+    summary = causal_summary(intact, intact.copy(), np.stack([intact] * 5))  # no drop at all: intervals at 0
+    assert "-0.000" not in summary["verdict"]
+
+
+def test_syntactic_parses_with_spacy_unless_given_parses_as_the_api_does(data, tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert probe_main(["syntactic", "--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features",
+                       str(data["tsv"]), "--relation", "nsubj", "--limit", "2", "--out", str(out), "--quiet"]) == 0
+    assert "parsing the captions with spaCy" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["parser"].startswith("spacy")
+
+
+def test_the_explorer_from_python_shows_progress_and_notebooks_get_widgets(data, capsys):
+    import vb_probe
+
+    model = vb_probe.load_model(data["ckpt"])
+    vb_probe.explore(model, vb_probe.load_tokenizer(model=model), data["flickr"], data["tsv"], limit=2)
+    assert "explorer: attention of every head" in capsys.readouterr().err
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(r.startswith("ipywidgets") for r in extras["notebooks"])

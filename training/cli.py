@@ -145,12 +145,15 @@ def _finetune_options(p: argparse.ArgumentParser, steps: int | None = None, allo
 
 def build_parser() -> argparse.ArgumentParser:
     from training.tasks import TASKS
-    from vb_probe.errors import OneLineArgumentParser, positive_int
+    from vb_probe.errors import DefaultsHelpFormatter, OneLineArgumentParser, positive_int
 
     parser = OneLineArgumentParser(prog="vb-train", description="Build, pre-train and fine-tune VisualBERT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("world", help="generate the built-in world in the real data formats")
+
+    def add_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
+    p = add_parser("world", "generate the built-in world in the real data formats")
     p.add_argument("--out", type=Path, required=True, help="a new or empty folder (or a world written before)")
     p.add_argument("--scenes", type=positive_int, default=1000,
                    help="how many scenes (images) to generate, at least 10")
@@ -160,41 +163,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_world)
 
-    p = sub.add_parser("pretrain", help="masked LM with the image + sentence-image prediction")
+    p = add_parser("pretrain", "masked LM with the image + sentence-image prediction")
     p.add_argument("--config", help="a packaged config (demo, tasks, paper) or a TOML file")
     p.add_argument("--data", type=Path, required=True, help="folder with the captions JSON, features and tokenizer")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="the run's folder: new or empty, or a run to --resume")
     p.add_argument("--steps", type=positive_int, help="shorthand for --set train.steps=N")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. train.steps=300")
     p.add_argument("--init", type=Path, help="start from this VisualBERT checkpoint (e.g. for task-specific pre-training)")
     p.add_argument("--task", choices=[name for name, task in TASKS.items() if task.text_pretraining],
                    help="task-specific pre-training: masked LM on this task's text and images under --data")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune on VQA, NLVR2, VCR or Flickr30K region-to-phrase (or all)")
+    p = add_parser("finetune", "fine-tune on VQA, NLVR2, VCR or Flickr30K region-to-phrase (or all)")
     _finetune_options(p, allow_all=True)
     p.add_argument("--init", required=True, help="VisualBERT checkpoint folder, or 'random'")
-    p.add_argument("--tokenizer", type=Path)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the --init checkpoint's; with --init random, "
+                                                    "--data's tokenizer/)")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.pt and metrics.json (--task all: one "
+                   "folder per task inside)")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("evaluate", help="held-out metrics of a fine-tuned model")
+    p = add_parser("evaluate", "held-out metrics of a fine-tuned model")
     p.add_argument("--ckpt", type=Path, required=True, help="the --out folder of vb-train finetune")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="folder with the task's files and features")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", type=Path, help="folder for metrics.json (default: --ckpt)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("ablate", help="the paper's ablation study (Table 5) over variants and seeds")
+    p = add_parser("ablate", "the paper's ablation study (Table 5) over variants and seeds")
     _finetune_options(p, steps=150)
     p.add_argument("--variants", default="full,no-early-fusion,no-coco-pretraining,no-bert-init,"
-                                        "no-grounded-pretraining,no-objective2")
+                                        "no-grounded-pretraining,no-objective2", help="comma-separated variants")
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per variant")
     p.add_argument("--bert", type=Path, help="BERT folder for the 'with BERT init' variants (else all start random)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="pre-training overrides")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for ablation.csv, ablation_runs.csv, "
+                   "ablation.png and one run per variant and seed")
     p.set_defaults(func=cmd_ablate)
     return parser
 

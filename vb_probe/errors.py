@@ -66,6 +66,20 @@ def run_command(prog: str, args, handled: tuple[type[BaseException], ...] = (VbP
         signal.signal(signal.SIGTERM, previous)
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` with each option's default, said once: not for required options, flags, options without one,
+    or where the help text already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.required or default is None or default is False or default is argparse.SUPPRESS or default == []
+                or "default" in text
+                or isinstance(action, (argparse._StoreTrueAction, argparse._HelpAction, argparse._VersionAction))):
+            return text
+        return f"{text} (default: {default})" if text else f"(default: {default})"
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (what was wrong and where to look), exit code 2."""
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from vb_probe.atomic import atomic_files
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.metrics.intervals import wilson_interval
+from vb_probe.metrics.intervals import shown, wilson_interval
 from vb_probe.queries import DIRECTIONS
 
 if TYPE_CHECKING:
@@ -391,7 +391,7 @@ class GroundingResult(HeadScores):
     def __repr__(self) -> str:
         best = self.best_head()
         return (f"GroundingResult(split={self.split!r}, n={self.n} of {self.n_phrases} phrases, best {best.label} "
-                f"{best.accuracy:.3f}, highest-confidence {self.baselines.get('highest_confidence')}, "
+                f"{shown(best.accuracy)}, highest-confidence {shown(self.baselines.get('highest_confidence'))}, "
                 f"{self.shape[0]}×{self.shape[1]} heads)")
 
 

@@ -58,7 +58,7 @@ def _quantised(rows: np.ndarray) -> str:
 def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: RegionFeatures, *, split: str = "test",
                   limit: int | None = 20, scores: GroundingResult | None = None, parses: dict[str, Parse] | None = None,
                   relations: tuple[str, ...] = ("nsubj", "dobj", "pobj", "amod"), images_dir: Path | None = None,
-                  skip_missing_features: bool = False) -> dict:
+                  skip_missing_features: bool = False, progress: bool = False) -> dict:
     """Everything the page shows, as plain JSON-able data: the head grid (``scores``, else computed here on the
     same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
     attention of every head on every region (quantised), the probe's argmax region and which regions hit gold."""
@@ -74,7 +74,10 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
     seen = Collection()
-    for image_id in image_ids:
+    from tqdm.auto import tqdm
+
+    for image_id in tqdm(image_ids, desc="explorer: attention of every head", unit="image", disable=not progress,
+                         leave=False):
         if not has_features(features, image_id, skip_missing_features):  # the probe's policy: an error, or counted
             skipped["images_without_features"] += 1
             continue
@@ -181,7 +184,7 @@ class Explorer:
         return write_explorer(self.data, out)
 
 
-def explore(model, tokenizer, flickr30k, features, **options) -> Explorer:
+def explore(model, tokenizer, flickr30k, features, progress: bool = True, **options) -> Explorer:
     """The explorer for ``model`` on ``flickr30k``/``features`` (paths or readers); options as :func:`explorer_data`
     (``parses`` may also be a CoNLL-U file's path)."""
     from vb_probe.api import _eval_mode, _model
@@ -194,4 +197,4 @@ def explore(model, tokenizer, flickr30k, features, **options) -> Explorer:
 
         options["parses"] = read_conllu(options["parses"])
     with _eval_mode(_model(model)) as encoder:  # the model is given back in the mode it came in
-        return Explorer(explorer_data(encoder, tokenizer, flickr, features, **options))
+        return Explorer(explorer_data(encoder, tokenizer, flickr, features, progress=progress, **options))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vb_probe.metrics.intervals import shown
+
 
 def causal_summary(intact: np.ndarray, top_k: np.ndarray, random_k: np.ndarray, *, bootstrap: int = 1000,
                    seed: int = 0, alpha: float = 0.05) -> dict:
@@ -35,11 +37,12 @@ def causal_summary(intact: np.ndarray, top_k: np.ndarray, random_k: np.ndarray, 
     distinguishable = bool(p_value <= alpha and excess_interval[0] > 0)
     excess = drop_top - float(drops_random.mean())
     if distinguishable:
-        verdict = (f"ablating the top-k heads drops accuracy {excess:.3f} more than ablating k random heads "
-                   f"(95% interval {excess_interval[0]:.3f} to {excess_interval[1]:.3f}; p = {p_value:.3f})")
+        verdict = (f"ablating the top-k heads drops accuracy {shown(excess)} more than ablating k random heads "
+                   f"(95% interval {shown(excess_interval[0])} to {shown(excess_interval[1])}; p = {shown(p_value)})")
     else:
-        verdict = (f"not distinguishable from ablating k random heads: excess drop {excess:.3f} (95% interval "
-                   f"{excess_interval[0]:.3f} to {excess_interval[1]:.3f}), p = {p_value:.3f} over {draws} draws")
+        verdict = (f"not distinguishable from ablating k random heads: excess drop {shown(excess)} (95% interval "
+                   f"{shown(excess_interval[0])} to {shown(excess_interval[1])}), p = {shown(p_value)} over {draws} "
+                   "draws")
     return {"n": n, "accuracy_intact": float(intact.mean()), "accuracy_top_k_ablated": float(top_k.mean()),
             "accuracy_random_k_ablated": float(random_k.mean()), "random_draws": random_k.mean(1).tolist(),
             "drop_top_k": drop_top, "drop_top_k_ci95": [float(v) for v in top_interval],
