@@ -207,3 +207,25 @@ def test_the_explorer_from_python_shows_progress_and_notebooks_get_widgets(data,
     assert "explorer: attention of every head" in capsys.readouterr().err
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert any(r.startswith("ipywidgets") for r in extras["notebooks"])
+
+
+def test_reproduce_guide_rehearsal_gives_the_counts_it_promises(tmp_path, capsys):
+    """docs/REPRODUCE.md, followed from its first line on the built-in world: check-data prints the table the guide
+    shows, row for row; a missing file is listed and the exit code is 2."""
+    from training.cli import main as train_main
+
+    guide = (ROOT / "docs" / "REPRODUCE.md").read_text()
+    block = guide.split("split   images (Flickr30K Entities)")[1].split("```")[0]
+    promised = [line.split() for line in block.strip().splitlines()[1:]]  # below the header
+    assert train_main(["world", "--out", str(tmp_path / "rehearsal"), "--scenes", "1000", "--quiet", "--no-images",
+                       "--no-hdf5"]) == 0
+    capsys.readouterr()
+    world = tmp_path / "rehearsal"
+    assert probe_main(["check-data", "--flickr30k", str(world / "flickr30k"), "--features",
+                       str(world / "features.tsv"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = [line.split() for line in printed.splitlines() if line.split()[:1] in (["train"], ["val"], ["test"])]
+    assert rows == promised and "nothing is missing" in printed
+    (world / "flickr30k" / "Sentences" / f"{(world / 'flickr30k' / 'test.txt').read_text().split()[0]}.txt").unlink()
+    assert probe_main(["check-data", "--flickr30k", str(world / "flickr30k"), "--split", "test", "--quiet"]) == 2
+    assert "sentence file missing" in capsys.readouterr().out

@@ -155,6 +155,15 @@ def cmd_explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_data(args: argparse.Namespace) -> int:
+    from vb_probe.check_data import check_data, format_report
+
+    reports, store = check_data(args.flickr30k, args.features, tuple(args.split or ("train", "val", "test")),
+                                progress=not args.quiet)
+    print(format_report(reports, store))
+    return 2 if any(r.problems() for r in reports) else 0
+
+
 def cmd_figures(args: argparse.Namespace) -> int:
     from vb_probe.figures import figures_from_results
 
@@ -318,6 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, help="folder of the images (<image_id>.jpg, .jpeg or .png)")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html")
     p.set_defaults(func=cmd_explore)
+
+    p = command("check-data", "count a Flickr30K Entities folder (and its features) as the probe will, and say what "
+                              "is missing")
+    p.add_argument("--flickr30k", type=Path, required=True, help="Flickr30K Entities root (Sentences/, Annotations/, "
+                                                                 "train.txt/val.txt/test.txt)")
+    p.add_argument("--features", type=Path, help="region features to check for every image (.tsv, .h5 or a folder)")
+    p.add_argument("--split", action="append", help="a split to check (repeatable; default: train, val and test)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_check_data)
 
     p = command("figures", "regenerate Figures 1, 3, 4 and 5 from a demo (or probe) output folder")
     p.add_argument("--results", type=Path, default=Path("demo_out"),

@@ -1,0 +1,103 @@
+"""``vb-probe check-data``: is a data folder laid out right, before hours of probing? Counts per split (images,
+captions, phrases, phrases with gold boxes, skips by reason, images with features) beside the numbers the real
+Flickr30K Entities release has, and a list of what is missing. Reads only; the same queries the probe makes
+(:mod:`vb_probe.queries`), so its counts are the probe's."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vb_probe.data.features import RegionFeatures
+from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.errors import DataError
+from vb_probe.queries import ENTITY, Collection, entity_queries
+
+# Flickr30K Entities (Plummer et al.): 31,783 images, five captions each (158,915), split 29,783 / 1,000 / 1,000
+FLICKR30K_IMAGES = {"train": 29_783, "val": 1_000, "test": 1_000}
+CAPTIONS_PER_IMAGE = 5
+
+
+@dataclass
+class SplitReport:
+    """What one split holds, counted the way the probe counts it."""
+
+    split: str
+    images: int = 0
+    captions: int = 0
+    phrases: int = 0
+    with_boxes: int = 0  # phrases the entity probe scores (gold boxes, features present)
+    skipped: Counter = field(default_factory=Counter)
+    with_features: int = 0
+    missing: list[str] = field(default_factory=list)  # one line per problem (first of each kind kept)
+
+    def problems(self) -> int:
+        return len(self.missing)
+
+
+def check_split(flickr: Flickr30kEntities, split: str, features: RegionFeatures | None, progress: bool = False
+                ) -> SplitReport:
+    """Count ``split`` (reading every caption and annotation file once); problems are collected, not raised."""
+    from tqdm.auto import tqdm
+
+    report = SplitReport(split)
+    try:
+        image_ids = flickr.split(split)
+    except DataError as exc:
+        report.missing.append(str(exc))
+        return report
+    report.images = len(image_ids)
+    seen = Collection()
+    for image_id in tqdm(image_ids, desc=f"checking {split}", unit="image", disable=not progress, leave=False):
+        present = features is None or image_id in features
+        report.with_features += present
+        if not present:
+            report.missing.append(f"{features.source}: no features for image {image_id}")
+        try:
+            for caption in flickr.captions(image_id):
+                report.captions += 1
+                entity_queries(flickr, caption, present, seen, skip_unannotated=True)
+        except DataError as exc:  # a missing or broken file: said, and the count goes on
+            report.missing.append(str(exc))
+    report.phrases = seen.n_units["phrases"]
+    report.skipped = seen.skipped.get(ENTITY, Counter())
+    report.with_boxes = report.phrases - sum(report.skipped.values())
+    return report
+
+
+def format_report(reports: list[SplitReport], features: RegionFeatures | None, shown: int = 5) -> str:
+    """The reports as a table beside the Flickr30K Entities release's numbers, then what is missing."""
+    lines = ["split   images (Flickr30K Entities)   captions (5 an image)   phrases   with boxes   with features",
+             "------  ----------------------------  ----------------------  --------  -----------  -------------"]
+    for r in reports:
+        expected = FLICKR30K_IMAGES.get(r.split)
+        images = f"{r.images:,}" + (f" ({expected:,})" if expected else "")
+        captions = f"{r.captions:,}" + (f" ({CAPTIONS_PER_IMAGE * r.images:,})" if r.images else "")
+        feats = "not checked" if features is None else f"{r.with_features:,} of {r.images:,}"
+        lines.append(f"{r.split:6s}  {images:28s}  {captions:22s}  {r.phrases:8,}  {r.with_boxes:11,}  {feats}")
+    for r in reports:
+        if r.skipped:
+            lines.append(f"{r.split}: phrases without gold boxes, by reason: "
+                         + ", ".join(f"{k} {v:,}" for k, v in sorted(r.skipped.items())))
+    if features is not None:
+        lines.append(f"features: {features.source}, {features.dim}-d")
+    problems = [line for r in reports for line in r.missing]
+    if problems:
+        lines.append(f"missing or broken ({len(problems):,}):")
+        lines += [f"  {line}" for line in problems[:shown]]
+        if len(problems) > shown:
+            lines.append(f"  … and {len(problems) - shown:,} more")
+    else:
+        lines.append("nothing is missing")
+    return "\n".join(lines)
+
+
+def check_data(flickr30k: str | Path, features: str | Path | None = None, splits: tuple[str, ...] = ("train", "val", "test"),
+               progress: bool = False) -> tuple[list[SplitReport], RegionFeatures | None]:
+    """Reports for ``splits`` of the Flickr30K Entities root ``flickr30k`` (and ``features`` when given)."""
+    from vb_probe.data.features import open_features
+
+    flickr = Flickr30kEntities(flickr30k)
+    store = open_features(features) if features is not None else None
+    return [check_split(flickr, split, store, progress) for split in splits], store
