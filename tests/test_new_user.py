@@ -229,3 +229,58 @@ def test_reproduce_guide_rehearsal_gives_the_counts_it_promises(tmp_path, capsys
     (world / "flickr30k" / "Sentences" / f"{(world / 'flickr30k' / 'test.txt').read_text().split()[0]}.txt").unlink()
     assert probe_main(["check-data", "--flickr30k", str(world / "flickr30k"), "--split", "test", "--quiet"]) == 2
     assert "sentence file missing" in capsys.readouterr().out
+
+
+def _texts(fig) -> list[str]:
+    fig.draw_without_rendering()
+    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text")) if t.get_text()]
+
+
+def test_figures_say_what_they_plot_and_their_labels_do_not_collide(data, tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vb_probe.results import AttributionResult, GroundingResult, HeadScores, SyntacticResult
+    from vb_probe.viz.attention import contrast, plot_attention_on_image
+
+    # the attribution grid: its colour bar names agreement, and no dot-size key over dots of one size
+    attribution = AttributionResult(np.arange(12).reshape(3, 4), 20, {"n": 20})
+    texts = _texts(attribution.plot())
+    assert "agreement: most-attended region = top-attributed region" in texts
+    assert not any("accuracy (IoU" in t or "dot size" in t for t in texts)
+    # Figure 3: the control on the colour bar; legend rows that never overlap
+    grid = GroundingResult(np.array([[3, 9], [5, 1]]), 10, np.full((2, 2), 0.5), {"highest_confidence": 0.2,
+                           "random": 0.1, "oracle": 1.0}, control=HeadScores(np.array([[2, 1], [1, 4]]), 10))
+    grid.selected_head = None
+    fig = grid.plot()
+    FigureCanvasAgg(fig)
+    texts = _texts(fig)
+    assert any(t.startswith("random-init control, best head") for t in texts)
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0]
+    rows = [h.get_window_extent(renderer) for h in legend.legend_handles]
+    assert all(a.y0 >= b.y1 or b.y0 >= a.y1 for i, a in enumerate(rows) for b in rows[:i])
+    # Figure 4 with one relation: a direction of n = 1 greyed with its n, no control key when none was run, and
+    # the explanation inside the figure
+    scores = HeadScores(np.array([[1, 0], [0, 1]]), 1, None, {"highest_confidence": 0.0})
+    many = HeadScores(np.array([[10, 20], [30, 5]]), 40, None, {"highest_confidence": 0.25})
+    syntactic = SyntacticResult(["nsubj"], {("nsubj", "head_to_dependent"): many,
+                                            ("nsubj", "dependent_to_head"): scores}, {})
+    fig = syntactic.plot()
+    FigureCanvasAgg(fig)
+    texts = _texts(fig)
+    assert any("n=1, too few to read" in t for t in texts) and not any("random-init control" in t for t in texts)
+    whole = fig.bbox
+    for text in fig.legends[0].get_texts() + [fig.legends[0].get_title()]:
+        box = text.get_window_extent(fig.canvas.get_renderer())
+        assert whole.x0 <= box.x0 and box.x1 <= whole.x1, text.get_text()
+    # Figures 1/5: labels apart, readable on their colours, and the title says why these layers
+    boxes = np.array([[10, 10, 60, 60], [12, 12, 62, 62], [14, 14, 64, 64], [200, 100, 260, 160]], float)
+    panels = [{"layer": 0, "head": 1, "accuracy": 0.5, "choices": np.array([0, 1, 2, 3])}]
+    fig = plot_attention_on_image(None, (300, 200), boxes, ["man", "dog", "cat", "ball"], [1, 2, 3, 4], panels,
+                                  title="the 1 layers whose best head grounds best")
+    labels = [t for t in fig.axes[0].texts]
+    extents = [t.get_window_extent(fig.canvas.get_renderer()) for t in labels]
+    assert len(labels) == 4 and not any(a.overlaps(b) for i, a in enumerate(extents) for b in extents[:i])
+    from matplotlib.colors import to_hex
+
+    assert all(contrast(t.get_color(), to_hex(t.get_bbox_patch().get_facecolor())) >= 4.5 for t in labels)

@@ -98,7 +98,8 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
     return plot_attention_on_image(image, size, regions.boxes, list(caption.words), groups, panels,
                                    gold={g: annotation.boxes[g] for g in entity_hits}, hits=entity_hits,
                                    title=f"image {image_id}, caption {caption_index}: each entity word's most-attended "
-                                         f"region ({source} in brackets)")
+                                         f"region, in the {len(panels)} layers whose best head grounds best "
+                                         f"({source} in brackets)")
 
 
 def render_attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, features: RegionFeatures | Path,

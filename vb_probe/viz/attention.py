@@ -9,8 +9,51 @@ from matplotlib.lines import Line2D
 from vb_probe.viz.text import plain
 
 FUNCTION_WORDS = {"a", "an", "the", "two", "his", "her", "its", "their", "some"}  # not drawn: they carry no entity
-# colours that are not the world's object colours' own names' first guesses, in an order that keeps neighbours apart
-PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#e377c2", "#8c564b"]
+# entity colours unlike the plain red, blue, green, yellow, black and white of common objects (and of the
+# world's shapes) come first; every box also gets a white halo, so it stands out on any picture
+PALETTE = ["#00bcd4", "#e377c2", "#bcbd22", "#8c564b", "#9467bd", "#ff7f0e", "#1f77b4", "#d62728"]
+
+
+def _luminance(colour: str) -> float:
+    """WCAG relative luminance of a ``#rrggbb`` colour."""
+    channels = [int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever contrasts more with ``background``."""
+    lum = _luminance(background)
+    return "black" if (lum + 0.05) / 0.05 >= 1.05 / (lum + 0.05) else "white"
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG contrast ratio of two colours (``#rrggbb``, or black / white)."""
+    named = {"black": "#000000", "white": "#ffffff"}
+    la, lb = sorted((_luminance(named.get(a, a)), _luminance(named.get(b, b))), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def _separate(texts: list, ax, renderer, tries: int = 30) -> None:
+    """Place labels one by one where they overlap none placed before, measured on the drawn figure: at their own
+    spot if free, else the nearest free spot a label's height below or above it, inside the picture."""
+    low_edge, high_edge = sorted(ax.get_ylim())  # data y of the picture's top and bottom (the y-axis is inverted)
+    placed = []
+    for text in texts:
+        x, y = text.get_position()
+        box = text.get_window_extent(renderer)
+        (_, a), (_, b) = ax.transData.inverted().transform([(0, box.y0), (0, box.y1)])
+        tall = abs(a - b) + 1
+        for k in range(tries):  # 0, +1, -1, +2, -2, … label heights
+            shift = (k + 1) // 2 * tall * (1 if k % 2 else -1)
+            candidate = y + shift
+            if not low_edge + tall <= candidate <= high_edge:
+                continue
+            text.set_position((x, candidate))
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(text.get_window_extent(renderer))
 
 
 def _label_positions(boxes: list[np.ndarray], texts: list[str], size: tuple[float, float]) -> list[tuple[float, float]]:
@@ -60,6 +103,7 @@ def plot_attention_on_image(
     colour_of = {g: PALETTE[i % len(PALETTE)] for i, g in enumerate(groups)}
     number_of = {g: i + 1 for i, g in enumerate(groups)}
     axes = [fig.add_subplot(grid[i // cols, i % cols]) for i in range(n)]
+    panel_texts: list[tuple] = []
     for ax, panel in zip(axes, panels):
         if image is not None:
             ax.imshow(image, extent=(0, width, height, 0))
@@ -79,9 +123,13 @@ def plot_attention_on_image(
             ax.add_patch(_rect(boxes[region], colour_of[group], lw=2.4, style="-" if right else ":"))
         texts = [f"{number_of[g]} {' '.join(picked[(r, g)])}" for r, g in keys]
         corners = _label_positions([boxes[r] for r, _ in keys], texts, size)
-        for (_, group), text, (x, y) in zip(keys, texts, corners):
-            ax.text(x + 2, y + 2, plain(text), fontsize=7, va="top", color="white",
-                    bbox=dict(facecolor=colour_of[group], alpha=0.9, pad=1.2, linewidth=0))
+        drawn = []
+        for (region, group), text, (x, _) in zip(keys, texts, corners):
+            # at the box's lower-left corner, inside it: a scene's own label sits at its top-left
+            y = min(float(boxes[region][3]) - 2, height - 2)
+            drawn.append(ax.text(x + 2, y, plain(text), fontsize=7, va="bottom", color=text_colour(colour_of[group]),
+                                 bbox=dict(facecolor=colour_of[group], alpha=0.95, pad=1.2, linewidth=0)))
+        panel_texts.append((ax, drawn))
         ax.set_xlim(0, width)
         ax.set_ylim(height, 0)
         ax.set_xticks([])
@@ -104,12 +152,24 @@ def plot_attention_on_image(
     footer.legend(handles=key, loc="lower center", ncol=3, fontsize=8, frameon=False)
     if title:
         fig.suptitle(plain(title), fontsize=11)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # a canvas to measure the labels on (any format can still be saved)
+    fig.draw_without_rendering()  # the layout first: the labels are measured where they will be
+    renderer = fig.canvas.get_renderer()
+    for ax, drawn in panel_texts:  # measured, not estimated: labels of one panel never overlap
+        ax.set_ylim(height, 0)
+        _separate(drawn, ax, renderer)
     return fig
 
 
 def _rect(box, colour, lw=1.0, alpha=1.0, fill=False, style="-"):
+    from matplotlib import patheffects
     from matplotlib.patches import Rectangle
 
     x1, y1, x2, y2 = (float(v) for v in box)
-    return Rectangle((x1, y1), x2 - x1, y2 - y1, fill=fill, edgecolor=colour if not fill else None,
+    rect = Rectangle((x1, y1), x2 - x1, y2 - y1, fill=fill, edgecolor=colour if not fill else None,
                      facecolor=colour if fill else "none", linewidth=lw, alpha=alpha, linestyle=style)
+    if not fill:  # a white halo: the box reads on any colour of the picture
+        rect.set_path_effects([patheffects.withStroke(linewidth=lw + 2.2, foreground="white"), patheffects.Normal()])
+    return rect

@@ -10,7 +10,9 @@ from vb_probe.results import head_label
 from vb_probe.viz.text import plain
 
 SMALL_MASS = 0.2  # the paper draws heads with under 20% of their attention on regions as small dots
-BASELINE_STYLES = {"highest_confidence": ("darkorange", "highest-confidence region"), "random": ("dimgrey", "random region")}
+BASELINE_STYLES = {"highest_confidence": ("darkorange", "highest-confidence region"), "random": ("dimgrey", "random region"),
+                   "control": ("tab:purple", "random-init control, best head")}
+LEGEND_MARKER = 10  # points: the legend's rings and squares, small enough that rows never overlap
 
 
 def _dot_size(mass: np.ndarray) -> np.ndarray:
@@ -50,21 +52,24 @@ def plot_head_grid(
     else:
         fig = ax.figure
     shown = {k: v for k, v in (baselines or {}).items() if v is not None and k in BASELINE_STYLES}
+    if control_best is not None:  # the control sits on the colour bar beside the baselines it is compared with
+        shown["control"] = control_best[1]
     top = max([float(np.nanmax(accuracy))] + list(shown.values()) + [1e-6])
     hh, ll = np.meshgrid(np.arange(heads), np.arange(layers))
     points = ax.scatter(hh.ravel(), ll.ravel(), c=accuracy.ravel(), s=_dot_size(mass).ravel(), cmap="viridis",
                         vmin=0.0, vmax=top, edgecolors="black", linewidths=0.3)
     best = np.unravel_index(np.nanargmax(accuracy), accuracy.shape)
-    handles = [Line2D([], [], marker="o", ls="", ms=15, mfc="none", mec="red", mew=1.6,
+    handles = [Line2D([], [], marker="o", ls="", ms=LEGEND_MARKER, mfc="none", mec="red", mew=1.6,
                       label=f"best head {head_label(*best)} {accuracy[best]:.3f} (chosen on these data)")]
     ax.scatter([best[1]], [best[0]], s=340, facecolors="none", edgecolors="red", linewidths=1.6)
     if selected is not None:
         layer, head, split = selected
         ax.scatter([head], [layer], s=420, marker="s", facecolors="none", edgecolors="tab:blue", linewidths=1.6)
-        handles.append(Line2D([], [], marker="s", ls="", ms=15, mfc="none", mec="tab:blue", mew=1.6,
+        handles.append(Line2D([], [], marker="s", ls="", ms=LEGEND_MARKER, mfc="none", mec="tab:blue", mew=1.6,
                               label=f"chosen on {plain(split)}: {head_label(layer, head)} {accuracy[layer, head]:.3f} here"))
     if control_best is not None:
-        handles.append(Line2D([], [], ls="", label=f"random-init control: best {control_best[0]} {control_best[1]:.3f}"))
+        handles.append(Line2D([], [], color=BASELINE_STYLES["control"][0], lw=2.5,
+                              label=f"random-init control: best {control_best[0]} {control_best[1]:.3f} (on the bar)"))
     sizes = [Line2D([], [], marker="o", ls="", mfc="lightgrey", mec="black", mew=0.3,
                     ms=np.sqrt(_dot_size(np.array(value))), label=label)
              for value, label in ((0.1, f"<{SMALL_MASS:.0%}"), (0.2, "20%"), (0.6, "60%"), (1.0, "100%"))]
@@ -86,7 +91,7 @@ def plot_head_grid(
         bar.ax.annotate(f"{label}\n{shown[name]:.3f}", xy=(1.0, shown[name]), xytext=(1.5, y),
                         textcoords=("axes fraction", "data"), xycoords=("axes fraction", "data"), fontsize=8,
                         color=colour, va="center", arrowprops=dict(arrowstyle="-", color=colour, lw=0.8))
-    fig.legend(handles=handles, loc="outside lower left", ncol=1, fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower left", ncol=1, fontsize=8, frameon=False, labelspacing=1.0)
     if region_mass is not None:
         fig.legend(handles=sizes, loc="outside lower right", ncol=4, fontsize=8, frameon=False, columnspacing=0.8,
                    title="dot size: attention on regions", title_fontsize=8)
