@@ -113,7 +113,8 @@ def test_the_page_marks_the_probes_argmax_and_shows_the_csvs_accuracy(page, brow
     # the layer control steps to that layer's best head; the search filters the list
     browser.execute_script("const s = document.getElementById('layer'); s.value = 1; "
                            "s.dispatchEvent(new Event('input'));")
-    best = json.loads(browser.find_element(By.ID, "vb-data").get_attribute("textContent"))["per_layer_best"][1]
+    data = json.loads(browser.find_element(By.ID, "vb-data").get_attribute("textContent"))
+    best = data["modes"]["amod/dependent_to_head"]["per_layer_best"][1]  # the current mode's best head
     assert browser.find_element(By.ID, "head-label").text == f"L1H{best}"
     search = browser.find_element(By.ID, "search")
     search.send_keys(caption.words[1])
@@ -139,3 +140,60 @@ def test_explorer_object_shows_itself_in_a_notebook_frame(page):
     markup = shown._repr_html_()
     assert markup.startswith("<iframe srcdoc=") and "require" not in markup.lower() and "cdn" not in markup.lower()
     assert len(shown.data["captions"]) == 4 and shown.data["layers"] == 3  # 2 images × 2 captions
+
+
+def test_each_mode_has_its_own_grid_and_the_page_says_what_it_shows(page, browser):
+    """Relation modes show their own grid, best heads and baselines (counted on the captions shown with the
+    probe's rule, equal to the syntactic probe on the same captions); the darkening and the boxes have a key;
+    a region says its attention on hover; exports are named by caption and head; an empty search says so."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    import vb_probe
+
+    browser.set_window_size(1500, 950)
+    browser.get(page["html"].as_uri())
+    data = json.loads(browser.find_element(By.ID, "vb-data").get_attribute("textContent"))
+    view = "nsubj/head_to_dependent"
+    mode = data["modes"][view]
+    model = vb_probe.load_model(page["ckpt"])
+    probe = vb_probe.syntactic_grounding(model, vb_probe.load_tokenizer(model=model), page["flickr"], page["tsv"],
+                                         relations=("nsubj",), parses=page["parses"], limit=4)
+    counts = probe[("nsubj", "head_to_dependent")]
+    assert mode["n"] == counts.n
+    assert mode["accuracy"] == [[f"{a:.6f}" for a in row] for row in counts.accuracy]
+    Select(browser.find_element(By.ID, "mode")).select_by_value(view)
+    layer = 2
+    browser.execute_script(f"const s = document.getElementById('layer'); s.value = {layer}; "
+                           "s.dispatchEvent(new Event('input'));")
+    best = mode["per_layer_best"][layer]
+    assert browser.find_element(By.ID, "head-label").text == f"L{layer}H{best}"
+    assert browser.find_element(By.ID, "head-accuracy").text == mode["accuracy"][layer][best]
+    cell = browser.find_element(By.CSS_SELECTOR, f'#grid rect[data-layer="{layer}"][data-head="{best}"]')
+    assert cell.get_attribute("data-accuracy") == mode["accuracy"][layer][best]
+    assert f"{mode['n']} arcs of the captions shown" in browser.find_element(By.ID, "scale").text
+    Select(browser.find_element(By.ID, "mode")).select_by_value("entity")
+    assert browser.find_element(By.ID, "head-label").text == f"L{layer}H{data['per_layer_best'][layer]}"
+    legend = browser.find_element(By.ID, "legend").text
+    assert "darker" in legend and "gold boxes" in legend and "hits gold" in legend and "misses" in legend
+    axis = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#grid text.axis")]
+    assert axis == ["head", "layer"]
+    words = browser.find_elements(By.CSS_SELECTOR, "#caption span.query")
+    ActionChains(browser).move_to_element(words[0]).perform()
+    title = browser.find_element(By.CSS_SELECTOR, '#view rect.region[data-region="0"] title')
+    assert title.get_attribute("textContent").startswith("region 0: attention 0.")
+    names = browser.execute_script(
+        "window.__names = []; HTMLAnchorElement.prototype.click = function () { window.__names.push(this.download); };"
+        "document.getElementById('export-svg').click(); return window.__names;")
+    key = browser.find_element(By.CSS_SELECTOR, "#captions li.selected").get_attribute("textContent").split(":")[0]
+    assert names == [f"{key}_L{layer}H{data['per_layer_best'][layer]}.svg"]
+    search = browser.find_element(By.ID, "search")
+    search.clear()
+    search.send_keys("zebra-that-is-not-there")
+    assert browser.find_element(By.ID, "no-match").text == "no caption contains “zebra-that-is-not-there”"
+    browser.set_window_size(900, 1200)  # a narrow window: nothing runs off the side
+    assert browser.execute_script("return document.documentElement.scrollWidth") <= 900
+    browser.set_window_size(1500, 950)
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors

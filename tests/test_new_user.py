@@ -284,3 +284,20 @@ def test_figures_say_what_they_plot_and_their_labels_do_not_collide(data, tmp_pa
     from matplotlib.colors import to_hex
 
     assert all(contrast(t.get_color(), to_hex(t.get_bbox_patch().get_facecolor())) >= 4.5 for t in labels)
+
+
+def test_explore_finds_the_images_beside_the_data_without_images(data, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "set"
+    shutil.copytree(data["flickr"], root / "flickr")
+    (root / "images").mkdir()
+    first = (root / "flickr" / "test.txt").read_text().split()[0]
+    Image.new("RGB", (400, 300), (200, 230, 190)).save(root / "images" / f"{first}.png")
+    assert probe_main(["explore", "--ckpt", str(data["ckpt"]), "--flickr30k", str(root / "flickr"), "--features",
+                       str(data["tsv"]), "--limit", "1", "--out", str(tmp_path / "page"), "--quiet"]) == 0
+    html = (tmp_path / "page" / "index.html").read_text()
+    page = json.loads(html.split('type="application/json">')[1].split("</script>")[0])
+    assert page["captions"][0]["picture"].startswith("data:image/jpeg;base64,")

@@ -141,9 +141,12 @@ def cmd_explore(args: argparse.Namespace) -> int:
     model, tokenizer = _load(args)
     if scores is not None:
         check_scores_shape(scores.shape, head_shape(model), args.scores)
+    images = args.images
+    if images is None and (Path(args.flickr30k).parent / "images").is_dir():
+        images = Path(args.flickr30k).parent / "images"  # the built-in world keeps its renders beside the data
     data = explorer_data(model, tokenizer, Flickr30kEntities(args.flickr30k), open_features(args.features),
                          split=args.split, limit=args.limit, scores=scores,
-                         parses=read_conllu(args.parses) if args.parses else None, images_dir=args.images,
+                         parses=read_conllu(args.parses) if args.parses else None, images_dir=images,
                          progress=not args.quiet)
     path = write_explorer(data, out)
     skipped = {k: v for k, v in data["skipped"].items() if v}
@@ -324,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", type=Path, help="an entity-grounding --out folder for the head grid (default: "
                                                "computed on the captions shown)")
     p.add_argument("--parses", type=Path, help="CoNLL-U parses: adds the nsubj / dobj / pobj views")
-    p.add_argument("--images", type=Path, help="folder of the images (<image_id>.jpg, .jpeg or .png)")
+    p.add_argument("--images", type=Path, help="folder of the images (<image_id>.jpg, .jpeg or .png); default: "
+                                               "images/ beside the Flickr30K root when there is one")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html")
     p.set_defaults(func=cmd_explore)
 

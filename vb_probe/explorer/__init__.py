@@ -74,6 +74,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
     seen = Collection()
+    modes: dict[str, _ModeTally] = {}
     from tqdm.auto import tqdm
 
     for image_id in tqdm(image_ids, desc="explorer: attention of every head", unit="image", disable=not progress,
@@ -107,11 +108,15 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
                 own = next((i for i, p in enumerate(phrases) if p["last"] == word), None)
                 if own is not None:
                     targets["entity"] = own
-                entries[str(word)] = {"rows": _quantised(rows[:, :, word]),
-                                      "argmax": rows[:, :, word].argmax(-1).tolist(),
-                                      "hits": {view: [int(i) for i in np.flatnonzero(
-                                          region_hits(regions.boxes, np.asarray(phrases[phrase]["gold"])))]
-                                               for view, phrase in targets.items()}}
+                argmax = rows[:, :, word].argmax(-1)  # [L, H]: ties to the lowest region, as the probe
+                hits = {view: region_hits(regions.boxes, np.asarray(phrases[phrase]["gold"]))
+                        for view, phrase in targets.items()}
+                for view, hit in hits.items():  # each relation view's own grid, counted on the captions shown
+                    if view != "entity":
+                        modes.setdefault(view, _ModeTally(layers, heads)).add(hit, argmax, regions.confidences)
+                entries[str(word)] = {"rows": _quantised(rows[:, :, word]), "argmax": argmax.tolist(),
+                                      "hits": {view: [int(i) for i in np.flatnonzero(hit)]
+                                               for view, hit in hits.items()}}
             captions.append({"key": caption.key, "image": image_id, "words": list(caption.words),
                              "phrases": phrases, "arcs": arcs, "queries": entries,
                              "width": float(regions.image_w or annotation.width),
@@ -122,7 +127,35 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
             "baselines": {k: v for k, v in scores.baselines.items() if v is not None},
             "per_layer_best": [h.head for h in scores.per_layer_best()],
             "views": sorted({f"{a['relation']}/{a['direction']}" for c in captions for a in c["arcs"]}),
+            "modes": {view: tally.to_json() for view, tally in sorted(modes.items())},
             "skipped": skipped, "captions": captions}
+
+
+class _ModeTally:
+    """A relation view's head grid, counted on the explorer's captions with the probe's rule (the most-attended
+    region hits the target phrase's gold boxes), and its baselines through the same rule."""
+
+    def __init__(self, layers: int, heads: int):
+        self.n, self.n_correct = 0, np.zeros((layers, heads), np.int64)
+        self.random, self.confident, self.has_confidence = 0.0, 0.0, True
+
+    def add(self, hit: np.ndarray, argmax: np.ndarray, confidences: np.ndarray | None) -> None:
+        """``hit`` [R] bool; ``argmax`` [L, H] each head's pick; ``confidences`` [R] or None."""
+        self.n += 1
+        self.n_correct += hit[argmax]
+        self.random += float(hit.mean())
+        if confidences is None:
+            self.has_confidence = False
+        else:
+            self.confident += float(hit[int(np.argmax(confidences))])
+
+    def to_json(self) -> dict:
+        accuracy = self.n_correct / max(self.n, 1)
+        baselines = {"random": self.random / max(self.n, 1)}
+        if self.has_confidence:
+            baselines["highest_confidence"] = self.confident / max(self.n, 1)
+        return {"n": self.n, "accuracy": [[f"{a:.6f}" for a in row] for row in accuracy], "baselines": baselines,
+                "per_layer_best": [int(np.argmax(row)) for row in self.n_correct]}
 
 
 # In the page's JSON every character that could end the <script> element or open a comment (<, >, &) and the

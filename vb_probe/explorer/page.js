@@ -47,26 +47,53 @@
     return `rgb(${c[0]},${c[1]},${c[2]})`;
   }
 
-  const top = Math.max(...data.accuracy.flat().map(Number));
+  const MODE_NAMES = { head_to_dependent: "head word → its dependent's region",
+    dependent_to_head: "dependent → its head word's region" };
+  function gridOf(mode) {  // each mode its own grid, best heads and baselines
+    if (mode === "entity") {
+      return { accuracy: data.accuracy, n: data.n, baselines: data.baselines, per_layer_best: data.per_layer_best,
+        what: `entity grounding: ${data.n} phrases, split ${data.split}` };
+    }
+    const m = data.modes[mode], [relation, direction] = mode.split("/");
+    return { ...m, what: `${relation}, ${MODE_NAMES[direction] || direction}: ${m.n} arcs of the captions shown` };
+  }
+  const grid = () => gridOf(state.mode);
 
   function drawGrid() {
-    const grid = $("grid"), size = 24, pad = 22;
-    grid.setAttribute("viewBox", `0 0 ${pad + data.heads * size} ${pad + data.layers * size}`);
-    grid.replaceChildren();
+    const g = grid(), svg = $("grid"), size = 24, pad = 34, top = Math.max(...g.accuracy.flat().map(Number), 1e-6);
+    const width = pad + data.heads * size, height = pad + data.layers * size;
+    svg.setAttribute("viewBox", `0 0 ${width + 8} ${height + 40}`);
+    svg.replaceChildren();
+    el("text", { x: pad + data.heads * size / 2, y: 10, "text-anchor": "middle", class: "axis" }, svg).textContent = "head";
+    el("text", { x: 0, y: 0, transform: `translate(10 ${pad + data.layers * size / 2}) rotate(-90)`,
+      "text-anchor": "middle", class: "axis" }, svg).textContent = "layer";
     for (let l = 0; l < data.layers; l++) {
-      el("text", { x: 2, y: pad + l * size + 15 }, grid).textContent = l;
+      el("text", { x: pad - 4, y: pad + l * size + 15, "text-anchor": "end" }, svg).textContent = l;
       for (let h = 0; h < data.heads; h++) {
+        const value = g.accuracy[l][h];
         const cell = el("rect", { x: pad + h * size, y: pad + l * size, width: size, height: size,
-          fill: colour(Number(data.accuracy[l][h]), top), "data-layer": l, "data-head": h }, grid);
-        el("title", {}, cell).textContent = `L${l}H${h}: ${data.accuracy[l][h]}`;
+          fill: colour(Number(value), top), "data-layer": l, "data-head": h, "data-accuracy": value }, svg);
+        el("title", {}, cell).textContent = `L${l}H${h}: ${value}`;
         cell.addEventListener("click", () => { stop(); select(l, h); });
       }
     }
-    for (let h = 0; h < data.heads; h++) el("text", { x: pad + h * size + 8, y: 14 }, grid).textContent = h;
-    const b = data.baselines;
-    $("scale").textContent = `colour: accuracy 0 to ${top.toFixed(3)} (yellow); highest-confidence region ` +
-      `${b.highest_confidence !== undefined ? b.highest_confidence.toFixed(3) : "n/a"}, random ${b.random.toFixed(3)}` +
-      ` (n = ${data.n} phrases, split ${data.split})`;
+    for (let h = 0; h < data.heads; h++) {
+      el("text", { x: pad + h * size + size / 2, y: pad - 4, "text-anchor": "middle" }, svg).textContent = h;
+    }
+    // the colour bar: the ramp from 0 to the grid's best, the baselines marked on it
+    const bar = height + 14, gradient = el("linearGradient", { id: "ramp" }, el("defs", {}, svg));
+    for (let i = 0; i <= 4; i++) el("stop", { offset: `${i * 25}%`, "stop-color": colour(i / 4, 1) }, gradient);
+    el("rect", { x: pad, y: bar, width: data.heads * size, height: 8, fill: "url(#ramp)" }, svg);
+    el("text", { x: pad, y: bar + 20, "text-anchor": "middle" }, svg).textContent = "0";
+    el("text", { x: pad + data.heads * size, y: bar + 20, "text-anchor": "end" }, svg).textContent = top.toFixed(3);
+    for (const [name, value] of Object.entries(g.baselines)) {
+      if (value === null || value === undefined || value > top) continue;
+      const x = pad + data.heads * size * value / top;
+      el("line", { x1: x, x2: x, y1: bar - 2, y2: bar + 10, class: `mark ${name}` }, svg);
+    }
+    const b = g.baselines, fmt = (v) => (v === undefined || v === null ? "n/a" : v.toFixed(3));
+    $("scale").textContent = `colour: accuracy 0 to ${top.toFixed(3)} (yellow); marks on the bar: ` +
+      `highest-confidence region ${fmt(b.highest_confidence)}, random ${fmt(b.random)} (${g.what})`;
   }
 
   function select(layer, head) {
@@ -76,14 +103,16 @@
     for (const cell of document.querySelectorAll("#grid rect")) {
       cell.classList.toggle("selected", +cell.dataset.layer === layer && +cell.dataset.head === head);
     }
-    $("head-info").replaceChildren(text("b", `L${layer}H${head}`, { id: "head-label" }), " grounding accuracy ",
-      text("b", String(data.accuracy[layer][head]), { id: "head-accuracy" }));
+    $("head-info").replaceChildren(text("b", `L${layer}H${head}`, { id: "head-label" }),
+      state.mode === "entity" ? " grounding accuracy " : ` ${state.mode.replace("/", " ")} accuracy `,
+      text("b", String(grid().accuracy[layer][head]), { id: "head-accuracy" }));
     drawView();
   }
 
   function drawList(filter) {
     const list = $("captions");
     list.replaceChildren();
+    let shown = 0;
     data.captions.forEach((c, i) => {
       if (filter && !c.words.join(" ").toLowerCase().includes(filter.toLowerCase())) return;
       const item = document.createElement("li");
@@ -92,7 +121,9 @@
       item.classList.toggle("selected", i === state.caption);
       item.addEventListener("click", () => { state.caption = i; state.word = null; drawList($("search").value); drawCaption(); });
       list.appendChild(item);
+      shown += 1;
     });
+    if (!shown) list.appendChild(text("li", `no caption contains “${filter}”`, { id: "no-match" }));
   }
 
   const arcsOf = (c) => c.arcs.filter((a) => `${a.relation}/${a.direction}` === state.mode);
@@ -155,8 +186,12 @@
     const peak = rows ? Math.max(...rows.slice(offset, offset + regions)) : 0;
     c.regions.forEach((b, r) => {
       const weight = rows ? rows[offset + r] / (peak || 1) : 0;
-      el("rect", { class: "region", x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
+      const region = el("rect", { class: "region", x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
         "fill-opacity": (0.65 * weight * weight).toFixed(3), "data-region": r }, view);  // squared: the peaks stand out
+      if (rows) {
+        el("title", {}, region).textContent = `region ${r}: attention ${rows[offset + r].toFixed(3)} ` +
+          "(its share of the word's attention on regions)";
+      }
     });
     if (!entry) { $("status").textContent = "Hover or click a highlighted word."; return; }
     const phrase = target(c, state.word);
@@ -176,11 +211,11 @@
   function play() {
     if (state.timer) return stop();
     let layer = 0;
-    select(0, data.per_layer_best[0]);
+    select(0, grid().per_layer_best[0]);
     $("play").textContent = "■ stop";
     state.timer = setInterval(() => {
       layer = (layer + 1) % data.layers;
-      select(layer, data.per_layer_best[layer]);
+      select(layer, grid().per_layer_best[layer]);
     }, 900);
   }
 
@@ -199,13 +234,23 @@
     return new XMLSerializer().serializeToString(copy);
   }
 
-  function exportPng() {
-    const c = data.captions[state.caption], image = new Image();
+  function exportName(suffix) {
+    return `${data.captions[state.caption].key}_L${state.layer}H${state.head}.${suffix}`;
+  }
+
+  function exportPng() {  // the picture at its full size, the caption and the head written below it
+    const c = data.captions[state.caption], image = new Image(), footer = 56;
     image.onload = () => {
       const canvas = document.createElement("canvas");
-      canvas.width = c.width; canvas.height = c.height;
-      canvas.getContext("2d").drawImage(image, 0, 0);
-      download(`${c.key}_L${state.layer}H${state.head}.png`, canvas.toDataURL("image/png"));
+      canvas.width = c.width; canvas.height = c.height + footer;
+      const ctx = canvas.getContext("2d");
+      ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+      ctx.drawImage(image, 0, 0, c.width, c.height);
+      ctx.fillStyle = "#222"; ctx.font = "15px sans-serif";
+      ctx.fillText(c.words.join(" "), 6, c.height + 22, c.width - 12);
+      const word = state.word === null ? "" : `, from “${c.words[state.word]}”`;
+      ctx.fillText(`L${state.layer}H${state.head} (${state.mode})${word}`, 6, c.height + 44, c.width - 12);
+      download(exportName("png"), canvas.toDataURL("image/png"));
     };
     image.src = "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svgText());
   }
@@ -219,11 +264,17 @@
       : "dependent → its head word's region"}`;
     mode.appendChild(option);
   }
-  mode.addEventListener("change", () => { state.mode = mode.value; state.word = null; drawCaption(); });
+  mode.addEventListener("change", () => {
+    stop();
+    state.mode = mode.value; state.word = null;
+    drawGrid();
+    select(state.layer, grid().per_layer_best[state.layer]);  // this mode's best head of the layer
+    drawCaption();
+  });
   $("layer").max = data.layers - 1;
-  $("layer").addEventListener("input", (e) => { stop(); select(+e.target.value, data.per_layer_best[+e.target.value]); });
+  $("layer").addEventListener("input", (e) => { stop(); select(+e.target.value, grid().per_layer_best[+e.target.value]); });
   $("play").addEventListener("click", play);
-  $("export-svg").addEventListener("click", () => download(`${data.captions[state.caption].key}.svg`,
+  $("export-svg").addEventListener("click", () => download(exportName("svg"),
     "data:image/svg+xml;charset=utf-8," + encodeURIComponent(svgText())));
   $("export-png").addEventListener("click", exportPng);
   $("search").addEventListener("input", (e) => drawList(e.target.value));
