@@ -82,7 +82,8 @@ def remove_stale_temporaries(folder: str | os.PathLike, legacy_pattern: str | No
     return removed
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content (read a megabyte at a time): what manifests and run.json record."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -139,7 +140,7 @@ class Manifest:
         if name not in self.files:
             return False
         digests = self.files[name]
-        return not digests or (path.is_file() and _sha256(path) in digests)
+        return not digests or (path.is_file() and file_sha256(path) in digests)
 
     def to_json(self) -> dict:
         return {"written_by": "vb-probe", "kind": self.kind, "files": self.files}
@@ -238,7 +239,7 @@ def atomic_dir(path: str | os.PathLike, what: str = "--out", kind: FolderKind = 
     tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path.name), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        files = {name: [_sha256(tmp / name)] for name in _files_under(tmp)}
+        files = {name: [file_sha256(tmp / name)] for name in _files_under(tmp)}
         _write_manifest(tmp, Manifest(kind, files))
         os.chmod(tmp, _default_mode(folder=True))
         check_replaceable(path, what, kind)  # again: a user may have added a file while we worked
@@ -296,7 +297,7 @@ class StagedFiles:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
             os.chmod(tmp, _default_mode())
-            digests[name] = _sha256(tmp)
+            digests[name] = file_sha256(tmp)
         manifest = read_manifest(self.folder) or Manifest(kind)
         manifest.kind = kind
         # while the files are renamed, old and new contents are both vb-probe's (a kill in between leaves no

@@ -7,7 +7,6 @@ Either way the answer is a local folder, or a one-line error naming the id and t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -84,14 +83,6 @@ def weights_file(folder: str | Path) -> Path:
         f"{folder}: no model.safetensors or pytorch_model.bin; expected a transformers checkpoint folder "
         "(sharded checkpoints: merge the shards first)"
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def folder_config(folder: Path) -> dict:

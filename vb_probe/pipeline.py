@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from vb_probe.atomic import atomic_files, remove_stale_temporaries, write_text
+from vb_probe.atomic import atomic_files, file_sha256, remove_stale_temporaries, write_text
 from vb_probe.batching import prefetched, to_device
 from vb_probe.cache import user_cache_dir
 from vb_probe.data.features import RegionFeatures, Regions, open_features
@@ -31,7 +31,7 @@ from vb_probe.data.parses import Parse, SpacyParser, read_conllu, to_conllu
 from vb_probe.devices import resolve_device
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.families import Family, family_of
-from vb_probe.hub import file_sha256, resolve, weights_file
+from vb_probe.hub import resolve, weights_file
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 from vb_probe.queries import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeItem, Query, collect_items
 from vb_probe.results import GroundingResult, HeadScores, SyntacticResult, _selected, versions

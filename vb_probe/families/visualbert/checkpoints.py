@@ -18,7 +18,7 @@ from vb_probe.atomic import atomic_dir
 from vb_probe.errors import CheckpointError
 from vb_probe.families.visualbert.model import VisualBertModel
 from vb_probe.families.visualbert.pretraining import VisualBertForPreTraining
-from vb_probe.hub import WEIGHT_FILES, file_sha256, read_config_json, weights_file  # noqa: F401  (re-exported)
+from vb_probe.hub import WEIGHT_FILES, read_config_json, weights_file  # noqa: F401  (re-exported)
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Buffers some older checkpoints carry; they are derived, never learned.
