@@ -63,9 +63,9 @@ class VisualBertFamily:
             raise VbProbeError(f"{options.get('ckpt') or 'the model'}: a model without early fusion has regions in "
                                "its last layer only; probe an early-fusion checkpoint (bypass_transformer false)")
         if features.dim != model.config.visual_embedding_dim:
-            raise DataError(f"{options.get('features')}: region features are {features.dim}-d but the checkpoint's "
-                            f"visual_embedding_dim is {model.config.visual_embedding_dim}; pass the features the "
-                            "checkpoint was trained on")
+            raise DataError(f"{options.get('features') or features.source}: region features are {features.dim}-d but "
+                            f"the checkpoint's visual_embedding_dim is {model.config.visual_embedding_dim}; pass the "
+                            "features the checkpoint was trained on")
         visual_token_type = options.get("visual_token_type")
         if visual_token_type is None:
             visual_token_type = getattr(model.config, "visual_token_type_id", 1)
