@@ -174,3 +174,9 @@ def test_an_uncached_hub_id_exits_2_with_one_line(data, tmp_path, monkeypatch, c
     assert "uclanlp/visualbert-vqa-coco-pre" in err and "hf download uclanlp/visualbert-vqa-coco-pre" in err
     with pytest.raises(vb_probe.VbProbeError, match="checkpoint folder not found"):
         vb_probe.load_model(tmp_path / "no" / "such" / "folder")
+
+
+def test_attribution_needs_the_masked_lm_model_and_says_so(data):
+    model = vb_probe.load_model(data["ckpt"])  # an encoder: no masked-LM head
+    with pytest.raises(vb_probe.VbProbeError, match="VisualBertModel: no masked-LM head.*load_masked_lm"):
+        vb_probe.attribute(model, vb_probe.load_tokenizer(model=model), data["flickr"], data["tsv"], limit=1)

@@ -252,6 +252,7 @@ def _interventions(model: torch.nn.Module):
     tools = getattr(family, "interventions", None)
     if tools is None:
         raise VbProbeError(f"the {family.name} family has no masked-LM head; attribution and the causal check need one")
+    tools.require_masked_lm(model)
     return tools
 
 
@@ -282,6 +283,7 @@ def causal_check(model: torch.nn.Module, tokenizer, flickr30k: Flickr30kEntities
     """Ablate the ``k`` best grounding heads of ``scores`` (an entity-grounding folder or its CSV) and, per draw, k
     random others; the drop in masked entity-word accuracy with a bootstrap interval and an empirical p-value.
     ``model``: from :func:`load_masked_lm`. Returns a :class:`CausalResult` (``save``, ``load``, ``plot``)."""
+    _interventions(model)  # a masked-LM model, before the scores are read against its shape
     heads = top_heads_from_csv(Path(scores), k, model_shape=head_shape(family_of(model).load(model)))
     tools, items = _masked_phrases(model, tokenizer, flickr30k, features, split, limit, progress)
     with _eval_mode(model):

@@ -40,6 +40,13 @@ class MaskedPhrase:
     hits: np.ndarray  # [R] bool
 
 
+def require_masked_lm(model) -> None:
+    """Attribution and the causal check read the masked-LM head: an encoder alone is refused in one line."""
+    if getattr(model, "cls", None) is None or getattr(model, "visual_bert", None) is None:
+        raise VbProbeError(f"{type(model).__name__}: no masked-LM head; attribution and the causal check need the "
+                           "pre-training model (vb_probe.load_masked_lm(checkpoint))")
+
+
 def masked_phrases(flickr: Flickr30kEntities, features: RegionFeatures, tokenizer, split: str, limit: int | None,
                    max_text_len: int = 128, progress: bool = False) -> list[MaskedPhrase]:
     """Every phrase with gold boxes in the first ``limit`` images of ``split`` (the probe's own queries:
