@@ -213,3 +213,78 @@ def test_no_module_outside_families_names_visualberts_classes():
             if any(n.startswith("VisualBert") or n == "visual_bert" for n in names) or "visualbert" in module:
                 offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not offenders, offenders
+
+
+# ------------------------------------------------------------------------------------------- LXMERT
+
+def _tiny_lxmert(folder: Path) -> Path:
+    """A tiny random LXMERT (transformers' own class) saved as a folder, with the fixtures' tokenizer."""
+    from transformers import BertTokenizerFast, LxmertConfig, LxmertModel
+
+    vocab = folder.parent / (folder.name + "_vocab")
+    size = write_vocab(vocab)
+    torch.manual_seed(0)
+    config = LxmertConfig(vocab_size=size, hidden_size=32, num_attention_heads=4, intermediate_size=64, l_layers=1,
+                          x_layers=2, r_layers=1, visual_feat_dim=12, visual_pos_dim=4, max_position_embeddings=64)
+    LxmertModel(config).save_pretrained(folder)
+    BertTokenizerFast.from_pretrained(str(vocab)).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lxmert(tmp_path_factory):
+    from fixtures import write_probe_set
+
+    root = tmp_path_factory.mktemp("lxmert")
+    data = write_probe_set(root, n_images=8)
+    return {**data, "lxmert": _tiny_lxmert(root / "lxmert")}
+
+
+def test_lxmert_rows_are_the_models_own_cross_attention_one_caption_at_a_time(lxmert):
+    """Rows of a padded batch (captions and region counts of several lengths) equal each caption's own
+    cross_encoder_attentions, forward by forward."""
+    import vb_probe
+    from vb_probe.data.features import open_features
+    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.families import family_of
+    from vb_probe.families.lxmert import normalised_boxes
+    from vb_probe.queries import collect_items
+
+    model = vb_probe.load_model(lxmert["lxmert"])
+    tokenizer = vb_probe.load_tokenizer(model=model)
+    family = family_of(model)
+    assert family.name == "lxmert" and family.sites(model)[0].shape == (2, 4)
+    flickr, features = Flickr30kEntities(lxmert["flickr"]), open_features(lxmert["tsv"])
+    items, _ = collect_items(flickr, features, flickr.split("test"))
+    batch = family.collate(model, items, tokenizer, family.prepare(model, features, {}), 64, features)
+    assert len({len(features[i.image_id]) for i in items}) > 1  # regions of several counts: padding is exercised
+    rows = family.rows(model, batch, family.sites(model)[0])  # [layer, n, head, R]
+    with torch.no_grad():
+        for q, (b, position) in enumerate(zip(batch.batch_index.tolist(), batch.query_index.tolist())):
+            item, regions = items[b], features[items[b].image_id]
+            ids = tokenizer(list(item.words), is_split_into_words=True, return_tensors="pt")
+            own = model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"],
+                        visual_feats=torch.from_numpy(regions.features)[None],
+                        visual_pos=torch.from_numpy(normalised_boxes(regions))[None], output_attentions=True)
+            expected = torch.stack(own.cross_encoder_attentions)[:, 0, :, position]  # [layer, head, R]
+            torch.testing.assert_close(rows[:, q, :, :len(regions)], expected, rtol=0, atol=1e-6)
+            assert float(rows[:, q, :, len(regions):].abs().sum()) == 0.0  # padding regions get nothing
+
+
+def test_lxmert_through_the_cli_the_api_and_the_explorer(lxmert, tmp_path):
+    from transformers import LxmertForPreTraining
+
+    import vb_probe
+
+    common = ["--ckpt", str(lxmert["lxmert"]), "--flickr30k", str(lxmert["flickr"]), "--features",
+              str(lxmert["tsv"]), "--quiet"]
+    assert probe_main(["entity-grounding", *common, "--control", "--out", str(tmp_path / "eg")]) == 0
+    run = json.loads((tmp_path / "eg" / "run.json").read_text())
+    assert run["family"] == "lxmert" and len(run["per_layer_best"]) == 2
+    assert run["n_phrases"] == run["n_scored"] + sum(run["skipped"].values())
+    assert probe_main(["explore", *common, "--scores", str(tmp_path / "eg"), "--out", str(tmp_path / "page")]) == 0
+    result = vb_probe.GroundingResult.load(tmp_path / "eg")
+    wrapped = LxmertForPreTraining.from_pretrained(str(lxmert["lxmert"]))  # heads set aside, the encoder probed
+    again = vb_probe.entity_grounding(wrapped, vb_probe.load_tokenizer(model=vb_probe.load_model(lxmert["lxmert"])),
+                                      lxmert["flickr"], lxmert["tsv"])
+    np.testing.assert_array_equal(again.n_correct, result.n_correct)

@@ -41,6 +41,34 @@ class ProbeBatch:
     extras: dict = field(default_factory=dict)
 
 
+def pad_text(token_ids: Sequence[Sequence[int]], pad_id: int, token_types: Sequence[Sequence[int]] | None = None
+             ) -> dict[str, torch.Tensor]:
+    """Right-padded BERT-style text inputs: ``input_ids``, ``attention_mask`` and ``token_type_ids`` [B, T_max]
+    (``token_types[b]`` the segments of row b, default 0; padding: pad_id, 0, 0)."""
+    batch, t_max = len(token_ids), max(len(ids) for ids in token_ids)
+    input_ids = torch.full((batch, t_max), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(batch, t_max, dtype=torch.long)
+    types = torch.zeros(batch, t_max, dtype=torch.long)
+    for b, ids in enumerate(token_ids):
+        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, :len(ids)] = 1
+        if token_types is not None:
+            types[b, :len(ids)] = torch.tensor(token_types[b], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": types}
+
+
+def pad_regions(rows: Sequence[np.ndarray]) -> torch.Tensor:
+    """Per-image arrays [R_b, D] → [B, R_max, D] float32, zero-padded (one stacked copy when every R_b is equal,
+    as detectors often give)."""
+    r_max = max(len(r) for r in rows)
+    if all(len(r) == r_max for r in rows):
+        return torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in rows]))
+    padded = torch.zeros(len(rows), r_max, np.asarray(rows[0]).shape[1], dtype=torch.float32)
+    for b, row in enumerate(rows):
+        padded[b, :len(row)] = torch.tensor(np.asarray(row, dtype=np.float32))  # may be read-only
+    return padded
+
+
 def read_regions(items: list[ProbeItem], features) -> list[Regions]:
     """Each item's regions: given on the item, else read from ``features`` once per image of the batch."""
     read: dict[str, Regions] = {}

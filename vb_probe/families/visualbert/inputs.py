@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from vb_probe.batching import ProbeBatch, layout, read_regions
+from vb_probe.batching import ProbeBatch, layout, pad_regions, pad_text, read_regions
 from vb_probe.data.features import RegionFeatures
 from vb_probe.queries import ProbeItem
 from vb_probe.tokenization import tokenize_words
@@ -32,26 +32,12 @@ def pad_inputs(
     Returns ``input_ids``/``attention_mask``/``token_type_ids`` [B, T_max] and ``visual_embeds`` [B, R_max, D],
     ``visual_attention_mask``/``visual_token_type_ids`` [B, R_max] (padding: pad_id, 0, 0).
     """
-    batch, t_max = len(token_ids), max(len(ids) for ids in token_ids)
-    input_ids = torch.full((batch, t_max), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros(batch, t_max, dtype=torch.long)
-    types = torch.zeros(batch, t_max, dtype=torch.long)
-    for b, ids in enumerate(token_ids):
-        input_ids[b, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[b, :len(ids)] = 1
-        if token_types is not None:
-            types[b, :len(ids)] = torch.tensor(token_types[b], dtype=torch.long)
-    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": types}
+    batch = len(token_ids)
+    inputs = pad_text(token_ids, pad_id, token_types)
     if regions is None:
         return inputs
     r_max = max(len(r) for r in regions)
-    if all(len(r) == r_max for r in regions):  # detectors often give every image the same count: one copy
-        visual = torch.from_numpy(np.stack([np.asarray(r, dtype=np.float32) for r in regions]))
-    else:
-        visual = torch.empty(batch, r_max, regions[0].shape[1], dtype=torch.float32)
-        for b, features in enumerate(regions):
-            visual[b, :len(features)] = torch.tensor(np.asarray(features, dtype=np.float32))  # may be read-only
-            visual[b, len(features):] = 0.0
+    visual = pad_regions(regions)
     visual_mask = torch.zeros(batch, r_max, dtype=torch.long)
     visual_types = torch.zeros(batch, r_max, dtype=torch.long)
     for b, features in enumerate(regions):
