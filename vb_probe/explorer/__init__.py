@@ -18,6 +18,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
@@ -25,8 +26,9 @@ from vb_probe.data.parses import Parse, check_parse_matches
 from vb_probe.errors import VbProbeError
 from vb_probe.families import head_shape
 from vb_probe.metrics.boxes import region_hits
+from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 from vb_probe.queries import Collection, arc_queries, entity_queries, has_features
-from vb_probe.results import GroundingResult, check_scores_shape
+from vb_probe.results import GroundingResult, HeadScores, check_scores_shape
 
 __all__ = ["explorer_data", "write_explorer", "Explorer", "explore", "PAGE"]
 
@@ -74,7 +76,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
     seen = Collection()
-    modes: dict[str, _ModeTally] = {}
+    modes: dict[str, HeadCounts] = {}
     from tqdm.auto import tqdm
 
     for image_id in tqdm(image_ids, desc="explorer: attention of every head", unit="image", disable=not progress,
@@ -113,7 +115,8 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
                         for view, phrase in targets.items()}
                 for view, hit in hits.items():  # each relation view's own grid, counted on the captions shown
                     if view != "entity":
-                        modes.setdefault(view, _ModeTally(layers, heads)).add(hit, argmax, regions.confidences)
+                        _tally(modes.setdefault(view, HeadCounts(layers, heads)), rows[:, :, word], hit,
+                               regions.confidences)
                 entries[str(word)] = {"rows": _quantised(rows[:, :, word]), "argmax": argmax.tolist(),
                                       "hits": {view: [int(i) for i in np.flatnonzero(hit)]
                                                for view, hit in hits.items()}}
@@ -127,35 +130,26 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
             "baselines": {k: v for k, v in scores.baselines.items() if v is not None},
             "per_layer_best": [h.head for h in scores.per_layer_best()],
             "views": sorted({f"{a['relation']}/{a['direction']}" for c in captions for a in c["arcs"]}),
-            "modes": {view: tally.to_json() for view, tally in sorted(modes.items())},
+            "modes": {view: _mode_json(counts) for view, counts in sorted(modes.items())},
             "skipped": skipped, "captions": captions}
 
 
-class _ModeTally:
-    """A relation view's head grid, counted on the explorer's captions with the probe's rule (the most-attended
-    region hits the target phrase's gold boxes), and its baselines through the same rule."""
+def _tally(counts: HeadCounts, row: np.ndarray, hit: np.ndarray, confidences: np.ndarray | None) -> None:
+    """Add one query of a relation view to its counts with the probe's own rule and baselines (:mod:`metrics`):
+    ``row`` [L, H, R] the query's attention on the regions, ``hit`` [R] bool, ``confidences`` [R] or None."""
+    rows = torch.from_numpy(np.ascontiguousarray(row, dtype=np.float32))[:, None]  # [L, 1, H, R]
+    hits = torch.from_numpy(hit)[None]
+    valid = torch.ones_like(hits)
+    conf = None if confidences is None else torch.tensor(confidences, dtype=torch.float32)[None]  # a copy: read-only
+    counts.add(head_correct(rows, valid, hits), rows.sum(-1), baseline_scores(hits, valid, conf))
 
-    def __init__(self, layers: int, heads: int):
-        self.n, self.n_correct = 0, np.zeros((layers, heads), np.int64)
-        self.random, self.confident, self.has_confidence = 0.0, 0.0, True
 
-    def add(self, hit: np.ndarray, argmax: np.ndarray, confidences: np.ndarray | None) -> None:
-        """``hit`` [R] bool; ``argmax`` [L, H] each head's pick; ``confidences`` [R] or None."""
-        self.n += 1
-        self.n_correct += hit[argmax]
-        self.random += float(hit.mean())
-        if confidences is None:
-            self.has_confidence = False
-        else:
-            self.confident += float(hit[int(np.argmax(confidences))])
-
-    def to_json(self) -> dict:
-        accuracy = self.n_correct / max(self.n, 1)
-        baselines = {"random": self.random / max(self.n, 1)}
-        if self.has_confidence:
-            baselines["highest_confidence"] = self.confident / max(self.n, 1)
-        return {"n": self.n, "accuracy": [[f"{a:.6f}" for a in row] for row in accuracy], "baselines": baselines,
-                "per_layer_best": [int(np.argmax(row)) for row in self.n_correct]}
+def _mode_json(counts: HeadCounts) -> dict:
+    """A relation view's grid as the page reads it (accuracies printed as the CSVs print them)."""
+    scores = HeadScores.from_counts(counts, with_mass=False)
+    return {"n": scores.n, "accuracy": [[f"{a:.6f}" for a in row] for row in scores.accuracy],
+            "baselines": {k: v for k, v in counts.baseline_accuracy().items() if k != "oracle" and v is not None},
+            "per_layer_best": [h.head for h in scores.per_layer_best()]}
 
 
 # In the page's JSON every character that could end the <script> element or open a comment (<, >, &) and the
