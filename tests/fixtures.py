@@ -3,6 +3,7 @@ by the tests into a temporary folder. Random but seeded; the semantics cases are
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,17 @@ def write_probe_set(root: Path, n_images: int) -> dict:
     data = write_dataset(root, n_images=n_images)
     data["ckpt"] = write_checkpoint(root / "ckpt")
     return data
+
+
+def lay_out_hub_cache(root, repo_id: str, files: dict, commit: str = "0123456789abcdef0123456789abcdef01234567"):
+    """The hub cache's own layout: models--<org>--<name>/{blobs, snapshots/<commit>, refs/main}."""
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for name, source in files.items():
+        blob = repo / "blobs" / name.replace(".", "_")
+        shutil.copy(source, blob)
+        (snapshot / name).symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)

@@ -4,13 +4,12 @@ results that equal the CLI's files and read back equal, in-memory edits probed a
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 
 import numpy as np
 import pytest
 import torch
-from fixtures import write_probe_set
+from fixtures import lay_out_hub_cache, write_probe_set
 
 import vb_probe
 from vb_probe.atomic import MANIFEST
@@ -125,24 +124,10 @@ def test_region_attention_rows_match_the_probe(data):
     np.testing.assert_allclose(intervened.sum(-1), 1.0, atol=1e-5)  # text-to-text blocked: all mass on regions
 
 
-def _lay_out_hub_cache(root, repo_id: str, files: dict, commit: str = "0123456789abcdef0123456789abcdef01234567"):
-    """The hub cache's own layout: models--<org>--<name>/{blobs, snapshots/<commit>, refs/main}."""
-    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for name, source in files.items():
-        blob = repo / "blobs" / name.replace(".", "_")
-        shutil.copy(source, blob)
-        (snapshot / name).symlink_to(blob)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-
 def test_hub_ids_resolve_from_a_laid_out_cache(data, tmp_path, monkeypatch, capsys):
-    _lay_out_hub_cache(tmp_path, HUB_ID, {"config.json": data["ckpt"] / "config.json",
+    lay_out_hub_cache(tmp_path, HUB_ID, {"config.json": data["ckpt"] / "config.json",
                                           "model.safetensors": data["ckpt"] / "model.safetensors"})
-    _lay_out_hub_cache(tmp_path, "bert-base-uncased", {"tokenizer.json": data["ckpt"] / "tokenizer.json"})
+    lay_out_hub_cache(tmp_path, "bert-base-uncased", {"tokenizer.json": data["ckpt"] / "tokenizer.json"})
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with warnings.catch_warnings(record=True) as caught:

@@ -281,6 +281,8 @@ def test_lxmert_through_the_cli_the_api_and_the_explorer(lxmert, tmp_path):
     assert probe_main(["entity-grounding", *common, "--control", "--out", str(tmp_path / "eg")]) == 0
     run = json.loads((tmp_path / "eg" / "run.json").read_text())
     assert run["family"] == "lxmert" and len(run["per_layer_best"]) == 2
+    assert run["rule"] == "iou" and run["other_rule"]["rule"] == "pointing"  # the pointing rule beside IoU
+    assert len(run["other_rule"]["n_correct"]) == 2 and len(run["control_permuted_geometry"]["n_correct"]) == 2
     assert run["n_phrases"] == run["n_scored"] + sum(run["skipped"].values())
     assert probe_main(["explore", *common, "--scores", str(tmp_path / "eg"), "--out", str(tmp_path / "page")]) == 0
     result = vb_probe.GroundingResult.load(tmp_path / "eg")

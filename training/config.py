@@ -29,6 +29,9 @@ class ModelSection:
     attention_probs_dropout_prob: float = 0.1
     init: str = "random"
     early_fusion: bool = True
+    family: Literal["visualbert", "vilt"] = "visualbert"  # vilt: image patches from data.images, not regions
+    patch_size: int = 32  # vilt: patch side in pixels
+    image_size: int = 384  # vilt: the image processor's shortest edge (longest ≤ 1333/800 of it)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class DataSection:
     captions: str = "dataset_coco.json"
     features: str = "features.tsv"
     tokenizer: str = "tokenizer"
+    images: str = "images"  # vilt: the images folder
     train_splits: tuple[str, ...] = ("train", "restval")
     eval_split: str = "val"
 
@@ -96,8 +100,16 @@ class TrainConfig:
         return json.loads(json.dumps(asdict(self)))
 
     def digest(self) -> str:
-        """Hash of everything that changes the trained weights (the demo caches models by it)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+        """Hash of everything that changes the trained weights (the demo caches models by it). The keys that only a
+        ViLT reads are left out of a VisualBERT's hash (its cached models stay valid)."""
+        values = self.to_dict()
+        if self.model.family == "visualbert":
+            for section, key in VILT_ONLY:
+                values[section].pop(key)
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+VILT_ONLY = (("model", "family"), ("model", "patch_size"), ("model", "image_size"), ("data", "images"))
 
 
 _SECTIONS = {"model": ModelSection, "objective": ObjectiveSection, "train": TrainSection, "data": DataSection}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +73,19 @@ class PretrainData:
     """Images with their captions and regions; builds deterministic masked batches."""
 
     def __init__(self, data_dir: Path, data: DataSection, tokenizer, cache_dir: Path | None = None,
-                 visual_dim: int | None = None):
+                 visual_dim: int | None = None, processor=None):
+        """``processor``: an image processor (ViLT's): images from ``data.images`` as pixels instead of region
+        features."""
         data_dir = Path(data_dir)
         self.tokenizer = tokenizer
-        self.features = open_features(data_dir / data.features)
-        if visual_dim is not None and self.features.dim != visual_dim:
+        self.processor = processor
+        if processor is not None:
+            from vb_probe.data.images import ImageFolder
+
+            self.features = ImageFolder(data_dir / data.images)
+        else:
+            self.features = open_features(data_dir / data.features)
+        if processor is None and visual_dim is not None and self.features.dim != visual_dim:
             raise DataError(f"{data_dir / data.features}: features are {self.features.dim}-d but the model expects "
                             f"{visual_dim}; pass the features the model was built for")
         images = read_karpathy(data_dir / data.captions)
@@ -112,6 +120,19 @@ class PretrainData:
         self._regions_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.n_special = max(tokenizer.all_special_ids) + 1
         self.visual_dim = self.features.dim
+
+    def pixels(self, image: int):
+        """One image through the processor (a :class:`~vb_probe.families.vilt.PatchGrid`), kept in memory as
+        float16 after the first read."""
+        from vb_probe.families.vilt import patch_grid
+
+        if image not in self._regions_cache:
+            grid = patch_grid(self.processor, self.processor.size_divisor,
+                              self.features.image(self.image_ids[image]), self.image_ids[image])
+            grid.pixel_values = grid.pixel_values.half()
+            self._regions_cache[image] = grid
+        grid = self._regions_cache[image]
+        return replace(grid, pixel_values=grid.pixel_values.float())
 
     def regions(self, image: int, max_regions: int) -> np.ndarray:
         if image not in self._regions_cache:
@@ -187,8 +208,15 @@ class PretrainData:
                     pos.append(p)
                     labels.append(label)
                     entity.append(is_entity)
-        regions = [self.regions(image, train.max_regions) for image, _, _ in samples] if objective.grounded else None
-        inputs = pad_inputs(rows, tok.pad_token_id, token_types=types, regions=regions, region_types=1)
+        if self.processor is not None:  # pixels (ViLT): the text, then the images padded as its processor pads
+            from vb_probe.batching import pad_text
+            from vb_probe.families.vilt import pad_pixels
+
+            inputs = pad_text(rows, tok.pad_token_id, token_types=types)
+            inputs.update(pad_pixels([self.pixels(image) for image, _, _ in samples]))
+        else:
+            regions = [self.regions(image, train.max_regions) for image, _, _ in samples] if objective.grounded else None
+            inputs = pad_inputs(rows, tok.pad_token_id, token_types=types, regions=regions, region_types=1)
         sip = None
         if objective.grounded and objective.sentence_image != "none":
             sip = torch.tensor([0 if match else 1 for _, _, match in samples], dtype=torch.long, device=device)

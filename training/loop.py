@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from training.config import TrainConfig, TrainSection, config_from_dict
 from training.data import PretrainBatch, PretrainData
+from training.vilt import build_vilt, image_processor_for, save_vilt
 from vb_probe.atomic import KIND_NAMES, MANIFEST, Manifest, atomic_open, read_manifest, remove_stale_temporaries
 from vb_probe.devices import resolve_device
 from vb_probe.errors import CheckpointError, VbProbeError
@@ -133,7 +134,9 @@ def evaluate(model: VisualBertForPreTraining, data: PretrainData, config: TrainC
         if batch.sip_labels is not None:
             _tally(totals["sip"], sip_logits.argmax(-1) == batch.sip_labels)
         text_only = {k: v for k, v in batch.inputs.items() if not k.startswith("visual")}
-        if len(text_only) != len(batch.inputs):
+        if "pixel_values" in text_only:  # ViLT cannot go without pixels: a blank (mid-grey) image instead
+            text_only["pixel_values"] = torch.zeros_like(text_only["pixel_values"])
+        if len(text_only) != len(batch.inputs) or "pixel_values" in text_only:
             logits, _ = model(text_only, batch.mlm_batch_index, batch.mlm_positions)
             _tally(totals["entity_no_image"], (logits.argmax(-1) == batch.mlm_labels)[batch.mlm_is_entity])
     model.train()
@@ -333,14 +336,20 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     data_dir, out = Path(data_dir), Path(out)
     claim_run_folder(out, resume)
     tokenizer = load_tokenizer(data_dir / config.data.tokenizer)
-    data = PretrainData(data_dir, config.data, tokenizer, cache_dir=out / "cache")
+    vilt = config.model.family == "vilt"
+    processor = image_processor_for(config) if vilt else None
+    data = PretrainData(data_dir, config.data, tokenizer, cache_dir=out / "cache", processor=processor)
     start_step = 0
     state = latest_checkpoint(out) if resume else None
     if state is not None:  # the run's own resolved config; only the step count may be extended
         config = check_resumed_config(config_from_dict(state["config"]), config, out)
         t = config.train
         start_step = state["step"]
-    model = starting_model(config, init_checkpoint, tokenizer, data.visual_dim).to(device)
+    if vilt and init_checkpoint is not None:
+        raise VbProbeError("--init: continuing from a checkpoint is for VisualBERT; a ViLT pre-training starts from "
+                           "random weights (or resumes its own run with --resume)")
+    model = (build_vilt(config, len(tokenizer)) if vilt else
+             starting_model(config, init_checkpoint, tokenizer, data.visual_dim)).to(device)
     optimizer = make_optimizer(model, t)
     if state is not None:
         model.load_state_dict(state["model"])
@@ -377,8 +386,11 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     bar.close()
     if dd.main:
         log.save()
-        save_pretraining_model(model, out / "final", tokenizer=tokenizer,
-                               extra_files={"training_config.json": json.dumps(config.to_dict(), indent=2)})
+        extra = {"training_config.json": json.dumps(config.to_dict(), indent=2)}
+        if vilt:
+            save_vilt(model, out / "final", tokenizer, processor, extra)
+        else:
+            save_pretraining_model(model, out / "final", tokenizer=tokenizer, extra_files=extra)
         log.close()
     if dd.world > 1:
         dist.barrier()

@@ -25,7 +25,7 @@ from vb_probe.data.features import RegionFeatures, Regions, open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.devices import resolve_device
 from vb_probe.errors import VbProbeError
-from vb_probe.families import family_of, head_shape
+from vb_probe.families import family_of, head_shape, open_inputs, reads_pixels
 from vb_probe.hub import folder_config, read_config_json, resolve
 from vb_probe.pipeline import (
     ProbeConfig,
@@ -124,9 +124,10 @@ def _probe(model, tokenizer, flickr30k: Flickr30kEntities | str | Path, features
     encoder = _model(model)
     device = str(resolve_device(str(device))) if device is not None else next(encoder.parameters()).device.type
     flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
-    features = open_features(features, confidence) if isinstance(features, (str, Path)) else features
-    cfg = ProbeConfig(flickr30k=flickr.root, features=Path(features.source), device=device, confidence=confidence,
-                      **options)
+    family = family_of(encoder)
+    features = open_inputs(family, features, features, confidence)  # pixel families: the images folder
+    where = {"images" if reads_pixels(family) else "features": Path(features.source)}
+    cfg = ProbeConfig(flickr30k=flickr.root, device=device, confidence=confidence, **where, **options)
     with _eval_mode(encoder):
         return run_probes(cfg, encoder.to(device), tokenizer, progress=progress, flickr30k=flickr, features=features)
 
@@ -153,8 +154,9 @@ def entity_grounding(
     """Score every head of ``model`` as it is (edits in memory included) against Flickr30K Entities gold boxes.
 
     ``flickr30k``: a :class:`Flickr30kEntities` or its root; ``features``: a feature store or its path (TSV, HDF5,
-    folder of npz). ``select_on``: also choose heads on that split (the unbiased number); ``control``: also probe
-    a random-initialised model of the same shape. Returns a :class:`GroundingResult`.
+    folder of npz), or for a model that reads pixels (ViLT) the images folder or an
+    :class:`~vb_probe.data.images.ImageFolder`. ``select_on``: also choose heads on that split (the unbiased
+    number); ``control``: also probe a random-initialised model of the same shape. Returns a :class:`GroundingResult`.
     """
     return grounding_result(_probe(
         model, tokenizer, flickr30k, features, confidence, device, progress, split=split, mask=mask,

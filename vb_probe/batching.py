@@ -23,15 +23,18 @@ T = TypeVar("T")
 
 @dataclass
 class ProbeBatch:
-    """Model inputs plus, per scored query: its row (batch index, token position), target and image-token info.
+    """Model inputs plus, per scored query: its row (batch index, token position), targets and image-token info.
 
     ``inputs`` are the family's (the engine never reads them); ``extras`` what the family's ``rows`` needs
-    besides (e.g. where the image tokens start)."""
+    besides (e.g. where the image tokens start). ``targets`` holds each rule's hits (``iou``, ``pointing``);
+    ``hits`` is the family's own rule's. ``permutation`` [n, R] re-deals each image's token cells among its tokens
+    (the same for every query of an image, seeded by its id): the permuted-geometry control scores against
+    ``targets[rule].gather(-1, permutation)``."""
 
     inputs: dict[str, torch.Tensor]
     batch_index: torch.Tensor  # [n]
     query_index: torch.Tensor  # [n]
-    hits: torch.Tensor  # [n, R_max] bool
+    hits: torch.Tensor  # [n, R_max] bool, under the family's rule
     region_valid: torch.Tensor  # [n, R_max] bool
     confidences: torch.Tensor | None  # [n, R_max]
     groups: list[str]
@@ -39,6 +42,9 @@ class ProbeBatch:
     image_ids: list[str] = field(default_factory=list)  # [B] the image of each row (named in errors)
     feature_peak: list[float] = field(default_factory=list)  # [B] largest |feature| of each row's image
     extras: dict = field(default_factory=dict)
+    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # rule → [n, R_max] bool
+    permutation: torch.Tensor | None = None  # [n, R_max] long
+    outside_view: list[Query] = field(default_factory=list)  # queries whose gold the model cannot see (skipped)
 
 
 def pad_text(token_ids: Sequence[Sequence[int]], pad_id: int, token_types: Sequence[Sequence[int]] | None = None
@@ -79,54 +85,85 @@ def read_regions(items: list[ProbeItem], features) -> list[Regions]:
 
 
 def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]], cells: Sequence[np.ndarray],
-           confidences: Sequence[np.ndarray | None], inputs: dict[str, torch.Tensor], **extras) -> ProbeBatch:
+           confidences: Sequence[np.ndarray | None], inputs: dict[str, torch.Tensor], *, rule: str = "iou",
+           views: Sequence[np.ndarray | None] | None = None, **extras) -> ProbeBatch:
     """The engine's view of a batch. ``word_positions[b][w]``: the sequence position of word w's last sub-word
     in row b (None: cut by truncation); ``cells[b]`` [R_b, 4] each image token's box in the original image's
-    pixels; ``confidences[b]`` [R_b] or None. A query's hits are the tokens whose box has IoU ≥ 0.5 with one of
-    its gold boxes (computed once per image and gold set: a phrase's captions share them)."""
-    from vb_probe.metrics.boxes import region_hits
+    pixels; ``confidences[b]`` [R_b] or None; ``rule`` the family's scoring rule (``iou`` or ``pointing``);
+    ``views[b]`` [4] the part of the original image the model sees (None: all of it), a query none of whose gold
+    boxes overlaps it is skipped (``outside_view``). Hits are computed once per image and gold set under both
+    rules (a phrase's captions share them)."""
+    from vb_probe.metrics.boxes import RULES, overlaps, rule_hits
 
     r_max = max(len(c) for c in cells)
     any_confidence = all(c is not None for c in confidences)
-    hits_of: dict[tuple[int, int], np.ndarray] = {}
-    b_idx, q_idx, hits, valid, confs, groups, truncated = [], [], [], [], [], [], []
+    hits_of: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    perm_of: dict[int, np.ndarray] = {}
+    b_idx, q_idx, valid, confs, groups, truncated, outside, perms = [], [], [], [], [], [], [], []
+    targets: dict[str, list[np.ndarray]] = {name: [] for name in RULES}
     for b, (item, positions, boxes) in enumerate(zip(items, word_positions, cells)):
         n_tokens = len(boxes)
+        view = views[b] if views is not None else None
         for query in item.queries:
             position = positions[query.word_index]
             if position is None:
                 truncated.append(query)
                 continue
+            if view is not None and query.gold is not None and not overlaps(query.gold, view).any():
+                outside.append(query)
+                continue
             b_idx.append(b)
             q_idx.append(position)
-            hit = np.zeros(r_max, dtype=bool)
-            if query.gold is not None:
-                key = (id(boxes), id(query.gold))
-                if key not in hits_of:
-                    hits_of[key] = region_hits(boxes, query.gold)
-                hit[:n_tokens] = hits_of[key]
-            hits.append(hit)
+            key = (id(boxes), id(query.gold))
+            if query.gold is not None and key not in hits_of:
+                hits_of[key] = {name: rule_hits(name, boxes, query.gold) for name in RULES}
+            for name in RULES:
+                hit = np.zeros(r_max, dtype=bool)
+                if query.gold is not None:
+                    hit[:n_tokens] = hits_of[key][name]
+                targets[name].append(hit)
             ok = np.zeros(r_max, dtype=bool)
             ok[:n_tokens] = True
             valid.append(ok)
+            if b not in perm_of:
+                perm_of[b] = np.arange(r_max)
+                perm_of[b][:n_tokens] = image_permutation(item.image_id, n_tokens)
+            perms.append(perm_of[b])
             if any_confidence:
                 conf = np.zeros(r_max, dtype=np.float32)
                 conf[:n_tokens] = confidences[b]
                 confs.append(conf)
             groups.append(query.group)
     n = len(b_idx)
+
+    def stacked(rows: list[np.ndarray], dtype) -> torch.Tensor:
+        return torch.from_numpy(np.stack(rows)) if n else torch.zeros(0, r_max, dtype=dtype)
+
+    target_tensors = {name: stacked(rows, torch.bool) for name, rows in targets.items()}
     return ProbeBatch(
         inputs=inputs,
         batch_index=torch.tensor(b_idx, dtype=torch.long),
         query_index=torch.tensor(q_idx, dtype=torch.long),
-        hits=torch.from_numpy(np.stack(hits)) if n else torch.zeros(0, r_max, dtype=torch.bool),
-        region_valid=torch.from_numpy(np.stack(valid)) if n else torch.zeros(0, r_max, dtype=torch.bool),
+        hits=target_tensors[rule],
+        region_valid=stacked(valid, torch.bool),
         confidences=torch.from_numpy(np.stack(confs)) if (n and any_confidence) else None,
         groups=groups,
         truncated=truncated,
         image_ids=[item.image_id for item in items],
         extras=extras,
+        targets=target_tensors,
+        permutation=stacked(perms, torch.long),
+        outside_view=outside,
     )
+
+
+def image_permutation(image_id: str, n_tokens: int) -> np.ndarray:
+    """The permuted-geometry control's shuffle of one image's ``n_tokens`` cells: seeded by the image's id alone,
+    so it does not depend on batching, order or resuming."""
+    import hashlib
+
+    seed = int.from_bytes(hashlib.sha256(f"permuted-geometry:{image_id}".encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).permutation(n_tokens)
 
 
 def prefetched(jobs: Iterator[Callable[[], T]], depth: int = 2) -> Iterator[T]:
@@ -179,6 +216,7 @@ def to_device(batch: ProbeBatch, device: torch.device | str, pin: bool = False) 
             return None
         return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
 
-    return ProbeBatch({k: move(v) for k, v in batch.inputs.items()}, move(batch.batch_index),
-                      move(batch.query_index), batch.hits, batch.region_valid, batch.confidences, batch.groups,
-                      batch.truncated, batch.image_ids, batch.feature_peak, batch.extras)
+    from dataclasses import replace
+
+    return replace(batch, inputs={k: move(v) for k, v in batch.inputs.items()}, batch_index=move(batch.batch_index),
+                   query_index=move(batch.query_index))

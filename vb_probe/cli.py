@@ -55,7 +55,7 @@ def _probe_config(args: argparse.Namespace, **extra):
     from vb_probe.pipeline import ProbeConfig
 
     return ProbeConfig(
-        ckpt=args.ckpt, flickr30k=args.flickr30k, features=args.features, split=args.split,
+        ckpt=args.ckpt, flickr30k=args.flickr30k, features=args.features, images=args.images, split=args.split,
         tokenizer=args.tokenizer, visual_token_type=args.visual_token_type, mask=args.mask,
         precision=args.precision, batch_size=args.batch_size, device=args.device, limit=args.limit,
         confidence=args.confidence, skip_unannotated=args.skip_unannotated,
@@ -103,8 +103,9 @@ def cmd_syntactic(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vb_probe.demo import run_demo
 
-    run_demo(_writable_out(args.out), scenes=args.scenes, seed=args.seed, config_path=args.config,
-             overrides=args.set, progress=not args.quiet)
+    out = args.out or Path("demo_vilt_out" if args.family == "vilt" else "demo_out")
+    run_demo(_writable_out(out), scenes=args.scenes, seed=args.seed, config_path=args.config,
+             overrides=args.set, progress=not args.quiet, family=args.family)
     return 0
 
 
@@ -129,11 +130,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
     from vb_probe.data.parses import read_conllu
     from vb_probe.explorer import PAGE, explorer_data, write_explorer
-    from vb_probe.families import head_shape
+    from vb_probe.families import family_of, head_shape, open_inputs
     from vb_probe.results import GroundingResult, check_scores_shape
 
     out = _writable_out(args.out, [PAGE])
@@ -144,7 +144,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     images = args.images
     if images is None and (Path(args.flickr30k).parent / "images").is_dir():
         images = Path(args.flickr30k).parent / "images"  # the built-in world keeps its renders beside the data
-    data = explorer_data(model, tokenizer, Flickr30kEntities(args.flickr30k), open_features(args.features),
+    store = open_inputs(family_of(model), args.features, images)
+    data = explorer_data(model, tokenizer, Flickr30kEntities(args.flickr30k), store,
                          split=args.split, limit=args.limit, scores=scores,
                          parses=read_conllu(args.parses) if args.parses else None, images_dir=images,
                          progress=not args.quiet)
@@ -225,8 +226,8 @@ def _model_options(p: argparse.ArgumentParser, ckpt_help: str) -> None:
     p.add_argument("--ckpt", required=True, help=ckpt_help)
     p.add_argument("--flickr30k", type=Path, required=True, help="Flickr30K Entities root (Sentences/, Annotations/, "
                                                                  "train.txt/val.txt/test.txt)")
-    p.add_argument("--features", type=Path, required=True, help="region features: .tsv (LXMERT), .h5 (BAN) or a "
-                                                                "folder of .npz")
+    p.add_argument("--features", type=Path, help="region features: .tsv (LXMERT), .h5 (BAN) or a folder of .npz "
+                                                 "(models that read regions: VisualBERT, LXMERT)")
     p.add_argument("--split", default="test", help="split list to use (train, val, test)")
     p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the checkpoint's own, else "
                                        "bert-base-uncased, as the uclanlp checkpoints were trained with)")
@@ -238,7 +239,10 @@ def _model_options(p: argparse.ArgumentParser, ckpt_help: str) -> None:
 def _probe_options(p: argparse.ArgumentParser) -> None:
     from vb_probe.errors import positive_int
 
-    _model_options(p, "VisualBERT checkpoint: a transformers folder or a hub id (uclanlp/visualbert-vqa-coco-pre)")
+    _model_options(p, "checkpoint of a known family (VisualBERT, LXMERT, ViLT): a transformers folder or a hub id "
+                      "(uclanlp/visualbert-vqa-coco-pre, unc-nlp/lxmert-base-uncased, dandelin/vilt-b32-mlm)")
+    p.add_argument("--images", type=Path, help="folder of the images (<image_id>.jpg, .jpeg or .png), for models "
+                                               "that read pixels (ViLT)")
     p.add_argument("--visual-token-type", type=int, help="token type of regions (default: the config's, else 1)")
     p.add_argument("--mask", choices=["posthoc", "intervene"], default="posthoc",
                    help="posthoc: argmax over region columns after the pass (the paper's); "
@@ -300,12 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_syntactic)
 
     p = command("demo", "the whole pipeline on the built-in world, ending in report.md")
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    p.add_argument("--out", type=Path, help="output folder (default demo_out; demo_vilt_out with --family vilt)")
+    p.add_argument("--family", choices=["visualbert", "vilt"], default="visualbert",
+                   help="the model: VisualBERT over detector regions (the paper's), or a small ViLT over image "
+                        "patches (scored by the pointing rule)")
     p.add_argument("--scenes", type=positive_int, default=1000,
                    help="how many scenes (images) the built-in world has; --images, elsewhere, is a folder of images")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in world")
-    p.add_argument("--config", default="demo", help="pre-training config: a packaged name (demo, tasks, paper) or "
-                                                    "a TOML file")
+    p.add_argument("--config", help="pre-training config: a packaged name (demo, vilt, tasks, paper) or a TOML file "
+                                     "(default: demo, or vilt with --family vilt)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a pre-training config value (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -322,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_visualize)
 
     p = command("explore", "an interactive, offline HTML page of head attention on the image (one file)")
-    _model_options(p, "VisualBERT checkpoint: a transformers folder or a hub id")
+    _model_options(p, "checkpoint of a known family (VisualBERT, LXMERT, ViLT): a transformers folder or a hub id")
     p.set_defaults(limit=20)
     p.add_argument("--scores", type=Path, help="an entity-grounding --out folder for the head grid (default: "
                                                "computed on the captions shown)")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vb_probe.atomic import atomic_files, check_outputs, writable_folder
-from vb_probe.data.features import RegionFeatures, open_features
+from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import DataError
 from vb_probe.results import GroundingResult, SyntacticResult
@@ -41,10 +41,11 @@ def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, mo
                   images_dir: Path | None = None, suffix: str = ".png") -> list[str]:
     """Figures 1, 3, 4 and 5 into ``out``, written together (``flickr30k`` and ``features``: readers or their
     paths, opened once); returns the file names."""
+    from vb_probe.families import family_of, open_inputs
     from vb_probe.visualize import attention_figure
 
     flickr30k = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
-    features = open_features(features) if isinstance(features, (str, Path)) else features
+    features = open_inputs(family_of(model), features, features if features is not None else images_dir)
     figures = {}
     for name, example in figure_names(entity, syntactic is not None, flickr30k, suffix).items():
         if example is None:
@@ -73,7 +74,8 @@ def figures_from_results(results: Path, out: Path, images_dir: Path | None = Non
         syntactic = SyntacticResult.load(results / "syntactic") if (results / "syntactic" / "run.json").is_file() \
             else None
     config = entity.provenance.get("config", {})
-    missing = [k for k in ("ckpt", "flickr30k", "features") if not config.get(k)]
+    inputs = "images" if config.get("images") else "features"  # a model that reads pixels records its images
+    missing = [k for k in ("ckpt", "flickr30k", inputs) if not config.get(k)]
     if missing:
         raise DataError(f"{results / 'entity_grounding' / 'run.json'}: records no {', '.join(missing)}; the attention "
                         "figures need the checkpoint and data of the run")
@@ -85,5 +87,5 @@ def figures_from_results(results: Path, out: Path, images_dir: Path | None = Non
         tokenizer = load_tokenizer(config.get("tokenizer"), model=model)
     if images_dir is None and (Path(config["flickr30k"]).parent / "images").is_dir():
         images_dir = Path(config["flickr30k"]).parent / "images"  # the built-in world keeps its renders there
-    return write_figures(entity, syntactic, model, tokenizer, Path(config["flickr30k"]), Path(config["features"]), out,
+    return write_figures(entity, syntactic, model, tokenizer, Path(config["flickr30k"]), Path(config[inputs]), out,
                          images_dir, suffix)

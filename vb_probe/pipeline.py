@@ -25,16 +25,16 @@ import torch
 from vb_probe.atomic import atomic_files, file_sha256, remove_stale_temporaries, write_text
 from vb_probe.batching import prefetched, to_device
 from vb_probe.cache import user_cache_dir
-from vb_probe.data.features import RegionFeatures, Regions, open_features
+from vb_probe.data.features import RegionFeatures, Regions
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.parses import Parse, SpacyParser, read_conllu, to_conllu
 from vb_probe.devices import resolve_device
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.families import Family, family_of
+from vb_probe.families import Family, family_of, open_inputs
 from vb_probe.hub import resolve, weights_file
-from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
+from vb_probe.metrics.grounding import HeadCounts, baseline_scores, chosen_hits, head_choices
 from vb_probe.queries import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeItem, Query, collect_items
-from vb_probe.results import GroundingResult, HeadScores, SyntacticResult, _selected, versions
+from vb_probe.results import GroundingResult, HeadScores, SyntacticResult, _round, _selected, versions
 
 MaskMode = Literal["posthoc", "intervene"]
 Precision = Literal["fp32", "bf16"]
@@ -47,6 +47,7 @@ class ProbeConfig:
     ckpt: Path | str | None = None  # a folder or hub id; None when the model is given in memory
     flickr30k: Path | None = None  # None when a Flickr30kEntities object is given
     features: Path | None = None  # None when a feature store is given
+    images: Path | None = None  # an images folder, for families that read pixels (ViLT)
     split: str = "test"
     tokenizer: Path | None = None
     visual_token_type: int | None = None
@@ -94,6 +95,7 @@ class ProbeResults:
     parses_file: Path | None = None
     facts: dict = field(default_factory=dict)  # the family's facts of its inputs (e.g. visual_token_type)
     family: str = ""
+    rule: str = "iou"  # the family's scoring rule
     wall_time_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     relations_in_parses: set[str] = field(default_factory=set)  # every relation the split's parses hold
@@ -162,20 +164,39 @@ def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem
 def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "posthoc",
                 precision: Precision = "fp32", source: str = "the features") -> None:
     """One forward over a collated batch (on the model's device); every head's pick for every query added to
-    ``counts`` (group → :class:`HeadCounts`), with the baselines through the same rule."""
+    ``counts`` (group → :class:`HeadCounts`) under the family's rule, with the baselines through the same rule;
+    the same picks under the other rule and against permuted geometry kept as the counts' alternatives."""
     if not len(batch.groups):
         return
     site = family.sites(model)[0]
     region_rows = family.rows(model, batch, site, mask, precision)  # [layer, n, head, R]
     check_finite_rows(region_rows, batch, source)
     mass = region_rows.sum(-1)  # [layer, n, head]
-    correct = head_correct(region_rows, batch.region_valid, batch.hits)
-    base = baseline_scores(batch.hits, batch.region_valid, batch.confidences)
+    choice = head_choices(region_rows, batch.region_valid)  # [layer, n, head]: one argmax for every rule
+    scored = {"main": (batch.hits, baseline_scores(batch.hits, batch.region_valid, batch.confidences))}
+    rule = family_rule(family)
+    for other, targets in batch.targets.items():
+        if other != rule:
+            scored[other] = (targets, baseline_scores(targets, batch.region_valid, batch.confidences))
+    if batch.permutation is not None:
+        scored["permuted"] = (batch.hits.gather(-1, batch.permutation), {})
     groups = np.array(batch.groups)
     for group in dict.fromkeys(batch.groups):
         sel = torch.from_numpy(np.flatnonzero(groups == group))
-        counts.setdefault(group, HeadCounts(site.layers, site.heads)).add(
-            correct[:, sel], mass[:, sel], {k: v[sel] for k, v in base.items()})
+        group_counts = counts.setdefault(group, HeadCounts(site.layers, site.heads))
+        for name, (targets, base) in scored.items():
+            correct = chosen_hits(choice[:, sel], targets[sel])
+            picked = {k: v[sel] for k, v in base.items()}
+            if name == "main":
+                group_counts.add(correct, mass[:, sel], picked)
+            else:
+                group_counts.add_alternative(name, correct, picked)
+
+
+def family_rule(family: Family) -> str:
+    """The rule a family's heads are scored by: ``iou`` (detector regions, the paper's) unless it says
+    ``pointing`` (patches, rarely IoU ≥ 0.5 with a box)."""
+    return getattr(family, "rule", "iou")
 
 
 PASSES = ("main", "select", "control")  # one progress file each: .<pass>.progress.json in --out
@@ -204,13 +225,15 @@ def check_progress_files(out: Path, resume: bool) -> None:
                                "away or choose another --out (nothing was changed)")
 
 
-def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], Counter]:
-    """Finished batches, counts and truncations saved by an interrupted :func:`probe_pass` of the same ``run``."""
+def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], dict[str, Counter]]:
+    """Finished batches, counts and late skips (truncated, outside_view) saved by an interrupted
+    :func:`probe_pass` of the same ``run``."""
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
         saved_run, done = state["run"], int(state["done"])
         counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
-        truncated = Counter({str(k): int(v) for k, v in state["truncated"].items()})
+        truncated = {str(group): Counter({str(k): int(v) for k, v in reasons.items()})
+                     for group, reasons in state["truncated"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, RecursionError) as exc:
         raise VbProbeError(f"{path}: the saved progress is damaged ({type(exc).__name__}); run again without "
                            "--resume to start over") from None
@@ -241,8 +264,9 @@ def probe_pass(
     save_every: int = 10,
     fingerprint: dict | None = None,
     features: RegionFeatures | None = None,
-) -> tuple[dict[str, HeadCounts], Counter]:
-    """Score every query of ``items``; only the probed attention rows are computed and reduced per batch.
+) -> tuple[dict[str, HeadCounts], dict[str, Counter]]:
+    """Score every query of ``items`` (returns the counts per group, and per group the queries skipped when their
+    batch was built: ``truncated``, ``outside_view``); only the probed attention rows are computed and reduced per batch.
     ``facts``: what the model's family prepared for its inputs (:meth:`Family.prepare`).
 
     Batches are read from ``features`` and collated in a background thread while the model runs on the batch
@@ -257,7 +281,7 @@ def probe_pass(
     from vb_probe.atomic import write_json
 
     counts: dict[str, HeadCounts] = {}
-    truncated: Counter = Counter()
+    truncated: dict[str, Counter] = {}  # group → reason → count: skips found only when the batch is built
     done = 0
     n_batches = (len(items) + batch_size - 1) // batch_size
     run = {**(fingerprint or {}), "n_items": len(items), "batch_size": batch_size, "precision": precision}
@@ -272,15 +296,16 @@ def probe_pass(
                           for chunk in chunks)
     for number, cpu_batch in enumerate(collated, start=done):
         batch = to_device(cpu_batch, device, pin=device.type == "cuda")
-        for query in batch.truncated:
-            truncated[query.group] += 1
+        for reason, queries in (("truncated", batch.truncated), ("outside_view", batch.outside_view)):
+            for query in queries:
+                truncated.setdefault(query.group, Counter())[reason] += 1
         score_batch(family, model, batch, counts, mask, precision,
                     source=features.source if features is not None else "")
         bar.update(1)
         if state_path is not None and ((number + 1) % save_every == 0):
             write_json(state_path, {"run": run, "done": number + 1,
                                     "counts": {g: c.to_state() for g, c in counts.items()},
-                                    "truncated": dict(truncated)})
+                                    "truncated": {g: dict(c) for g, c in truncated.items()}})
     bar.close()
     return counts, truncated
 
@@ -321,7 +346,8 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
     device = resolve_device(cfg.device)
     family = family_of(model)
     flickr = flickr30k if flickr30k is not None else Flickr30kEntities(cfg.flickr30k)
-    features = features if features is not None else open_features(cfg.features, cfg.confidence)
+    if features is None:
+        features = open_inputs(family, cfg.features, cfg.images, cfg.confidence)
     facts = family.prepare(model, features, config_dict(cfg))  # the model's checks, before any work
     checkpoint = checkpoint_info(cfg.ckpt, model)
     if out is not None:
@@ -355,8 +381,8 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
                          "features": features_key, "items": items_digest(items)},
             features=features,
         )
-        for group, count in truncated.items():
-            seen.skipped.setdefault(group, Counter())["truncated"] += count
+        for group, reasons in truncated.items():
+            seen.skipped.setdefault(group, Counter()).update(reasons)
         return SplitResult(counts, seen.skipped, dict(seen.n_units), len(image_ids), seen.n_captions)
 
     def cfg_for(split: str) -> ProbeConfig:
@@ -371,7 +397,8 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         control = one_split(cfg.split, family.twin(model, cfg.seed), "random-init control", "control")
     results = ProbeResults(
         config=cfg, main=main, select=select, control=control, checkpoint=checkpoint,
-        parser=parser_used.get("name"), facts=facts, family=family.name, wall_time_s=time.time() - started,
+        parser=parser_used.get("name"), facts=facts, family=family.name, rule=family_rule(family),
+        wall_time_s=time.time() - started,
         notes=list(getattr(model, "load_notes", [])), relations_in_parses=relations_seen,
     )
     if out is not None:
@@ -479,7 +506,9 @@ def grounding_result(results: ProbeResults) -> GroundingResult:
         scores.n_correct, scores.n, scores.region_mass, scores.baselines, split=results.config.split,
         n_phrases=n_phrases, skipped={k: int(v) for k, v in skipped.items()},
         selected_head=_selected(scores, HeadScores.from_counts(select) if select else None, results.config.select_on),
-        control=_control_scores(control), provenance=provenance(results))
+        control=_control_scores(control), provenance=provenance(results),
+        other_rule=_alternative(counts, "pointing" if results.rule == "iou" else "iou", with_baselines=True),
+        permuted=_alternative(counts, "permuted"))
 
 
 def syntactic_result(results: ProbeResults) -> SyntacticResult:
@@ -510,6 +539,15 @@ def syntactic_result(results: ProbeResults) -> SyntacticResult:
                            selected, control, provenance(results))
 
 
+def _alternative(counts: HeadCounts, name: str, with_baselines: bool = False) -> HeadScores | None:
+    """One of the counts' other scorings (:meth:`HeadCounts.add_alternative`) as scores (baselines: its own)."""
+    other = counts.alternatives.get(name)
+    if other is None:
+        return None
+    return HeadScores(other.n_correct.numpy().astype(np.int64), other.n, None,
+                      {k: _round(v) for k, v in other.baseline_accuracy().items()} if with_baselines else {})
+
+
 def _control_scores(counts: HeadCounts | None) -> HeadScores | None:
     """The random-init control as run.json keeps it: correct counts only (its baselines are the main run's)."""
     return None if counts is None else HeadScores(counts.n_correct.numpy().astype(np.int64), counts.n)
@@ -520,5 +558,5 @@ def provenance(results: ProbeResults) -> dict:
     cfg = results.config
     return {"n_images": results.main.n_images, "n_captions": results.main.n_captions,
             "checkpoint": results.checkpoint, "mask": cfg.mask, "precision": cfg.precision,
-            **results.facts, "family": results.family, "protocol": PROTOCOL_CHOICES, "versions": versions(),
+            **results.facts, "family": results.family, "rule": results.rule, "protocol": PROTOCOL_CHOICES, "versions": versions(),
             "wall_time_s": round(results.wall_time_s, 2), "notes": results.notes, "config": config_dict(cfg)}

@@ -24,13 +24,17 @@ PROTOCOL_CHOICES = {
     "document": "docs/PROTOCOL.md",
     "query_token": "last sub-word of the phrase's last word (syntactic: of the query word)",
     "correct_if": "IoU(argmax region, any gold box of the entity) >= 0.5, no union box",
+    "correct_if_pointing": "centre of the argmax image token's box inside any gold box of the entity (edges count)",
+    "rules": "the grid uses the family's rule (regions: IoU, patches: pointing); other_rule holds the other",
     "iou_area": "continuous (x2-x1)*(y2-y1), gold boxes = XML pixels minus one",
     "argmax_ties": "lowest region index wins; padding regions never win",
     "region_columns": "text-to-text attention masked out post hoc (posthoc) or inside every layer (intervene)",
     "baselines": "highest_confidence, random (expected), oracle: through the same IoU rule",
-    "skip_reasons": "notvisual, scene, nobox, not_in_annotation, missing_features, truncated; "
+    "skip_reasons": "notvisual, scene, nobox, not_in_annotation, missing_features, truncated, outside_view; "
                     "n_phrases = n_scored + sum(skipped)",
     "selection": "selected_head: best on another split, scored here; control_random_init: same probe, random weights",
+    "permuted_geometry": "control_permuted_geometry: the same picks scored after each image's token cells are "
+                         "shuffled (seeded by the image id)",
 }
 
 

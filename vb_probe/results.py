@@ -228,6 +228,21 @@ def _control_from(d: dict | None) -> HeadScores | None:
     return HeadScores(np.asarray(d["n_correct"], np.int64), int(d["n"]))
 
 
+def _other_rule_dict(c: HeadScores | None, rule: str) -> dict | None:
+    return None if c is None else {"rule": rule, "baselines": c.baselines, **_control_dict(c)}
+
+
+def _other_rule_from(d: dict | None) -> HeadScores | None:
+    scores = _control_from(d)
+    if scores is not None:
+        scores.baselines = {k: d.get("baselines", {}).get(k) for k in BASELINES}
+    return scores
+
+
+def _same(a: HeadScores | None, b: HeadScores | None) -> bool:
+    return a == b if a is not None else b is None
+
+
 def _read_run(folder: Path, probe: str) -> dict:
     path = folder / "run.json" if folder.is_dir() else folder
     try:
@@ -331,8 +346,19 @@ class GroundingResult(HeadScores):
     selected_head: SelectedHead | None = None
     control: HeadScores | None = None
     provenance: dict = field(default_factory=dict)
+    other_rule: HeadScores | None = None  # the same picks under the other rule, with its own baselines
+    permuted: HeadScores | None = None  # the permuted-geometry control: the same picks against shuffled cells
 
     FILES = ("entity_grounding.csv", "run.json", "entity_grounding.png")
+
+    @property
+    def rule(self) -> str:
+        """The rule of the grid: ``iou`` (regions, the paper's) or ``pointing`` (patches): the model family's."""
+        return str(self.provenance.get("rule", "iou"))
+
+    @property
+    def other_rule_name(self) -> str:
+        return "pointing" if self.rule == "iou" else "iou"
 
     def run_json(self) -> dict:
         summary = self.summary()
@@ -340,7 +366,8 @@ class GroundingResult(HeadScores):
                 "skipped": dict(sorted(self.skipped.items())), "baselines": self.baselines,
                 "best_head": summary["best_head"], "per_layer_best": summary["per_layer_best"],
                 "selected_head": _selected_dict(self.selected_head), "control_random_init": _control_dict(self.control),
-                "split": self.split, **self.provenance}
+                "other_rule": _other_rule_dict(self.other_rule, self.other_rule_name),
+                "control_permuted_geometry": _control_dict(self.permuted), "split": self.split, **self.provenance}
 
     def plot(self, ax=None):
         """Figure 3 (the layer × head grid, with the head chosen on another split and the control's best head);
@@ -365,7 +392,7 @@ class GroundingResult(HeadScores):
         folder = folder.parent if folder.is_file() else folder
         run = _read_run(folder, "entity_grounding")
         known = {"probe", "n_phrases", "n_scored", "skipped", "baselines", "best_head", "per_layer_best",
-                 "selected_head", "control_random_init", "split"}
+                 "selected_head", "control_random_init", "split", "other_rule", "control_permuted_geometry"}
         with _fields_of(folder / "run.json"):
             scores = HeadScores.from_rows(read_table(folder / "entity_grounding.csv"), dict(run.get("baselines", {})),
                                           str(folder / "entity_grounding.csv"))
@@ -373,7 +400,9 @@ class GroundingResult(HeadScores):
                          n_phrases=int(run["n_phrases"]), skipped={str(k): int(v) for k, v in run["skipped"].items()},
                          selected_head=_selected_from(run.get("selected_head")),
                          control=_control_from(run.get("control_random_init")),
-                         provenance={k: v for k, v in run.items() if k not in known})
+                         provenance={k: v for k, v in run.items() if k not in known},
+                         other_rule=_other_rule_from(run.get("other_rule")),
+                         permuted=_control_from(run.get("control_permuted_geometry")))
         if result.n_phrases != result.n + sum(result.skipped.values()):
             raise DataError(f"{folder / 'run.json'}: n_phrases {result.n_phrases} is not the {result.n} scored plus "
                             f"{sum(result.skipped.values())} skipped; the files do not belong together, run the probe again")
@@ -383,7 +412,8 @@ class GroundingResult(HeadScores):
         return (HeadScores.equals(self, other) and self.split == other.split and self.n_phrases == other.n_phrases
                 and self.skipped == other.skipped and self.selected_head == other.selected_head
                 and (self.control == other.control if self.control is not None else other.control is None)
-                and self.provenance == other.provenance)
+                and self.provenance == other.provenance
+                and _same(self.other_rule, other.other_rule) and _same(self.permuted, other.permuted))
 
     __eq__ = equals
     __hash__ = None

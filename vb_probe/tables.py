@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vb_probe.atomic import atomic_open
+from vb_probe.metrics.intervals import shown
 from vb_probe.queries import DIRECTIONS
 from vb_probe.results import GroundingResult, SyntacticResult, csv_text, versions
 
@@ -22,7 +23,7 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 def format_entity_summary(result: GroundingResult) -> str:
     b = result.baselines
-    hc = "n/a (features carry no confidence)" if b["highest_confidence"] is None else f"{b['highest_confidence']:.3f}"
+    hc = "n/a (no detector confidences)" if b["highest_confidence"] is None else f"{b['highest_confidence']:.3f}"
     best = result.best_head()
     lines = [
         f"entity grounding on {result.split}: {result.n} of {result.n_phrases} phrases scored "
@@ -31,6 +32,13 @@ def format_entity_summary(result: GroundingResult) -> str:
         f"oracle {b['oracle']:.3f}",
         "per-layer best: " + "  ".join(f"{h.label}={h.accuracy:.2f}" for h in result.per_layer_best()),
     ]
+    if result.other_rule is not None and result.other_rule.n:
+        o, ob = result.other_rule.best_head(), result.other_rule.baselines
+        lines.append(f"{result.other_rule_name} rule (beside the grid's {result.rule}): best head {o.label} "
+                     f"{o.accuracy:.3f}, random {shown(ob.get('random'))}")
+    if result.permuted is not None and result.permuted.n:
+        p = result.permuted.best_head()
+        lines.append(f"control, permuted geometry (each image's cells shuffled): best head {p.label} {p.accuracy:.3f}")
     if result.selected_head:
         s = result.selected_head
         lines.append(f"head chosen on {s.selected_on}: {s.label} scores {s.accuracy:.3f} here")

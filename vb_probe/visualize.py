@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vb_probe.data.features import RegionFeatures, open_features
+from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.images import IMAGE_SUFFIXES
 from vb_probe.errors import DataError
 from vb_probe.results import GroundingResult, Head
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
 
 def heads_from_scores(per_layer_best: list[Head], count: int = 6) -> list[Head]:
@@ -58,9 +57,9 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
                      facts: dict | None = None):
     """Figure 1/5 for caption ``caption_index`` of ``image_id`` (``flickr30k`` and ``features``: readers or their
     paths); returns the figure."""
-    from vb_probe.families import head_shape
-    from vb_probe.metrics.boxes import region_hits
-    from vb_probe.pipeline import word_region_choices
+    from vb_probe.families import family_of, head_shape, image_tokens, open_inputs, reads_pixels
+    from vb_probe.metrics.boxes import rule_hits
+    from vb_probe.pipeline import family_rule, word_region_choices
     from vb_probe.queries import Collection, entity_queries
     from vb_probe.results import check_scores_shape
     from vb_probe.viz.attention import plot_attention_on_image
@@ -68,13 +67,16 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
     if scores is not None:
         check_scores_shape(scores.shape, head_shape(model), "scores")
     flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
-    store = open_features(features) if isinstance(features, (str, Path)) else features
+    family = family_of(model)
+    if reads_pixels(family) and features is None:
+        features = images_dir  # a model that reads pixels reads the images drawn on
+    store = open_inputs(family, features, features)
     captions = flickr.captions(str(image_id))
     if not 0 <= caption_index < len(captions):
         raise DataError(f"image {image_id} has captions 0..{len(captions) - 1}; --caption-index {caption_index} "
                         "is out of range")
     caption = captions[caption_index]
-    regions = store[str(image_id)]
+    regions = image_tokens(family, model, store, str(image_id))  # regions, or a pixel family's patch cells
     annotation = flickr.annotation(str(image_id))
     choices = word_region_choices(model, tokenizer, caption.words, regions, facts)  # [L, H, n]
     groups: list[int | None] = [None] * len(caption.words)
@@ -82,7 +84,7 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
     for query in entity_queries(flickr, caption, True, Collection()):  # the probe's queries: phrases with boxes
         groups[query.first_word_index:query.word_index + 1] = \
             [query.entity_id] * (query.word_index + 1 - query.first_word_index)  # an entity's words share a colour
-        entity_hits[query.entity_id] = region_hits(regions.boxes, query.gold)
+        entity_hits[query.entity_id] = rule_hits(family_rule(family), regions.boxes, query.gold)
     word_hits = [entity_hits.get(g) for g in groups]
     layer_heads = scores.per_layer_best() if scores is not None else heads_for_caption(choices, word_hits)
     panels = [{"layer": h.layer, "head": h.head, "accuracy": h.accuracy, "choices": choices[h.layer, h.head]}

@@ -112,22 +112,58 @@ def _write_vocab(out: Path, world_folder: Path) -> None:
     BertTokenizerFast.from_pretrained(str(out), do_lower_case=True).save_pretrained(str(out))
 
 
+# Each noun its own look, so that a model reading pixels can tell what an object is (a detector's features carry
+# the noun; pixels must show it): an outline shape and a band across it, 5 × 4 looks for the 18 nouns.
+SHAPES = ("ellipse", "rectangle", "triangle", "diamond", "hexagon")
+MARKS = ("none", "horizontal", "vertical", "cross")
+LOOKS = {noun: (SHAPES[i % len(SHAPES)], MARKS[i // len(SHAPES)]) for i, noun in enumerate(ALL_NOUNS)}
+
+
+def _outline(shape: str, box) -> list[tuple[float, float]] | None:
+    """The polygon of ``shape`` inside ``box`` (None: an ellipse or rectangle, drawn by PIL's own calls)."""
+    x1, y1, x2, y2 = box
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    if shape == "triangle":
+        return [(cx, y1), (x2, y2), (x1, y2)]
+    if shape == "diamond":
+        return [(cx, y1), (x2, cy), (cx, y2), (x1, cy)]
+    if shape == "hexagon":
+        q = (x2 - x1) / 4
+        return [(x1 + q, y1), (x2 - q, y1), (x2, cy), (x2 - q, y2), (x1 + q, y2), (x1, cy)]
+    return None
+
+
 def _render(folder: Path, scenes: list[Scene]) -> None:
-    """A PNG per scene: each object a filled shape in its colour, labelled; settings tint the background."""
+    """A PNG per scene: each object its noun's shape filled in its colour with its noun's band, labelled; settings
+    tint the background."""
     from PIL import Image, ImageDraw
 
     folder.mkdir(parents=True, exist_ok=True)
     tints = {"park": (200, 230, 190), "street": (215, 215, 215), "beach": (240, 225, 180), "field": (220, 235, 170)}
     rgb = {"red": (210, 40, 40), "blue": (40, 80, 210), "green": (40, 160, 60), "yellow": (235, 205, 40),
            "black": (30, 30, 30), "white": (250, 250, 250), "orange": (240, 140, 30), "purple": (140, 60, 170)}
+    dark = ("black", "blue", "purple", "red", "green")
     for scene in scenes:
         image = Image.new("RGB", (scene.width, scene.height), tints[scene.setting])
         draw = ImageDraw.Draw(image)
         for obj in sorted(scene.objects, key=lambda o: -float((o.boxes[0][2] - o.boxes[0][0]) * (o.boxes[0][3] - o.boxes[0][1]))):
+            shape, mark = LOOKS[obj.noun]
+            contrast = (255, 255, 255) if obj.colour in dark else (0, 0, 0)
             for box in obj.boxes:
-                shape = draw.ellipse if obj.group in ("animals", "other") else draw.rectangle
-                shape([float(v) for v in box], fill=rgb[obj.colour], outline=(0, 0, 0), width=2)
+                box = [float(v) for v in box]
+                polygon = _outline(shape, box)
+                if polygon is not None:
+                    draw.polygon(polygon, fill=rgb[obj.colour], outline=(0, 0, 0), width=2)
+                else:
+                    (draw.ellipse if shape == "ellipse" else draw.rectangle)(box, fill=rgb[obj.colour],
+                                                                             outline=(0, 0, 0), width=2)
+                x1, y1, x2, y2 = box
+                band_w, band_h = (x2 - x1) / 5, (y2 - y1) / 5  # thick enough to survive ViLT's down-scaling
+                cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+                if mark in ("horizontal", "cross"):
+                    draw.rectangle([x1 + band_w, cy - band_h / 2, x2 - band_w, cy + band_h / 2], fill=contrast)
+                if mark in ("vertical", "cross"):
+                    draw.rectangle([cx - band_w / 2, y1 + band_h, cx + band_w / 2, y2 - band_h], fill=contrast)
                 label = obj.noun + (f" ({obj.action})" if obj.action else "")
-                draw.text((float(box[0]) + 3, float(box[1]) + 2), label,
-                          fill=(255, 255, 255) if obj.colour in ("black", "blue", "purple", "red", "green") else (0, 0, 0))
+                draw.text((x1 + 3, y1 + 2), label, fill=contrast)
         image.save(folder / f"{scene.image_id}.png", optimize=False)

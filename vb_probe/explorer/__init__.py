@@ -24,8 +24,8 @@ from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.parses import Parse, check_parse_matches
 from vb_probe.errors import VbProbeError
-from vb_probe.families import head_shape
-from vb_probe.metrics.boxes import region_hits
+from vb_probe.families import family_of, head_shape, image_tokens, open_inputs
+from vb_probe.metrics.boxes import rule_hits
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 from vb_probe.queries import Collection, arc_queries, entity_queries, has_features
 from vb_probe.results import GroundingResult, HeadScores, check_scores_shape
@@ -65,13 +65,15 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
     same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
     attention of every head on every region (quantised), the probe's argmax region and which regions hit gold."""
     from vb_probe.api import entity_grounding
-    from vb_probe.pipeline import word_region_attention
+    from vb_probe.pipeline import family_rule, word_region_attention
 
     flickr = flickr30k
     image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
     if scores is None:
         scores = entity_grounding(model, tokenizer, flickr, features, split=split, limit=limit)
     check_scores_shape(scores.shape, head_shape(model), "scores")
+    family = family_of(model)
+    rule = family_rule(family)
     layers, heads = scores.shape
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
@@ -84,7 +86,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
         if not has_features(features, image_id, skip_missing_features):  # the probe's policy: an error, or counted
             skipped["images_without_features"] += 1
             continue
-        regions = features[image_id]
+        regions = image_tokens(family, model, features, image_id)  # detector regions, or a pixel family's cells
         annotation = flickr.annotation(image_id)
         picture = _image_uri(images_dir, image_id)
         for caption in flickr.captions(image_id):  # the probe's own queries, skips counted the same way
@@ -111,7 +113,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
                 if own is not None:
                     targets["entity"] = own
                 argmax = rows[:, :, word].argmax(-1)  # [L, H]: ties to the lowest region, as the probe
-                hits = {view: region_hits(regions.boxes, np.asarray(phrases[phrase]["gold"]))
+                hits = {view: rule_hits(rule, regions.boxes, np.asarray(phrases[phrase]["gold"]))
                         for view, phrase in targets.items()}
                 for view, hit in hits.items():  # each relation view's own grid, counted on the captions shown
                     if view != "entity":
@@ -125,7 +127,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
                              "width": float(regions.image_w or annotation.width),
                              "height": float(regions.image_h or annotation.height),
                              "regions": regions.boxes.round(1).tolist(), "picture": picture})
-    return {"split": split, "layers": layers, "heads": heads, "n": scores.n,
+    return {"split": split, "layers": layers, "heads": heads, "n": scores.n, "family": family.name, "rule": rule,
             "accuracy": [[f"{a:.6f}" for a in row] for row in scores.accuracy],
             "baselines": {k: v for k, v in scores.baselines.items() if v is not None},
             "per_layer_best": [h.head for h in scores.per_layer_best()],
@@ -215,10 +217,9 @@ def explore(model, tokenizer, flickr30k, features, progress: bool = True, **opti
     """The explorer for ``model`` on ``flickr30k``/``features`` (paths or readers); options as :func:`explorer_data`
     (``parses`` may also be a CoNLL-U file's path)."""
     from vb_probe.api import _eval_mode, _model
-    from vb_probe.data.features import open_features
 
     flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
-    features = open_features(features) if isinstance(features, (str, Path)) else features
+    features = open_inputs(family_of(_model(model)), features, features)  # pixel families: the images folder
     if isinstance(options.get("parses"), (str, Path)):  # a CoNLL-U file, as the CLI's --parses
         from vb_probe.data.parses import read_conllu
 

@@ -189,8 +189,9 @@
       const region = el("rect", { class: "region", x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
         "fill-opacity": (0.65 * weight * weight).toFixed(3), "data-region": r }, view);  // squared: the peaks stand out
       if (rows) {
-        el("title", {}, region).textContent = `region ${r}: attention ${rows[offset + r].toFixed(3)} ` +
-          "(its share of the word's attention on regions)";
+        const [unit, units] = data.rule === "pointing" ? ["patch", "patches"] : ["region", "regions"];
+        el("title", {}, region).textContent = `${unit} ${r}: attention ${rows[offset + r].toFixed(3)} ` +
+          `(its share of the word's attention on ${units})`;
       }
     });
     if (!entry) { $("status").textContent = "Hover or click a highlighted word."; return; }
@@ -198,11 +199,14 @@
     for (const g of phrase ? phrase.gold : []) el("rect", { class: "gold", x: g[0], y: g[1], width: g[2] - g[0], height: g[3] - g[1] }, view);
     const picked = entry.argmax[state.layer][state.head], b = c.regions[picked];
     const hit = (entry.hits[state.mode] || []).includes(picked);
+    const pointing = data.rule === "pointing";  // patches: scored by the pointing rule
     el("rect", { class: `picked ${hit ? "hit" : "miss"}`, x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
       "data-region": picked, "data-picked": "true" }, view);
     $("status").replaceChildren(text("b", c.words[state.word]),
-      ` (L${state.layer}H${state.head}): most-attended region `, text("b", String(picked), { id: "picked-region" }),
-      ` ${hit ? "hits gold (IoU ≥ 0.5)" : "misses gold"}; dashed: gold boxes of “` +
+      ` (L${state.layer}H${state.head}): most-attended ${pointing ? "patch" : "region"} `,
+      text("b", String(picked), { id: "picked-region" }),
+      ` ${hit ? (pointing ? "hits gold (its centre lies in a gold box)" : "hits gold (IoU ≥ 0.5)") : "misses gold"}` +
+      `; dashed: gold boxes of “` +
       `${c.words.slice(phrase.first, phrase.last + 1).join(" ")}”`);
   }
 

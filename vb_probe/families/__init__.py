@@ -15,6 +15,7 @@ imported before probing.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -122,6 +123,56 @@ def family_of(source: dict | Any, where: str = "the model") -> Family:
     raise CheckpointError(f"{type(source).__name__}: not a model vb-probe knows (config.model_type "
                           f"{getattr(getattr(source, 'config', None), 'model_type', None)!r}, expected {known}); pass "
                           "a checkpoint folder, a hub id, or a model object of a known family")
+
+
+def reads_pixels(family: Family) -> bool:
+    """Whether ``family`` reads images (``--images``) rather than region features (``--features``)."""
+    return getattr(family, "reads", "regions") == "pixels"
+
+
+def open_inputs(family: Family, features: Any = None, images: Any = None, confidence: str | None = None):
+    """What ``family`` reads the images through: a region feature store (``features``: a path or a store) or an
+    image folder (``images``: a path or an :class:`~vb_probe.data.images.ImageFolder`); a one-line error when the
+    needed one is not given."""
+    from vb_probe.data.features import open_features
+    from vb_probe.data.images import ImageFolder
+    from vb_probe.errors import VbProbeError
+
+    if reads_pixels(family):
+        if images is None:
+            raise VbProbeError(f"--images: a {family.name} model reads the images themselves; pass --images FOLDER "
+                               "(the images as <image_id>.jpg or .png)")
+        return ImageFolder(images) if isinstance(images, (str, Path)) else images
+    if features is None:
+        raise VbProbeError(f"--features: a {family.name} model reads detector regions; pass --features (an LXMERT "
+                           ".tsv, a BAN .h5 or a folder of .npz)")
+    return open_features(features, confidence) if isinstance(features, (str, Path)) else features
+
+
+def image_tokens(family: Family, model, store, image_id: str):
+    """One image's tokens as :class:`~vb_probe.data.features.Regions` (boxes in the original image's pixels):
+    the feature file's regions, or the cells a pixel family's processor makes of the image."""
+    if hasattr(family, "image_tokens"):
+        return family.image_tokens(model, store, image_id)
+    return store[image_id]
+
+
+@contextmanager
+def quiet_loading():
+    """transformers' loading report and progress bar silenced (a task model's unused head weights are expected
+    when its encoder is loaded; vb-probe says so in one note instead), then restored."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    bars = logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
 
 
 def head_shape(model) -> tuple[int, int]:

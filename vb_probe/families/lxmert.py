@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vb_probe.errors import DataError
-from vb_probe.families import Site, register_family
+from vb_probe.families import Site, quiet_loading, register_family
 from vb_probe.hub import DEFAULT_TOKENIZER
 
 MODEL_TYPE = "lxmert"
@@ -42,7 +42,8 @@ class LxmertFamily:
         from transformers import LxmertModel
 
         if isinstance(source, (str, Path)):
-            model = LxmertModel.from_pretrained(str(source))
+            with quiet_loading():  # a task model's heads are set aside: expected
+                model = LxmertModel.from_pretrained(str(source))
             model.checkpoint_path, model.load_notes = Path(source), []
             return model.eval()
         model = getattr(source, "lxmert", source)

@@ -29,6 +29,34 @@ def region_hits(regions: np.ndarray, gold: np.ndarray, threshold: float = IOU_TH
     return (iou(regions, gold) >= threshold).any(axis=1)
 
 
+def centre_hits(cells: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """[R] bool, the pointing rule: the centre of image token r's box ``cells`` [R, 4] lies inside a gold box
+    (edges included). For patches, whose cells are rarely IoU ≥ 0.5 with a box, and beside IoU for regions."""
+    cells = np.asarray(cells, dtype=np.float64).reshape(-1, 4)
+    gold = np.asarray(gold, dtype=np.float64).reshape(-1, 4)
+    if len(gold) == 0:
+        return np.zeros(len(cells), dtype=bool)
+    cx, cy = (cells[:, 0] + cells[:, 2]) / 2, (cells[:, 1] + cells[:, 3]) / 2
+    inside = ((cx[:, None] >= gold[None, :, 0]) & (cx[:, None] <= gold[None, :, 2])
+              & (cy[:, None] >= gold[None, :, 1]) & (cy[:, None] <= gold[None, :, 3]))
+    return inside.any(axis=1)
+
+
+RULES = ("iou", "pointing")
+
+
+def rule_hits(rule: str, cells: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """[R] bool under ``rule``: ``iou`` (:func:`region_hits`, the paper's) or ``pointing`` (:func:`centre_hits`)."""
+    return region_hits(cells, gold) if rule == "iou" else centre_hits(cells, gold)
+
+
+def overlaps(boxes: np.ndarray, view: np.ndarray) -> np.ndarray:
+    """[n] bool: box i of ``boxes`` [n, 4] shares some area with ``view`` [4] (what the model sees)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return ((np.minimum(boxes[:, 2], view[2]) > np.maximum(boxes[:, 0], view[0]))
+            & (np.minimum(boxes[:, 3], view[3]) > np.maximum(boxes[:, 1], view[1])))
+
+
 # Detectors and annotators round and pad: a box may pass the image edge by this share of the side (≥ 2 px).
 BOX_TOLERANCE = 0.02
 

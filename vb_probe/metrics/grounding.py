@@ -20,11 +20,15 @@ def head_choices(region_rows: torch.Tensor, region_valid: torch.Tensor) -> torch
     return masked.argmax(dim=-1)
 
 
-def head_correct(region_rows: torch.Tensor, region_valid: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
-    """[layer, n, head] bool: the head's most-attended valid region hits the target (``hits`` [n, R])."""
-    choice = head_choices(region_rows, region_valid)
+def chosen_hits(choice: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+    """[layer, n, head] bool: whether each chosen region (``choice`` [layer, n, head]) hits (``hits`` [n, R])."""
     expanded = hits[None, :, None, :].expand(choice.shape[0], -1, choice.shape[2], -1)
     return expanded.gather(-1, choice[..., None]).squeeze(-1)
+
+
+def head_correct(region_rows: torch.Tensor, region_valid: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+    """[layer, n, head] bool: the head's most-attended valid region hits the target (``hits`` [n, R])."""
+    return chosen_hits(head_choices(region_rows, region_valid), hits)
 
 
 def baseline_scores(
@@ -54,6 +58,9 @@ class HeadCounts:
     region_mass: torch.Tensor = field(default=None)  # [layer, head] float64 sum over queries
     baselines: dict[str, float] = field(default_factory=dict)  # name → sum over queries
     has_confidence: bool = True
+    # the same queries scored another way: the other rule ("iou" / "pointing") and the permuted-geometry control
+    # ("permuted"); name → HeadCounts without region mass of its own
+    alternatives: dict[str, "HeadCounts"] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_correct is None:
@@ -70,6 +77,12 @@ class HeadCounts:
             self.has_confidence = False
         for name, values in baselines.items():
             self.baselines[name] = self.baselines.get(name, 0.0) + float(values.double().sum())
+
+    def add_alternative(self, name: str, correct: torch.Tensor, baselines: dict[str, torch.Tensor]) -> None:
+        """The same queries as the last :meth:`add`, scored another way (``correct`` [layer, n, head] bool)."""
+        if name not in self.alternatives:
+            self.alternatives[name] = HeadCounts(self.layers, self.heads)
+        self.alternatives[name].add(correct, torch.zeros(correct.shape, dtype=torch.float32), baselines)
 
     def accuracy(self) -> torch.Tensor:
         return self.n_correct.double() / max(self.n, 1)
@@ -96,10 +109,12 @@ class HeadCounts:
     def to_state(self) -> dict:
         return {"layers": self.layers, "heads": self.heads, "n": self.n, "n_correct": self.n_correct.tolist(),
                 "region_mass": self.region_mass.tolist(), "baselines": self.baselines,
-                "has_confidence": self.has_confidence}
+                "has_confidence": self.has_confidence,
+                "alternatives": {name: counts.to_state() for name, counts in self.alternatives.items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> "HeadCounts":
         return cls(state["layers"], state["heads"], state["n"], torch.tensor(state["n_correct"], dtype=torch.int64),
                    torch.tensor(state["region_mass"], dtype=torch.float64), dict(state["baselines"]),
-                   state["has_confidence"])
+                   state["has_confidence"],
+                   {name: cls.from_state(sub) for name, sub in state.get("alternatives", {}).items()})

@@ -1,0 +1,244 @@
+"""ViLT (Kim et al. 2021) as a model family: transformers' own ``ViltModel``, not re-implemented.
+
+Single stream over text and image *patches*: ``[text tokens] [image CLS] [patches]``, every layer's self-attention
+over all of them (eager code in transformers, so ``output_attentions`` gives the maps; they are small). The
+image tokens are patches of the image as ViLT's own image processor resized it (shortest edge to 384, longest at
+most 640, both floored to multiples of 32: x and y scale differently), so each patch token's *cell* is a box of the
+original image: from the processor's output (its pixel mask gives the resized size), never re-derived.
+
+Two traps, both handled here: ``ViltEmbeddings.visual_embed`` deals the patches into a random order with
+``torch.multinomial`` on every forward and keeps the order only in a value the model drops, so the order is
+captured by wrapping ``visual_embed`` for the probe's forward (output unchanged) and every row is put back into
+the image's row-major cell order; and the image's own CLS token is not spatial (left out). Patches are scored by
+the pointing rule (a patch is rarely IoU ≥ 0.5 with a gold box).
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vb_probe.data.features import Regions
+from vb_probe.errors import DataError, VbProbeError
+from vb_probe.families import Site, quiet_loading, register_family
+from vb_probe.hub import DEFAULT_TOKENIZER
+
+MODEL_TYPE = "vilt"
+
+
+@dataclass
+class PatchGrid(Regions):
+    """One image as ViLT sees it: ``boxes`` [R, 4] each patch cell in the original image's pixels, row-major
+    (cell ``r * grid_w + c``); ``pixel_values`` [3, H, W] and ``pixel_mask`` [H, W] the processor's output."""
+
+    pixel_values: torch.Tensor | None = None
+    pixel_mask: torch.Tensor | None = None
+    grid: tuple[int, int] = (0, 0)  # (rows, columns) of patches
+
+
+def image_processor(folder: Path | None):
+    """ViLT's image processor: the checkpoint's own (``preprocessor_config.json``), else ViLT's defaults (those of
+    the published checkpoints). The PIL back-end when torchvision is absent (the same resizing)."""
+    try:
+        from transformers import ViltImageProcessorPil as Processor
+    except ImportError:  # an older transformers: one back-end only
+        from transformers import ViltImageProcessor as Processor
+    if folder is not None and (Path(folder) / "preprocessor_config.json").is_file():
+        return Processor.from_pretrained(str(folder))
+    return Processor()
+
+
+def patch_grid(processor, patch_size: int, image, image_id: str) -> PatchGrid:
+    """``image`` (RGB PIL) through ``processor``; the cells of the patch grid the model will read. The valid
+    patch grid is worked out from the pixel mask exactly as ``visual_embed`` does (nearest interpolation to the
+    patch grid), so cells and tokens agree for any processor settings."""
+    width, height = image.size
+    out = processor(image, return_tensors="pt")
+    pixel_values, pixel_mask = out["pixel_values"][0], out["pixel_mask"][0]
+    resized_h, resized_w = int(pixel_mask.any(1).sum()), int(pixel_mask.any(0).sum())
+    patches = torch.nn.functional.interpolate(pixel_mask[None, None].float(),
+                                              size=(pixel_mask.shape[0] // patch_size, pixel_mask.shape[1] // patch_size))
+    grid_h, grid_w = int(patches[0, 0, :, 0].sum()), int(patches[0, 0, 0, :].sum())
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    sx, sy = width / resized_w, height / resized_h  # resized pixels → original pixels, per axis
+    x1, y1 = cols.ravel() * patch_size, rows.ravel() * patch_size
+    boxes = np.stack([x1 * sx, y1 * sy, np.minimum(x1 + patch_size, resized_w) * sx,
+                      np.minimum(y1 + patch_size, resized_h) * sy], axis=1).astype(np.float32)
+    return PatchGrid(image_id, boxes, np.zeros((len(boxes), 0), np.float32), None, float(width), float(height),
+                     pixel_values, pixel_mask, (grid_h, grid_w))
+
+
+def pad_pixels(grids: list[PatchGrid]) -> dict[str, torch.Tensor]:
+    """Images of several sizes as one batch, padded at the bottom and right as ViLT's processor pads a batch:
+    ``pixel_values`` [B, 3, H_max, W_max] float32 and ``pixel_mask`` [B, H_max, W_max]."""
+    height = max(g.pixel_values.shape[1] for g in grids)
+    width = max(g.pixel_values.shape[2] for g in grids)
+    pixels = torch.zeros(len(grids), 3, height, width)
+    mask = torch.zeros(len(grids), height, width, dtype=torch.long)
+    for b, grid in enumerate(grids):
+        _, h, w = grid.pixel_values.shape
+        pixels[b, :, :h, :w] = grid.pixel_values
+        mask[b, :h, :w] = grid.pixel_mask
+    return {"pixel_values": pixels, "pixel_mask": mask}
+
+
+@contextmanager
+def captured_patch_order(model):
+    """While inside, every forward of ``model`` records the patch order ``visual_embed`` sampled:
+    ``record["patch_index"]`` [B, N, 2] (row, column) of each image token after the image CLS, and
+    ``record["mask"]`` [B, 1 + N] which image tokens are real. The model's outputs are unchanged."""
+    embeddings = model.embeddings
+    own = embeddings.__dict__.get("visual_embed")
+    original = embeddings.visual_embed
+    record: dict[str, torch.Tensor] = {}
+
+    def visual_embed(*args, **kwargs):
+        x, x_mask, (patch_index, size) = original(*args, **kwargs)
+        record["patch_index"], record["mask"] = patch_index, x_mask
+        return x, x_mask, (patch_index, size)
+
+    embeddings.visual_embed = visual_embed
+    try:
+        yield record
+    finally:
+        if own is None:
+            del embeddings.visual_embed
+        else:
+            embeddings.visual_embed = own
+
+
+@register_family
+class ViltFamily:
+    """Text and image patches in one stream; one site, the self-attention of every layer."""
+
+    name = "vilt"
+    model_type = MODEL_TYPE
+    default_tokenizer = DEFAULT_TOKENIZER  # the published ViLT checkpoints use bert-base-uncased's vocabulary
+    rule = "pointing"
+    reads = "pixels"
+
+    def recognise(self, source: dict | Any) -> bool:
+        if isinstance(source, dict):
+            return source.get("model_type") == MODEL_TYPE
+        return getattr(getattr(source, "config", None), "model_type", None) == MODEL_TYPE
+
+    def load(self, source: Path | Any):
+        """``ViltModel`` from a folder (task models' checkpoints too: their heads are set aside) or an object in
+        memory (``ViltModel``, or the ``vilt`` inside ``ViltFor*``), with its image processor."""
+        from transformers import ViltModel
+
+        if isinstance(source, (str, Path)):
+            with warnings.catch_warnings(), quiet_loading():
+                warnings.simplefilter("ignore")  # unused task-head weights are expected
+                model = ViltModel.from_pretrained(str(source))
+            model.checkpoint_path, model.load_notes = Path(source), []
+            model.image_processor = image_processor(Path(source))
+            if not (Path(source) / "preprocessor_config.json").is_file():
+                model.load_notes.append(f"{source} has no preprocessor_config.json; using ViLT's default image "
+                                        "processor (shortest edge 384, longest ≤ 640, multiples of 32)")
+            return model.eval()
+        model = getattr(source, "vilt", source)
+        if not hasattr(model, "checkpoint_path"):
+            model.checkpoint_path, model.load_notes = None, []
+        if getattr(model, "image_processor", None) is None:
+            model.image_processor = getattr(source, "image_processor", None) or image_processor(model.checkpoint_path)
+        return model
+
+    def sites(self, model) -> list[Site]:
+        return [Site("self", model.config.num_hidden_layers, model.config.num_attention_heads)]
+
+    def prepare(self, model, features, options: dict) -> dict:
+        if not (hasattr(features, "image") or isinstance(getattr(features, "regions", None), PatchGrid)):
+            raise DataError(f"{options.get('features') or getattr(features, 'source', 'the features')}: ViLT reads "
+                            "pixels, not region features; pass --images FOLDER (the images as <image_id>.jpg or .png)")
+        if options.get("mask", "posthoc") != "posthoc":
+            raise VbProbeError(f"--mask {options['mask']}: ViLT is probed post hoc only (its layers are transformers' "
+                               "own, unchanged); use --mask posthoc")
+        processor = model.image_processor
+        limit = model.config.max_image_length
+        facts = {"image_processor": {"size": dict(processor.size), "size_divisor": processor.size_divisor,
+                                     "patch_size": model.config.patch_size},
+                 "max_image_length": limit}
+        if isinstance(limit, int) and limit > 0:
+            note = (f"the model sees {limit} randomly chosen patches of each image (config.max_image_length); "
+                    "patches it did not see count as attended 0 (the draw is seeded, so runs repeat)")
+            if note not in model.load_notes:
+                model.load_notes.append(note)
+        return facts
+
+    def text_limit(self, model) -> int:
+        return model.config.max_position_embeddings
+
+    def image_tokens(self, model, features, image_id: str) -> PatchGrid:
+        """One image's patch cells (and pixels) from ``features`` (an :class:`~vb_probe.data.images.ImageFolder`)."""
+        return patch_grid(model.image_processor, model.config.patch_size, features.image(image_id), image_id)
+
+    def collate(self, model, items, tokenizer, facts: dict, max_text_len: int, features=None):
+        from vb_probe.batching import layout, pad_text
+        from vb_probe.tokenization import tokenize_words
+
+        grids: dict[str, PatchGrid] = {}
+        for item in items:
+            if isinstance(item.regions, PatchGrid):
+                grids[item.image_id] = item.regions
+            elif item.image_id not in grids:
+                grids[item.image_id] = self.image_tokens(model, features, item.image_id)
+        rows = [grids[item.image_id] for item in items]
+        tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
+        inputs = pad_text([t.input_ids for t in tokenized], tokenizer.pad_token_id)
+        inputs.update(pad_pixels(rows))
+        views = [np.array([0.0, 0.0, g.image_w, g.image_h]) for g in rows]  # ViLT sees the whole image
+        return layout(items, [t.word_last_token for t in tokenized], [g.boxes for g in rows], [None] * len(rows),
+                      inputs, rule=self.rule, views=views,
+                      grids=torch.tensor([g.grid for g in rows], dtype=torch.long))
+
+    def rows(self, model, batch, site: Site, mask: str = "posthoc", precision: str = "fp32") -> torch.Tensor:
+        """Each query's attention on the image's patch cells, in row-major cell order: [layer, n, head, R]. The
+        image CLS is left out; a cell the model did not see (``max_image_length``) and padding get 0."""
+        attentions, order = forward_with_patch_order(model, batch.inputs, precision)
+        return cell_rows(attentions, order, batch)
+
+    def twin(self, model, seed: int):
+        from transformers import ViltModel
+
+        torch.manual_seed(seed)
+        twin = ViltModel(model.config).to(next(model.parameters()).device).eval()
+        twin.checkpoint_path, twin.load_notes, twin.image_processor = None, [], model.image_processor
+        return twin
+
+
+def forward_with_patch_order(model, inputs: dict[str, torch.Tensor], precision: str = "fp32", seed: int = 0
+                             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward with ``output_attentions``: every layer's maps [layer, batch, head, S, S] (S = text + 1 + N), and
+    the patch order ``visual_embed`` drew (:func:`captured_patch_order`). The draw is seeded (``seed``), so a run
+    repeats; the global random state is left as it was."""
+    device_type = inputs["input_ids"].device.type
+    with captured_patch_order(model) as order, torch.random.fork_rng(devices=[]), \
+            torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        torch.manual_seed(seed)
+        out = model(**inputs, output_attentions=True)
+    return torch.stack(out.attentions), order
+
+
+def cell_rows(attentions: torch.Tensor, order: dict[str, torch.Tensor], batch) -> torch.Tensor:
+    """The query rows of ``attentions`` [layer, B, head, S, S] over the image tokens, put back into each image's
+    row-major cell order with the captured patch ``order``: [layer, n, head, R_max] fp32 on the CPU (cells not
+    seen and padding 0). Text comes first, then the image CLS (not spatial, left out), then the N patches."""
+    text_len = batch.inputs["input_ids"].shape[1]
+    maps = attentions.transpose(2, 3)  # [layer, batch, query, head, key]
+    image_rows = maps[:, batch.batch_index, batch.query_index, :, text_len + 1:]  # [layer, n, head, N]
+    grids = batch.extras["grids"].to(image_rows.device)  # [B, 2] patch rows, columns of each image
+    row, col = order["patch_index"][..., 0], order["patch_index"][..., 1]  # [B, N]
+    r_max = batch.region_valid.shape[1]
+    seen = (row < grids[:, None, 0]) & (col < grids[:, None, 1]) & order["mask"][:, 1:].bool()
+    cell = torch.where(seen, row * grids[:, None, 1] + col, torch.full_like(row, r_max))  # r_max: discarded
+    index = cell[batch.batch_index][None, :, None, :].expand_as(image_rows)
+    cells = torch.zeros(*image_rows.shape[:3], r_max + 1, dtype=image_rows.dtype, device=image_rows.device)
+    cells.scatter_add_(-1, index, image_rows)
+    return cells[..., :r_max].float().cpu()
