@@ -271,3 +271,36 @@ def test_a_vilt_hub_id_resolves_from_a_laid_out_cache(vilt, tmp_path, monkeypatc
     reference = vb_probe.entity_grounding(vb_probe.load_model(folder), vb_probe.load_tokenizer(folder),
                                           vilt["flickr"], vilt["images"])
     np.testing.assert_array_equal(result.n_correct, reference.n_correct)
+
+
+# ------------------------------------------------------------------------------------------- the demo and training
+
+def test_the_vilt_demo_runs_end_to_end_and_its_checkpoint_is_a_vilt(tmp_path, capsys):
+    """`vb-probe demo --family vilt` at toy size: the world, a ViLT pre-trained through the trainer loop (saved as
+    transformers' ViltForMaskedLM with its image processor), the probes by the pointing rule, the explorer, the
+    report; resuming the pre-training continues the same run."""
+    tiny = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=4",
+            "model.intermediate_size=64", "train.steps=4", "train.batch_size=8", "train.eval_every=2",
+            "train.save_every=2", "train.eval_batches=1", "model.image_size=96"]
+    out = tmp_path / "demo"
+    args = ["demo", "--family", "vilt", "--out", str(out), "--scenes", "30", "--quiet"]
+    assert probe_main(["--debug", *args, *sum((["--set", s] for s in tiny), [])]) == 0
+    report = (out / "report.md").read_text()
+    assert "pointing rule" in report and "permuted geometry" in report and "random-initialised ViLT" in report
+    run = json.loads((out / "entity_grounding" / "run.json").read_text())
+    assert run["family"] == "vilt" and run["rule"] == "pointing" and len(run["per_layer_best"]) == 2
+    assert run["n_phrases"] == run["n_scored"] + sum(run["skipped"].values())
+    assert (out / "explorer" / "index.html").is_file() and (out / "syntactic" / "syntactic.csv").is_file()
+    final = next((out / "models").iterdir()) / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert config["model_type"] == "vilt" and config["architectures"] == ["ViltForMaskedLM"]
+    from transformers import ViltForMaskedLM
+
+    ViltForMaskedLM.from_pretrained(str(final))  # transformers' own class loads it as it is
+    model = vb_probe.load_model(final)
+    assert model.image_processor.size == {"shortest_edge": 96} and model.config.patch_size == 32
+    with open(final.parent / "log.csv") as handle:
+        assert [row.split(",")[0] for row in handle.read().splitlines()[1:]] == ["1", "2", "3", "4"]
+    capsys.readouterr()
+    assert probe_main([*args, *sum((["--set", s] for s in tiny), [])]) == 0  # everything reused
+    assert "model: reusing" in capsys.readouterr().out

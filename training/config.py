@@ -32,6 +32,9 @@ class ModelSection:
     family: Literal["visualbert", "vilt"] = "visualbert"  # vilt: image patches from data.images, not regions
     patch_size: int = 32  # vilt: patch side in pixels
     image_size: int = 384  # vilt: the image processor's shortest edge (longest ≤ 1333/800 of it)
+    # vilt: "colour" starts 12 patch-embedding channels as the mean red, green and blue of each patch quadrant (a
+    # stand-in for the ImageNet ViT that ViLT starts from: a model learning to see from nothing on 2 cores does not)
+    patch_init: Literal["random", "colour"] = "random"
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class TrainConfig:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
-VILT_ONLY = (("model", "family"), ("model", "patch_size"), ("model", "image_size"), ("data", "images"))
+VILT_ONLY = (("model", "family"), ("model", "patch_size"), ("model", "image_size"), ("model", "patch_init"),
+             ("data", "images"))
 
 
 _SECTIONS = {"model": ModelSection, "objective": ObjectiveSection, "train": TrainSection, "data": DataSection}

@@ -57,7 +57,27 @@ def build_vilt(config: TrainConfig, vocab_size: int) -> ViltForPreTraining:
                       max_position_embeddings=m.max_position_embeddings, image_size=m.image_size,
                       patch_size=m.patch_size, max_image_length=-1)
     torch.manual_seed(config.train.seed)
-    return ViltForPreTraining(vilt)
+    model = ViltForPreTraining(vilt)
+    if m.patch_init == "colour":
+        colour_stem(model.mlm.vilt.embeddings.patch_embeddings.projection)
+    return model
+
+
+@torch.no_grad()
+def colour_stem(projection: nn.Conv2d) -> None:
+    """Channels 0–11 of the patch embedding (``projection``: [hidden, 3, patch, patch]) become the mean of one colour
+    channel over one quadrant of the patch (quadrant-major: top-left red, green, blue, then top-right, …): where a
+    colour lies in a patch is readable from the first step, as from a pre-trained vision stem."""
+    patch = projection.weight.shape[-1]
+    half = patch // 2
+    for quadrant in range(4):
+        rows = slice((quadrant // 2) * half, (quadrant // 2 + 1) * half)
+        cols = slice((quadrant % 2) * half, (quadrant % 2 + 1) * half)
+        for colour in range(3):
+            channel = quadrant * 3 + colour
+            projection.weight[channel] = 0.0
+            projection.weight[channel, colour, rows, cols] = 1.0 / (half * half)
+            projection.bias[channel] = 0.0
 
 
 def save_vilt(model: ViltForPreTraining, path: Path, tokenizer, processor, extra_files: dict[str, str]) -> Path:

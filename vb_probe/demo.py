@@ -179,21 +179,24 @@ def _patch_report(entity: GroundingResult, syntactic: SyntacticResult, history: 
                      f"is rarely IoU ≥ 0.5 with a box; random {shown(entity.other_rule.baselines.get('random'))}).")
     lines += [f"- Best of {entity.shape[0] * entity.shape[1]} heads chosen on test itself (biased upwards): "
               f"{best.label} {shown(best.accuracy)}.",
+              f"- **Verdict: {emergence_verdict(entity)}.**",
               "- Per-layer best: " + ", ".join(f"{h.label} {h.accuracy:.2f}" for h in entity.per_layer_best()), "",
               "![Figure 3](entity_grounding/entity_grounding.png)", "", "## Syntactic grounding (Figure 4)", "",
-              "| relation | direction | n | head chosen on val: test accuracy | random | best on test (biased) |",
-              "|---|---|---|---|---|---|"]
+              "| relation | direction | n | head chosen on val: test accuracy | random | random-init control | "
+              "best on test (biased) |",
+              "|---|---|---|---|---|---|---|"]
     for relation in syntactic.relations:
         for direction in DIRECTIONS:
             scores = syntactic.scores.get((relation, direction))
             if scores is None:
-                lines.append(f"| {relation} | {direction} | 0 | no arcs reach a boxed phrase | – | – |")
+                lines.append(f"| {relation} | {direction} | 0 | no arcs reach a boxed phrase | – | – | – |")
                 continue
             chosen = syntactic.selected.get((relation, direction))
             chosen_text = f"{chosen.label} **{shown(chosen.accuracy)}**" if chosen else "–"
-            top = scores.best_head()
+            top, control = scores.best_head(), syntactic.control.get((relation, direction))
+            control_text = shown(control.best_head().accuracy) if control is not None else "–"
             lines.append(f"| {relation} | {direction} | {scores.n} | {chosen_text} | "
-                         f"{shown(scores.baselines['random'])} | {top.label} {shown(top.accuracy)} |")
+                         f"{shown(scores.baselines['random'])} | {control_text} | {top.label} {shown(top.accuracy)} |")
     evals = [r for r in history if r.get("eval_entity_acc")]
     if evals:
         last = evals[-1]
@@ -204,6 +207,25 @@ def _patch_report(entity: GroundingResult, syntactic: SyntacticResult, history: 
     lines += ["", "Explore every head on the first 20 test images, patch cells drawn on the image: "
               "[`explorer/index.html`](explorer/index.html).", ""]
     return "\n".join(lines)
+
+
+def emergence_verdict(entity: GroundingResult) -> str:
+    """Whether grounding emerged, in one line: the head chosen on val must beat, by its 95% interval's lower end,
+    both the random-init control's best head and the permuted-geometry control's best head."""
+    selected = entity.selected_head
+    if selected is None or entity.control is None:
+        return "undecided (run with a selection split and the random-init control)"
+    low, _ = entity.interval(selected.layer, selected.head)
+    bars = {"the random-init control's best head": entity.control.best_head().accuracy}
+    if entity.permuted is not None:
+        bars["the permuted-geometry control's best head"] = entity.permuted.best_head().accuracy
+    beaten = [name for name, value in bars.items() if low <= value]
+    if not beaten:
+        return (f"grounding emerged: {selected.label}'s interval ({shown(low)} up) clears "
+                + " and ".join(f"{name} ({shown(value)})" for name, value in bars.items()))
+    return (f"grounding did not emerge: {selected.label} {shown(selected.accuracy)} (interval from {shown(low)}) "
+            f"does not clear " + " or ".join(f"{name} ({shown(bars[name])})" for name in beaten)
+            + ", which land on the named object as often without having learned anything about it")
 
 
 def _world_matches(world: Path, images: int, seed: int) -> bool:
@@ -304,6 +326,7 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
         permuted = entity.permuted.best_head()
         lines.append(f"- Control, permuted geometry (the same picks scored after each image's regions are shuffled): "
                      f"best head {permuted.label} {shown(permuted.accuracy)}.")
+    lines.append(f"- Verdict: {emergence_verdict(entity)}.")
     if entity.other_rule is not None:
         pointing = entity.other_rule.best_head()
         lines.append(f"- The pointing rule on the same picks (the chosen region's centre inside a gold box, as patch "
