@@ -290,3 +290,20 @@ def test_lxmert_through_the_cli_the_api_and_the_explorer(lxmert, tmp_path):
     again = vb_probe.entity_grounding(wrapped, vb_probe.load_tokenizer(model=vb_probe.load_model(lxmert["lxmert"])),
                                       lxmert["flickr"], lxmert["tsv"])
     np.testing.assert_array_equal(again.n_correct, result.n_correct)
+
+
+def test_an_lxmert_hub_id_resolves_from_a_laid_out_cache(lxmert, tmp_path, monkeypatch):
+    import vb_probe
+    from fixtures import lay_out_hub_cache
+
+    folder = lxmert["lxmert"]
+    lay_out_hub_cache(tmp_path, "unc-nlp/lxmert-base-uncased", {name: folder / name for name in (
+        "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")})
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = vb_probe.load_model("unc-nlp/lxmert-base-uncased")
+    assert model.config.model_type == "lxmert" and "resolved to" in model.load_notes[-1]
+    result = vb_probe.entity_grounding(model, vb_probe.load_tokenizer(model=model), lxmert["flickr"], lxmert["tsv"])
+    reference = vb_probe.entity_grounding(vb_probe.load_model(folder), vb_probe.load_tokenizer(folder),
+                                          lxmert["flickr"], lxmert["tsv"])
+    np.testing.assert_array_equal(result.n_correct, reference.n_correct)

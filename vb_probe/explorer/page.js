@@ -5,6 +5,10 @@
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("vb-data").textContent);
+  if (data.rule === "pointing") {  // patches: the pointing rule, and patches rather than regions in the key
+    document.getElementById("rule-text").textContent = "its centre lies in a gold box";
+    for (const unit of document.querySelectorAll("#legend .unit")) unit.textContent = "patch";
+  }
   const SVG = "http://www.w3.org/2000/svg";
   const state = { layer: 0, head: data.per_layer_best[0], caption: 0, word: null, mode: "entity", timer: null };
   const $ = (id) => document.getElementById(id);
@@ -92,8 +96,12 @@
       el("line", { x1: x, x2: x, y1: bar - 2, y2: bar + 10, class: `mark ${name}` }, svg);
     }
     const b = g.baselines, fmt = (v) => (v === undefined || v === null ? "n/a" : v.toFixed(3));
+    const marks = [`random ${fmt(b.random)}`];  // no detector (patches): no highest-confidence mark
+    if (b.highest_confidence !== null && b.highest_confidence !== undefined) {
+      marks.unshift(`highest-confidence region ${fmt(b.highest_confidence)}`);
+    }
     $("scale").textContent = `colour: accuracy 0 to ${top.toFixed(3)} (yellow); marks on the bar: ` +
-      `highest-confidence region ${fmt(b.highest_confidence)}, random ${fmt(b.random)} (${g.what})`;
+      `${marks.join(", ")} (${g.what})`;
   }
 
   function select(layer, head) {
