@@ -293,8 +293,9 @@ def test_lxmert_through_the_cli_the_api_and_the_explorer(lxmert, tmp_path):
 
 
 def test_an_lxmert_hub_id_resolves_from_a_laid_out_cache(lxmert, tmp_path, monkeypatch):
-    import vb_probe
     from fixtures import lay_out_hub_cache
+
+    import vb_probe
 
     folder = lxmert["lxmert"]
     lay_out_hub_cache(tmp_path, "unc-nlp/lxmert-base-uncased", {name: folder / name for name in (
