@@ -26,11 +26,7 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
     from training.config import load_config
     from training.loop import pretrain
     from training.world import build_world
-    from vb_probe.api import load_model_and_tokenizer
     from vb_probe.data.features import open_features
-    from vb_probe.data.flickr30k import Flickr30kEntities
-    from vb_probe.pipeline import ProbeConfig, grounding_result, run_probes, syntactic_result
-    from vb_probe.tables import format_entity_summary, format_syntactic_summary
 
     started = time.time()
     out = Path(out)
@@ -71,20 +67,9 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
 
     log("[3/4] probing held-out images: entity grounding + syntactic grounding in one pass "
         "(heads chosen on val, scored on test; random-init control)")
-    flickr = Flickr30kEntities(world / "flickr30k")  # each reader opened once, for every step below
-    features = open_features(world / "features.tsv")
-    cfg = ProbeConfig(ckpt=final, flickr30k=world / "flickr30k", features=world / "features.tsv", split="test",
-                      select_on="val", control=True, relations=DEMO_RELATIONS, parses=world / "parses.conllu",
-                      batch_size=32)
-    model, tokenizer, _ = load_model_and_tokenizer(cfg)
-    results = run_probes(cfg, model, tokenizer, out=out / "syntactic", progress=progress, flickr30k=flickr,
-                         features=features)
-    entity = grounding_result(results)
-    entity.save(out / "entity_grounding")
-    syntactic = syntactic_result(results)
-    syntactic.save(out / "syntactic")
-    log(format_entity_summary(entity))
-    log(format_syntactic_summary(syntactic))
+    features = open_features(world / "features.tsv")  # each reader opened once, for every step below
+    model, tokenizer, flickr, entity, syntactic = _probe_world(out, world, final, features,
+                                                               {"features": world / "features.tsv"}, progress, log)
 
     log("[4/4] figures and report")
     from vb_probe.data.parses import read_conllu
@@ -108,33 +93,43 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
     return {"entity": entity, "syntactic": syntactic, "report": out / "report.md"}
 
 
-def _patch_demo(out: Path, world: Path, final: Path, config, history: list[dict], key: str, started: float,
-                progress: bool, log) -> dict:
-    """Steps 3 and 4 for a model that reads pixels (ViLT): the same probes on the world's images, scored by the
-    pointing rule, with the IoU rule, the permuted-geometry control and the random-init control beside them."""
+def _probe_world(out: Path, world: Path, final: Path, store, where: dict, progress: bool, log):
+    """Step 3 for either family: entity and syntactic grounding of the test split in one pass (heads chosen on
+    val, the random-init control), saved and summarised. ``store``: the features or images, opened once; ``where``:
+    their path as the probe's config records it. Returns the model, tokenizer, annotations and both results."""
     from vb_probe.api import load_model_and_tokenizer
     from vb_probe.data.flickr30k import Flickr30kEntities
-    from vb_probe.data.images import ImageFolder
-    from vb_probe.data.parses import read_conllu
-    from vb_probe.explorer import explorer_data, write_explorer
     from vb_probe.pipeline import ProbeConfig, grounding_result, run_probes, syntactic_result
     from vb_probe.tables import format_entity_summary, format_syntactic_summary
 
-    log("[3/4] probing held-out images (patches, pointing rule): entity grounding + syntactic grounding in one pass "
-        "(heads chosen on val, scored on test; random-init and permuted-geometry controls)")
-    flickr, images = Flickr30kEntities(world / "flickr30k"), ImageFolder(world / "images")
-    cfg = ProbeConfig(ckpt=final, flickr30k=world / "flickr30k", images=world / "images", split="test",
-                      select_on="val", control=True, relations=DEMO_RELATIONS, parses=world / "parses.conllu",
-                      batch_size=32)
+    flickr = Flickr30kEntities(world / "flickr30k")
+    cfg = ProbeConfig(ckpt=final, flickr30k=world / "flickr30k", split="test", select_on="val", control=True,
+                      relations=DEMO_RELATIONS, parses=world / "parses.conllu", batch_size=32, **where)
     model, tokenizer, _ = load_model_and_tokenizer(cfg)
     results = run_probes(cfg, model, tokenizer, out=out / "syntactic", progress=progress, flickr30k=flickr,
-                         features=images)
+                         features=store)
     entity = grounding_result(results)
     entity.save(out / "entity_grounding")
     syntactic = syntactic_result(results)
     syntactic.save(out / "syntactic")
     log(format_entity_summary(entity))
     log(format_syntactic_summary(syntactic))
+    return model, tokenizer, flickr, entity, syntactic
+
+
+def _patch_demo(out: Path, world: Path, final: Path, config, history: list[dict], key: str, started: float,
+                progress: bool, log) -> dict:
+    """Steps 3 and 4 for a model that reads pixels (ViLT): the same probes on the world's images, scored by the
+    pointing rule, with the IoU rule, the permuted-geometry control and the random-init control beside them."""
+    from vb_probe.data.images import ImageFolder
+    from vb_probe.data.parses import read_conllu
+    from vb_probe.explorer import explorer_data, write_explorer
+
+    log("[3/4] probing held-out images (patches, pointing rule): entity grounding + syntactic grounding in one pass "
+        "(heads chosen on val, scored on test; random-init and permuted-geometry controls)")
+    images = ImageFolder(world / "images")
+    model, tokenizer, flickr, entity, syntactic = _probe_world(out, world, final, images,
+                                                               {"images": world / "images"}, progress, log)
     log("[4/4] explorer and report")
     write_explorer(explorer_data(model, tokenizer, flickr, images, split="test", limit=20, scores=entity,
                                  parses=read_conllu(world / "parses.conllu"), images_dir=world / "images",
@@ -169,17 +164,9 @@ def _patch_report(entity: GroundingResult, syntactic: SyntacticResult, history: 
         control = entity.control.best_head()
         lines.append(f"- Control, a random-initialised ViLT of the same shape: best head {control.label} "
                      f"{shown(control.accuracy)} (chosen on test: an upper bound for the control).")
-    if entity.permuted is not None:
-        permuted = entity.permuted.best_head()
-        lines.append(f"- Control, permuted geometry (the same picks against shuffled patch cells): best head "
-                     f"{permuted.label} {shown(permuted.accuracy)}.")
-    if entity.other_rule is not None:
-        iou = entity.other_rule.best_head()
-        lines.append(f"- The IoU ≥ 0.5 rule on the same picks: best head {iou.label} {shown(iou.accuracy)} (a patch "
-                     f"is rarely IoU ≥ 0.5 with a box; random {shown(entity.other_rule.baselines.get('random'))}).")
+    lines += _controls_and_rules(entity, "patch cells")
     lines += [f"- Best of {entity.shape[0] * entity.shape[1]} heads chosen on test itself (biased upwards): "
               f"{best.label} {shown(best.accuracy)}.",
-              f"- **Verdict: {emergence_verdict(entity)}.**",
               "- Per-layer best: " + ", ".join(f"{h.label} {h.accuracy:.2f}" for h in entity.per_layer_best()), "",
               "![Figure 3](entity_grounding/entity_grounding.png)", "", "## Syntactic grounding (Figure 4)", "",
               "| relation | direction | n | head chosen on val: test accuracy | random | random-init control | "
@@ -207,6 +194,24 @@ def _patch_report(entity: GroundingResult, syntactic: SyntacticResult, history: 
     lines += ["", "Explore every head on the first 20 test images, patch cells drawn on the image: "
               "[`explorer/index.html`](explorer/index.html).", ""]
     return "\n".join(lines)
+
+
+def _controls_and_rules(entity: GroundingResult, cells: str) -> list[str]:
+    """The report's lines on the permuted-geometry control, the verdict and the other scoring rule (``cells``: what
+    an image's tokens are, "regions" or "patch cells")."""
+    lines = []
+    if entity.permuted is not None:
+        permuted = entity.permuted.best_head()
+        lines.append(f"- Control, permuted geometry (the same picks scored after each image's {cells} are shuffled): "
+                     f"best head {permuted.label} {shown(permuted.accuracy)}.")
+    lines.append(f"- **Verdict: {emergence_verdict(entity)}.**")
+    if entity.other_rule is not None:
+        other = entity.other_rule.best_head()
+        rule = ("the pointing rule (the chosen region's centre inside a gold box, as patch models are scored)"
+                if entity.other_rule_name == "pointing" else "the IoU ≥ 0.5 rule (a patch rarely reaches it)")
+        lines.append(f"- {rule[0].upper()}{rule[1:]} on the same picks: best head {other.label} "
+                     f"{shown(other.accuracy)}, random {shown(entity.other_rule.baselines.get('random'))}.")
+    return lines
 
 
 def emergence_verdict(entity: GroundingResult) -> str:
@@ -322,16 +327,7 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
                      f"{control.label} {control.accuracy:.3f} (chosen on test, so an upper bound for the control).")
     lines.append(f"- Best of {entity.shape[0] * entity.shape[1]} heads chosen on test itself (biased upwards): "
                  f"{best.label} {best.accuracy:.3f} ({ratio:.2f}× the baseline).")
-    if entity.permuted is not None:
-        permuted = entity.permuted.best_head()
-        lines.append(f"- Control, permuted geometry (the same picks scored after each image's regions are shuffled): "
-                     f"best head {permuted.label} {shown(permuted.accuracy)}.")
-    lines.append(f"- Verdict: {emergence_verdict(entity)}.")
-    if entity.other_rule is not None:
-        pointing = entity.other_rule.best_head()
-        lines.append(f"- The pointing rule on the same picks (the chosen region's centre inside a gold box, as patch "
-                     f"models are scored): best head {pointing.label} {shown(pointing.accuracy)}, random "
-                     f"{shown(entity.other_rule.baselines.get('random'))}.")
+    lines += _controls_and_rules(entity, "regions")
     lines += [
         f"- Layers whose best head reaches 2× the baseline: {layers_2x or 'none'} "
         f"({'meets' if len(layers_2x) >= 2 and ratio >= 2 else 'does NOT meet'} the demo's target of ≥2× in several layers).",
