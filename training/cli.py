@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_world)
 
     p = add_parser("pretrain", "masked LM with the image + sentence-image prediction")
-    p.add_argument("--config", help="a packaged config (demo, vilt, tasks, paper) or a TOML file; vilt pre-trains a small ViLT on the images")
+    p.add_argument("--config", help="a packaged config (demo, vilt, tasks, paper) or a TOML file; vilt pre-trains a "
+                                     "small ViLT on the images")
     p.add_argument("--data", type=Path, required=True, help="folder with the captions JSON, features and tokenizer")
     p.add_argument("--out", type=Path, required=True, help="the run's folder: new or empty, or a run to --resume")
     p.add_argument("--steps", type=positive_int, help="shorthand for --set train.steps=N")
