@@ -304,3 +304,28 @@ def test_the_vilt_demo_runs_end_to_end_and_its_checkpoint_is_a_vilt(tmp_path, ca
     capsys.readouterr()
     assert probe_main([*args, *sum((["--set", s] for s in tiny), [])]) == 0  # everything reused
     assert "model: reusing" in capsys.readouterr().out
+
+
+def test_bad_images_get_one_line_naming_the_file(vilt, tmp_path, capsys):
+    """A missing image is an error naming it (or, with --skip-missing-features, its phrases are counted as skipped);
+    a file that is not an image names the file; an --images that is not a folder says so; a region model given
+    only --images asks for --features."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(vilt["images"], images)
+    (images / f"{vilt['ids'][1]}.png").unlink()
+    common = ["entity-grounding", "--ckpt", str(vilt["vilt"]), "--flickr30k", str(vilt["flickr"]), "--quiet"]
+    assert probe_main([*common, "--images", str(images), "--out", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no image {vilt['ids'][1]}" in err and "--skip-missing-features" in err
+    assert probe_main([*common, "--images", str(images), "--skip-missing-features", "--out", str(tmp_path / "b")]) == 0
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["skipped"] == {"missing_features": 2} and run["n_scored"] + 2 == run["n_phrases"] == 12
+    (images / f"{vilt['ids'][2]}.png").write_bytes(b"not a picture")
+    capsys.readouterr()
+    assert probe_main([*common, "--images", str(images), "--skip-missing-features", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{vilt['ids'][2]}.png: not a readable image" in err
+    assert probe_main([*common, "--images", str(tmp_path / "nowhere"), "--out", str(tmp_path / "d")]) == 2
+    assert "not a folder" in capsys.readouterr().err
