@@ -97,11 +97,12 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
         image = np.asarray(Image.open(image_path).convert("RGB"))
     size = (regions.image_w or annotation.width, regions.image_h or annotation.height)
     source = "its grounding accuracy" if scores is not None else "its hits on this caption"
+    rule = family_rule(family)
     return plot_attention_on_image(image, size, regions.boxes, list(caption.words), groups, panels,
                                    gold={g: annotation.boxes[g] for g in entity_hits}, hits=entity_hits,
                                    title=f"image {image_id}, caption {caption_index}: each entity word's most-attended "
-                                         f"region, in the {len(panels)} layers whose best head grounds best "
-                                         f"({source} in brackets)")
+                                         f"{'patch' if rule == 'pointing' else 'region'}, in the {len(panels)} layers "
+                                         f"whose best head grounds best ({source} in brackets)", rule=rule)
 
 
 def render_attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, features: RegionFeatures | Path,

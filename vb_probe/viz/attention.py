@@ -84,10 +84,12 @@ def plot_attention_on_image(
     gold: dict[int, np.ndarray] | None = None,
     hits: dict[int, np.ndarray] | None = None,
     title: str = "",
+    rule: str = "iou",
 ) -> Figure:
-    """``boxes`` [R, 4] the regions; ``word_groups[i]`` the entity of word i (None: not in a boxed phrase; an
-    entity's words share a colour and a number); ``gold[entity]`` [n, 4] its gold boxes (dashed); ``hits[entity]``
-    [R] bool, which regions hit them (IoU ≥ 0.5). ``panels``: dicts with ``layer``, ``head``, ``accuracy`` and
+    """``boxes`` [R, 4] the regions (or a patch model's cells: ``rule`` "pointing" says so in the key);
+    ``word_groups[i]`` the entity of word i (None: not in a boxed phrase; an entity's words share a colour and a
+    number); ``gold[entity]`` [n, 4] its gold boxes (dashed); ``hits[entity]`` [R] bool, which regions hit them
+    (by ``rule``: IoU ≥ 0.5, or the pointing rule). ``panels``: dicts with ``layer``, ``head``, ``accuracy`` and
     ``choices`` (the attended region per word, -1 to leave it out). Only picked and gold boxes are drawn: solid
     when the pick hits gold, dotted when it misses. Returns a figure of up to 2×3 panels."""
     from matplotlib.offsetbox import AnchoredOffsetbox, HPacker, TextArea
@@ -142,9 +144,10 @@ def plot_attention_on_image(
                         textprops=dict(color=colour_of.get(g, "black"), fontsize=10,
                                        weight="bold" if g is not None else "normal"))
                for i, (word, g) in enumerate(zip(words, word_groups))]
+    unit, hit = ("patch", "its centre lies in a gold box") if rule == "pointing" else ("region", "IoU ≥ 0.5")
     key = [Line2D([], [], color="black", ls="--", lw=1.4, label="gold box of the entity"),
-           Line2D([], [], color="black", ls="-", lw=2.4, label="most-attended region: hits gold (IoU ≥ 0.5)"),
-           Line2D([], [], color="black", ls=":", lw=2.4, label="most-attended region: misses")]
+           Line2D([], [], color="black", ls="-", lw=2.4, label=f"most-attended {unit}: hits gold ({hit})"),
+           Line2D([], [], color="black", ls=":", lw=2.4, label=f"most-attended {unit}: misses")]
     footer = fig.add_subplot(grid[rows, :])  # the caption, its entities numbered and coloured, then the key
     footer.set_axis_off()
     footer.add_artist(AnchoredOffsetbox(loc="upper center", child=HPacker(children=caption, pad=0, sep=4),
