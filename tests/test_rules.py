@@ -74,6 +74,9 @@ def test_both_rules_and_the_permuted_control_are_counted_by_hand():
     score_batch(OneTokenHeads("pointing"), None, _batch(rule="pointing"), counts)
     np.testing.assert_array_equal(counts["entity"].n_correct[0], [1, 1, 1])
     np.testing.assert_array_equal(counts["entity"].alternatives["iou"].n_correct[0], [1, 0, 1])
+    counts = {}  # the family's rule decides, whatever its layout was told
+    score_batch(OneTokenHeads("pointing"), None, _batch(rule="iou"), counts)
+    np.testing.assert_array_equal(counts["entity"].n_correct[0], [1, 1, 1])
 
 
 def test_the_permutation_depends_on_the_image_alone():

@@ -173,13 +173,14 @@ def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mas
     check_finite_rows(region_rows, batch, source)
     mass = region_rows.sum(-1)  # [layer, n, head]
     choice = head_choices(region_rows, batch.region_valid)  # [layer, n, head]: one argmax for every rule
-    scored = {"main": (batch.hits, baseline_scores(batch.hits, batch.region_valid, batch.confidences))}
     rule = family_rule(family)
+    hits = batch.targets.get(rule, batch.hits)  # the family's rule decides, whatever its layout was told
+    scored = {"main": (hits, baseline_scores(hits, batch.region_valid, batch.confidences))}
     for other, targets in batch.targets.items():
         if other != rule:
             scored[other] = (targets, baseline_scores(targets, batch.region_valid, batch.confidences))
     if batch.permutation is not None:
-        scored["permuted"] = (batch.hits.gather(-1, batch.permutation), {})
+        scored["permuted"] = (hits.gather(-1, batch.permutation), {})
     groups = np.array(batch.groups)
     for group in dict.fromkeys(batch.groups):
         sel = torch.from_numpy(np.flatnonzero(groups == group))
@@ -232,8 +233,8 @@ def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], d
         state = json.loads(path.read_text(encoding="utf-8"))
         saved_run, done = state["run"], int(state["done"])
         counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
-        truncated = {str(group): Counter({str(k): int(v) for k, v in reasons.items()})
-                     for group, reasons in state["truncated"].items()}
+        late_skips = {str(group): Counter({str(k): int(v) for k, v in reasons.items()})
+                      for group, reasons in state["truncated"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, RecursionError) as exc:
         raise VbProbeError(f"{path}: the saved progress is damaged ({type(exc).__name__}); run again without "
                            "--resume to start over") from None
@@ -242,7 +243,7 @@ def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], d
         shown = ", ".join(f"{k} {saved_run.get(k)!r} → {run.get(k)!r}" for k in differs[:3])
         raise VbProbeError(f"{path}: saved progress is for another run ({shown}); resume with the same options, "
                            "or run again without --resume")
-    return done, counts, truncated
+    return done, counts, late_skips
 
 
 @torch.no_grad()
@@ -265,8 +266,8 @@ def probe_pass(
     fingerprint: dict | None = None,
     features: RegionFeatures | None = None,
 ) -> tuple[dict[str, HeadCounts], dict[str, Counter]]:
-    """Score every query of ``items`` (returns the counts per group, and per group the queries skipped when their
-    batch was built: ``truncated``, ``outside_view``); only the probed attention rows are computed and reduced per batch.
+    """Score every query of ``items``: the counts per group, and per group the queries skipped when their batch was
+    built (``truncated``, ``outside_view``). Only the probed attention rows are computed and reduced per batch.
     ``facts``: what the model's family prepared for its inputs (:meth:`Family.prepare`).
 
     Batches are read from ``features`` and collated in a background thread while the model runs on the batch
@@ -281,12 +282,12 @@ def probe_pass(
     from vb_probe.atomic import write_json
 
     counts: dict[str, HeadCounts] = {}
-    truncated: dict[str, Counter] = {}  # group → reason → count: skips found only when the batch is built
+    late_skips: dict[str, Counter] = {}  # group → reason → count: skips found only when the batch is built
     done = 0
     n_batches = (len(items) + batch_size - 1) // batch_size
     run = {**(fingerprint or {}), "n_items": len(items), "batch_size": batch_size, "precision": precision}
     if resume and state_path is not None and state_path.is_file():
-        done, counts, truncated = _load_progress(state_path, run)
+        done, counts, late_skips = _load_progress(state_path, run)
     model.eval()  # attention dropout would distort the weights being read
     family = family_of(model)
     bar = tqdm(total=n_batches, initial=done, desc=description, unit="batch", disable=not progress, leave=False)
@@ -298,16 +299,16 @@ def probe_pass(
         batch = to_device(cpu_batch, device, pin=device.type == "cuda")
         for reason, queries in (("truncated", batch.truncated), ("outside_view", batch.outside_view)):
             for query in queries:
-                truncated.setdefault(query.group, Counter())[reason] += 1
+                late_skips.setdefault(query.group, Counter())[reason] += 1
         score_batch(family, model, batch, counts, mask, precision,
                     source=features.source if features is not None else "")
         bar.update(1)
         if state_path is not None and ((number + 1) % save_every == 0):
             write_json(state_path, {"run": run, "done": number + 1,
                                     "counts": {g: c.to_state() for g, c in counts.items()},
-                                    "truncated": {g: dict(c) for g, c in truncated.items()}})
+                                    "truncated": {g: dict(c) for g, c in late_skips.items()}})
     bar.close()
-    return counts, truncated
+    return counts, late_skips
 
 
 # ----------------------------------------------------------------------------------------------- entry point
@@ -372,7 +373,7 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         items, seen = collect_items(flickr, features, image_ids, entity=cfg.entity, relations=cfg.relations,
                                     parses=parses, parse_source=parse_source, skip_unannotated=cfg.skip_unannotated,
                                     skip_missing_features=cfg.skip_missing_features)
-        counts, truncated = probe_pass(
+        counts, late_skips = probe_pass(
             run_model, tokenizer, items, batch_size=cfg.batch_size, facts=facts,
             max_text_len=min(cfg.max_text_len, family.text_limit(model)), mask=cfg.mask,
             precision=cfg.precision, device=device, progress=progress, description=label,
@@ -381,7 +382,7 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
                          "features": features_key, "items": items_digest(items)},
             features=features,
         )
-        for group, reasons in truncated.items():
+        for group, reasons in late_skips.items():
             seen.skipped.setdefault(group, Counter()).update(reasons)
         return SplitResult(counts, seen.skipped, dict(seen.n_units), len(image_ids), seen.n_captions)
 
