@@ -48,10 +48,10 @@ class OneTokenHeads:
         return torch.eye(3)[None, None].expand(1, n, 3, 3).clone()  # [layer, n, head, R]
 
 
-def _batch(views=None, rule: str = "iou"):
+def _batch(views=None):
     items = [ProbeItem("k0", ("a", "dog"), "img-1", [Query("entity", 1, GOLD, unit="p0")]),
              ProbeItem("k1", ("a", "cat"), "img-2", [Query("entity", 1, np.array([[200, 200, 260, 260]]), unit="p1")])]
-    return layout(items, [[1, 2], [1, 2]], [CELLS, CELLS], [None, None], {}, rule=rule, views=views)
+    return layout(items, [[1, 2], [1, 2]], [CELLS, CELLS], [None, None], {}, views=views)
 
 
 def test_both_rules_and_the_permuted_control_are_counted_by_hand():
@@ -71,12 +71,9 @@ def test_both_rules_and_the_permuted_control_are_counted_by_hand():
     np.testing.assert_array_equal(entity.alternatives["permuted"].n_correct[0], expected)
     # a family whose rule is pointing: the grid is pointing, IoU beside it
     counts = {}
-    score_batch(OneTokenHeads("pointing"), None, _batch(rule="pointing"), counts)
+    score_batch(OneTokenHeads("pointing"), None, _batch(), counts)
     np.testing.assert_array_equal(counts["entity"].n_correct[0], [1, 1, 1])
     np.testing.assert_array_equal(counts["entity"].alternatives["iou"].n_correct[0], [1, 0, 1])
-    counts = {}  # the family's rule decides, whatever its layout was told
-    score_batch(OneTokenHeads("pointing"), None, _batch(rule="iou"), counts)
-    np.testing.assert_array_equal(counts["entity"].n_correct[0], [1, 1, 1])
 
 
 def test_the_permutation_depends_on_the_image_alone():

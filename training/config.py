@@ -182,7 +182,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise VbProbeError(f"{path}: config file not found; pass --config demo (a packaged config) or a TOML "
                                "path") from None
         except IsADirectoryError:
-            raise VbProbeError(f"{path}: is a folder; pass --config with a TOML file, or demo, tasks or paper") from None
+            raise VbProbeError(f"{path}: is a folder; pass --config with a TOML file, or demo, vilt, tasks or paper") from None
         except UnicodeDecodeError as exc:
             raise VbProbeError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8, re-save it") from None
         except tomllib.TOMLDecodeError as exc:

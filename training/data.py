@@ -117,7 +117,7 @@ class PretrainData:
         if not self.train_images:
             raise DataError(f"{data_dir / data.captions}: no images in splits {list(data.train_splits)}; "
                             "set data.train_splits")
-        self._regions_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._image_cache: dict = {}  # image → its regions' features, or its processed pixels (ViLT)
         self.n_special = max(tokenizer.all_special_ids) + 1
         self.visual_dim = self.features.dim
 
@@ -126,18 +126,18 @@ class PretrainData:
         float16 after the first read."""
         from vb_probe.families.vilt import patch_grid
 
-        if image not in self._regions_cache:
+        if image not in self._image_cache:
             grid = patch_grid(self.processor, self.processor.size_divisor,
                               self.features.image(self.image_ids[image]), self.image_ids[image])
             grid.pixel_values = grid.pixel_values.half()
-            self._regions_cache[image] = grid
-        grid = self._regions_cache[image]
+            self._image_cache[image] = grid
+        grid = self._image_cache[image]
         return replace(grid, pixel_values=grid.pixel_values.float())
 
     def regions(self, image: int, max_regions: int) -> np.ndarray:
-        if image not in self._regions_cache:
-            self._regions_cache[image] = self.features[self.image_ids[image]].features[:max_regions]
-        return self._regions_cache[image]
+        if image not in self._image_cache:
+            self._image_cache[image] = self.features[self.image_ids[image]].features[:max_regions]
+        return self._image_cache[image]
 
     def _sample(self, pool: list[int], rng: np.random.Generator, objective: ObjectiveSection):
         """(image, [captions], match): the paper's pair, a single-caption ITM sample, or one caption."""

@@ -26,15 +26,15 @@ class ProbeBatch:
     """Model inputs plus, per scored query: its row (batch index, token position), targets and image-token info.
 
     ``inputs`` are the family's (the engine never reads them); ``extras`` what the family's ``rows`` needs
-    besides (e.g. where the image tokens start). ``targets`` holds each rule's hits (``iou``, ``pointing``);
-    ``hits`` is the family's own rule's. ``permutation`` [n, R] re-deals each image's token cells among its tokens
+    besides (e.g. where the image tokens start). ``targets`` holds each rule's hits (``iou``, ``pointing``); the
+    engine scores the grid by the family's own. ``permutation`` [n, R] re-deals each image's token cells among its tokens
     (the same for every query of an image, seeded by its id): the permuted-geometry control scores against
     ``targets[rule].gather(-1, permutation)``."""
 
     inputs: dict[str, torch.Tensor]
     batch_index: torch.Tensor  # [n]
     query_index: torch.Tensor  # [n]
-    hits: torch.Tensor  # [n, R_max] bool, under the family's rule
+    targets: dict[str, torch.Tensor]  # rule → [n, R_max] bool: which image tokens hit the query's gold boxes
     region_valid: torch.Tensor  # [n, R_max] bool
     confidences: torch.Tensor | None  # [n, R_max]
     groups: list[str]
@@ -42,7 +42,6 @@ class ProbeBatch:
     image_ids: list[str] = field(default_factory=list)  # [B] the image of each row (named in errors)
     feature_peak: list[float] = field(default_factory=list)  # [B] largest |feature| of each row's image
     extras: dict = field(default_factory=dict)
-    targets: dict[str, torch.Tensor] = field(default_factory=dict)  # rule → [n, R_max] bool
     permutation: torch.Tensor | None = None  # [n, R_max] long
     outside_view: list[Query] = field(default_factory=list)  # queries whose gold the model cannot see (skipped)
 
@@ -85,14 +84,14 @@ def read_regions(items: list[ProbeItem], features) -> list[Regions]:
 
 
 def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]], cells: Sequence[np.ndarray],
-           confidences: Sequence[np.ndarray | None], inputs: dict[str, torch.Tensor], *, rule: str = "iou",
+           confidences: Sequence[np.ndarray | None], inputs: dict[str, torch.Tensor], *,
            views: Sequence[np.ndarray | None] | None = None, **extras) -> ProbeBatch:
     """The engine's view of a batch. ``word_positions[b][w]``: the sequence position of word w's last sub-word
     in row b (None: cut by truncation); ``cells[b]`` [R_b, 4] each image token's box in the original image's
-    pixels; ``confidences[b]`` [R_b] or None; ``rule`` the family's scoring rule (``iou`` or ``pointing``);
-    ``views[b]`` [4] the part of the original image the model sees (None: all of it), a query none of whose gold
-    boxes overlaps it is skipped (``outside_view``). Hits are computed once per image and gold set under both
-    rules (a phrase's captions share them)."""
+    pixels; ``confidences[b]`` [R_b] or None; ``views[b]`` [4] the part of the original image the model sees
+    (None: all of it), a query none of whose gold boxes overlaps it is skipped (``outside_view``). Hits are
+    computed once per image and gold set under both rules (a phrase's captions share them); which one makes the
+    grid is the family's rule, the engine's choice."""
     from vb_probe.metrics.boxes import RULES, overlaps, rule_hits
 
     r_max = max(len(c) for c in cells)
@@ -139,19 +138,17 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
     def stacked(rows: list[np.ndarray], dtype) -> torch.Tensor:
         return torch.from_numpy(np.stack(rows)) if n else torch.zeros(0, r_max, dtype=dtype)
 
-    target_tensors = {name: stacked(rows, torch.bool) for name, rows in targets.items()}
     return ProbeBatch(
         inputs=inputs,
         batch_index=torch.tensor(b_idx, dtype=torch.long),
         query_index=torch.tensor(q_idx, dtype=torch.long),
-        hits=target_tensors[rule],
+        targets={name: stacked(rows, torch.bool) for name, rows in targets.items()},
         region_valid=stacked(valid, torch.bool),
         confidences=torch.from_numpy(np.stack(confs)) if (n and any_confidence) else None,
         groups=groups,
         truncated=truncated,
         image_ids=[item.image_id for item in items],
         extras=extras,
-        targets=target_tensors,
         permutation=stacked(perms, torch.long),
         outside_view=outside,
     )

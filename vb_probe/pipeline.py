@@ -30,11 +30,11 @@ from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.parses import Parse, SpacyParser, read_conllu, to_conllu
 from vb_probe.devices import resolve_device
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.families import Family, family_of, open_inputs
+from vb_probe.families import Family, family_of, family_rule, open_inputs
 from vb_probe.hub import resolve, weights_file
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, chosen_hits, head_choices
 from vb_probe.queries import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeItem, Query, collect_items
-from vb_probe.results import GroundingResult, HeadScores, SyntacticResult, _round, _selected, versions
+from vb_probe.results import GroundingResult, HeadScores, SyntacticResult, _selected, versions
 
 MaskMode = Literal["posthoc", "intervene"]
 Precision = Literal["fp32", "bf16"]
@@ -174,7 +174,7 @@ def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mas
     mass = region_rows.sum(-1)  # [layer, n, head]
     choice = head_choices(region_rows, batch.region_valid)  # [layer, n, head]: one argmax for every rule
     rule = family_rule(family)
-    hits = batch.targets.get(rule, batch.hits)  # the family's rule decides, whatever its layout was told
+    hits = batch.targets[rule]  # the grid: the family's own rule
     scored = {"main": (hits, baseline_scores(hits, batch.region_valid, batch.confidences))}
     for other, targets in batch.targets.items():
         if other != rule:
@@ -192,12 +192,6 @@ def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mas
                 group_counts.add(correct, mass[:, sel], picked)
             else:
                 group_counts.add_alternative(name, correct, picked)
-
-
-def family_rule(family: Family) -> str:
-    """The rule a family's heads are scored by: ``iou`` (detector regions, the paper's) unless it says
-    ``pointing`` (patches, rarely IoU ≥ 0.5 with a box)."""
-    return getattr(family, "rule", "iou")
 
 
 PASSES = ("main", "select", "control")  # one progress file each: .<pass>.progress.json in --out
@@ -508,8 +502,8 @@ def grounding_result(results: ProbeResults) -> GroundingResult:
         n_phrases=n_phrases, skipped={k: int(v) for k, v in skipped.items()},
         selected_head=_selected(scores, HeadScores.from_counts(select) if select else None, results.config.select_on),
         control=_control_scores(control), provenance=provenance(results),
-        other_rule=_alternative(counts, "pointing" if results.rule == "iou" else "iou", with_baselines=True),
-        permuted=_alternative(counts, "permuted"))
+        other_rule=_other_rule_scores(counts, results.rule),
+        permuted=_control_scores(counts.alternatives.get("permuted")))
 
 
 def syntactic_result(results: ProbeResults) -> SyntacticResult:
@@ -540,13 +534,10 @@ def syntactic_result(results: ProbeResults) -> SyntacticResult:
                            selected, control, provenance(results))
 
 
-def _alternative(counts: HeadCounts, name: str, with_baselines: bool = False) -> HeadScores | None:
-    """One of the counts' other scorings (:meth:`HeadCounts.add_alternative`) as scores (baselines: its own)."""
-    other = counts.alternatives.get(name)
-    if other is None:
-        return None
-    return HeadScores(other.n_correct.numpy().astype(np.int64), other.n, None,
-                      {k: _round(v) for k, v in other.baseline_accuracy().items()} if with_baselines else {})
+def _other_rule_scores(counts: HeadCounts, rule: str) -> HeadScores | None:
+    """The same picks under the rule that is not the grid's, with that rule's own baselines."""
+    other = counts.alternatives.get("pointing" if rule == "iou" else "iou")
+    return None if other is None else HeadScores.from_counts(other, with_mass=False)
 
 
 def _control_scores(counts: HeadCounts | None) -> HeadScores | None:

@@ -57,9 +57,9 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
                      facts: dict | None = None):
     """Figure 1/5 for caption ``caption_index`` of ``image_id`` (``flickr30k`` and ``features``: readers or their
     paths); returns the figure."""
-    from vb_probe.families import family_of, head_shape, image_tokens, open_inputs, reads_pixels
+    from vb_probe.families import family_of, family_rule, head_shape, image_tokens, open_inputs, reads_pixels
     from vb_probe.metrics.boxes import rule_hits
-    from vb_probe.pipeline import family_rule, word_region_choices
+    from vb_probe.pipeline import word_region_choices
     from vb_probe.queries import Collection, entity_queries
     from vb_probe.results import check_scores_shape
     from vb_probe.viz.attention import plot_attention_on_image

@@ -24,7 +24,7 @@ from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.parses import Parse, check_parse_matches
 from vb_probe.errors import VbProbeError
-from vb_probe.families import family_of, head_shape, image_tokens, open_inputs
+from vb_probe.families import family_of, family_rule, head_shape, image_tokens, open_inputs
 from vb_probe.metrics.boxes import rule_hits
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 from vb_probe.queries import Collection, arc_queries, entity_queries, has_features
@@ -65,7 +65,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
     same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
     attention of every head on every region (quantised), the probe's argmax region and which regions hit gold."""
     from vb_probe.api import entity_grounding
-    from vb_probe.pipeline import family_rule, word_region_attention
+    from vb_probe.pipeline import word_region_attention
 
     flickr = flickr30k
     image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)

@@ -104,6 +104,13 @@ def known_families() -> dict[str, Family]:
     return dict(FAMILIES)
 
 
+def model_type_of(source: dict | Any) -> str | None:
+    """``model_type`` of a ``config.json`` dict, or of a model object's ``config`` (None when it has none)."""
+    if isinstance(source, dict):
+        return source.get("model_type")
+    return getattr(getattr(source, "config", None), "model_type", None)
+
+
 def family_of(source: dict | Any, where: str = "the model") -> Family:
     """The family that recognises ``source`` (a ``config.json`` dict or a model object); a one-line error
     naming what was found and what is known otherwise."""
@@ -114,15 +121,20 @@ def family_of(source: dict | Any, where: str = "the model") -> Family:
         if family.recognise(source):
             return family
     known = " or ".join(repr(f.model_type) for f in FAMILIES.values())
+    found = model_type_of(source)
     if isinstance(source, dict):
-        found = source.get("model_type")
         hint = (" (a BERT folder initialises pre-training with `vb-train pretrain --set model.init=bert:<folder>`)"
                 if found == "bert" else "")
         raise CheckpointError(f"{where}: model_type is {found!r}, expected {known}; pass a checkpoint of a model "
                               f"family vb-probe knows{hint}")
-    raise CheckpointError(f"{type(source).__name__}: not a model vb-probe knows (config.model_type "
-                          f"{getattr(getattr(source, 'config', None), 'model_type', None)!r}, expected {known}); pass "
-                          "a checkpoint folder, a hub id, or a model object of a known family")
+    raise CheckpointError(f"{type(source).__name__}: not a model vb-probe knows (config.model_type {found!r}, "
+                          f"expected {known}); pass a checkpoint folder, a hub id, or a model object of a known family")
+
+
+def family_rule(family: Family) -> str:
+    """The rule a family's heads are scored by: ``iou`` (detector regions, the paper's) unless it says
+    ``pointing`` (patches, rarely IoU ≥ 0.5 with a box)."""
+    return getattr(family, "rule", "iou")
 
 
 def reads_pixels(family: Family) -> bool:

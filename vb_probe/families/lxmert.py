@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vb_probe.errors import DataError
-from vb_probe.families import Site, quiet_loading, register_family
+from vb_probe.families import Site, model_type_of, quiet_loading, register_family
 from vb_probe.hub import DEFAULT_TOKENIZER
 
 MODEL_TYPE = "lxmert"
@@ -32,9 +32,7 @@ class LxmertFamily:
     default_tokenizer = DEFAULT_TOKENIZER  # LXMERT's checkpoints use the bert-base-uncased vocabulary
 
     def recognise(self, source: dict | Any) -> bool:
-        if isinstance(source, dict):
-            return source.get("model_type") == MODEL_TYPE
-        return getattr(getattr(source, "config", None), "model_type", None) == MODEL_TYPE
+        return model_type_of(source) == MODEL_TYPE
 
     def load(self, source: Path | Any):
         """``LxmertModel`` from a folder (task models' checkpoints too: transformers drops their heads) or from an

@@ -26,7 +26,7 @@ import torch
 
 from vb_probe.data.features import Regions
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.families import Site, quiet_loading, register_family
+from vb_probe.families import Site, model_type_of, quiet_loading, register_family
 from vb_probe.hub import DEFAULT_TOKENIZER
 
 MODEL_TYPE = "vilt"
@@ -124,9 +124,7 @@ class ViltFamily:
     reads = "pixels"
 
     def recognise(self, source: dict | Any) -> bool:
-        if isinstance(source, dict):
-            return source.get("model_type") == MODEL_TYPE
-        return getattr(getattr(source, "config", None), "model_type", None) == MODEL_TYPE
+        return model_type_of(source) == MODEL_TYPE
 
     def load(self, source: Path | Any):
         """``ViltModel`` from a folder (task models' checkpoints too: their heads are set aside) or an object in
@@ -195,7 +193,7 @@ class ViltFamily:
         inputs.update(pad_pixels(rows))
         views = [np.array([0.0, 0.0, g.image_w, g.image_h]) for g in rows]  # ViLT sees the whole image
         return layout(items, [t.word_last_token for t in tokenized], [g.boxes for g in rows], [None] * len(rows),
-                      inputs, rule=self.rule, views=views,
+                      inputs, views=views,
                       grids=torch.tensor([g.grid for g in rows], dtype=torch.long))
 
     def rows(self, model, batch, site: Site, mask: str = "posthoc", precision: str = "fp32") -> torch.Tensor:

@@ -59,7 +59,7 @@ class HeadCounts:
     baselines: dict[str, float] = field(default_factory=dict)  # name → sum over queries
     has_confidence: bool = True
     # the same queries scored another way: the other rule ("iou" / "pointing") and the permuted-geometry control
-    # ("permuted"); name → HeadCounts without region mass of its own
+    # ("permuted"); name → HeadCounts whose region mass stays 0 (the picks' mass is the main counts')
     alternatives: dict[str, "HeadCounts"] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -68,11 +68,12 @@ class HeadCounts:
         if self.region_mass is None:
             self.region_mass = torch.zeros(self.layers, self.heads, dtype=torch.float64)
 
-    def add(self, correct: torch.Tensor, mass: torch.Tensor, baselines: dict[str, torch.Tensor]) -> None:
-        """``correct`` [layer, n, head] bool, ``mass`` [layer, n, head], baselines name → [n]."""
+    def add(self, correct: torch.Tensor, mass: torch.Tensor | None, baselines: dict[str, torch.Tensor]) -> None:
+        """``correct`` [layer, n, head] bool, ``mass`` [layer, n, head] (None: not kept), baselines name → [n]."""
         self.n += correct.shape[1]
         self.n_correct += correct.sum(1).to(torch.int64).cpu()
-        self.region_mass += mass.double().sum(1).cpu()
+        if mass is not None:
+            self.region_mass += mass.double().sum(1).cpu()
         if "highest_confidence" not in baselines:
             self.has_confidence = False
         for name, values in baselines.items():
@@ -82,7 +83,7 @@ class HeadCounts:
         """The same queries as the last :meth:`add`, scored another way (``correct`` [layer, n, head] bool)."""
         if name not in self.alternatives:
             self.alternatives[name] = HeadCounts(self.layers, self.heads)
-        self.alternatives[name].add(correct, torch.zeros(correct.shape, dtype=torch.float32), baselines)
+        self.alternatives[name].add(correct, None, baselines)
 
     def accuracy(self) -> torch.Tensor:
         return self.n_correct.double() / max(self.n, 1)
