@@ -1,4 +1,4 @@
-"""Row capture (``vb_probe.families.row_capture``) against the two ways of reading a decoder's attention that
+"""Row capture (``vb_probe.families.decoder.rows``) against the two ways of reading a decoder's attention that
 transformers offers: a plain fast forward (sdpa, no attention out: the ceiling) and eager ``output_attentions=True``
 (every layer's full map). A random Llama-shaped model over ~2,900 tokens (an anyres-sized image prompt), batch 1;
 each variant runs in a process of its own so that peak memory (``ru_maxrss`` on CPU) is its own. Prints each
@@ -31,7 +31,7 @@ def build(args):
 
 
 def run_variant(args) -> dict:
-    from vb_probe.families.row_capture import capture_rows, register
+    from vb_probe.families.decoder.rows import capture_rows, register
 
     device = torch.device("cpu")
     model = build(args)

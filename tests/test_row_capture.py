@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vb_probe.families.row_capture import ROW_CAPTURE, capture_rows, register, row_capture_attention
+from vb_probe.families.decoder.rows import ROW_CAPTURE, capture_rows, register, row_capture_attention
 
 
 def _eager_rows(model, inputs: dict, positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

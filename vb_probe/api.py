@@ -55,29 +55,40 @@ class TokenizerFallback(UserWarning):
 ModelSource = str | Path | torch.nn.Module
 
 
-def load_model(src: ModelSource, *, device: str | torch.device | None = None) -> torch.nn.Module:
+def load_model(src: ModelSource, *, device: str | torch.device | None = None, precision: str = "fp32",
+               device_map: str | dict | None = None) -> torch.nn.Module:
     """A probe-ready model in eval mode, of the family its ``config.json`` (or class) names:
 
     - a checkpoint folder (for VisualBERT: transformers format, task models' checkpoints included);
-    - a hub id such as ``uclanlp/visualbert-vqa-coco-pre``, through the hub cache (``HF_HOME``,
-      ``HF_HUB_OFFLINE``);
+    - a hub id such as ``uclanlp/visualbert-vqa-coco-pre`` or ``llava-hf/llava-1.5-7b-hf``, through the hub cache
+      (``HF_HOME``, ``HF_HUB_OFFLINE``);
     - a model in memory: ours (returned as it is, edits included), our pre-training model (its encoder), or
-      transformers' own VisualBERT models (converted by parameter name; task heads set aside).
+      transformers' own models of a known family (VisualBERT converted by parameter name; task heads set aside).
+
+    Decoder models (LLaVA, Qwen2-VL, PaliGemma) load in bf16 with ``precision="bf16"`` and across devices with
+    ``device_map`` (accelerate's, e.g. ``"auto"``: then ``device`` is where the inputs go).
     """
     device = resolve_device(str(device)) if device is not None else None  # before anything is loaded
-    model = _model(src)
-    if device is not None:
+    model = _model(src, precision=precision, device_map=device_map)
+    if device is not None and device_map is None:
         model.to(device)
     return model.eval()
 
 
-def _model(src: ModelSource) -> torch.nn.Module:
+def _model(src: ModelSource, precision: str = "fp32", device_map: str | dict | None = None) -> torch.nn.Module:
     """The probe-ready model for ``src`` (its family's), its training mode untouched (the probes set and restore
     it)."""
     if isinstance(src, torch.nn.Module):
         return family_of(src).load(src)
     folder = resolve(src, "--ckpt")
-    model = family_of(folder_config(folder), str(folder / "config.json")).load(folder)
+    family = family_of(folder_config(folder), str(folder / "config.json"))
+    if getattr(family, "loads_across_devices", False):
+        dtype = torch.bfloat16 if precision == "bf16" else None
+        model = family.load(folder, dtype=dtype, device_map=device_map)
+    elif device_map is not None:
+        raise VbProbeError(f"--device-map: {family.name} models load on one device; leave --device-map out")
+    else:
+        model = family.load(folder)
     if str(src) != str(model.checkpoint_path):
         model.load_notes.append(f"{src} resolved to {model.checkpoint_path}")
     return model
@@ -92,6 +103,8 @@ def load_tokenizer(src: str | Path | None = None, model: torch.nn.Module | None 
     from vb_probe.tokenization import load_tokenizer as load_folder
 
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if src is None and model is not None and hasattr(family_of(model), "tokenizer_of"):
+        return family_of(model).tokenizer_of(model)  # a decoder's processor brings its tokenizer
     if src is None and getattr(model, "tokenizer_path", None) is not None:
         src = model.tokenizer_path  # the tokenizer a fine-tuned model was trained with
     if src is None:
@@ -129,7 +142,8 @@ def _probe(model, tokenizer, flickr30k: Flickr30kEntities | str | Path, features
     where = {"images" if reads_pixels(family) else "features": Path(features.source)}
     cfg = ProbeConfig(flickr30k=flickr.root, device=device, confidence=confidence, **where, **options)
     with _eval_mode(encoder):
-        return run_probes(cfg, encoder.to(device), tokenizer, progress=progress, flickr30k=flickr, features=features)
+        placed = encoder if getattr(encoder, "hf_device_map", None) else encoder.to(device)  # accelerate placed it
+        return run_probes(cfg, placed, tokenizer, progress=progress, flickr30k=flickr, features=features)
 
 
 def entity_grounding(

@@ -38,17 +38,30 @@ def _load(args: argparse.Namespace, masked_lm: bool = False):
     """The model (``--ckpt``: folder or hub id; with ``masked_lm`` its masked-LM head too) and tokenizer, through
     the API, printing a one-line note for each fallback."""
     from vb_probe.api import load_masked_lm, load_model, load_tokenizer
+    from vb_probe.distributed import world
     from vb_probe.families import family_of
 
+    world("cuda" if str(args.device).startswith("cuda") else "cpu")  # under torchrun: this process's GPU first
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = (load_masked_lm if masked_lm else load_model)(args.ckpt, device=args.device)
+        if masked_lm:
+            model = load_masked_lm(args.ckpt, device=args.device)
+        else:  # decoders load in bf16 when asked, and across devices with --device-map
+            model = load_model(args.ckpt, device=args.device, precision=getattr(args, "precision", "fp32"),
+                               device_map=getattr(args, "device_map", None))
         encoder = family_of(model).load(model) if masked_lm else model
         tokenizer = load_tokenizer(args.tokenizer, model=encoder)
     _print_notes(caught)
     for note in getattr(encoder, "load_notes", []):
         print(f"note: {note}")
     return model, tokenizer
+
+
+def _writes_results() -> bool:
+    """Under torchrun every process probes its share and ends with the same counts; process 0 writes them."""
+    from vb_probe.distributed import world
+
+    return world().main
 
 
 def _probe_config(args: argparse.Namespace, **extra):
@@ -59,7 +72,8 @@ def _probe_config(args: argparse.Namespace, **extra):
         tokenizer=args.tokenizer, visual_token_type=args.visual_token_type, mask=args.mask,
         precision=args.precision, batch_size=args.batch_size, device=args.device, limit=args.limit,
         confidence=args.confidence, skip_unannotated=args.skip_unannotated,
-        skip_missing_features=args.skip_missing_features, select_on=args.select_on, control=args.control, **extra,
+        skip_missing_features=args.skip_missing_features, select_on=args.select_on, control=args.control,
+        localization_prompts=args.localization_prompts, device_map=args.device_map, **extra,
     )
 
 
@@ -72,6 +86,8 @@ def cmd_entity_grounding(args: argparse.Namespace) -> int:
     out = _writable_out(args.out)
     model, tokenizer = _load(args)
     results = run_probes(_probe_config(args), model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
+    if not _writes_results():
+        return 0
     result = grounding_result(results)
     result.save(out)
     print(format_entity_summary(result))
@@ -93,6 +109,8 @@ def cmd_syntactic(args: argparse.Namespace) -> int:
     cfg = _probe_config(args, entity=False, relations=tuple(args.relation), parses=args.parses,
                         parser=args.parser, spacy_model=args.spacy_model)
     results = run_probes(cfg, model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
+    if not _writes_results():
+        return 0
     result = syntactic_result(results)
     result.save(out)
     print(format_syntactic_summary(result))
@@ -260,6 +278,10 @@ def _probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-missing-features", action="store_true",
                    help="count phrases of images without features as skipped instead of failing")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
+    p.add_argument("--device-map", help="decoder models: spread the weights over the devices with accelerate "
+                   "(e.g. auto) for a model bigger than one device")
+    p.add_argument("--localization-prompts", type=positive_int, default=500,
+                   help="decoder models: entity queries that feed the unsupervised choice of localization heads")
     p.add_argument("--out", type=Path, required=True, help="folder for the CSV, run.json and figures")
 
 

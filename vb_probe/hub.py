@@ -68,7 +68,8 @@ def resolve(source: str | os.PathLike, what: str = "--ckpt") -> Path:
                               f"not be reached ({reason}); fetch it with {fetch}") from None
 
 
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt")  # model.pt: `vb-train finetune`
+# model.pt: `vb-train finetune`; the index: a checkpoint sharded as the hub keeps large models
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.safetensors.index.json")
 
 
 def weights_file(folder: str | Path) -> Path:
@@ -81,7 +82,7 @@ def weights_file(folder: str | Path) -> Path:
             return folder / name
     raise CheckpointError(
         f"{folder}: no model.safetensors or pytorch_model.bin; expected a transformers checkpoint folder "
-        "(sharded checkpoints: merge the shards first)"
+        "(or model.safetensors.index.json with its shards)"
     )
 
 
@@ -109,3 +110,26 @@ def read_config_json(folder: Path) -> dict:
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path}: holds a JSON {type(raw).__name__}, expected an object of config fields")
     return raw
+
+
+def shard_sha256(index: Path) -> dict[str, str]:
+    """Each shard a ``model.safetensors.index.json`` names → its SHA-256: from the hub cache's blob name where the
+    file is one (the cache names blobs by their hash), else read."""
+    import json
+
+    from vb_probe.atomic import file_sha256
+
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{index}: not a readable weight index ({type(exc).__name__}); download the checkpoint "
+                              "again") from None
+    out = {}
+    for name in shards:
+        path = index.parent / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: a shard the index names is missing; download the checkpoint again")
+        blob = path.resolve()
+        known = blob.parent.name == "blobs" and len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name)
+        out[name] = blob.name if known else file_sha256(path)
+    return out

@@ -71,6 +71,14 @@ class ProbeConfig:
     parser: Literal["spacy"] | None = None
     spacy_model: str | None = None
     parse_cache: Path | None = None
+    # decoder families: how many entity queries of the probed split feed the unsupervised selection of localization
+    # heads, and how the weights are spread over devices (accelerate's device_map, e.g. "auto")
+    localization_prompts: int = 500
+    device_map: str | None = None
+
+
+# options added after run.json's config was fixed: recorded only when they differ from these defaults
+_LATER_OPTIONS = {"localization_prompts": 500, "device_map": None}
 
 
 @dataclass
@@ -162,10 +170,12 @@ def _batches(items: list[ProbeItem], batch_size: int) -> Iterator[list[ProbeItem
 
 
 def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "posthoc",
-                precision: Precision = "fp32", source: str = "the features") -> None:
+                precision: Precision = "fp32", source: str = "the features", prompts: int = 0) -> None:
     """One forward over a collated batch (on the model's device); every head's pick for every query added to
     ``counts`` (group → :class:`HeadCounts`) under the family's rule, with the baselines through the same rule;
-    the same picks under the other rule and against permuted geometry kept as the counts' alternatives."""
+    the same picks under the other rule and against permuted geometry kept as the counts' alternatives. For a family
+    that reports localization (decoders), also the picks per grid place and, for up to ``prompts`` entity queries,
+    every head's image share and spatial entropy (:func:`add_localization`)."""
     if not len(batch.groups):
         return
     site = family.sites(model)[0]
@@ -192,6 +202,39 @@ def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mas
                 group_counts.add(correct, mass[:, sel], picked)
             else:
                 group_counts.add_alternative(name, correct, picked)
+        if getattr(family, "localization", False) and group == ENTITY:
+            add_localization(group_counts, region_rows[:, sel], mass[:, sel], choice[:, sel], hits[sel],
+                             batch.extras["grids"][batch.batch_index.cpu()][sel], prompts)
+
+
+def add_localization(counts: HeadCounts, rows: torch.Tensor, mass: torch.Tensor, choice: torch.Tensor,
+                     hits: torch.Tensor, grids: torch.Tensor, prompts: int) -> None:
+    """A patch family's extras for one group's queries: picks and hits per place of the grid (the fixed-position
+    baseline), and, for the first ``prompts`` queries, every head's image share and spatial entropy (the
+    unsupervised selection). ``rows`` [layer, n, head, R], ``mass`` and ``choice`` [layer, n, head], ``hits`` [n, R],
+    ``grids`` [n, 2]."""
+    from vb_probe.metrics.localization import spatial_entropies
+    from vb_probe.metrics.positions import BINS, cell_places, hits_per_place, picks_per_place
+
+    places = cell_places(grids, rows.shape[-1])
+    picks, place_hits = picks_per_place(choice.cpu(), places), hits_per_place(hits.cpu(), grids)
+    counts.position_picks = picks if counts.position_picks is None else counts.position_picks + picks
+    counts.position_hits = place_hits if counts.position_hits is None else counts.position_hits + place_hits
+    assert counts.position_picks.shape == (BINS,)
+    have = 0 if counts.prompt_share is None else counts.prompt_share.shape[0]
+    take = max(0, min(prompts - have, rows.shape[1]))
+    if not take:
+        return
+    layers, _, heads, _ = rows.shape
+    entropy = torch.empty(take, layers, heads, dtype=torch.float32)
+    for shape in {tuple(g) for g in grids[:take].tolist()}:
+        which = torch.from_numpy(np.flatnonzero([tuple(g) == shape for g in grids[:take].tolist()]))
+        cells = shape[0] * shape[1]
+        maps = rows[:, which, :, :cells].permute(1, 0, 2, 3).reshape(-1, *shape)  # [m · layer · head, h, w]
+        entropy[which] = spatial_entropies(maps).reshape(len(which), layers, heads).float()
+    share = mass[:, :take].permute(1, 0, 2).float().cpu()
+    counts.prompt_share = share if counts.prompt_share is None else torch.cat([counts.prompt_share, share])
+    counts.prompt_entropy = entropy if counts.prompt_entropy is None else torch.cat([counts.prompt_entropy, entropy])
 
 
 PASSES = ("main", "select", "control")  # one progress file each: .<pass>.progress.json in --out
@@ -259,6 +302,7 @@ def probe_pass(
     save_every: int = 10,
     fingerprint: dict | None = None,
     features: RegionFeatures | None = None,
+    prompts: int = 0,
 ) -> tuple[dict[str, HeadCounts], dict[str, Counter]]:
     """Score every query of ``items``: the counts per group, and per group the queries skipped when their batch was
     built (``truncated``, ``outside_view``). Only the probed attention rows are computed and reduced per batch.
@@ -270,38 +314,84 @@ def probe_pass(
     With ``state_path``, counts and the number of finished batches are saved atomically every
     ``save_every`` batches; ``resume`` continues from there without counting anything twice, and only when
     the saved run's ``fingerprint`` (everything that changes the counts) equals this one's.
+
+    Under ``torchrun`` the batches are dealt among the processes (:mod:`vb_probe.distributed`); every process
+    returns the same counts, folded in batch order as one process folds them. ``prompts``: how many entity queries
+    keep every head's image share and spatial entropy (families that report localization).
     """
     from tqdm.auto import tqdm
 
     from vb_probe.atomic import write_json
+    from vb_probe.distributed import gather, world
 
+    device = torch.device(device)
+    where = world(device.type)
     counts: dict[str, HeadCounts] = {}
     late_skips: dict[str, Counter] = {}  # group → reason → count: skips found only when the batch is built
     done = 0
-    n_batches = (len(items) + batch_size - 1) // batch_size
     run = {**(fingerprint or {}), "n_items": len(items), "batch_size": batch_size, "precision": precision}
+    if where.size > 1:
+        run["processes"] = where.size
+        if state_path is not None:
+            state_path = state_path.with_name(state_path.name.replace(".progress", f".rank{where.rank}.progress"))
     if resume and state_path is not None and state_path.is_file():
         done, counts, late_skips = _load_progress(state_path, run)
     model.eval()  # attention dropout would distort the weights being read
     family = family_of(model)
-    bar = tqdm(total=n_batches, initial=done, desc=description, unit="batch", disable=not progress, leave=False)
-    device = torch.device(device)
-    chunks = list(_batches(items, batch_size))[done:]
+    mine = [(number, chunk) for number, chunk in enumerate(_batches(items, batch_size)) if where.mine(number)]
+    bar = tqdm(total=len(mine), initial=done, desc=description, unit="batch", disable=not progress or not where.main,
+               leave=False)
     collated = prefetched((lambda chunk=chunk: family.collate(model, chunk, tokenizer, facts, max_text_len, features))
-                          for chunk in chunks)
-    for number, cpu_batch in enumerate(collated, start=done):
+                          for _, chunk in mine[done:])
+    deltas: list[tuple[int, dict]] = []  # (batch number, its counts): merged in batch order across processes
+    for finished, (cpu_batch, (number, _)) in enumerate(zip(collated, mine[done:]), start=done + 1):
         batch = to_device(cpu_batch, device, pin=device.type == "cuda")
         for reason, queries in (("truncated", batch.truncated), ("outside_view", batch.outside_view)):
             for query in queries:
                 late_skips.setdefault(query.group, Counter())[reason] += 1
-        score_batch(family, model, batch, counts, mask, precision,
-                    source=features.source if features is not None else "")
+        batch_counts: dict[str, HeadCounts] = {}
+        kept = counts.get(ENTITY).prompt_share if ENTITY in counts else None
+        score_batch(family, model, batch, batch_counts, mask, precision,
+                    source=features.source if features is not None else "",
+                    prompts=prompts - (0 if kept is None else kept.shape[0]))
+        if where.size > 1:
+            deltas.append((number, {g: c.to_state() for g, c in batch_counts.items()}))
+        for group, delta in batch_counts.items():
+            counts.setdefault(group, HeadCounts(delta.layers, delta.heads)).merge(delta)
         bar.update(1)
-        if state_path is not None and ((number + 1) % save_every == 0):
-            write_json(state_path, {"run": run, "done": number + 1,
+        if state_path is not None and (finished % save_every == 0):
+            write_json(state_path, {"run": run, "done": finished,
                                     "counts": {g: c.to_state() for g, c in counts.items()},
                                     "truncated": {g: dict(c) for g, c in late_skips.items()}})
     bar.close()
+    if where.size > 1:
+        if done:
+            raise VbProbeError("--resume: a run sharded across processes starts over (its counts must be folded in "
+                               "batch order); run again without --resume")
+        counts, late_skips = _fold(gather((deltas, {g: dict(c) for g, c in late_skips.items()}), where), prompts)
+    return counts, late_skips
+
+
+def _fold(shards: list[tuple[list[tuple[int, dict]], dict]], prompts: int
+          ) -> tuple[dict[str, HeadCounts], dict[str, Counter]]:
+    """Every process's per-batch counts folded in batch order (as one process adds them), the prompts kept for
+    localization cut to the first ``prompts`` as one process keeps them, and the late skips summed."""
+    counts: dict[str, HeadCounts] = {}
+    late_skips: dict[str, Counter] = {}
+    ordered = sorted((number, state) for deltas, _ in shards for number, state in deltas)
+    for _, state in ordered:
+        for group, sub in state.items():
+            delta = HeadCounts.from_state(sub)
+            total = counts.setdefault(group, HeadCounts(delta.layers, delta.heads))
+            kept = 0 if total.prompt_share is None else total.prompt_share.shape[0]
+            if delta.prompt_share is not None:
+                room = max(0, prompts - kept)
+                delta.prompt_share, delta.prompt_entropy = (None, None) if not room else (
+                    delta.prompt_share[:room], delta.prompt_entropy[:room])
+            total.merge(delta)
+    for _, skips in shards:
+        for group, reasons in skips.items():
+            late_skips.setdefault(group, Counter()).update(reasons)
     return counts, late_skips
 
 
@@ -317,6 +407,10 @@ def checkpoint_info(ckpt: Path | str | None, model=None) -> dict:
     folder = resolve(ckpt, "--ckpt")
     weights = weights_file(folder)
     info = {"path": str(folder.resolve()), "weights": weights.name, "sha256": file_sha256(weights)}
+    if weights.name.endswith(".index.json"):
+        from vb_probe.hub import shard_sha256
+
+        info["shards"] = shard_sha256(weights)
     if str(ckpt) != str(folder):
         info["hub_id"] = str(ckpt)
     return info
@@ -374,7 +468,7 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
             state_path=progress_path(out, state_name) if out is not None else None, resume=resume,
             fingerprint={**config_dict(cfg), "pass": state_name, "pass_split": split, "model": checkpoint,
                          "features": features_key, "items": items_digest(items)},
-            features=features,
+            features=features, prompts=cfg.localization_prompts if state_name == "main" else 0,
         )
         for group, reasons in late_skips.items():
             seen.skipped.setdefault(group, Counter()).update(reasons)
@@ -417,7 +511,7 @@ def items_digest(items: list[ProbeItem]) -> str:
 
 def config_dict(cfg: ProbeConfig) -> dict:
     return {k: (str(Path(v).resolve()) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v)
-            for k, v in asdict(cfg).items()}
+            for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
 
 
 class SingleImage:
@@ -503,7 +597,42 @@ def grounding_result(results: ProbeResults) -> GroundingResult:
         selected_head=_selected(scores, HeadScores.from_counts(select) if select else None, results.config.select_on),
         control=_control_scores(control), provenance=provenance(results),
         other_rule=_other_rule_scores(counts, results.rule),
-        permuted=_control_scores(counts.alternatives.get("permuted")))
+        permuted=_control_scores(counts.alternatives.get("permuted")),
+        localization=localization_block(counts, select, results.config))
+
+
+def localization_block(counts: HeadCounts, select: HeadCounts | None, cfg: ProbeConfig) -> dict | None:
+    """A decoder family's extras for run.json: the fixed-position baseline (the grid place the heads pick most
+    often on the selection split, and how often a pointer fixed there hits gold here), and the heads Kang et al.'s
+    criterion selects without boxes, each with its accuracy against gold here. None for other families."""
+    from vb_probe.metrics.intervals import wilson_interval
+    from vb_probe.metrics.localization import select_from_entropies
+    from vb_probe.metrics.positions import place_label
+
+    if counts.position_picks is None:
+        return None
+    source, chosen_on = (select, cfg.select_on) if select is not None and select.position_picks is not None else (
+        counts, cfg.split)
+    place = int(source.position_picks.argmax())
+    picks = int(source.position_picks.sum())
+    block = {"fixed_position": {"chosen_on": chosen_on, "place": [round(v, 6) for v in place_label(place)],
+                                "share_of_picks": round(int(source.position_picks[place]) / max(picks, 1), 6),
+                                "accuracy": round(int(counts.position_hits[place]) / max(counts.n, 1), 6)}}
+    top_k, skip_layers, count = 10, 2, 3
+    heads = []
+    if counts.prompt_share is not None:
+        selected = select_from_entropies(counts.prompt_share.numpy(), counts.prompt_entropy.numpy(), top_k=top_k,
+                                         skip_layers=skip_layers, count=count)
+        for layer, head, votes in selected:
+            correct = int(counts.n_correct[layer, head])
+            low, high = wilson_interval(correct, counts.n)
+            heads.append({"layer": layer, "head": head, "votes": votes, "accuracy": round(correct / counts.n, 6),
+                          "ci95": [round(low, 6), round(high, 6)]})
+    block["unsupervised_selection"] = {
+        "method": "Kang et al. 2025: image share above the elbow, lowest spatial entropy, first layers left out",
+        "prompts": 0 if counts.prompt_share is None else int(counts.prompt_share.shape[0]), "split": cfg.split,
+        "top_k": top_k, "skip_layers": skip_layers, "heads": heads}
+    return block
 
 
 def syntactic_result(results: ProbeResults) -> SyntacticResult:

@@ -35,6 +35,9 @@ PROTOCOL_CHOICES = {
     "selection": "selected_head: best on another split, scored here; control_random_init: same probe, random weights",
     "permuted_geometry": "control_permuted_geometry: the same picks scored after each image's token cells are "
                          "shuffled (seeded by the image id)",
+    "fixed_position": "decoders: a pointer fixed at the grid place the heads pick most on the selection split",
+    "localization_selection": "decoders: Kang et al. 2025 heads chosen without boxes (image share above the elbow, "
+                              "lowest spatial entropy, layers 0-1 left out), scored against gold",
 }
 
 

@@ -348,6 +348,7 @@ class GroundingResult(HeadScores):
     provenance: dict = field(default_factory=dict)
     other_rule: HeadScores | None = None  # the same picks under the other rule, with its own baselines
     permuted: HeadScores | None = None  # the permuted-geometry control: the same picks against shuffled cells
+    localization: dict | None = None  # decoder families: the fixed-position baseline and the unsupervised heads
 
     FILES = ("entity_grounding.csv", "run.json", "entity_grounding.png")
 
@@ -367,7 +368,8 @@ class GroundingResult(HeadScores):
                 "best_head": summary["best_head"], "per_layer_best": summary["per_layer_best"],
                 "selected_head": _selected_dict(self.selected_head), "control_random_init": _control_dict(self.control),
                 "other_rule": _other_rule_dict(self.other_rule, self.other_rule_name),
-                "control_permuted_geometry": _control_dict(self.permuted), "split": self.split, **self.provenance}
+                "control_permuted_geometry": _control_dict(self.permuted), "split": self.split,
+                **({"localization": self.localization} if self.localization is not None else {}), **self.provenance}
 
     def plot(self, ax=None):
         """Figure 3 (the layer × head grid, with the head chosen on another split and the control's best head);
@@ -392,7 +394,8 @@ class GroundingResult(HeadScores):
         folder = folder.parent if folder.is_file() else folder
         run = _read_run(folder, "entity_grounding")
         known = {"probe", "n_phrases", "n_scored", "skipped", "baselines", "best_head", "per_layer_best",
-                 "selected_head", "control_random_init", "split", "other_rule", "control_permuted_geometry"}
+                 "selected_head", "control_random_init", "split", "other_rule", "control_permuted_geometry",
+                 "localization"}
         with _fields_of(folder / "run.json"):
             scores = HeadScores.from_rows(read_table(folder / "entity_grounding.csv"), dict(run.get("baselines", {})),
                                           str(folder / "entity_grounding.csv"))
@@ -402,7 +405,8 @@ class GroundingResult(HeadScores):
                          control=_control_from(run.get("control_random_init")),
                          provenance={k: v for k, v in run.items() if k not in known},
                          other_rule=_other_rule_from(run.get("other_rule")),
-                         permuted=_control_from(run.get("control_permuted_geometry")))
+                         permuted=_control_from(run.get("control_permuted_geometry")),
+                         localization=run.get("localization"))
         if result.n_phrases != result.n + sum(result.skipped.values()):
             raise DataError(f"{folder / 'run.json'}: n_phrases {result.n_phrases} is not the {result.n} scored plus "
                             f"{sum(result.skipped.values())} skipped; the files do not belong together, run the probe again")
@@ -413,7 +417,8 @@ class GroundingResult(HeadScores):
                 and self.skipped == other.skipped and self.selected_head == other.selected_head
                 and (self.control == other.control if self.control is not None else other.control is None)
                 and self.provenance == other.provenance
-                and _same(self.other_rule, other.other_rule) and _same(self.permuted, other.permuted))
+                and _same(self.other_rule, other.other_rule) and _same(self.permuted, other.permuted)
+                and self.localization == other.localization)
 
     __eq__ = equals
     __hash__ = None

@@ -30,9 +30,11 @@ from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 from vb_probe.queries import Collection, arc_queries, entity_queries, has_features
 from vb_probe.results import GroundingResult, HeadScores, check_scores_shape
 
-__all__ = ["explorer_data", "write_explorer", "Explorer", "explore", "PAGE"]
+__all__ = ["explorer_data", "write_explorer", "Explorer", "explore", "PAGE", "stored_heads"]
 
 PAGE = "index.html"  # what `vb-probe explore --out DIR` writes into DIR
+ALL_HEADS_UP_TO = 256  # beyond this many heads the page keeps the maps of the best heads only
+TOP_HEADS = 16
 
 
 def _image_uri(images_dir: Path | None, image_id: str, max_side: int = 480) -> str | None:
@@ -60,10 +62,15 @@ def _quantised(rows: np.ndarray) -> str:
 def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: RegionFeatures, *, split: str = "test",
                   limit: int | None = 20, scores: GroundingResult | None = None, parses: dict[str, Parse] | None = None,
                   relations: tuple[str, ...] = ("nsubj", "dobj", "pobj", "amod"), images_dir: Path | None = None,
-                  skip_missing_features: bool = False, progress: bool = False) -> dict:
+                  skip_missing_features: bool = False, progress: bool = False, all_heads_up_to: int = ALL_HEADS_UP_TO
+                  ) -> dict:
     """Everything the page shows, as plain JSON-able data: the head grid (``scores``, else computed here on the
     same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
-    attention of every head on every region (quantised), the probe's argmax region and which regions hit gold."""
+    attention of every head on every region (quantised), the probe's argmax region and which regions hit gold.
+
+    A model of more than ``all_heads_up_to`` heads (a 7B decoder has 1,024, over 576 image tokens) keeps the
+    attention maps of each layer's best head and the top heads only (``stored_heads``); every head's pick and
+    hits are still kept."""
     from vb_probe.api import entity_grounding
     from vb_probe.pipeline import word_region_attention
 
@@ -75,6 +82,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
     family = family_of(model)
     rule = family_rule(family)
     layers, heads = scores.shape
+    stored = None if layers * heads <= all_heads_up_to else stored_heads(scores)
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
     seen = Collection()
@@ -119,7 +127,8 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
                     if view != "entity":
                         _tally(modes.setdefault(view, HeadCounts(layers, heads)), rows[:, :, word], hit,
                                regions.confidences)
-                entries[str(word)] = {"rows": _quantised(rows[:, :, word]), "argmax": argmax.tolist(),
+                kept = rows[:, :, word] if stored is None else rows[[l for l, _ in stored], [h for _, h in stored], word][None]
+                entries[str(word)] = {"rows": _quantised(kept), "argmax": argmax.tolist(),
                                       "hits": {view: [int(i) for i in np.flatnonzero(hit)]
                                                for view, hit in hits.items()}}
             captions.append({"key": caption.key, "image": image_id, "words": list(caption.words),
@@ -133,7 +142,17 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
             "per_layer_best": [h.head for h in scores.per_layer_best()],
             "views": sorted({f"{a['relation']}/{a['direction']}" for c in captions for a in c["arcs"]}),
             "modes": {view: _mode_json(counts) for view, counts in sorted(modes.items())},
-            "skipped": skipped, "captions": captions}
+            "skipped": skipped, "captions": captions,
+            **({"stored_heads": [list(pair) for pair in stored]} if stored is not None else {})}
+
+
+def stored_heads(scores: HeadScores, top: int = TOP_HEADS) -> list[tuple[int, int]]:
+    """The heads whose maps a large model's page keeps: each layer's best and the ``top`` best overall (ties: the
+    lower layer, then head), in (layer, head) order."""
+    accuracy = scores.accuracy
+    order = sorted(((-accuracy[l, h], l, h) for l in range(accuracy.shape[0]) for h in range(accuracy.shape[1])))
+    chosen = {(h.layer, h.head) for h in scores.per_layer_best()} | {(l, h) for _, l, h in order[:top]}
+    return sorted(chosen)
 
 
 def _tally(counts: HeadCounts, row: np.ndarray, hit: np.ndarray, confidences: np.ndarray | None) -> None:

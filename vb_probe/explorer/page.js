@@ -26,6 +26,10 @@
   };
   const decoded = new Map();  // "<caption>:<word>" → Float32Array [layer][head][region], rows re-normalised
 
+  // a large model's page keeps the maps of some heads only ("stored_heads"); every head's pick is kept
+  const storedIndex = data.stored_heads ? new Map(data.stored_heads.map(([l, h], i) => [l * data.heads + h, i])) : null;
+  function slotOf(layer, head) { return storedIndex ? storedIndex.get(layer * data.heads + head) : layer * data.heads + head; }
+
   function rowsOf(ci, word) {
     const key = ci + ":" + word;
     if (!decoded.has(key)) {
@@ -189,8 +193,9 @@
     for (const span of document.querySelectorAll("#caption span")) span.classList.toggle("active", +span.dataset.word === state.word);
     const entry = state.word === null ? undefined : c.queries[state.word];
     const regions = c.regions.length;
-    const rows = entry ? rowsOf(state.caption, state.word) : null;
-    const offset = (state.layer * data.heads + state.head) * regions;
+    const slot = slotOf(state.layer, state.head);  // undefined: this head's map is not kept (a large model)
+    const rows = entry && slot !== undefined ? rowsOf(state.caption, state.word) : null;
+    const offset = (slot || 0) * regions;
     const peak = rows ? Math.max(...rows.slice(offset, offset + regions)) : 0;
     c.regions.forEach((b, r) => {
       const weight = rows ? rows[offset + r] / (peak || 1) : 0;
@@ -215,7 +220,8 @@
       text("b", String(picked), { id: "picked-region" }),
       ` ${hit ? (pointing ? "hits gold (its centre lies in a gold box)" : "hits gold (IoU ≥ 0.5)") : "misses gold"}` +
       `; dashed: gold boxes of “` +
-      `${c.words.slice(phrase.first, phrase.last + 1).join(" ")}”`);
+      `${c.words.slice(phrase.first, phrase.last + 1).join(" ")}”` +
+      (slot === undefined ? "; this head's map is not kept at this model's size (each layer's best and the top heads are)" : ""));
   }
 
   function stop() { if (state.timer) { clearInterval(state.timer); state.timer = null; $("play").textContent = "▶ best head of each layer"; } }

@@ -120,7 +120,9 @@ def family_of(source: dict | Any, where: str = "the model") -> Family:
     for family in FAMILIES.values():
         if family.recognise(source):
             return family
-    known = " or ".join(repr(f.model_type) for f in FAMILIES.values())
+    ordered = sorted(FAMILIES.values(), key=lambda f: (f.name != "visualbert", f.name))  # the same whatever came first
+    types = [t for f in ordered for t in getattr(f, "model_types", (f.model_type,))]
+    known = ", ".join(repr(t) for t in types[:-1]) + f" or {types[-1]!r}" if len(types) > 1 else repr(types[0])
     found = model_type_of(source)
     if isinstance(source, dict):
         hint = (" (a BERT folder initialises pre-training with `vb-train pretrain --set model.init=bert:<folder>`)"

@@ -76,8 +76,10 @@ def row_capture_attention(module, query: torch.Tensor, key: torch.Tensor, value:
             mask = attention_mask.gather(2, positions[:, None, :, None].expand(-1, attention_mask.shape[1], -1, keys))
         eager = _eager_of(module)
         scale = scaling if scaling is not None else dim ** -0.5
-        _, weights = eager(module, picked, key, value, _additive(mask, query.dtype), scaling=scale, dropout=0.0,
-                           **kwargs)
+        # the weights are wanted, not the output: an empty value makes the eager code's output (and its copy of
+        # the values for grouped-query attention) cost nothing
+        _, weights = eager(module, picked, key, value[..., :0], _additive(mask, query.dtype), scaling=scale,
+                           dropout=0.0, **kwargs)
         plan.rows[getattr(module, "layer_idx", len(plan.rows))] = weights.float()
     return output, None
 

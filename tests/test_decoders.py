@@ -1,0 +1,456 @@
+"""Decoder VLMs (LLaVA, Qwen2-VL, PaliGemma) as one family: tiny random models built in memory with their real
+processors. Rows against eager output_attentions with the logits unchanged; geometry against each processor's own
+pixels on three aspect ratios and against Qwen2-VL's own position ids; words through word_ids(); LLaVA's crop
+skipping what it cuts away; a planted head found by the gold probe and by the criterion without boxes; hub ids,
+sharded checkpoints, device_map and two torchrun processes giving the one-process tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from decoder_fixtures import BUILDERS, tiny_llava, tiny_qwen2_vl
+from fixtures import lay_out_hub_cache
+from PIL import Image
+from test_vilt import _write_world
+
+import vb_probe
+from vb_probe.cli import main as probe_main
+from vb_probe.data.images import ImageFolder
+from vb_probe.families import family_of
+from vb_probe.families.decoder import DecoderFamily, image_cells
+from vb_probe.families.decoder.rows import register
+from vb_probe.queries import collect_items
+
+KINDS = list(BUILDERS)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return _write_world(tmp_path_factory.mktemp("decoder_world"))
+
+
+def _probe_ready(kind: str, **options):
+    model = BUILDERS[kind](**options)
+    return DecoderFamily().load(model)
+
+
+def _batch(model, world, n_items: int = 4):
+    family = family_of(model)
+    flickr, images = vb_probe.Flickr30kEntities(world["flickr"]), ImageFolder(world["images"])
+    items, _ = collect_items(flickr, images, flickr.split("test"))
+    facts = family.prepare(model, images, {})
+    return family, items[:n_items], family.collate(model, items[:n_items], family.tokenizer_of(model), facts, 64, images)
+
+
+# ------------------------------------------------------------------------------------------- rows
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rows_equal_eager_attention_and_the_logits_are_unchanged(kind, world):
+    """Every query's row over the image tokens equals eager output_attentions (≤ 1e-6) through padding of several
+    prompt lengths, and the model's logits are those of eager attention."""
+    model = _probe_ready(kind)
+    family, items, batch = _batch(model, world)
+    assert len(set(batch.inputs["attention_mask"].sum(1).tolist())) > 1  # right padding is exercised
+    with torch.no_grad():
+        rows = family.rows(model, batch, family.sites(model)[0])
+        captured_logits = model(**batch.inputs).logits
+        model.set_attn_implementation({"text_config": "eager", "vision_config": "eager"})
+        eager = model(**batch.inputs, output_attentions=True)
+    layers = eager.attentions[-len(rows):]  # the language model's layers
+    positions = batch.extras["image_positions"]
+    for q, (b, position) in enumerate(zip(batch.batch_index.tolist(), batch.query_index.tolist())):
+        cells = int(batch.region_valid[q].sum())
+        for layer, maps in enumerate(layers):
+            expected = maps[b, :, position, positions[b, :cells]]  # [head, cells]
+            torch.testing.assert_close(rows[layer, q, :, :cells], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(captured_logits, eager.logits, rtol=0, atol=1e-5)
+    assert float(rows.sum(-1).max()) <= 1.0 + 1e-6 and float(rows.sum(-1).min()) > 0.0  # an image share
+
+
+def test_paligemmas_caption_reads_a_bidirectional_prefix(world):
+    """PaliGemma's image and prompt form the bidirectional prefix (token type 0); the caption is the suffix (1)."""
+    model = _probe_ready("paligemma")
+    _, _, batch = _batch(model, world, 1)
+    types, ids = batch.inputs["token_type_ids"][0], batch.inputs["input_ids"][0]
+    image = int((ids == model.config.image_token_id).sum())
+    assert image == 16 and types[:image].sum() == 0 and int(types[batch.query_index[0]]) == 1
+    prompt = model.processor.tokenizer.decode(ids[image:int(batch.inputs["attention_mask"][0].sum())])
+    assert prompt.startswith("<s>caption en\n") and "a man" in prompt
+
+
+# ------------------------------------------------------------------------------------------- geometry
+
+SIZES = [(90, 60), (60, 90), (128, 40)]  # width, height: wide, tall, very wide
+
+
+def _gradient(width: int, height: int) -> Image.Image:
+    """Red rises with x, green with y, blue constant: a pixel tells where in the original it came from."""
+    x = np.linspace(0, 255, width)[None, :].repeat(height, 0)
+    y = np.linspace(0, 255, height)[:, None].repeat(width, 1)
+    return Image.fromarray(np.stack([x, y, np.full_like(x, 128)], -1).round().astype(np.uint8))
+
+
+def _cell_means(kind: str, model, image: Image.Image, cells) -> np.ndarray:
+    """[R, 2] mean (red, green) of each image token's pixels as the processor made them, unnormalised: LLaVA and
+    PaliGemma from the pixel grid, Qwen2-VL from its flattened patches (merge² patches a token, in token order)."""
+    processor = model.processor.image_processor
+    out = processor(image, do_normalize=False, return_tensors="pt")
+    if kind == "qwen2_vl":
+        patches = out["pixel_values"].reshape(-1, 3, processor.temporal_patch_size, processor.patch_size,
+                                              processor.patch_size)
+        per_token = patches.reshape(len(cells.boxes), processor.merge_size ** 2, 3, -1)
+        return per_token[:, :, :2].mean(dim=(1, 3)).numpy() * 255
+    pixels = out["pixel_values"][0]  # [3, H, W]
+    rows, cols = cells.grid
+    h, w = pixels.shape[1] // rows, pixels.shape[2] // cols
+    blocks = pixels[:2].reshape(2, rows, h, cols, w).mean(dim=(2, 4))  # [2, rows, cols]
+    return blocks.permute(1, 2, 0).reshape(-1, 2).numpy() * 255
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("size", SIZES)
+def test_cells_are_where_the_processor_put_the_pixels(kind, size):
+    """Each image token's cell (original pixels) holds, at its centre, the original position its pixels came from
+    through the processor's resize and crop (a gradient image reads it back), to within a tenth of a cell."""
+    model = _probe_ready(kind)
+    width, height = size
+    cells = image_cells(model, _gradient(width, height), "g")
+    assert len(cells.boxes) == cells.grid[0] * cells.grid[1]
+    means = _cell_means(kind, model, _gradient(width, height), cells)
+    centre_x = (cells.boxes[:, 0] + cells.boxes[:, 2]) / 2
+    centre_y = (cells.boxes[:, 1] + cells.boxes[:, 3]) / 2
+    expected = np.stack([centre_x / (width - 1), centre_y / (height - 1)], 1) * 255
+    cell_w = (cells.boxes[:, 2] - cells.boxes[:, 0]) / width * 255
+    cell_h = (cells.boxes[:, 3] - cells.boxes[:, 1]) / height * 255
+    assert np.all(np.abs(means[:, 0] - expected[:, 0]) <= 0.1 * cell_w + 1.5), (means[:, 0], expected[:, 0])
+    assert np.all(np.abs(means[:, 1] - expected[:, 1]) <= 0.1 * cell_h + 1.5), (means[:, 1], expected[:, 1])
+
+
+def test_grids_follow_each_processor():
+    """LLaVA: a square crop of the short side (4 × 4 here, 24 × 24 at 336); PaliGemma: 4 × 4 squashed, the whole
+    image; Qwen2-VL: smart_resize to multiples of 28, the grid from image_grid_thw."""
+    llava, qwen, pali = _probe_ready("llava"), _probe_ready("qwen2_vl"), _probe_ready("paligemma")
+    wide = _gradient(128, 40)
+    cells = image_cells(llava, wide, "w")
+    assert cells.grid == (4, 4)
+    np.testing.assert_allclose(cells.view.seen(), [44, 0, 84, 40], atol=0.5)  # 40 × 40 in the middle, 128 → 179 px
+    cells = image_cells(pali, wide, "w")
+    assert cells.grid == (4, 4) and np.allclose(cells.view.seen(), [0, 0, 128, 40])
+    cells = image_cells(qwen, wide, "w")
+    thw = cells.processed["image_grid_thw"][0].tolist()
+    assert cells.grid == (thw[1] // 2, thw[2] // 2) and cells.grid[1] > cells.grid[0]
+
+
+def test_llava_pads_to_a_square_when_its_processor_says_so():
+    model = DecoderFamily().load(tiny_llava(pad=True))
+    cells = image_cells(model, _gradient(128, 40), "w")
+    np.testing.assert_allclose(cells.view.seen(), [0, -44, 128, 84], atol=0.5)  # the whole image, padded above/below
+    means = _cell_means("llava", model, _gradient(128, 40), cells)
+    inside = (cells.boxes[:, 1] >= 0) & (cells.boxes[:, 3] <= 40)
+    centre_x = (cells.boxes[inside, 0] + cells.boxes[inside, 2]) / 2
+    assert np.all(np.abs(means[inside, 0] - centre_x / 127 * 255) <= 5)
+
+
+def test_qwen2_vl_token_order_matches_its_own_position_ids(world):
+    """The image tokens' 3-D rotary positions, as the model computes them, are (row, column) of our row-major grid."""
+    model = _probe_ready("qwen2_vl")
+    _, _, batch = _batch(model, world, 2)
+    positions, _ = model.model.get_rope_index(batch.inputs["input_ids"], batch.inputs["mm_token_type_ids"],
+                                              batch.inputs["image_grid_thw"], None, batch.inputs["attention_mask"])
+    for b in range(2):
+        image = batch.extras["image_positions"][b]
+        rows, cols = batch.extras["grids"][b].tolist()
+        image = image[:rows * cols]
+        h_ids, w_ids = positions[1, b, image], positions[2, b, image]
+        cell = torch.arange(rows * cols)
+        assert torch.equal(h_ids - h_ids.min(), cell // cols) and torch.equal(w_ids - w_ids.min(), cell % cols)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_word_maps_to_its_last_token(kind, world):
+    """Queries sit on their word's last sub-word, after the image and inside the template; the caption tokens are
+    those of the caption tokenized as one string (byte-level BPE: spaces kept with the words)."""
+    model = _probe_ready(kind)
+    family, items, batch = _batch(model, world, 2)
+    tokenizer = family.tokenizer_of(model)
+    words = [(b, item.words[query.word_index]) for b, item in enumerate(items) for query in item.queries]
+    assert len(words) == len(batch.query_index) and not batch.truncated  # layout keeps the queries' order
+    for (b, word), row, position in zip(words, batch.batch_index.tolist(), batch.query_index.tolist()):
+        token = tokenizer.decode(batch.inputs["input_ids"][row, position]).strip()
+        assert row == b and word.endswith(token) and token
+        assert position > int(batch.extras["image_positions"][b].max())
+    words = list(items[0].words)
+    whole = tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    sequence = batch.inputs["input_ids"][0].tolist()
+    assert any(sequence[i:i + len(whole)] == whole for i in range(len(sequence)))
+
+
+def test_llavas_crop_skips_phrases_it_cuts_away_with_a_reason(tmp_path):
+    """A wide image's gold box entirely in the band LLaVA's centre crop removes: skipped as outside_view, counted."""
+    from vb_probe.data.flickr30k import Annotation, Phrase, format_annotation, format_sentence
+
+    flickr, images = tmp_path / "flickr", tmp_path / "images"
+    for sub in (flickr / "Sentences", flickr / "Annotations", images):
+        sub.mkdir(parents=True)
+    _gradient(160, 40).save(images / "1.png")
+    boxes = {1: np.array([[2, 2, 30, 38]], np.float32), 2: np.array([[70, 5, 90, 35]], np.float32)}
+    (flickr / "Annotations" / "1.xml").write_text(format_annotation(Annotation("1", 160, 40, boxes, set(), set())))
+    caption = (["a", "man", "and", "a", "dog", "."], [Phrase(0, ("a", "man"), 1, ("people",)),
+                                                     Phrase(3, ("a", "dog"), 2, ("animals",))])
+    (flickr / "Sentences" / "1.txt").write_text(format_sentence(*caption) + "\n")
+    (flickr / "test.txt").write_text("1\n")
+    result = vb_probe.entity_grounding(_probe_ready("llava"), None, flickr, images, progress=False)
+    assert result.n == 1 and result.skipped == {"outside_view": 1} and result.n_phrases == 2
+
+
+# ------------------------------------------------------------------------------------------- scoring
+
+def _planted_rows(layer: int = 2, head: int = 1):
+    """DecoderFamily.rows with one head replaced: 0.9 of the query's attention spread over the cells whose centre
+    lies in its gold box (one blob), the rest of the heads the model's own."""
+    original = DecoderFamily.rows
+
+    def rows(self, model, batch, site, mask="posthoc", precision="fp32"):
+        out = original(self, model, batch, site, mask, precision)
+        gold = batch.targets["pointing"].float()
+        out[layer, :, head] = 0.9 * gold / gold.sum(-1, keepdim=True).clamp(min=1)
+        return out
+
+    return mock.patch.object(DecoderFamily, "rows", rows)
+
+
+@pytest.mark.parametrize("kind", ["llava", "qwen2_vl"])
+def test_a_planted_localization_head_is_found_with_and_without_boxes(kind, world):
+    model = DecoderFamily().load(BUILDERS[kind](layers=4) if kind == "llava" else tiny_qwen2_vl(layers=4))
+    with _planted_rows():
+        result = vb_probe.entity_grounding(model, None, world["flickr"], world["images"], progress=False,
+                                           select_on="val")
+    assert result.accuracy[2, 1] == 1.0 and result.best_head().accuracy == 1.0  # the gold probe: best there is
+    assert result.baselines["random"] < 0.6
+    block = result.localization
+    chosen = block["unsupervised_selection"]["heads"]
+    assert (chosen[0]["layer"], chosen[0]["head"]) == (2, 1) and chosen[0]["accuracy"] == 1.0
+    assert chosen[0]["votes"] == block["unsupervised_selection"]["prompts"] == result.n  # every prompt's vote
+    assert all(h["layer"] >= 2 for h in chosen)  # the first two layers are left out
+    fixed = block["fixed_position"]
+    assert fixed["chosen_on"] == "val" and 0.0 <= fixed["accuracy"] <= 1.0
+    assert result.permuted.best_head().accuracy < 1.0  # shuffled cells break the planted head
+
+
+def test_the_fixed_position_baseline_is_the_most_picked_place(world):
+    """Every head made to point at the bottom-right cell: the baseline's place is the bottom-right, it holds all the
+    picks, and its accuracy is the share of phrases whose gold covers that cell's centre, counted by hand."""
+    original = DecoderFamily.rows
+
+    def corner(self, model, batch, site, mask="posthoc", precision="fp32"):
+        out = original(self, model, batch, site, mask, precision)
+        last = batch.region_valid.sum(-1) - 1  # [n]
+        out[:] = 0.0
+        out[:, torch.arange(len(last)), :, last] = 0.5
+        return out
+
+    model = _probe_ready("paligemma")
+    with mock.patch.object(DecoderFamily, "rows", corner):
+        result = vb_probe.entity_grounding(model, None, world["flickr"], world["images"], progress=False)
+    fixed = result.localization["fixed_position"]
+    assert fixed["share_of_picks"] == 1.0 and fixed["place"][0] > 0.85 and fixed["place"][1] > 0.85
+    flickr = vb_probe.Flickr30kEntities(world["flickr"])
+    images = ImageFolder(world["images"])
+    expected = []
+    for image_id in flickr.split("test"):
+        cells = image_cells(model, images.image(image_id), image_id)
+        cx, cy = (cells.boxes[-1, 0] + cells.boxes[-1, 2]) / 2, (cells.boxes[-1, 1] + cells.boxes[-1, 3]) / 2
+        for caption in flickr.captions(image_id):
+            for phrase in caption.phrases:
+                gold = flickr.annotation(image_id).boxes[phrase.entity_id]
+                expected.append(bool(((gold[:, 0] <= cx) & (cx <= gold[:, 2]) & (gold[:, 1] <= cy) & (cy <= gold[:, 3])).any()))
+    assert fixed["accuracy"] == round(sum(expected) / len(expected), 6)
+    assert result.best_head().accuracy == fixed["accuracy"]  # a head that only points there scores the same
+
+
+# ------------------------------------------------------------------------------------------- loading and scale
+
+def _save(kind: str, folder: Path, **options) -> Path:
+    model = BUILDERS[kind](**options)
+    model.save_pretrained(folder, max_shard_size="200KB")  # sharded, as the hub keeps 7B models
+    processor = model.processor
+    if hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(folder)
+    else:
+        processor.image_processor.save_pretrained(folder)
+        processor.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_hub_ids_and_sharded_checkpoints_load_offline(tmp_path, world, monkeypatch):
+    folder = _save("qwen2_vl", tmp_path / "qwen")
+    files = {p.name: p for p in folder.iterdir()}
+    lay_out_hub_cache(tmp_path, "Qwen/Qwen2-VL-7B-Instruct", files)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    code = probe_main(["entity-grounding", "--ckpt", "Qwen/Qwen2-VL-7B-Instruct", "--flickr30k", str(world["flickr"]),
+                       "--images", str(world["images"]), "--out", str(out), "--quiet", "--limit", "2"])
+    assert code == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["family"] == "decoder" and run["rule"] == "pointing" and run["model_type"] == "qwen2_vl"
+    shards = run["checkpoint"]["shards"]
+    assert run["checkpoint"]["hub_id"] == "Qwen/Qwen2-VL-7B-Instruct" and len(shards) > 1
+    assert set(shards.values()) == {__import__("hashlib").sha256((folder / n).read_bytes()).hexdigest() for n in shards}
+    assert "localization" in run and run["localization"]["unsupervised_selection"]["prompts"] == run["n_scored"]
+
+
+def test_device_map_goes_to_transformers_loader_and_the_rows_are_the_same(tmp_path, world):
+    """``device_map`` (and bf16) reach ``from_pretrained`` (accelerate places the weights; on one CPU it places them
+    all there), the model is not moved afterwards, and the rows equal those of a plain load."""
+    from transformers import LlavaForConditionalGeneration
+
+    folder = _save("llava", tmp_path / "llava")
+    plain = vb_probe.load_model(folder)
+    real = LlavaForConditionalGeneration.from_pretrained.__func__
+    seen = {}
+
+    def spy(cls, *args, **kwargs):
+        seen.update(kwargs)
+        return real(cls, *args, **kwargs)
+
+    with mock.patch.object(LlavaForConditionalGeneration, "from_pretrained", classmethod(spy)), \
+            mock.patch.object(torch.nn.Module, "to", side_effect=AssertionError("moved after device_map")):
+        spread = vb_probe.load_model(folder, device="cpu", device_map="auto")
+    assert seen["device_map"] == "auto"
+    family, _, batch = _batch(plain, world)
+    with torch.no_grad():
+        expected = family.rows(plain, batch, family.sites(plain)[0])
+        got = family.rows(spread, batch, family.sites(spread)[0])
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    half = vb_probe.load_model(folder, precision="bf16")
+    assert next(half.parameters()).dtype == torch.bfloat16
+
+
+def test_device_map_is_refused_for_a_single_device_family(tmp_path):
+    from fixtures import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "vb")
+    with pytest.raises(vb_probe.VbProbeError, match="--device-map"):
+        vb_probe.load_model(ckpt, device_map="auto")
+
+
+def test_two_torchrun_processes_give_the_one_process_tables(tmp_path, world):
+    """The same split probed by one process and sharded over two (gloo on the CPU): byte-identical CSV and equal
+    run.json numbers."""
+    folder = _save("llava", tmp_path / "llava", layers=3)
+    common = ["entity-grounding", "--ckpt", str(folder), "--flickr30k", str(world["flickr"]), "--images",
+              str(world["images"]), "--batch-size", "3", "--quiet", "--select-on", "val", "--localization-prompts", "5"]
+    assert probe_main([*common, "--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29517", "-m", "vb_probe", *common, "--out", str(tmp_path / "two")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (one / "entity_grounding.csv").read_bytes() == (two / "entity_grounding.csv").read_bytes()
+    run_one, run_two = json.loads((one / "run.json").read_text()), json.loads((two / "run.json").read_text())
+    for key in ("baselines", "best_head", "per_layer_best", "selected_head", "localization", "other_rule",
+                "control_permuted_geometry", "skipped", "n_scored"):
+        assert run_one[key] == run_two[key], key
+    assert done.stdout.count("entity grounding on test") == 1  # process 0 alone reports and writes
+
+
+def test_a_model_in_memory_needs_its_processor():
+    model = tiny_llava()
+    del model.processor
+    with pytest.raises(vb_probe.VbProbeError, match="processor"):
+        DecoderFamily().load(model)
+
+
+def test_register_is_idempotent_and_names_row_capture():
+    assert register() == register() == "vb_probe_rows"
+
+
+# ------------------------------------------------------------------------------------------- the explorer at scale
+
+def test_a_large_models_explorer_keeps_the_best_heads_maps_and_every_pick(world, tmp_path):
+    """Above ``all_heads_up_to`` heads the page keeps each layer's best head and the top heads' maps (smaller data),
+    and still marks every head's pick; in the browser a kept head shows its map, another says it is not kept."""
+    import base64
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from test_explorer import _browser
+
+    from vb_probe.explorer import explorer_data, stored_heads, write_explorer
+
+    model = _probe_ready("llava", layers=3)
+    flickr, images = vb_probe.Flickr30kEntities(world["flickr"]), ImageFolder(world["images"])
+    full = explorer_data(model, None, flickr, images, limit=2, images_dir=world["images"])
+    small = explorer_data(model, None, flickr, images, limit=2, images_dir=world["images"], all_heads_up_to=4)
+    assert "stored_heads" not in full
+    scores = vb_probe.entity_grounding(model, None, flickr, images, limit=2, progress=False)
+    kept = stored_heads(scores, top=2)
+    assert len(kept) < 12 and all((h.layer, h.head) in kept for h in scores.per_layer_best())
+    kept = [tuple(pair) for pair in small["stored_heads"]]
+    assert kept == stored_heads(scores)[:len(kept)] or kept == stored_heads(scores)
+    entry_full = full["captions"][0]["queries"]
+    entry_small = small["captions"][0]["queries"]
+    cells = len(full["captions"][0]["regions"])
+    for word, entry in entry_small.items():
+        assert len(base64.b64decode(entry["rows"])) == len(kept) * cells
+        assert entry["argmax"] == entry_full[word]["argmax"]  # every head's pick is kept
+    small["stored_heads"] = [[0, 0]]  # one kept head, so that another can be asked for in the browser
+    for entry in (e for c in small["captions"] for e in c["queries"].values()):
+        entry["rows"] = base64.b64encode(base64.b64decode(entry["rows"])[:cells]).decode()
+    page = write_explorer(small, tmp_path / "explorer")
+    browser = _browser()
+    try:
+        browser.get(page.as_uri())
+        for (layer, head), shown in (((0, 0), True), ((1, 2), False)):
+            browser.find_element(By.CSS_SELECTOR, f'#grid rect[data-layer="{layer}"][data-head="{head}"]').click()
+            span = browser.find_element(By.CSS_SELECTOR, "#caption span.query")
+            ActionChains(browser).move_to_element(span).perform()
+            word = span.get_attribute("data-word")
+            marked = browser.find_element(By.CSS_SELECTOR, '#view rect[data-picked="true"]')
+            assert int(marked.get_attribute("data-region")) == small["captions"][0]["queries"][word]["argmax"][layer][head]
+            status = browser.find_element(By.ID, "status").text
+            assert ("not kept" in status) != shown
+            lit = [float(r.get_attribute("fill-opacity")) for r in browser.find_elements(By.CSS_SELECTOR, "#view rect.region")]
+            assert (max(lit) > 0) == shown
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        browser.quit()
+
+
+def test_folding_per_batch_counts_in_batch_order_is_bit_for_bit_one_process():
+    """HeadCounts.merge of per-batch counts, in batch order, equals adding the batches one by one (float64 sums
+    included, bit for bit); the same counts folded in another grouping do not (floating-point addition does not
+    associate), which is why processes exchange per-batch counts and not their own totals."""
+    from vb_probe.metrics.grounding import HeadCounts
+
+    masses = [torch.tensor([[[1.0]]]), torch.tensor([[[1e16]]]), torch.tensor([[[-1e16]]]), torch.tensor([[[1.0]]])]
+    correct = torch.ones(1, 1, 1, dtype=torch.bool)
+    one = HeadCounts(1, 1)
+    deltas = []
+    for mass in masses:
+        one.add(correct, mass.double(), {"random": torch.tensor([0.1])})
+        delta = HeadCounts(1, 1)
+        delta.add(correct, mass.double(), {"random": torch.tensor([0.1])})
+        deltas.append(delta)
+    folded = HeadCounts(1, 1)
+    for delta in deltas:
+        folded.merge(delta)
+    assert torch.equal(folded.region_mass, one.region_mass) and folded.baselines == one.baselines
+    per_process = [HeadCounts(1, 1), HeadCounts(1, 1)]  # totals of batches 0, 2 and 1, 3, then added
+    for number, delta in enumerate(deltas):
+        per_process[number % 2].merge(delta)
+    grouped = HeadCounts(1, 1)
+    for total in per_process:
+        grouped.merge(total)
+    assert not torch.equal(grouped.region_mass, one.region_mass)

@@ -1,0 +1,310 @@
+"""Decoder vision-language models as one model family: LLaVA-1.5, Qwen2-VL and PaliGemma, transformers' own
+``*ForConditionalGeneration`` classes (not re-implemented), loaded from a folder, a hub id or an object.
+
+The image comes first, then the caption in the model's own prompt template (:mod:`.prompts`); each caption word's
+last sub-word is a query, the image tokens are the grid cells its processor makes (:mod:`.geometry`). Attention is
+read by row capture (:mod:`.rows`) on the language model only: sdpa's output unchanged, and only the query rows of
+every layer through the model file's own eager code, so memory is ``queries × heads × sequence`` a layer, never the
+full maps (a 7B model probes on one GPU in bf16; a larger one loads across devices with ``device_map``). Patches are
+scored by the pointing rule.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vb_probe.errors import CheckpointError, DataError, VbProbeError
+from vb_probe.families import Site, model_type_of, quiet_loading, register_family
+from vb_probe.families.decoder.geometry import ImageCells, ViewMap, cell_boxes, llava_view, squashed_view
+from vb_probe.families.decoder.prompts import Qwen2VLPrompts, Template, caption_tokens, template_for
+from vb_probe.families.decoder.rows import capture_rows, register
+
+MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
+                 "paligemma": "PaliGemmaForConditionalGeneration"}
+
+
+def load_processor(folder: Path, model_type: str):
+    """The checkpoint's own processor. Qwen2-VL's full processor needs torchvision (its video half); without it,
+    its image processor and tokenizer with the same prompt expansion (:class:`Qwen2VLPrompts`)."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        return AutoProcessor.from_pretrained(str(folder)), None
+    except Exception as exc:  # many types: a missing file, a missing optional dependency
+        if model_type != "qwen2_vl":
+            raise CheckpointError(f"{folder}: cannot load its processor ({type(exc).__name__}); a {model_type} "
+                                  "checkpoint needs its preprocessor_config.json and tokenizer files") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        prompts = Qwen2VLPrompts(AutoImageProcessor.from_pretrained(str(folder)), tokenizer,
+                                 getattr(tokenizer, "chat_template", None))
+    except Exception as exc:
+        raise CheckpointError(f"{folder}: cannot load its image processor and tokenizer ({type(exc).__name__}); a "
+                              "qwen2_vl checkpoint needs preprocessor_config.json and tokenizer files") from None
+    return prompts, ("Qwen2-VL's full processor needs torchvision (pip install 'vb-probe[qwen2vl]'); its image "
+                     "processor and tokenizer are used, with the processor's own image-token expansion")
+
+
+@register_family
+class DecoderFamily:
+    """LLaVA-1.5, Qwen2-VL, PaliGemma: one site, the language model's self-attention of every layer."""
+
+    name = "decoder"
+    model_type = "llava"
+    model_types = tuple(MODEL_CLASSES)
+    default_tokenizer = None  # a decoder checkpoint brings its own processor
+    rule = "pointing"
+    reads = "pixels"
+    localization = True  # the fixed-position baseline and the unsupervised selection of localization heads
+    loads_across_devices = True  # accepts dtype and device_map
+
+    def recognise(self, source: dict | Any) -> bool:
+        return model_type_of(source) in MODEL_CLASSES
+
+    def load(self, source: Path | Any, *, dtype: torch.dtype | None = None, device_map: str | dict | None = None):
+        """The model (``*ForConditionalGeneration``) from a folder, in ``dtype`` and across ``device_map``
+        (accelerate), with its processor; or an object in memory (its ``processor`` attribute, else its folder's)."""
+        import transformers
+
+        if isinstance(source, (str, Path)):
+            config = transformers.AutoConfig.from_pretrained(str(source))
+            model_class = getattr(transformers, MODEL_CLASSES[config.model_type])
+            options = {"dtype": dtype} if dtype is not None else {}
+            if device_map is not None:
+                try:
+                    import accelerate  # noqa: F401
+                except ImportError:
+                    raise VbProbeError("--device-map: needs accelerate (pip install 'vb-probe[scale]')") from None
+                options["device_map"] = device_map
+            with warnings.catch_warnings(), quiet_loading():
+                warnings.simplefilter("ignore")
+                model = model_class.from_pretrained(str(source), **options)
+            model.checkpoint_path, model.load_notes = Path(source), []
+            model.processor, note = load_processor(Path(source), config.model_type)
+            if note:
+                model.load_notes.append(note)
+        else:
+            model = source
+            if not hasattr(model, "checkpoint_path"):
+                model.checkpoint_path, model.load_notes = None, []
+            if getattr(model, "processor", None) is None:
+                if model.checkpoint_path is None:
+                    raise CheckpointError(f"{type(model).__name__}: a model in memory needs its processor: set "
+                                          "model.processor (transformers' AutoProcessor of its checkpoint)")
+                model.processor, _ = load_processor(model.checkpoint_path, model.config.model_type)
+        model.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
+        return model.eval()
+
+    def tokenizer_of(self, model):
+        return model.processor.tokenizer
+
+    def sites(self, model) -> list[Site]:
+        text = model.config.text_config
+        return [Site("self", text.num_hidden_layers, text.num_attention_heads)]
+
+    def prepare(self, model, features, options: dict) -> dict:
+        if not (hasattr(features, "image") or isinstance(getattr(features, "regions", None), ImageCells)):
+            raise DataError(f"{options.get('features') or getattr(features, 'source', 'the features')}: a "
+                            f"{model.config.model_type} model reads pixels, not region features; pass --images FOLDER")
+        if options.get("mask", "posthoc") != "posthoc":
+            raise VbProbeError(f"--mask {options['mask']}: decoder models are probed post hoc only; use --mask posthoc")
+        kind = model.config.model_type
+        if kind == "llava" and getattr(model.config, "vision_feature_select_strategy", "default") != "default":
+            raise VbProbeError(f"{model.checkpoint_path or 'the model'}: vision_feature_select_strategy "
+                               f"{model.config.vision_feature_select_strategy!r}: only 'default' (LLaVA-1.5's, one token "
+                               "per patch) is supported")
+        template = template_for(kind, model.processor)
+        processor = model.processor.image_processor
+        keep = ("size", "crop_size", "do_center_crop", "do_pad", "patch_size", "merge_size", "min_pixels",
+                "max_pixels", "resample")
+        facts = {"model_type": kind,
+                 "image_processor": {k: _plain(getattr(processor, k)) for k in keep if hasattr(processor, k)},
+                 "prompt": {"prefix": template.prefix, "suffix": template.suffix,
+                            "caption_is_suffix": template.caption_is_suffix},
+                 "attention": "row capture (sdpa output, query rows through the model's eager code)"}
+        if kind == "llava" and getattr(processor, "do_center_crop", True) and not getattr(processor, "do_pad", False):
+            note = ("LLaVA's processor centre-crops the image to a square: phrases whose gold boxes all lie in the "
+                    "cropped-away band are skipped as outside_view (set do_pad in the processor to see it all)")
+            if note not in model.load_notes:
+                model.load_notes.append(note)
+        return facts
+
+    def text_limit(self, model) -> int:
+        return int(getattr(model.config.text_config, "max_position_embeddings", 4096))
+
+    # ------------------------------------------------------------------------------------------- the image
+
+    def image_tokens(self, model, features, image_id: str) -> ImageCells:
+        """One image through the model's processor, in the prompt's prefix: the image tokens' cells (original
+        pixels), the prefix's token ids and the pixels."""
+        return image_cells(model, features.image(image_id), image_id)
+
+    def collate(self, model, items, tokenizer, facts: dict, max_text_len: int, features=None):
+        from vb_probe.batching import layout
+
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer_of(model)
+        template = template_for(model.config.model_type, model.processor)
+        images: dict[str, ImageCells] = {}
+        for item in items:
+            if isinstance(item.regions, ImageCells):
+                images[item.image_id] = item.regions
+            elif item.image_id not in images:
+                images[item.image_id] = self.image_tokens(model, features, item.image_id)
+        suffix = tokenizer(template.suffix, add_special_tokens=False)["input_ids"] if template.suffix else []
+        rows = [images[item.image_id] for item in items]
+        sequences, token_types, word_positions = [], [], []
+        for item, cells in zip(items, rows):
+            prefix = cells.processed["input_ids"][0].tolist()
+            caption = caption_tokens(tokenizer, list(item.words), max_text_len)
+            sequences.append(prefix + caption.input_ids + suffix)
+            word_positions.append([None if p is None else len(prefix) + p for p in caption.word_last])
+            types = [0] * len(prefix) + [1 if template.caption_is_suffix else 0] * (len(caption.input_ids) + len(suffix))
+            token_types.append(types)
+        inputs = pad_sequences(sequences, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+        kind = model.config.model_type
+        if kind == "paligemma":
+            inputs["token_type_ids"] = pad_sequences(token_types, 1)["input_ids"]
+        image_id = image_token_id(model)
+        if kind == "qwen2_vl":
+            inputs["pixel_values"] = torch.cat([c.processed["pixel_values"] for c in rows])
+            inputs["image_grid_thw"] = torch.cat([c.processed["image_grid_thw"] for c in rows])
+            inputs["mm_token_type_ids"] = (inputs["input_ids"] == image_id).long()
+        else:
+            inputs["pixel_values"] = torch.cat([c.processed["pixel_values"] for c in rows])
+        positions = [(torch.tensor(s) == image_id).nonzero().flatten() for s in sequences]
+        r_max = max(len(p) for p in positions)
+        image_positions = torch.zeros(len(rows), r_max, dtype=torch.long)
+        for b, (p, cells) in enumerate(zip(positions, rows)):
+            if len(p) != len(cells.boxes):
+                raise DataError(f"image {cells.image_id}: the prompt holds {len(p)} image tokens but the processor's "
+                                f"grid has {len(cells.boxes)} cells; the processor does not match the model")
+            image_positions[b, :len(p)] = p
+        return layout(items, word_positions, [c.boxes for c in rows], [None] * len(rows), inputs,
+                      views=[c.view.seen() for c in rows],
+                      grids=torch.tensor([c.grid for c in rows], dtype=torch.long), image_positions=image_positions)
+
+    def rows(self, model, batch, site: Site, mask: str = "posthoc", precision: str = "fp32") -> torch.Tensor:
+        """Each query's attention on its image's tokens, in row-major cell order: [layer, n, head, R] fp32 on the
+        CPU (padding cells 0). One forward with row capture; the rows are over the whole sequence, so their sum over
+        the image tokens is the query's image share."""
+        n_rows = batch.inputs["input_ids"].shape[0]
+        batch_index, query_index = batch.batch_index.cpu(), batch.query_index.cpu()
+        slots = torch.zeros_like(batch_index)
+        per_row = [[] for _ in range(n_rows)]
+        for i, (b, q) in enumerate(zip(batch_index.tolist(), query_index.tolist())):
+            slots[i] = len(per_row[b])
+            per_row[b].append(q)
+        width = max(1, max(len(p) for p in per_row))
+        positions = torch.zeros(n_rows, width, dtype=torch.long)
+        keep = torch.zeros(n_rows, width, dtype=torch.bool)
+        for b, wanted in enumerate(per_row):
+            positions[b, :len(wanted)] = torch.tensor(wanted, dtype=torch.long) if wanted else 0
+            keep[b, :len(wanted)] = True
+        core = getattr(model, "model", model)  # the language model's hidden states suffice: no LM head
+        device_type = batch.inputs["input_ids"].device.type
+        with capture_rows(positions, keep) as plan, torch.autocast(device_type, dtype=torch.bfloat16,
+                                                                   enabled=precision == "bf16"):
+            core(**batch.inputs)
+        image_positions = batch.extras["image_positions"]  # [B, R_max]
+        r_max = batch.region_valid.shape[1]
+        out = []
+        for layer in range(site.layers):
+            rows = plan.rows[layer]  # [B, H, P, K]
+            index = image_positions.to(rows.device)[:, None, None, :].expand(-1, rows.shape[1], rows.shape[2], -1)
+            on_image = rows.gather(-1, index)  # [B, H, P, R_max]
+            picked = on_image[batch_index.to(rows.device), :, slots.to(rows.device)]  # [n, H, R_max]
+            out.append(picked.float().cpu())
+        stacked = torch.stack(out) if out else torch.zeros(0, len(batch_index), site.heads, r_max)
+        return stacked * batch.region_valid[None, :, None, :].float()
+
+    def twin(self, model, seed: int):
+        torch.manual_seed(seed)
+        parameter = next(model.parameters())
+        twin = type(model)(model.config).to(device=parameter.device, dtype=parameter.dtype).eval()
+        twin.checkpoint_path, twin.load_notes, twin.processor = None, [], model.processor
+        twin.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
+        return twin
+
+
+def image_token_id(model) -> int:
+    config = model.config
+    value = getattr(config, "image_token_id", None)
+    return int(value if value is not None else config.image_token_index)
+
+
+def pad_sequences(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` [B, T_max]."""
+    t_max = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), t_max), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(sequences), t_max, dtype=torch.long)
+    for b, sequence in enumerate(sequences):
+        ids[b, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[b, :len(sequence)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def image_cells(model, image, image_id: str) -> ImageCells:
+    """``image`` (RGB PIL) in the model's prompt prefix through its processor: the grid cells of its image tokens
+    in the original pixels, the view, and the processor's output (prefix ids, pixels)."""
+    kind = model.config.model_type
+    processor = model.processor
+    template = template_for(kind, processor)
+    with warnings.catch_warnings():  # PaliGemma's processor trips numpy 2's copy-keyword deprecation: not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        processed = dict(processor(images=image, text=template.prefix, return_tensors="pt"))
+    width, height = image.size
+    image_processor = processor.image_processor
+    if kind == "qwen2_vl":
+        _, grid_h, grid_w = (int(v) for v in processed["image_grid_thw"][0])
+        merge, patch = image_processor.merge_size, image_processor.patch_size
+        grid = (grid_h // merge, grid_w // merge)
+        view = squashed_view(width, height, (grid_h * patch, grid_w * patch))
+    else:
+        side = int(round(_count_image_tokens(processed, model) ** 0.5))
+        grid = (side, side)
+        if kind == "llava":
+            view = llava_view(image_processor, width, height, _resized_size(image_processor, width, height))
+        else:
+            view = squashed_view(width, height, tuple(processed["pixel_values"].shape[-2:]))
+    boxes = cell_boxes(grid, view)
+    return ImageCells(image_id, boxes, np.zeros((len(boxes), 0), np.float32), None, float(width), float(height),
+                      grid, view, processed)
+
+
+def _count_image_tokens(processed: dict, model) -> int:
+    return int((processed["input_ids"][0] == image_token_id(model)).sum())
+
+
+_RESIZED: dict[tuple[int, int, int], tuple[int, int]] = {}
+
+
+def _resized_size(image_processor, width: int, height: int) -> tuple[int, int]:
+    """(height, width) the processor resizes a ``width`` × ``height`` image to before its crop: read from its own
+    output for a blank image of that size with the crop off (cached per size and processor)."""
+    from PIL import Image
+
+    key = (id(image_processor), width, height)
+    if key not in _RESIZED:
+        out = image_processor(Image.new("RGB", (width, height)), do_center_crop=False, do_normalize=False,
+                              do_rescale=False, return_tensors="np")
+        _RESIZED[key] = tuple(int(v) for v in out["pixel_values"].shape[-2:])
+    return _RESIZED[key]
+
+
+def _plain(value):
+    """A processor attribute as JSON can hold it."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict) or hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in dict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+__all__ = ["DecoderFamily", "ImageCells", "ViewMap", "Template", "image_cells", "load_processor"]

@@ -1,0 +1,85 @@
+"""Which pixels of the original image each image token of a decoder VLM covers, per model, from its own processor.
+
+Every model here lays its image tokens out as a row-major grid over the picture its image processor made (its
+*view*): LLaVA-1.5 a 24 × 24 grid over a 336² centre crop of the image resized to a short side of 336 (or, with
+``do_pad``, over the image padded to a square first), Qwen2-VL one token per 28 × 28 cell of the image
+``smart_resize``-d to multiples of 28 (the grid read from ``image_grid_thw``), PaliGemma a 16 × 16 grid over the
+image squashed to 224². The sizes come from the processor's own output (never re-derived); mapping a view pixel
+back to the original is then an offset and a scale per axis, kept in :class:`ViewMap`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from vb_probe.data.features import Regions
+
+
+@dataclass(frozen=True)
+class ViewMap:
+    """View pixel ``(u, v)`` → original pixel ``(x, y) = ((u + left) · sx − pad_x, (v + top) · sy − pad_y)``: ``left``,
+    ``top`` where a crop starts in the resized image, ``sx``, ``sy`` resized → (padded) original, ``pad_x``,
+    ``pad_y`` the padding added around the original before resizing. ``size`` (height, width) of the view."""
+
+    size: tuple[int, int]
+    scale: tuple[float, float]
+    crop: tuple[int, int] = (0, 0)  # (top, left)
+    pad: tuple[float, float] = (0.0, 0.0)  # (pad_y, pad_x)
+
+    def to_original(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        sy, sx = self.scale
+        return (u + self.crop[1]) * sx - self.pad[1], (v + self.crop[0]) * sy - self.pad[0]
+
+    def seen(self) -> np.ndarray:
+        """[4] the part of the original image the view shows, (x1, y1, x2, y2)."""
+        x, y = self.to_original(np.array([0.0, self.size[1]]), np.array([0.0, self.size[0]]))
+        return np.array([x[0], y[0], x[1], y[1]], dtype=np.float64)
+
+
+def cell_boxes(grid: tuple[int, int], view: ViewMap) -> np.ndarray:
+    """[rows · cols, 4] float32: each grid cell of the view, row-major, as a box in the original image's pixels."""
+    rows, cols = grid
+    height, width = view.size
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    u1, v1 = c.ravel() * width / cols, r.ravel() * height / rows
+    x1, y1 = view.to_original(u1, v1)
+    x2, y2 = view.to_original(u1 + width / cols, v1 + height / rows)
+    return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
+
+
+@dataclass
+class ImageCells(Regions):
+    """One image as a decoder VLM sees it: ``boxes`` [R, 4] its image tokens' cells in the original pixels, row-major
+    over ``grid`` (rows, columns); ``view`` the processor's resize/crop; ``processed`` the image processor's own
+    output for it (pixel_values, and image_grid_thw for Qwen2-VL)."""
+
+    grid: tuple[int, int] = (0, 0)
+    view: ViewMap | None = None
+    processed: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------- per model
+
+def llava_view(image_processor, width: int, height: int, resized: tuple[int, int]) -> ViewMap:
+    """LLaVA-1.5's CLIP processor: (optionally) pad to a square in the middle, resize the short side, centre-crop.
+    ``resized`` (height, width) is what the processor's resize gave (read from its output without the crop)."""
+    crop = image_processor.crop_size
+    crop_h, crop_w = (crop["height"], crop["width"]) if getattr(image_processor, "do_center_crop", True) else resized
+    pad_y = pad_x = 0.0
+    base_w, base_h = width, height
+    if getattr(image_processor, "do_pad", False) and width != height:
+        side = max(width, height)
+        # the processor puts the image at (side − short) // 2 of the square
+        pad_y, pad_x = ((side - height) // 2, 0) if width > height else (0, (side - width) // 2)
+        base_w = base_h = side
+    top, left = (resized[0] - crop_h) // 2, (resized[1] - crop_w) // 2  # transformers' centre crop
+    return ViewMap((crop_h, crop_w), (base_h / resized[0], base_w / resized[1]), (top, left), (float(pad_y), float(pad_x)))
+
+
+def squashed_view(width: int, height: int, size: tuple[int, int]) -> ViewMap:
+    """A processor that resizes to a fixed ``size`` (height, width) whatever the aspect ratio (PaliGemma's SigLIP;
+    Qwen2-VL's ``smart_resize`` also lands on a size of its own choosing with no crop)."""
+    return ViewMap(size, (height / size[0], width / size[1]))
