@@ -171,6 +171,18 @@ def image_tokens(family: Family, model, store, image_id: str):
     return store[image_id]
 
 
+def items_image_tokens(family: Family, model, items, store, kind: type) -> list:
+    """Each item's image tokens for a pixel family: those the item carries (an instance of ``kind``), else the
+    family's :meth:`image_tokens` of its image from ``store``, made once per image of the batch."""
+    made: dict[str, Any] = {}
+    for item in items:
+        if isinstance(item.regions, kind):
+            made[item.image_id] = item.regions
+        elif item.image_id not in made:
+            made[item.image_id] = family.image_tokens(model, store, item.image_id)
+    return [made[item.image_id] for item in items]
+
+
 @contextmanager
 def quiet_loading():
     """transformers' loading report and progress bar silenced (a task model's unused head weights are expected

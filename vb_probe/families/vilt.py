@@ -26,7 +26,7 @@ import torch
 
 from vb_probe.data.features import Regions
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.families import Site, model_type_of, quiet_loading, register_family
+from vb_probe.families import Site, items_image_tokens, model_type_of, quiet_loading, register_family
 from vb_probe.hub import DEFAULT_TOKENIZER
 
 MODEL_TYPE = "vilt"
@@ -181,13 +181,7 @@ class ViltFamily:
         from vb_probe.batching import layout, pad_text
         from vb_probe.tokenization import tokenize_words
 
-        grids: dict[str, PatchGrid] = {}
-        for item in items:
-            if isinstance(item.regions, PatchGrid):
-                grids[item.image_id] = item.regions
-            elif item.image_id not in grids:
-                grids[item.image_id] = self.image_tokens(model, features, item.image_id)
-        rows = [grids[item.image_id] for item in items]
+        rows = items_image_tokens(self, model, items, features, PatchGrid)
         tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
         inputs = pad_text([t.input_ids for t in tokenized], tokenizer.pad_token_id)
         inputs.update(pad_pixels(rows))

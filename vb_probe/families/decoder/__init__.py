@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from vb_probe.errors import CheckpointError, DataError, VbProbeError
-from vb_probe.families import Site, model_type_of, quiet_loading, register_family
+from vb_probe.families import Site, items_image_tokens, model_type_of, quiet_loading, register_family
 from vb_probe.families.decoder.geometry import ImageCells, ViewMap, cell_boxes, llava_view, squashed_view
 from vb_probe.families.decoder.prompts import Qwen2VLPrompts, Template, caption_tokens, template_for
 from vb_probe.families.decoder.rows import capture_rows, register
@@ -149,14 +149,8 @@ class DecoderFamily:
 
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer_of(model)
         template = template_for(model.config.model_type, model.processor)
-        images: dict[str, ImageCells] = {}
-        for item in items:
-            if isinstance(item.regions, ImageCells):
-                images[item.image_id] = item.regions
-            elif item.image_id not in images:
-                images[item.image_id] = self.image_tokens(model, features, item.image_id)
+        rows = items_image_tokens(self, model, items, features, ImageCells)
         suffix = tokenizer(template.suffix, add_special_tokens=False)["input_ids"] if template.suffix else []
-        rows = [images[item.image_id] for item in items]
         sequences, token_types, word_positions = [], [], []
         for item, cells in zip(items, rows):
             prefix = cells.processed["input_ids"][0].tolist()
