@@ -23,6 +23,7 @@ import torch
 
 from vb_probe.data.features import RegionFeatures, Regions, open_features
 from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.devices import resolve_device
 from vb_probe.errors import VbProbeError
 from vb_probe.families import family_of, head_shape, open_inputs, reads_pixels
@@ -136,7 +137,7 @@ def _probe(model, tokenizer, flickr30k: Flickr30kEntities | str | Path, features
     """One probe pass over the model as it is, in eval mode, with the readers opened once."""
     encoder = _model(model)
     device = str(resolve_device(str(device))) if device is not None else next(encoder.parameters()).device.type
-    flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
+    flickr = open_grounding_set(flickr30k, relations=bool(options.get("relations")))
     family = family_of(encoder)
     features = open_inputs(family, features, features, confidence)  # pixel families: the images folder
     where = {"images" if reads_pixels(family) else "features": Path(features.source)}
@@ -274,7 +275,7 @@ def _interventions(model: torch.nn.Module):
 
 def _masked_phrases(model, tokenizer, flickr30k, features, split: str, limit: int | None, progress: bool):
     tools = _interventions(model)
-    flickr30k = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
+    flickr30k = open_grounding_set(flickr30k)
     features = open_features(features) if isinstance(features, (str, Path)) else features
     items = tools.masked_phrases(flickr30k, features, tokenizer, split, limit, progress=progress)
     if not items:

@@ -73,7 +73,8 @@ def _probe_config(args: argparse.Namespace, **extra):
         precision=args.precision, batch_size=args.batch_size, device=args.device, limit=args.limit,
         confidence=args.confidence, skip_unannotated=args.skip_unannotated,
         skip_missing_features=args.skip_missing_features, select_on=args.select_on, control=args.control,
-        localization_prompts=args.localization_prompts, device_map=args.device_map, **extra,
+        localization_prompts=args.localization_prompts, device_map=args.device_map, dataset=args.dataset_format,
+        split_by=args.split_by, query_word=args.query_word, **extra,
     )
 
 
@@ -128,6 +129,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
+    from vb_probe.data.grounding_sets import open_grounding_set
     from vb_probe.families import head_shape
     from vb_probe.results import GroundingResult, check_scores_shape
     from vb_probe.visualize import render_attention_figure
@@ -140,7 +142,8 @@ def cmd_visualize(args: argparse.Namespace) -> int:
         check_scores_shape(scores.shape, head_shape(model), args.scores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        render_attention_figure(model, tokenizer, args.flickr30k, args.features, args.image_id, args.caption_index,
+        dataset = open_grounding_set(args.flickr30k, args.dataset_format, split_by=args.split_by)
+        render_attention_figure(model, tokenizer, dataset, args.features, args.image_id, args.caption_index,
                                 out, images_dir=args.images, scores=scores)
     _print_notes(caught)
     print(f"wrote {out}")
@@ -148,7 +151,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.data.grounding_sets import open_grounding_set
     from vb_probe.data.parses import read_conllu
     from vb_probe.explorer import PAGE, explorer_data, write_explorer
     from vb_probe.families import family_of, head_shape, open_inputs
@@ -163,7 +166,8 @@ def cmd_explore(args: argparse.Namespace) -> int:
     if images is None and (Path(args.flickr30k).parent / "images").is_dir():
         images = Path(args.flickr30k).parent / "images"  # the built-in world keeps its renders beside the data
     store = open_inputs(family_of(model), args.features, images)
-    data = explorer_data(model, tokenizer, Flickr30kEntities(args.flickr30k), store,
+    data = explorer_data(model, tokenizer, open_grounding_set(args.flickr30k, args.dataset_format,
+                                                              split_by=args.split_by), store,
                          split=args.split, limit=args.limit, scores=scores,
                          parses=read_conllu(args.parses) if args.parses else None, images_dir=images,
                          progress=not args.quiet)
@@ -242,8 +246,7 @@ def _model_options(p: argparse.ArgumentParser, ckpt_help: str) -> None:
     from vb_probe.errors import positive_int
 
     p.add_argument("--ckpt", required=True, help=ckpt_help)
-    p.add_argument("--flickr30k", type=Path, required=True, help="Flickr30K Entities root (Sentences/, Annotations/, "
-                                                                 "train.txt/val.txt/test.txt)")
+    _dataset_options(p)
     p.add_argument("--features", type=Path, help="region features: .tsv (LXMERT), .h5 (BAN) or a folder of .npz "
                                                  "(models that read regions: VisualBERT, LXMERT)")
     p.add_argument("--split", default="test", help="split list to use (train, val, test)")
@@ -252,6 +255,33 @@ def _model_options(p: argparse.ArgumentParser, ckpt_help: str) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--limit", type=positive_int, help="use only the first N images of the split")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _dataset_options(p: argparse.ArgumentParser) -> None:
+    """One annotation set, given by its format's option (or --dataset, the format told by the files)."""
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--flickr30k", type=Path, help="Flickr30K Entities root (Sentences/, Annotations/, "
+                                                      "train.txt/val.txt/test.txt)")
+    group.add_argument("--refcoco", type=Path, help="a RefCOCO, RefCOCO+ or RefCOCOg folder in the refer layout "
+                                                    "(refs(unc).p or refs(umd).p, and COCO's instances.json)")
+    group.add_argument("--visual-genome", type=Path, help="a Visual Genome folder (image_data.json, "
+                                                          "region_descriptions.json, objects.json, relationships.json, "
+                                                          "<split>.txt)")
+    group.add_argument("--dataset", type=Path, help="any of the three; the format is told by the files")
+    p.add_argument("--split-by", choices=["unc", "umd", "google"], help="RefCOCO: which refs file (default: unc if "
+                                                                        "present, else umd)")
+
+
+def dataset_args(args: argparse.Namespace) -> None:
+    """``args.flickr30k`` the annotations' root whatever option gave it, ``args.dataset_format`` its format
+    (None: told by the files)."""
+    if not hasattr(args, "flickr30k"):
+        return
+    for option, kind in (("refcoco", "refcoco"), ("visual_genome", "visual_genome"), ("dataset", None)):
+        if getattr(args, option, None) is not None:
+            args.flickr30k, args.dataset_format = getattr(args, option), kind
+            return
+    args.dataset_format = "flickr30k" if args.flickr30k is not None else None
 
 
 def _probe_options(p: argparse.ArgumentParser) -> None:
@@ -278,6 +308,9 @@ def _probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-missing-features", action="store_true",
                    help="count phrases of images without features as skipped instead of failing")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
+    p.add_argument("--query-word", choices=["last", "head"], help="the word whose attention an entity is scored "
+                   "on: its phrase's last word (Flickr30K's default, the paper's) or its head in the parse (RefCOCO's "
+                   "and Visual Genome's default; spaCy unless --parses)")
     p.add_argument("--device-map", help="decoder models: spread the weights over the devices with accelerate "
                    "(e.g. auto) for a model bigger than one device")
     p.add_argument("--localization-prompts", type=positive_int, default=500,
@@ -398,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    dataset_args(args)
     from vb_probe.errors import VbProbeError, run_command
 
     return run_command("vb-probe", args, (VbProbeError,))

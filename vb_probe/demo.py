@@ -86,6 +86,8 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
     log(f"      the interactive explorer: {out / 'explorer' / 'index.html'}")
     log("      attribution (integrated gradients) and the causal check on the first test images")
     extras = _attribution_and_causal(final, flickr, features, out, entity.shape, log, progress=progress)
+    log("      the same model on the world's RefCOCO and Visual Genome layouts")
+    extras["other_sets"] = _other_sets(world, model, tokenizer, features, progress, log)
     report = _report(entity, syntactic, history, config, time.time() - started, shown, key, extras)
     with atomic_files(out) as staged:
         staged.text("report.md", report)
@@ -234,12 +236,36 @@ def emergence_verdict(entity: GroundingResult) -> str:
 
 
 def _world_matches(world: Path, images: int, seed: int) -> bool:
-    """The world already in ``world`` is the one asked for (so it is reused, not rebuilt)."""
+    """The world already in ``world`` is the one asked for, with every layout this version writes (so it is
+    reused, not rebuilt)."""
     try:
         meta = json.loads((world / "world.json").read_text())
     except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(meta, dict) and meta.get("images") == images and meta.get("seed") == seed
+    layouts = all((world / name).is_dir() for name in ("flickr30k", "refcoco", "visual_genome"))
+    return isinstance(meta, dict) and meta.get("images") == images and meta.get("seed") == seed and layouts
+
+
+def _other_sets(world: Path, model, tokenizer, features, progress: bool, log) -> dict:
+    """Entity grounding on the world's RefCOCO layout (testA and testB, the query word each expression's head, the
+    head chosen on val) and relation grounding on its Visual Genome relationships (test, chosen on val)."""
+    from vb_probe.data.refcoco import RefCoco
+    from vb_probe.pipeline import ProbeConfig, grounding_result, run_probes, syntactic_result
+    from vb_probe.tables import format_entity_summary
+
+    refcoco = RefCoco(world / "refcoco")
+    out = {}
+    for split in (s for s in ("testA", "testB") if s in refcoco.split_of.values()):  # a tiny world: one half
+        cfg = ProbeConfig(flickr30k=world / "refcoco", features=world / "features.tsv", split=split, select_on="val",
+                          dataset="refcoco", parser="spacy")
+        out[f"refcoco {split}"] = grounding_result(run_probes(cfg, model, tokenizer, progress=progress,
+                                                              flickr30k=refcoco, features=features))
+        log("      RefCOCO " + format_entity_summary(out[f"refcoco {split}"]).splitlines()[0])
+    cfg = ProbeConfig(flickr30k=world / "visual_genome", features=world / "features.tsv", split="test",
+                      select_on="val", dataset="visual_genome", entity=False, relations=("all",))
+    out["visual_genome relations"] = syntactic_result(run_probes(cfg, model, tokenizer, progress=progress,
+                                                                 features=features))
+    return out
 
 
 def check_demo_folder(out: Path, reuse_world: bool) -> None:
@@ -292,6 +318,36 @@ def _read_log(path: Path) -> list[dict]:
         return []
     with open(path) as handle:
         return list(csv.DictReader(handle))
+
+
+def _other_sets_lines(other: dict | None) -> list[str]:
+    """The report's section on the world's RefCOCO and Visual Genome layouts."""
+    if not other:
+        return []
+    lines = ["", "## Referring expressions and relations (the world's RefCOCO and Visual Genome layouts)", "",
+             "The same model and probe on the world's RefCOCO layout (each phrase naming one object is an expression; "
+             "the query word is its head, from spaCy's parse; the head chosen on val) and on its Visual Genome "
+             "relationships (subject word → object's box, and back; no parser):", "",
+             "| set | n | head chosen on val: accuracy (95% interval) | highest-confidence | best on this split (biased) |",
+             "|---|---|---|---|---|"]
+    for name in (n for n in ("refcoco testA", "refcoco testB") if n in other):
+        result = other[name]
+        chosen, best = result.selected_head, result.best_head()
+        low, high = result.interval(chosen.layer, chosen.head)
+        lines.append(f"| RefCOCO {name.split()[1]} (expressions) | {result.n} | {chosen.label} **{chosen.accuracy:.3f}** "
+                     f"({low:.3f}–{high:.3f}) | {result.baselines['highest_confidence']:.3f} | "
+                     f"{best.label} {best.accuracy:.3f} |")
+    relations = other["visual_genome relations"]
+    ranked = sorted(relations.scores.items(), key=lambda item: -item[1].n)
+    for (relation, direction), scores in ranked[:6]:
+        chosen, best = relations.selected.get((relation, direction)), scores.best_head()
+        chosen_text = "–"
+        if chosen is not None:
+            low, high = scores.interval(chosen.layer, chosen.head)
+            chosen_text = f"{chosen.label} **{chosen.accuracy:.3f}** ({low:.3f}–{high:.3f})"
+        lines.append(f"| Visual Genome `{relation}` {direction.replace('_', ' ')} | {scores.n} | {chosen_text} | "
+                     f"{scores.baselines['highest_confidence']:.3f} | {best.label} {best.accuracy:.3f} |")
+    return lines
 
 
 def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[dict], config, seconds: float,
@@ -383,6 +439,7 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
               f"{shown(causal['drop_random_k'])} "
               f"on average over {len(causal['random_draws'])} draws. In short: {causal['verdict']}. "
               "Region-to-phrase R@1 needs a fine-tuned region-to-phrase head (`vb-train finetune --task flickr30k`)."]
+    lines += _other_sets_lines(extras.get("other_sets"))
     if evals:
         last = evals[-1]
         lines += ["", "## Pre-training", "",

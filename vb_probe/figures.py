@@ -9,6 +9,7 @@ from pathlib import Path
 from vb_probe.atomic import atomic_files, check_outputs, writable_folder
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.errors import DataError
 from vb_probe.results import GroundingResult, SyntacticResult
 
@@ -44,7 +45,7 @@ def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, mo
     from vb_probe.families import family_of, open_inputs
     from vb_probe.visualize import attention_figure
 
-    flickr30k = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
+    flickr30k = open_grounding_set(flickr30k)
     features = open_inputs(family_of(model), features, features if features is not None else images_dir)
     figures = {}
     for name, example in figure_names(entity, syntactic is not None, flickr30k, suffix).items():
@@ -79,7 +80,8 @@ def figures_from_results(results: Path, out: Path, images_dir: Path | None = Non
     if missing:
         raise DataError(f"{results / 'entity_grounding' / 'run.json'}: records no {', '.join(missing)}; the attention "
                         "figures need the checkpoint and data of the run")
-    check_outputs(out, figure_names(entity, syntactic is not None, Flickr30kEntities(config["flickr30k"]), suffix))
+    dataset = open_grounding_set(config["flickr30k"], config.get("dataset"), split_by=config.get("split_by"))
+    check_outputs(out, figure_names(entity, syntactic is not None, dataset, suffix))
     writable_folder(out)
     model = load_model(config["ckpt"], device=device)
     with warnings.catch_warnings():

@@ -27,6 +27,7 @@ from vb_probe.batching import prefetched, to_device
 from vb_probe.cache import user_cache_dir
 from vb_probe.data.features import RegionFeatures, Regions
 from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.data.parses import Parse, SpacyParser, read_conllu, to_conllu
 from vb_probe.devices import resolve_device
 from vb_probe.errors import DataError, VbProbeError
@@ -75,10 +76,18 @@ class ProbeConfig:
     # heads, and how the weights are spread over devices (accelerate's device_map, e.g. "auto")
     localization_prompts: int = 500
     device_map: str | None = None
+    # the annotations' format (``flickr30k`` is the root of any of them): flickr30k, refcoco or visual_genome (None:
+    # told by the files); RefCOCO's split_by (unc, umd, google; None: what the folder has); the entity query word:
+    # "last" (the paper's, Flickr30K's default) or "head" (the phrase's head in its parse; RefCOCO's and Visual
+    # Genome's default)
+    dataset: str | None = None
+    split_by: str | None = None
+    query_word: Literal["last", "head"] | None = None
 
 
 # options added after run.json's config was fixed: recorded only when they differ from these defaults
-_LATER_OPTIONS = {"localization_prompts": 500, "device_map": None}
+_LATER_OPTIONS = {"localization_prompts": 500, "device_map": None, "dataset": None, "split_by": None,
+                  "query_word": None}
 
 
 @dataclass
@@ -434,9 +443,15 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         raise VbProbeError(f"--mask {cfg.mask}: use posthoc or intervene")
     device = resolve_device(cfg.device)
     family = family_of(model)
-    flickr = flickr30k if flickr30k is not None else Flickr30kEntities(cfg.flickr30k)
+    flickr = open_grounding_set(flickr30k if flickr30k is not None else cfg.flickr30k, cfg.dataset,
+                                split_by=cfg.split_by, relations=bool(cfg.relations))
+    query_word = cfg.query_word or getattr(flickr, "query_word", "last")
+    if query_word not in ("last", "head"):
+        raise VbProbeError(f"--query-word {query_word}: use last or head")
     if features is None:
         features = open_inputs(family, cfg.features, cfg.images, cfg.confidence)
+    if hasattr(features, "add_names") and hasattr(flickr, "image_files"):
+        features.add_names(flickr.image_files())  # COCO's own file names (COCO_train2014_….jpg)
     facts = family.prepare(model, features, config_dict(cfg))  # the model's checks, before any work
     checkpoint = checkpoint_info(cfg.ckpt, model)
     if out is not None:
@@ -452,15 +467,31 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         if cfg.limit is not None:
             image_ids = image_ids[: cfg.limit]
         parses, parse_source = None, ""
-        if wants_parses:
+        own_arcs = hasattr(flickr, "parses") and cfg.parses is None  # Visual Genome's relations: no parser needed
+        if wants_parses and own_arcs:
+            parses, parse_source = flickr.parses(image_ids), f"{flickr.name}:relationships"
+            parser_used["name"] = parse_source
+            if split == cfg.split:
+                relations_seen.update(r for p in parses.values() for _, _, r in p.arcs())
+        elif wants_parses:
             parses, parse_source, _ = load_parses(cfg_for(split), flickr, image_ids, out if split == cfg.split else None)
             parser_used["name"] = parse_source
             if split == cfg.split:
                 keys = {c.key for i in image_ids for c in flickr.captions(i)}
                 relations_seen.update(r for k, p in parses.items() if k in keys for _, _, r in p.arcs())
+        heads, heads_source = None, ""
+        if cfg.entity and query_word == "head":  # the phrase's head word: from the parses (spaCy's by default)
+            if parses is not None and not own_arcs:
+                heads, heads_source = parses, parse_source
+            else:
+                from dataclasses import replace
+
+                heads, heads_source, _ = load_parses(replace(cfg, split=split, parser=cfg.parser or "spacy"), flickr,
+                                                     image_ids, None)
         items, seen = collect_items(flickr, features, image_ids, entity=cfg.entity, relations=cfg.relations,
                                     parses=parses, parse_source=parse_source, skip_unannotated=cfg.skip_unannotated,
-                                    skip_missing_features=cfg.skip_missing_features)
+                                    skip_missing_features=cfg.skip_missing_features, heads=heads,
+                                    heads_source=heads_source)
         counts, late_skips = probe_pass(
             run_model, tokenizer, items, batch_size=cfg.batch_size, facts=facts,
             max_text_len=min(cfg.max_text_len, family.text_limit(model)), mask=cfg.mask,
@@ -484,6 +515,8 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
     control = None
     if cfg.control:
         control = one_split(cfg.split, family.twin(model, cfg.seed), "random-init control", "control")
+    if query_word == "head" or getattr(flickr, "name", "flickr30k") != "flickr30k":
+        facts = {**facts, "dataset": getattr(flickr, "name", "flickr30k"), "query_word": query_word}
     results = ProbeResults(
         config=cfg, main=main, select=select, control=control, checkpoint=checkpoint,
         parser=parser_used.get("name"), facts=facts, family=family.name, rule=family_rule(family),

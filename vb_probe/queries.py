@@ -124,8 +124,11 @@ def has_features(features: RegionFeatures, image_id: str, skip_missing: bool) ->
 
 
 def entity_queries(flickr: Flickr30kEntities, caption: Caption, features_present: bool, seen: Collection,
-                   skip_unannotated: bool = False) -> list[Query]:
-    """One query per phrase with gold boxes; every other phrase counted as skipped with its reason."""
+                   skip_unannotated: bool = False, head_parse: Parse | None = None) -> list[Query]:
+    """One query per phrase with gold boxes; every other phrase counted as skipped with its reason. The query word
+    is the phrase's last word, or with ``head_parse`` (the caption's parse) its head word (:func:`head_word`)."""
+    from vb_probe.data.grounding_sets import head_word
+
     annotation = flickr.annotation(caption.image_id)
     queries = []
     for phrase in caption.phrases:
@@ -136,7 +139,9 @@ def entity_queries(flickr: Flickr30kEntities, caption: Caption, features_present
         if reason:
             seen.skip(ENTITY, reason)
             continue
-        queries.append(Query(ENTITY, phrase.last_word_index, annotation.boxes[phrase.entity_id],
+        word = phrase.last_word_index if head_parse is None else \
+            head_word(head_parse.heads, phrase.first_word_index, phrase.last_word_index)
+        queries.append(Query(ENTITY, word, annotation.boxes[phrase.entity_id],
                              f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}", phrase.first_word_index,
                              phrase.entity_id))
     return queries
@@ -169,17 +174,21 @@ def arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption
 
 def collect_items(flickr: Flickr30kEntities, features: RegionFeatures, image_ids: list[str], *, entity: bool = True,
                   relations: tuple[str, ...] = (), parses: dict[str, Parse] | None = None, parse_source: str = "",
-                  skip_unannotated: bool = False, skip_missing_features: bool = False
+                  skip_unannotated: bool = False, skip_missing_features: bool = False,
+                  heads: dict[str, Parse] | None = None, heads_source: str = ""
                   ) -> tuple[list[ProbeItem], Collection]:
     """Every phrase (and arc direction) of ``image_ids`` is turned into a query or counted as skipped. Items hold
-    image ids, not features: the features are read batch by batch."""
+    image ids, not features: the features are read batch by batch. With ``heads`` (parses of the captions) an
+    entity query sits on its phrase's head word instead of its last word."""
     seen = Collection()
     items: list[ProbeItem] = []
     for image_id in image_ids:
         present = has_features(features, image_id, skip_missing_features)
         for caption in flickr.captions(image_id):
             seen.n_captions += 1
-            queries = entity_queries(flickr, caption, present, seen, skip_unannotated) if entity else []
+            head_parse = None if heads is None else check_parse_matches(heads.get(caption.key), caption.key,
+                                                                        caption.words, heads_source)
+            queries = entity_queries(flickr, caption, present, seen, skip_unannotated, head_parse) if entity else []
             if parses is not None:
                 parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, parse_source)
                 queries += arc_queries(set(relations), flickr, caption, parse, present, seen)

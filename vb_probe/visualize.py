@@ -10,6 +10,7 @@ import numpy as np
 
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.data.images import IMAGE_SUFFIXES
 from vb_probe.errors import DataError
 from vb_probe.results import GroundingResult, Head
@@ -66,7 +67,7 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
 
     if scores is not None:
         check_scores_shape(scores.shape, head_shape(model), "scores")
-    flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
+    flickr = open_grounding_set(flickr30k)
     family = family_of(model)
     if reads_pixels(family) and features is None:
         features = images_dir  # a model that reads pixels reads the images drawn on

@@ -1,6 +1,6 @@
-"""Writing the built-in world: every file in the real formats (Flickr30K Entities, LXMERT TSV and BAN HDF5
-features, Karpathy COCO captions, CoNLL-U parses, VQA/NLVR2/VCR task files, a WordPiece vocabulary, images),
-into a folder written whole."""
+"""Writing the built-in world: every file in the real formats (Flickr30K Entities, RefCOCO in the refer layout,
+Visual Genome, LXMERT TSV and BAN HDF5 features, Karpathy COCO captions, CoNLL-U parses, VQA/NLVR2/VCR task files,
+a WordPiece vocabulary, images), into a folder written whole."""
 
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def build_world(out: str | Path, images: int = 1000, seed: int = 0, hdf5: bool =
         if hdf5:
             write_hdf5(tmp / "features.h5", regions)
         _write_karpathy(tmp / "dataset_coco.json", splits)
+        _write_refcoco_and_visual_genome(tmp, splits)
         write_task_files(tmp, splits, np.random.default_rng([seed, 2]))
         _write_vocab(tmp / "tokenizer", tmp)
         if render:
@@ -75,6 +76,69 @@ def _write_karpathy(path: Path, splits: dict[str, list[Scene]]) -> None:
             images.append({"filename": f"{scene.image_id}.png", "cocoid": int(scene.image_id), "imgid": len(images),
                            "split": split, "sentences": sentences})
     path.write_text(json.dumps({"dataset": "vb-probe-world", "images": images}))
+
+
+def _write_refcoco_and_visual_genome(out: Path, splits: dict[str, list[Scene]]) -> None:
+    """The world's objects as RefCOCO refs (``refcoco/``: refs(unc).p and instances.json) and Visual Genome regions
+    and relationships (``visual_genome/``), from its captions. Every phrase naming a one-box object is one
+    referring expression of that object and one region description with its box, in the same order in both, so
+    the two layouts ask the same questions of the same scenes; the captions' verbs and prepositions between two
+    such objects are Visual Genome's relationships. Splits: the world's own (RefCOCO's unc names its test halves
+    testA and testB)."""
+    from vb_probe.data.refcoco import write_refcoco
+    from vb_probe.data.visual_genome import write_visual_genome
+
+    images, objects, refs = [], [], []
+    regions: dict[str, list[dict]] = {}
+    relationships: dict[str, list[dict]] = {}
+    vg_splits: dict[str, list[str]] = {}
+    for split, members in splits.items():
+        vg_splits[split] = [scene.image_id for scene in members]
+        for position, scene in enumerate(members):
+            unc = split if split != "test" else ("testA" if position < (len(members) + 1) // 2 else "testB")
+            image_id = int(scene.image_id)
+            images.append({"id": image_id, "image_id": image_id, "width": scene.width, "height": scene.height,
+                           "file_name": f"{scene.image_id}.png"})
+            single = {o.entity_id: o for o in scene.objects if len(o.boxes) == 1}
+            mentions: dict[int, list[tuple[str, ...]]] = {}
+            for _, phrases, _, _ in scene.captions:
+                for phrase in phrases:
+                    if phrase.entity_id in single and phrase.words not in mentions.setdefault(phrase.entity_id, []):
+                        mentions[phrase.entity_id].append(phrase.words)
+            regions[scene.image_id], relationships[scene.image_id] = [], []
+            for entity_id, expressions in mentions.items():
+                box = single[entity_id].boxes[0]
+                ann_id = len(objects) + 1
+                objects.append({"id": ann_id, "image_id": image_id, "box": box})
+                refs.append({"ref_id": len(refs), "ann_id": ann_id, "image_id": image_id, "split": unc,
+                             "sentences": expressions, "file_name": f"{scene.image_id}.png"})
+                for words in expressions:
+                    regions[scene.image_id].append({"region_id": sum(len(r) for r in regions.values()) + 1,
+                                                    "phrase": " ".join(words), "box": box})
+            seen = set()
+            for words, phrases, heads, rels in scene.captions:
+                owner = {i: p for p in phrases for i in range(p.first_word_index, p.last_word_index + 1)}
+                subjects = {heads[i] - 1: owner[i] for i, r in enumerate(rels) if r == "nsubj" and i in owner}
+                for i, rel in enumerate(rels):
+                    if rel not in ("dobj", "pobj") or i not in owner:
+                        continue
+                    link = heads[i] - 1  # the verb (dobj) or the preposition (pobj)
+                    verb = link if rel == "dobj" else heads[link] - 1
+                    subject, target = subjects.get(verb), owner[i]
+                    if subject is None or subject.entity_id not in single or target.entity_id not in single:
+                        continue
+                    key = (subject.entity_id, words[link], target.entity_id)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    relationships[scene.image_id].append({
+                        "relationship_id": sum(len(r) for r in relationships.values()) + 1, "predicate": words[link],
+                        **{role: {"object_id": image_id * 100 + p.entity_id, "name": p.words[-1],
+                                  "box": single[p.entity_id].boxes[0]}
+                           for role, p in (("subject", subject), ("object", target))}})
+    write_refcoco(out / "refcoco", images, objects, refs)
+    write_visual_genome(out / "visual_genome", [{"image_id": i["id"], "width": i["width"], "height": i["height"]}
+                                                for i in images], regions, relationships, vg_splits)
 
 
 def world_texts(folder: Path) -> list[str]:

@@ -30,6 +30,14 @@ class ImageFolder:
         if not self._paths:
             raise DataError(f"--images {self.folder}: holds no .jpg, .jpeg or .png file; pass the images folder")
 
+    def add_names(self, names: dict[str, str]) -> None:
+        """Images named otherwise than by id (COCO's ``COCO_train2014_000000123456.jpg`` for id 123456): ``names``
+        id → file name, each taken where the file is in the folder."""
+        for image_id, name in names.items():
+            path = self.folder / Path(name).name
+            if image_id not in self._paths and path.is_file():
+                self._paths[image_id] = path
+
     def __contains__(self, image_id: str) -> bool:
         return image_id in self._paths
 

@@ -22,6 +22,7 @@ import torch
 
 from vb_probe.data.features import RegionFeatures
 from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.data.parses import Parse, check_parse_matches
 from vb_probe.errors import VbProbeError
 from vb_probe.families import family_of, family_rule, head_shape, image_tokens, open_inputs
@@ -237,7 +238,7 @@ def explore(model, tokenizer, flickr30k, features, progress: bool = True, **opti
     (``parses`` may also be a CoNLL-U file's path)."""
     from vb_probe.api import _eval_mode, _model
 
-    flickr = flickr30k if isinstance(flickr30k, Flickr30kEntities) else Flickr30kEntities(flickr30k)
+    flickr = open_grounding_set(flickr30k)
     features = open_inputs(family_of(_model(model)), features, features)  # pixel families: the images folder
     if isinstance(options.get("parses"), (str, Path)):  # a CoNLL-U file, as the CLI's --parses
         from vb_probe.data.parses import read_conllu
