@@ -119,6 +119,8 @@ def test_head_word_is_the_word_whose_head_lies_outside_the_span():
     assert head_word((0, 1, 2), 0, 2) == 0
     # "a big dog" inside a caption: a → dog, big → dog, dog → outside (the verb at 5)
     assert head_word((3, 3, 5, 0, 4), 0, 2) == 2
+    # a span with two words attached outside it (a parse that splits the phrase): the last of them
+    assert head_word((5, 1, 5, 0, 4), 0, 2) == 2
 
 
 # ------------------------------------------------------------------------------------------- Visual Genome

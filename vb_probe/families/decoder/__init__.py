@@ -36,6 +36,10 @@ def load_processor(folder: Path, model_type: str):
     try:
         return AutoProcessor.from_pretrained(str(folder)), None
     except Exception as exc:  # many types: a missing file, a missing optional dependency
+        if "torchvision" in repr(exc) or "torchvision" in repr(exc.__cause__):
+            raise CheckpointError(f"{folder}: its processor cannot load: the installed torchvision does not match "
+                                  "torch (a CUDA build beside a CPU torch, or another release); uninstall torchvision "
+                                  "or install the one built for this torch") from None
         if model_type != "qwen2_vl":
             raise CheckpointError(f"{folder}: cannot load its processor ({type(exc).__name__}); a {model_type} "
                                   "checkpoint needs its preprocessor_config.json and tokenizer files") from None
