@@ -294,3 +294,23 @@ def test_a_pixel_family_reads_refcoco_with_cocos_file_names(world, tmp_path):
     result = vb_probe.entity_grounding(model, None, folder, images, split="val", progress=False)
     expressions = sum(len(c.phrases) for i in RefCoco(folder).split("val") for c in RefCoco(folder).captions(i))
     assert result.n_phrases == expressions and result.n > 0 and result.provenance["dataset"] == "refcoco"
+
+
+def test_check_data_counts_refcoco_and_visual_genome_as_the_probe_does(world, capsys):
+    """check-data on the world's RefCOCO folder lists its own splits (testA, testB), and its counts are the
+    expressions the probe scores; the same for Visual Genome's regions."""
+    from vb_probe.check_data import check_data
+
+    assert probe_main(["check-data", "--refcoco", str(world["root"] / "refcoco"), "--features",
+                       str(world["root"] / "features.tsv"), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "testA" in printed and "testB" in printed and "Flickr30K" not in printed and "nothing is missing" in printed
+    reports, _ = check_data(world["root"] / "refcoco")
+    data = RefCoco(world["root"] / "refcoco")
+    assert [r.split for r in reports] == ["train", "val", "testA", "testB"]
+    for report in reports:
+        expressions = sum(len(data.captions(i)) for i in data.split(report.split))
+        assert report.phrases == report.with_boxes == expressions
+    reports, _ = check_data(world["root"] / "visual_genome", splits=("val",))
+    regions = VisualGenome(world["root"] / "visual_genome")
+    assert reports[0].with_boxes == sum(len(regions.captions(i)) for i in regions.split("val"))

@@ -1,6 +1,7 @@
 """``vb-probe check-data``: is a data folder laid out right, before hours of probing? Counts per split (images,
 captions, phrases, phrases with gold boxes, skips by reason, images with features) beside the numbers the real
-Flickr30K Entities release has, and a list of what is missing. Reads only; the same queries the probe makes
+Flickr30K Entities release has (for RefCOCO and Visual Genome folders the counts alone), and a list of what is
+missing. Reads only; the same queries the probe makes
 (:mod:`vb_probe.queries`), so its counts are the probe's."""
 
 from __future__ import annotations
@@ -66,14 +67,19 @@ def check_split(flickr: Flickr30kEntities, split: str, features: RegionFeatures 
     return report
 
 
-def format_report(reports: list[SplitReport], features: RegionFeatures | None, shown: int = 5) -> str:
-    """The reports as a table beside the Flickr30K Entities release's numbers, then what is missing."""
-    lines = ["split   images (Flickr30K Entities)   captions (5 an image)   phrases   with boxes   with features",
+def format_report(reports: list[SplitReport], features: RegionFeatures | None, shown: int = 5,
+                  dataset: str = "flickr30k") -> str:
+    """The reports as a table (beside the Flickr30K Entities release's numbers for a Flickr30K folder), then what
+    is missing."""
+    flickr = dataset == "flickr30k"
+    lines = ["split   images (Flickr30K Entities)   captions (5 an image)   phrases   with boxes   with features"
+             if flickr else "split   images                        captions                phrases   with boxes   "
+             "with features",
              "------  ----------------------------  ----------------------  --------  -----------  -------------"]
     for r in reports:
-        expected = FLICKR30K_IMAGES.get(r.split)
+        expected = FLICKR30K_IMAGES.get(r.split) if flickr else None
         images = f"{r.images:,}" + (f" ({expected:,})" if expected else "")
-        captions = f"{r.captions:,}" + (f" ({CAPTIONS_PER_IMAGE * r.images:,})" if r.images else "")
+        captions = f"{r.captions:,}" + (f" ({CAPTIONS_PER_IMAGE * r.images:,})" if r.images and flickr else "")
         feats = "not checked" if features is None else f"{r.with_features:,} of {r.images:,}"
         lines.append(f"{r.split:6s}  {images:28s}  {captions:22s}  {r.phrases:8,}  {r.with_boxes:11,}  {feats}")
     for r in reports:
@@ -93,11 +99,15 @@ def format_report(reports: list[SplitReport], features: RegionFeatures | None, s
     return "\n".join(lines)
 
 
-def check_data(flickr30k: str | Path, features: str | Path | None = None, splits: tuple[str, ...] = ("train", "val", "test"),
-               progress: bool = False) -> tuple[list[SplitReport], RegionFeatures | None]:
-    """Reports for ``splits`` of the Flickr30K Entities root ``flickr30k`` (and ``features`` when given)."""
+def check_data(flickr30k: str | Path, features: str | Path | None = None, splits: tuple[str, ...] | None = None,
+               progress: bool = False, kind: str | None = None, split_by: str | None = None
+               ) -> tuple[list[SplitReport], RegionFeatures | None]:
+    """Reports for ``splits`` (default: the set's own) of the annotation folder ``flickr30k`` (Flickr30K Entities,
+    RefCOCO or Visual Genome; ``kind`` None: told by its files) and of ``features`` when given."""
     from vb_probe.data.features import open_features
+    from vb_probe.data.grounding_sets import open_grounding_set
 
-    flickr = Flickr30kEntities(flickr30k)
+    dataset = open_grounding_set(flickr30k, kind, split_by=split_by)
     store = open_features(features) if features is not None else None
-    return [check_split(flickr, split, store, progress) for split in splits], store
+    splits = splits or getattr(dataset, "splits", ("train", "val", "test"))
+    return [check_split(dataset, split, store, progress) for split in splits], store

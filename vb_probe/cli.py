@@ -184,10 +184,16 @@ def cmd_explore(args: argparse.Namespace) -> int:
 def cmd_check_data(args: argparse.Namespace) -> int:
     from vb_probe.check_data import check_data, format_report
 
-    reports, store = check_data(args.flickr30k, args.features, tuple(args.split or ("train", "val", "test")),
-                                progress=not args.quiet)
-    print(format_report(reports, store))
+    reports, store = check_data(args.flickr30k, args.features, tuple(args.split) if args.split else None,
+                                progress=not args.quiet, kind=args.dataset_format, split_by=args.split_by)
+    print(format_report(reports, store, dataset=args.dataset_format or _format_of(args.flickr30k)))
     return 2 if any(r.problems() for r in reports) else 0
+
+
+def _format_of(root) -> str:
+    from vb_probe.data.grounding_sets import detect_format
+
+    return detect_format(Path(root)) or "flickr30k"
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -394,12 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for index.html")
     p.set_defaults(func=cmd_explore)
 
-    p = command("check-data", "count a Flickr30K Entities folder (and its features) as the probe will, and say what "
-                              "is missing")
-    p.add_argument("--flickr30k", type=Path, required=True, help="Flickr30K Entities root (Sentences/, Annotations/, "
-                                                                 "train.txt/val.txt/test.txt)")
+    p = command("check-data", "count an annotation folder (Flickr30K Entities, RefCOCO, Visual Genome) and its "
+                              "features as the probe will, and say what is missing")
+    _dataset_options(p)
     p.add_argument("--features", type=Path, help="region features to check for every image (.tsv, .h5 or a folder)")
-    p.add_argument("--split", action="append", help="a split to check (repeatable; default: train, val and test)")
+    p.add_argument("--split", action="append", help="a split to check (repeatable; default: the set's own: train, "
+                                                    "val and test; RefCOCO's testA and testB too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_check_data)
 

@@ -157,6 +157,11 @@ class RefCoco:
             width, height = self.images[image_id]["width"], self.images[image_id]["height"]
             xywh_box(self.boxes[ann_id][1], f"{self.instances_path}: annotation {ann_id}", width, height)
 
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The split names of this refs file (``unc``: train, val, testA, testB)."""
+        return SPLITS.get(self.split_by, ())
+
     def split(self, name: str) -> list[str]:
         """Image ids of split ``name`` in the order their refs come."""
         if name not in SPLITS.get(self.split_by, ()):

@@ -278,15 +278,15 @@ def _count_image_tokens(processed: dict, model) -> int:
     return int((processed["input_ids"][0] == image_token_id(model)).sum())
 
 
-_RESIZED: dict[tuple[int, int, int], tuple[int, int]] = {}
+_RESIZED: dict[tuple[str, int, int], tuple[int, int]] = {}
 
 
 def _resized_size(image_processor, width: int, height: int) -> tuple[int, int]:
     """(height, width) the processor resizes a ``width`` × ``height`` image to before its crop: read from its own
-    output for a blank image of that size with the crop off (cached per size and processor)."""
+    output for a blank image of that size with the crop off (cached per size and the processor's settings)."""
     from PIL import Image
 
-    key = (id(image_processor), width, height)
+    key = (image_processor.to_json_string(), width, height)
     if key not in _RESIZED:
         out = image_processor(Image.new("RGB", (width, height)), do_center_crop=False, do_normalize=False,
                               do_rescale=False, return_tensors="np")
