@@ -454,3 +454,54 @@ def test_folding_per_batch_counts_in_batch_order_is_bit_for_bit_one_process():
     for total in per_process:
         grouped.merge(total)
     assert not torch.equal(grouped.region_mass, one.region_mass)
+
+
+_SHARDED_RUN = """
+import functools, os, sys
+import vb_probe.pipeline as pipeline
+from vb_probe.cli import main
+
+pipeline.probe_pass = functools.partial(pipeline.probe_pass, save_every=2)  # progress saved every 2 batches
+original, scored = pipeline.score_batch, []
+
+def score_batch(*args, **kwargs):
+    if os.environ.get("CRASH_AFTER") and len(scored) == int(os.environ["CRASH_AFTER"]):
+        raise KeyboardInterrupt
+    scored.append(1)
+    return original(*args, **kwargs)
+
+pipeline.score_batch = score_batch
+code = main(sys.argv[1:])
+print(f"rank {os.environ['RANK']} scored {len(scored)}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_sharded_run_interrupted_resumes_to_the_one_process_tables(tmp_path, world):
+    """Two torchrun processes stopped after 3 batches each (progress kept every 2), then run again with --resume:
+    each scores only the batches it had not saved, and the tables equal the one-process run's byte for byte."""
+    folder = _save("paligemma", tmp_path / "pg", layers=3)
+    script = tmp_path / "sharded.py"
+    script.write_text(_SHARDED_RUN)
+    common = ["entity-grounding", "--ckpt", str(folder), "--flickr30k", str(world["flickr"]), "--images",
+              str(world["images"]), "--batch-size", "1", "--quiet"]
+    assert probe_main([*common, "--out", str(tmp_path / "one")]) == 0
+
+    def sharded(*extra, crash: str = ""):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CRASH_AFTER": crash}
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", "29519", str(script), *common, "--out", str(tmp_path / "two"), *extra],
+                              capture_output=True, text=True, env=env, timeout=300)
+
+    stopped = sharded(crash="3")
+    assert stopped.returncode != 0 and not (tmp_path / "two" / "entity_grounding.csv").exists()
+    saved = sorted(p.name for p in (tmp_path / "two").glob(".main.rank*.progress.json"))
+    assert saved == [".main.rank0.progress.json", ".main.rank1.progress.json"]
+    resumed = sharded("--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "rank 0 scored 4" in resumed.stderr and "rank 1 scored 4" in resumed.stderr  # 6 each, 2 saved
+    assert (tmp_path / "one" / "entity_grounding.csv").read_bytes() == \
+        (tmp_path / "two" / "entity_grounding.csv").read_bytes()
+    one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
+    assert one["localization"] == two["localization"] and one["baselines"] == two["baselines"]
+    assert not list((tmp_path / "two").glob(".*.progress.json"))  # each process removed its own

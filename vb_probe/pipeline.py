@@ -253,6 +253,11 @@ def progress_path(out: Path, name: str) -> Path:
     return out / f".{name}.progress.json"
 
 
+def rank_progress_path(path: Path, where) -> Path:
+    """Under torchrun, each process's own progress file (``.main.rank1.progress.json``): its batches only."""
+    return path.with_name(path.name.replace(".progress", f".rank{where.rank}.progress"))
+
+
 def _is_progress_file(path: Path) -> bool:
     """A progress file of :func:`probe_pass` (its keys), not a user's file of the same name."""
     try:
@@ -272,15 +277,21 @@ def check_progress_files(out: Path, resume: bool) -> None:
                                "away or choose another --out (nothing was changed)")
 
 
-def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], dict[str, Counter]]:
-    """Finished batches, counts and late skips (truncated, outside_view) saved by an interrupted
-    :func:`probe_pass` of the same ``run``."""
+def _load_progress(path: Path, run: dict
+                   ) -> tuple[int, dict[str, HeadCounts], dict[str, Counter], list[tuple[int, dict]]]:
+    """Finished batches, counts, late skips (truncated, outside_view) and, for a process of several, the counts of
+    each of its batches, saved by an interrupted :func:`probe_pass` of the same ``run``."""
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
         saved_run, done = state["run"], int(state["done"])
         counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
         late_skips = {str(group): Counter({str(k): int(v) for k, v in reasons.items()})
                       for group, reasons in state["truncated"].items()}
+        deltas = [(int(number), {str(g): dict(sub) for g, sub in batch.items()})
+                  for number, batch in state.get("deltas", [])]
+        for _, batch in deltas:  # readable now, not when the shards are folded
+            for sub in batch.values():
+                HeadCounts.from_state(sub)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, RecursionError) as exc:
         raise VbProbeError(f"{path}: the saved progress is damaged ({type(exc).__name__}); run again without "
                            "--resume to start over") from None
@@ -289,7 +300,7 @@ def _load_progress(path: Path, run: dict) -> tuple[int, dict[str, HeadCounts], d
         shown = ", ".join(f"{k} {saved_run.get(k)!r} → {run.get(k)!r}" for k in differs[:3])
         raise VbProbeError(f"{path}: saved progress is for another run ({shown}); resume with the same options, "
                            "or run again without --resume")
-    return done, counts, late_skips
+    return done, counts, late_skips, deltas
 
 
 @torch.no_grad()
@@ -339,12 +350,12 @@ def probe_pass(
     late_skips: dict[str, Counter] = {}  # group → reason → count: skips found only when the batch is built
     done = 0
     run = {**(fingerprint or {}), "n_items": len(items), "batch_size": batch_size, "precision": precision}
+    deltas: list[tuple[int, dict]] = []  # (batch number, its counts): merged in batch order across processes
     if where.size > 1:
         run["processes"] = where.size
-        if state_path is not None:
-            state_path = state_path.with_name(state_path.name.replace(".progress", f".rank{where.rank}.progress"))
+        state_path = None if state_path is None else rank_progress_path(state_path, where)
     if resume and state_path is not None and state_path.is_file():
-        done, counts, late_skips = _load_progress(state_path, run)
+        done, counts, late_skips, deltas = _load_progress(state_path, run)
     model.eval()  # attention dropout would distort the weights being read
     family = family_of(model)
     mine = [(number, chunk) for number, chunk in enumerate(_batches(items, batch_size)) if where.mine(number)]
@@ -352,7 +363,6 @@ def probe_pass(
                leave=False)
     collated = prefetched((lambda chunk=chunk: family.collate(model, chunk, tokenizer, facts, max_text_len, features))
                           for _, chunk in mine[done:])
-    deltas: list[tuple[int, dict]] = []  # (batch number, its counts): merged in batch order across processes
     for finished, (cpu_batch, (number, _)) in enumerate(zip(collated, mine[done:]), start=done + 1):
         batch = to_device(cpu_batch, device, pin=device.type == "cuda")
         for reason, queries in (("truncated", batch.truncated), ("outside_view", batch.outside_view)):
@@ -371,12 +381,10 @@ def probe_pass(
         if state_path is not None and (finished % save_every == 0):
             write_json(state_path, {"run": run, "done": finished,
                                     "counts": {g: c.to_state() for g, c in counts.items()},
-                                    "truncated": {g: dict(c) for g, c in late_skips.items()}})
+                                    "truncated": {g: dict(c) for g, c in late_skips.items()},
+                                    **({"deltas": deltas} if where.size > 1 else {})})
     bar.close()
     if where.size > 1:
-        if done:
-            raise VbProbeError("--resume: a run sharded across processes starts over (its counts must be folded in "
-                               "batch order); run again without --resume")
         counts, late_skips = _fold(gather((deltas, {g: dict(c) for g, c in late_skips.items()}), where), prompts)
     return counts, late_skips
 
@@ -524,9 +532,14 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         notes=list(getattr(model, "load_notes", [])), relations_in_parses=relations_seen,
     )
     if out is not None:
-        for name in PASSES:  # only the progress files this run wrote
-            if _is_progress_file(progress_path(out, name)):
-                progress_path(out, name).unlink()
+        from vb_probe.distributed import world
+
+        where = world(device.type)
+        for name in PASSES:  # only the progress files this run (this process) wrote
+            path = progress_path(out, name)
+            path = rank_progress_path(path, where) if where.size > 1 else path
+            if _is_progress_file(path):
+                path.unlink()
     return results
 
 
