@@ -505,3 +505,41 @@ def test_a_sharded_run_interrupted_resumes_to_the_one_process_tables(tmp_path, w
     one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
     assert one["localization"] == two["localization"] and one["baselines"] == two["baselines"]
     assert not list((tmp_path / "two").glob(".*.progress.json"))  # each process removed its own
+
+
+def _trained(kind: str):
+    """transformers' own GemmaTokenizer (spaces in the normalizer, no prefix space) or LlamaTokenizer (Metaspace),
+    with a vocabulary trained here on the world's words."""
+    from decoder_fixtures import WORDS
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer, LlamaTokenizer
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))  # merges within words, as sentencepiece's
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    alphabet = sorted(set("".join(WORDS)) | {"▁"})
+    backend.train_from_iterator([" ".join(WORDS)] * 20, trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"], initial_alphabet=alphabet))
+    vocab = backend.get_vocab()
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(backend.to_str())["model"]["merges"]]
+    cls = GemmaTokenizer if kind == "gemma" else LlamaTokenizer
+    return cls(vocab=vocab, merges=merges)
+
+
+@pytest.mark.parametrize("kind", ["gemma", "llama"])
+def test_word_ids_follow_the_tokenizers_own_spacing(kind):
+    """Gemma's tokenizer gives a pre-split word no space, Llama's Metaspace gives each one: either way the caption's
+    ids are those of the caption as one string, and each word's last token is where that word ends."""
+    from vb_probe.families.decoder.prompts import caption_tokens
+
+    tokenizer = _trained(kind)
+    words = "a man rides a brown horse near the blue car".split()
+    tokens = caption_tokens(tokenizer, words, 64)
+    assert tokens.input_ids == tokenizer(" ".join(words), add_special_tokens=False)["input_ids"]
+    pieces = tokenizer.convert_ids_to_tokens(tokens.input_ids)
+    for word, last in zip(words, tokens.word_last):
+        assert word.endswith(pieces[last].lstrip("▁")) and pieces[last].lstrip("▁")
+    plain = tokenizer(words, is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    assert (plain == tokens.input_ids) == (kind == "llama")  # Gemma's pre-split words would lose their spaces
+    cut = caption_tokens(tokenizer, words, 3)
+    assert len(cut.input_ids) == 3 and cut.word_last[-1] is None and cut.word_last[0] is not None

@@ -3,14 +3,16 @@ so every caption token can attend to every image token; and where each caption w
 
 The part before the caption goes through the model's own processor (it expands the image placeholder into the
 image tokens and makes the pixels); the caption's words through the fast tokenizer with ``is_split_into_words``
-and ``word_ids()``. Byte-level BPE tokenizers (GPT-2, Qwen2) give a pre-split word no space of its own, so every
-word after the first carries its leading space: the ids are then those of the caption tokenized as one string.
+and ``word_ids()``, in the form whose ids are those of the caption tokenized as one string (byte-level BPE, as
+GPT-2's and Qwen2's, and Gemma's tokenizer give a pre-split word no space of its own: there every word after the
+first carries its space; Llama's Metaspace adds one itself).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 MARKER = "VBPROBECAPTION"  # stands for the caption when a chat template is rendered, then split on
@@ -58,12 +60,6 @@ def template_for(model_type: str, processor) -> Template:
     return Template(prefix, suffix, default.placeholder)
 
 
-def is_byte_level(tokenizer) -> bool:
-    """Whether the fast tokenizer pre-tokenizes bytes (a word's space is part of its first token)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    return backend is not None and "ByteLevel" in backend.pre_tokenizer.__class__.__name__ + repr(backend.pre_tokenizer)
-
-
 @dataclass
 class CaptionTokens:
     """``input_ids`` of the caption alone; ``word_last[w]`` the index of word w's last token (None: cut)."""
@@ -73,15 +69,29 @@ class CaptionTokens:
 
 
 def caption_tokens(tokenizer, words: list[str], max_length: int) -> CaptionTokens:
-    """The caption's tokens (no special tokens), at most ``max_length``, through ``word_ids()``."""
-    spaced = [words[0]] + [" " + w for w in words[1:]] if is_byte_level(tokenizer) else list(words)
-    encoding = tokenizer(spaced, is_split_into_words=True, add_special_tokens=False, truncation=True,
-                         max_length=max_length)
+    """The caption's tokens (no special tokens), at most ``max_length``: the ids of the caption as one string, each
+    word's last token found through ``word_ids()`` of the pre-split words. Tokenizers differ in where a word's
+    space goes (byte-level BPE and Gemma's keep it in the word's first token and give a pre-split word none; Llama's
+    Metaspace adds it to every word), so the words are given as they are and, after the first, with their space,
+    and the form whose ids equal the caption's own is used; if neither does, the caption's character offsets."""
+    whole = tokenizer(" ".join(words), add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(whole["input_ids"])
     last: list[int | None] = [None] * len(words)
-    for position, word in enumerate(encoding.word_ids()):
-        if word is not None:
-            last[word] = position
-    return CaptionTokens(list(encoding["input_ids"]), last)
+    for form in (list(words), [words[0]] + [" " + w for w in words[1:]]):
+        encoding = tokenizer(form, is_split_into_words=True, add_special_tokens=False)
+        if list(encoding["input_ids"]) == ids:
+            for position, word in enumerate(encoding.word_ids()):
+                if word is not None:
+                    last[word] = position
+            break
+    else:  # the caption's own tokens, each word's last one by where it ends in the text
+        ends = np.cumsum([len(w) + 1 for w in words]) - 1  # the character after each word
+        starts = ends - np.array([len(w) for w in words])
+        for position, (start, end) in enumerate(whole["offset_mapping"]):
+            for word in np.flatnonzero((starts < end) & (start < ends)):
+                last[int(word)] = position
+    kept = ids[:max_length]
+    return CaptionTokens(kept, [p if p is not None and p < len(kept) else None for p in last])
 
 
 class Qwen2VLPrompts:
