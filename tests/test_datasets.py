@@ -314,3 +314,31 @@ def test_check_data_counts_refcoco_and_visual_genome_as_the_probe_does(world, ca
     reports, _ = check_data(world["root"] / "visual_genome", splits=("val",))
     regions = VisualGenome(world["root"] / "visual_genome")
     assert reports[0].with_boxes == sum(len(regions.captions(i)) for i in regions.split("val"))
+
+
+@pytest.mark.parametrize("chunk", [5, 64, 1 << 22])
+def test_records_of_a_large_json_array_are_found_by_byte_span(tmp_path, monkeypatch, chunk):
+    """The streaming index of a JSON array (Visual Genome's files) gives each image's record exactly as the whole
+    file parses, across read boundaries that split records and multi-byte characters, after a byte order mark;
+    the index is kept in the user cache by content, and a record cut short is one line naming the file."""
+    from vb_probe.data import json_records
+    from vb_probe.data.json_records import JsonRecords
+
+    monkeypatch.setattr(json_records, "CHUNK", chunk)
+    monkeypatch.setenv("VB_PROBE_CACHE", str(tmp_path / "cache"))
+    records = [{"id": i, "regions": [{"phrase": f"café naïve 東京 {i} 🐴", "x": i}]} for i in range(40)]
+    path = tmp_path / "region_descriptions.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(records, ensure_ascii=False, indent=1).encode("utf-8"))
+    index = JsonRecords(path, lambda entry, where: str(entry["id"]))
+    assert index.ids() == [str(i) for i in range(40)]
+    assert all(index.record(str(i)) == records[i] for i in range(40)) and index.record("99") is None
+    assert list((tmp_path / "cache" / "json-index").glob("*.json"))  # cached, outside the data folder
+    monkeypatch.setattr(json_records, "scan_records", lambda *a: pytest.fail("the cached index was not used"))
+    assert JsonRecords(path, lambda entry, where: str(entry["id"])).record("7") == records[7]
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(records)[:-40])
+    monkeypatch.undo()
+    monkeypatch.setattr(json_records, "CHUNK", chunk)
+    monkeypatch.setenv("VB_PROBE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"broken.json: record \d+ is not valid JSON|broken.json: ends inside"):
+        JsonRecords(broken, lambda entry, where: str(entry["id"]))

@@ -69,6 +69,8 @@ class VisualGenome:
     name = "visual_genome"
 
     def __init__(self, root: str | Path, relations: bool = False):
+        from vb_probe.data.json_records import JsonRecords
+
         self.root = Path(root)
         self.relations = relations
         sizes = _records(self.root / "image_data.json", "image ids with width and height")
@@ -76,67 +78,63 @@ class VisualGenome:
         for number, entry in enumerate(sizes):
             where = f"{self.root / 'image_data.json'}: record {number}"
             self.sizes[_image_id(entry, where)] = image_size(entry, where)
-        self._by_image: dict[str, list] | None = None
+        # the view's file, indexed by image (one streaming pass, cached by content): read an image at a time
+        name = "relationships.json" if relations else "region_descriptions.json"
+        path = self.root / name
+        if not path.is_file():
+            what = "subject, predicate and object per relationship" if relations else "a phrase and a box per region"
+            raise DataError(f"{path}: missing; a Visual Genome folder needs {name} ({what})")
+        self._file = JsonRecords(path, self._sized_record)
+        objects = self.root / "objects.json"
+        self._objects = JsonRecords(objects, _image_id) if relations and objects.is_file() else None
         self.captions = lru_cache(maxsize=4096)(self._captions)
         self.annotation = lru_cache(maxsize=4096)(self._annotation)
+        self._image_records = lru_cache(maxsize=4096)(self._read_image)
 
     # ------------------------------------------------------------------------------------------- reading
 
-    def _records_by_image(self) -> dict[str, list]:
-        """The view's records per image, read and checked once (every image sized, every box valid, every object id
-        resolved)."""
-        if self._by_image is not None:
-            return self._by_image
-        by_image: dict[str, list] = defaultdict(list)
+    def _sized_record(self, entry, where: str) -> str:
+        return self._sized(_image_id(entry, where), where)
+
+    def _read_image(self, image_id: str) -> tuple:
+        """The view's records of one image, checked (sizes, boxes, names, object ids): regions as (region id,
+        words, box), relationships as (predicate label, predicate words, subject, object), each end (object id,
+        name words, box)."""
+        entry = self._file.record(image_id)
+        if entry is None:
+            return ()
+        path = self._file.path
+        out = []
         if not self.relations:
-            path = self.root / "region_descriptions.json"
-            for number, entry in enumerate(_records(path, "a phrase and a box per region")):
-                image_id = self._sized(_image_id(entry, f"{path}: record {number}"), f"{path}: record {number}")
-                for k, region in enumerate(entry.get("regions") or []):
-                    where = f"{path}: image {image_id}, region {k}"
-                    if not isinstance(region, dict):
-                        raise DataError(f"{where}: expected an object with region_id, phrase, x, y, width, height")
-                    region_id = region.get("region_id", region.get("id"))
-                    if isinstance(region_id, bool) or not isinstance(region_id, int):
-                        raise DataError(f"{where}: region_id {region_id!r:.20} is not an integer id; fix the record")
-                    by_image[image_id].append((region_id, _words(region.get("phrase"), where),
-                                               _box(region, where, self.sizes[image_id])))
-        else:
-            objects = self._objects()
-            path = self.root / "relationships.json"
-            for number, entry in enumerate(_records(path, "subject, predicate and object per relationship")):
-                image_id = self._sized(_image_id(entry, f"{path}: record {number}"), f"{path}: record {number}")
-                for k, rel in enumerate(entry.get("relationships") or []):
-                    number_here = rel.get("relationship_id", k) if isinstance(rel, dict) else k
-                    where = f"{path}: image {image_id}, relationship {number_here}"
-                    if not isinstance(rel, dict) or not isinstance(rel.get("predicate"), str) or \
-                            not rel["predicate"].split():
-                        raise DataError(f"{where}: expected an object with subject, predicate and object")
-                    ends = [self._end(rel.get(role), objects.get(image_id, {}), f"{where} {role}", image_id)
-                            for role in ("subject", "object")]
-                    by_image[image_id].append((predicate_label(rel["predicate"]), tuple(rel["predicate"].split()),
-                                               *ends))
-        self._by_image = by_image
-        return by_image
+            regions = entry.get("regions") or []
+            for k, region in enumerate(regions if isinstance(regions, list) else [regions]):
+                where = f"{path}: image {image_id}, region {k}"
+                if not isinstance(region, dict):
+                    raise DataError(f"{where}: expected an object with region_id, phrase, x, y, width, height")
+                region_id = region.get("region_id", region.get("id"))
+                if isinstance(region_id, bool) or not isinstance(region_id, int):
+                    raise DataError(f"{where}: region_id {region_id!r:.20} is not an integer id; fix the record")
+                out.append((region_id, _words(region.get("phrase"), where), _box(region, where, self.sizes[image_id])))
+            return tuple(out)
+        objects = {}
+        if self._objects is not None and image_id in self._objects:
+            listed = self._objects.record(image_id).get("objects") or []
+            objects = {o["object_id"]: o for o in (listed if isinstance(listed, list) else [])
+                       if isinstance(o, dict) and isinstance(o.get("object_id"), int)}
+        relationships = entry.get("relationships") or []
+        for k, rel in enumerate(relationships if isinstance(relationships, list) else [relationships]):
+            number = rel.get("relationship_id", k) if isinstance(rel, dict) else k
+            where = f"{path}: image {image_id}, relationship {number}"
+            if not isinstance(rel, dict) or not isinstance(rel.get("predicate"), str) or not rel["predicate"].split():
+                raise DataError(f"{where}: expected an object with subject, predicate and object")
+            ends = [self._end(rel.get(role), objects, f"{where} {role}", image_id) for role in ("subject", "object")]
+            out.append((predicate_label(rel["predicate"]), tuple(rel["predicate"].split()), *ends))
+        return tuple(out)
 
     def _sized(self, image_id: str, where: str) -> str:
         if image_id not in self.sizes:
             raise DataError(f"{where}: image {image_id} is not in image_data.json; use the files of one release")
         return image_id
-
-    def _objects(self) -> dict[str, dict[int, dict]]:
-        """objects.json by image and object id (for relationships that give an object by id only); empty without
-        the file."""
-        path = self.root / "objects.json"
-        if not path.is_file():
-            return {}
-        out: dict[str, dict[int, dict]] = defaultdict(dict)
-        for number, entry in enumerate(_records(path, "boxes and names per object")):
-            image_id = _image_id(entry, f"{path}: record {number}")
-            for obj in entry.get("objects") or []:
-                if isinstance(obj, dict) and isinstance(obj.get("object_id"), int):
-                    out[image_id][obj["object_id"]] = obj
-        return out
 
     def _end(self, end, objects: dict[int, dict], where: str, image_id: str):
         """(object id, name words, box) of a relationship's subject or object: its own box, else objects.json's."""
@@ -158,7 +156,7 @@ class VisualGenome:
 
     def _captions(self, image_id: str) -> list[Caption]:
         captions = []
-        for record in self._records_by_image().get(self._sized(image_id, str(self.root)), []):
+        for record in self._image_records(self._sized(image_id, str(self.root))):
             if not self.relations:
                 region_id, words, _ = record
                 captions.append(Caption(image_id, len(captions), words, (Phrase(0, words, region_id, ("region",)),)))
@@ -173,7 +171,7 @@ class VisualGenome:
     def _annotation(self, image_id: str) -> Annotation:
         width, height = self.sizes[self._sized(image_id, str(self.root))]
         boxes = {}
-        for record in self._records_by_image().get(image_id, []):
+        for record in self._image_records(image_id):
             if not self.relations:
                 boxes[record[0]] = record[2]
             else:
@@ -189,7 +187,7 @@ class VisualGenome:
         object's last word, labelled with the predicate; every other word its own root."""
         out = {}
         for image_id in image_ids:
-            for caption, record in zip(self.captions(image_id), self._records_by_image().get(image_id, [])):
+            for caption, record in zip(self.captions(image_id), self._image_records(image_id)):
                 label = record[0]
                 subject, obj = caption.phrases
                 heads = [0] * len(caption.words)
