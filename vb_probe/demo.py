@@ -320,6 +320,14 @@ def _read_log(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _chosen_cell(scores, chosen) -> str:
+    """A table cell for the head chosen on val, scored on ``scores``' split: label, accuracy and its 95% interval."""
+    if chosen is None:
+        return "–"
+    low, high = scores.interval(chosen.layer, chosen.head)
+    return f"{chosen.label} **{chosen.accuracy:.3f}** ({low:.3f}–{high:.3f})"
+
+
 def _other_sets_lines(other: dict | None) -> list[str]:
     """The report's section on the world's RefCOCO and Visual Genome layouts."""
     if not other:
@@ -332,20 +340,16 @@ def _other_sets_lines(other: dict | None) -> list[str]:
              "|---|---|---|---|---|"]
     for name in (n for n in ("refcoco testA", "refcoco testB") if n in other):
         result = other[name]
-        chosen, best = result.selected_head, result.best_head()
-        low, high = result.interval(chosen.layer, chosen.head)
-        lines.append(f"| RefCOCO {name.split()[1]} (expressions) | {result.n} | {chosen.label} **{chosen.accuracy:.3f}** "
-                     f"({low:.3f}–{high:.3f}) | {result.baselines['highest_confidence']:.3f} | "
+        best = result.best_head()
+        lines.append(f"| RefCOCO {name.split()[1]} (expressions) | {result.n} | "
+                     f"{_chosen_cell(result, result.selected_head)} | {result.baselines['highest_confidence']:.3f} | "
                      f"{best.label} {best.accuracy:.3f} |")
     relations = other["visual_genome relations"]
     ranked = sorted(relations.scores.items(), key=lambda item: -item[1].n)
     for (relation, direction), scores in ranked[:6]:
         chosen, best = relations.selected.get((relation, direction)), scores.best_head()
-        chosen_text = "–"
-        if chosen is not None:
-            low, high = scores.interval(chosen.layer, chosen.head)
-            chosen_text = f"{chosen.label} **{chosen.accuracy:.3f}** ({low:.3f}–{high:.3f})"
-        lines.append(f"| Visual Genome `{relation}` {direction.replace('_', ' ')} | {scores.n} | {chosen_text} | "
+        lines.append(f"| Visual Genome `{relation}` {direction.replace('_', ' ')} | {scores.n} | "
+                     f"{_chosen_cell(scores, chosen)} | "
                      f"{scores.baselines['highest_confidence']:.3f} | {best.label} {best.accuracy:.3f} |")
     return lines
 
@@ -408,12 +412,8 @@ def _report(entity: GroundingResult, syntactic: SyntacticResult, history: list[d
                 lines.append(f"| {relation} | {direction} | 0 | no arcs reach a boxed phrase | – | – | – |")
                 continue
             chosen, control, best_test = syntactic.selected.get(arc), syntactic.control.get(arc), scores.best_head()
-            chosen_text = "–"
-            if chosen is not None:
-                low, high = scores.interval(chosen.layer, chosen.head)
-                chosen_text = f"{chosen.label} **{chosen.accuracy:.3f}** ({low:.3f}–{high:.3f})"
             control_text = f"{control.best_head().accuracy:.3f}" if control is not None else "–"
-            lines.append(f"| {relation} | {direction} | {scores.n} | {chosen_text} | "
+            lines.append(f"| {relation} | {direction} | {scores.n} | {_chosen_cell(scores, chosen)} | "
                          f"{scores.baselines['highest_confidence']:.3f} | {control_text} | "
                          f"{best_test.label} {best_test.accuracy:.3f} |")
     lines += ["", "![Figure 4](figures/fig4_syntactic.png)", "",

@@ -392,20 +392,19 @@ def probe_pass(
 def _fold(shards: list[tuple[list[tuple[int, dict]], dict]], prompts: int
           ) -> tuple[dict[str, HeadCounts], dict[str, Counter]]:
     """Every process's per-batch counts folded in batch order (as one process adds them), the prompts kept for
-    localization cut to the first ``prompts`` as one process keeps them, and the late skips summed."""
+    localization cut to the first ``prompts`` as one process keeps them, and the late skips summed. (A process keeps
+    a prefix of each batch's prompts until it holds ``prompts`` of its own, never fewer than the processes together
+    need there, so the first ``prompts`` in batch order are one process's.)"""
     counts: dict[str, HeadCounts] = {}
     late_skips: dict[str, Counter] = {}
     ordered = sorted((number, state) for deltas, _ in shards for number, state in deltas)
     for _, state in ordered:
         for group, sub in state.items():
             delta = HeadCounts.from_state(sub)
-            total = counts.setdefault(group, HeadCounts(delta.layers, delta.heads))
-            kept = 0 if total.prompt_share is None else total.prompt_share.shape[0]
-            if delta.prompt_share is not None:
-                room = max(0, prompts - kept)
-                delta.prompt_share, delta.prompt_entropy = (None, None) if not room else (
-                    delta.prompt_share[:room], delta.prompt_entropy[:room])
-            total.merge(delta)
+            counts.setdefault(group, HeadCounts(delta.layers, delta.heads)).merge(delta)
+    for total in counts.values():
+        if total.prompt_share is not None:
+            total.prompt_share, total.prompt_entropy = total.prompt_share[:prompts], total.prompt_entropy[:prompts]
     for _, skips in shards:
         for group, reasons in skips.items():
             late_skips.setdefault(group, Counter()).update(reasons)

@@ -90,6 +90,7 @@ class VisualGenome:
         self.captions = lru_cache(maxsize=4096)(self._captions)
         self.annotation = lru_cache(maxsize=4096)(self._annotation)
         self._image_records = lru_cache(maxsize=4096)(self._read_image)
+        self._objects_of = lru_cache(maxsize=64)(self._objects_of)  # each end by id would read it again
 
     # ------------------------------------------------------------------------------------------- reading
 
@@ -116,18 +117,13 @@ class VisualGenome:
                     raise DataError(f"{where}: region_id {region_id!r:.20} is not an integer id; fix the record")
                 out.append((region_id, _words(region.get("phrase"), where), _box(region, where, self.sizes[image_id])))
             return tuple(out)
-        objects = {}
-        if self._objects is not None and image_id in self._objects:
-            listed = self._objects.record(image_id).get("objects") or []
-            objects = {o["object_id"]: o for o in (listed if isinstance(listed, list) else [])
-                       if isinstance(o, dict) and isinstance(o.get("object_id"), int)}
         relationships = entry.get("relationships") or []
         for k, rel in enumerate(relationships if isinstance(relationships, list) else [relationships]):
             number = rel.get("relationship_id", k) if isinstance(rel, dict) else k
             where = f"{path}: image {image_id}, relationship {number}"
             if not isinstance(rel, dict) or not isinstance(rel.get("predicate"), str) or not rel["predicate"].split():
                 raise DataError(f"{where}: expected an object with subject, predicate and object")
-            ends = [self._end(rel.get(role), objects, f"{where} {role}", image_id) for role in ("subject", "object")]
+            ends = [self._end(rel.get(role), f"{where} {role}", image_id) for role in ("subject", "object")]
             out.append((predicate_label(rel["predicate"]), tuple(rel["predicate"].split()), *ends))
         return tuple(out)
 
@@ -136,13 +132,22 @@ class VisualGenome:
             raise DataError(f"{where}: image {image_id} is not in image_data.json; use the files of one release")
         return image_id
 
-    def _end(self, end, objects: dict[int, dict], where: str, image_id: str):
+    def _objects_of(self, image_id: str) -> dict[int, dict]:
+        """objects.json's objects of one image by id (read only for a relationship that names an object by id)."""
+        if self._objects is None or image_id not in self._objects:
+            return {}
+        listed = self._objects.record(image_id).get("objects") or []
+        return {o["object_id"]: o for o in (listed if isinstance(listed, list) else [])
+                if isinstance(o, dict) and isinstance(o.get("object_id"), int)}
+
+    def _end(self, end, where: str, image_id: str):
         """(object id, name words, box) of a relationship's subject or object: its own box, else objects.json's."""
         if not isinstance(end, dict) or isinstance(end.get("object_id"), bool) or \
                 not isinstance(end.get("object_id"), int):
             raise DataError(f"{where}: expected an object with an integer object_id; fix the record")
         object_id = end["object_id"]
         if "x" not in end:
+            objects = self._objects_of(image_id)
             if object_id not in objects:
                 raise DataError(f"{where}: object_id {object_id} has no box here and is not in objects.json for "
                                 f"image {image_id}; use the files of one release")

@@ -12,6 +12,7 @@ scored by the pointing rule.
 from __future__ import annotations
 
 import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,7 @@ class DecoderFamily:
                     raise CheckpointError(f"{type(model).__name__}: a model in memory needs its processor: set "
                                           "model.processor (transformers' AutoProcessor of its checkpoint)")
                 model.processor, _ = load_processor(model.checkpoint_path, model.config.model_type)
+        model.prompt_template = template_for(model.config.model_type, model.processor)  # rendered once
         model.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
         return model.eval()
 
@@ -122,7 +124,7 @@ class DecoderFamily:
             raise VbProbeError(f"{model.checkpoint_path or 'the model'}: vision_feature_select_strategy "
                                f"{model.config.vision_feature_select_strategy!r}: only 'default' (LLaVA-1.5's, one token "
                                "per patch) is supported")
-        template = template_for(kind, model.processor)
+        template = model.prompt_template
         processor = model.processor.image_processor
         keep = ("size", "crop_size", "do_center_crop", "do_pad", "patch_size", "merge_size", "min_pixels",
                 "max_pixels", "resample")
@@ -152,7 +154,7 @@ class DecoderFamily:
         from vb_probe.batching import layout
 
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer_of(model)
-        template = template_for(model.config.model_type, model.processor)
+        template = model.prompt_template
         rows = items_image_tokens(self, model, items, features, ImageCells)
         suffix = tokenizer(template.suffix, add_special_tokens=False)["input_ids"] if template.suffix else []
         sequences, token_types, word_positions = [], [], []
@@ -225,6 +227,7 @@ class DecoderFamily:
         parameter = next(model.parameters())
         twin = type(model)(model.config).to(device=parameter.device, dtype=parameter.dtype).eval()
         twin.checkpoint_path, twin.load_notes, twin.processor = None, [], model.processor
+        twin.prompt_template = model.prompt_template
         twin.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
         return twin
 
@@ -251,7 +254,7 @@ def image_cells(model, image, image_id: str) -> ImageCells:
     in the original pixels, the view, and the processor's output (prefix ids, pixels)."""
     kind = model.config.model_type
     processor = model.processor
-    template = template_for(kind, processor)
+    template = model.prompt_template
     with warnings.catch_warnings():  # PaliGemma's processor trips numpy 2's copy-keyword deprecation: not ours
         warnings.simplefilter("ignore", DeprecationWarning)
         processed = dict(processor(images=image, text=template.prefix, return_tensors="pt"))
@@ -278,20 +281,20 @@ def _count_image_tokens(processed: dict, model) -> int:
     return int((processed["input_ids"][0] == image_token_id(model)).sum())
 
 
-_RESIZED: dict[tuple[str, int, int], tuple[int, int]] = {}
+_RESIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor → (width, height) → size
 
 
 def _resized_size(image_processor, width: int, height: int) -> tuple[int, int]:
     """(height, width) the processor resizes a ``width`` × ``height`` image to before its crop: read from its own
-    output for a blank image of that size with the crop off (cached per size and the processor's settings)."""
+    output for a blank image of that size with the crop off (cached per processor, as long as it lives, and size)."""
     from PIL import Image
 
-    key = (image_processor.to_json_string(), width, height)
-    if key not in _RESIZED:
+    sizes = _RESIZED.setdefault(image_processor, {})
+    if (width, height) not in sizes:
         out = image_processor(Image.new("RGB", (width, height)), do_center_crop=False, do_normalize=False,
                               do_rescale=False, return_tensors="np")
-        _RESIZED[key] = tuple(int(v) for v in out["pixel_values"].shape[-2:])
-    return _RESIZED[key]
+        sizes[(width, height)] = tuple(int(v) for v in out["pixel_values"].shape[-2:])
+    return sizes[(width, height)]
 
 
 def _plain(value):
