@@ -3,6 +3,8 @@ in memory: hidden size 32, 2 layers; nothing downloaded."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 WORDS = ("a man in a red shirt rides a brown horse near the blue car on the street two dogs play with the ball "
@@ -102,3 +104,40 @@ def tiny_paligemma(image_size: int = 32, patch: int = 8, layers: int = 2):
 
 
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma}
+
+
+REAL = Path(__file__).parent / "data" / "realconfigs"  # stored copies of public checkpoints' files (SOURCES.md)
+SHRUNK_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2)
+
+
+def real_settings(kind: str, folder: Path) -> Path:
+    """A checkpoint folder with a public checkpoint's own processor, tokenizer and chat template files and its
+    config.json with depth and width shrunk (random weights): ``llava`` (llava-hf/llava-1.5-7b-hf) or ``qwen2_vl``
+    (Qwen/Qwen2-VL-2B-Instruct)."""
+    import json
+    import shutil
+
+    source = REAL / {"llava": "llava-1.5-7b-hf", "qwen2_vl": "qwen2-vl-2b-instruct"}[kind]
+    folder.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.name != "config.json":
+            shutil.copy(path, folder / path.name)
+    config = json.loads((source / "config.json").read_text())
+    torch.manual_seed(0)
+    if kind == "llava":
+        from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+        config["text_config"].update(SHRUNK_TEXT)
+        config["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                       projection_dim=32)
+        config["vision_feature_layer"] = -1
+        model = LlavaForConditionalGeneration(LlavaConfig(**config))
+    else:
+        from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+        config.update(SHRUNK_TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
+        config["vision_config"].update(depth=1, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2)
+        model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(**config))
+    model.save_pretrained(folder)
+    return folder

@@ -19,7 +19,7 @@ from fixtures import OBJECTS, SUBJECTS, write_dataset, write_vocab
 
 from vb_probe.batching import layout, read_regions
 from vb_probe.cli import main as probe_main
-from vb_probe.families import Site, known_families, register_family
+from vb_probe.families import FamilyBase, Site, known_families, register_family
 
 PLANTED = (1, 2)  # layer, head
 # the word classes the planted head looks for: its query word's class picks the feature dimension it attends to
@@ -60,7 +60,7 @@ class PlantedModel(torch.nn.Module):
 
 
 @register_family
-class PlantedFamily:
+class PlantedFamily(FamilyBase):
     """The toy family: image tokens are the feature file's regions (boxes in pixels), one token per word."""
 
     name = "toy-planted"
@@ -71,7 +71,7 @@ class PlantedFamily:
         return (source.get("model_type") == self.model_type) if isinstance(source, dict) else \
             isinstance(source, PlantedModel)
 
-    def load(self, source):
+    def load(self, source, *, dtype=None, device_map=None):
         if isinstance(source, PlantedModel):
             return source
         from safetensors.torch import load_file

@@ -1267,3 +1267,291 @@ def test_finetune_evaluate_and_ablate_refuse_a_users_file_before_training(world,
         assert train_main([command, "--data", str(world["world"]), *where, *extra]) == 2
         one_line_error(capsys, f"holds files vb-probe did not write ({name})")
         assert (out / name).read_text() == "mine"
+
+
+# ====================================================================================== round three
+# Each class of the third hostile round, aimed at what landed since the second (LXMERT, ViLT, the decoder family,
+# sharded and hub checkpoints, torchrun, RefCOCO and Visual Genome): random weights probed as trained, a caption
+# speaking as the prompt, an image out of its annotation's frame, a processor that does not fit its model,
+# duplicates and overflows in the datasets, stale caches and resumes, our own progress files and unbounded work.
+
+def _saved_model(kind: str, folder, shard: str | None = None):
+    """A tiny random model of ``kind`` (llava, paligemma, qwen2_vl, vilt, lxmert) saved as transformers saves it,
+    with its processor or tokenizer (``shard``: a max_shard_size, for a sharded checkpoint)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if kind == "vilt":
+        from test_vilt import _tiny_vilt
+
+        return _tiny_vilt(folder)
+    if kind == "lxmert":
+        from test_families import _tiny_lxmert
+
+        return _tiny_lxmert(folder)
+    from decoder_fixtures import BUILDERS
+
+    model = BUILDERS[kind]()
+    model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+    processor = model.processor
+    if hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(folder)
+    else:
+        processor.image_processor.save_pretrained(folder)
+        processor.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _rewrite_weights(folder, rename=lambda key: key, drop=lambda key: False) -> None:
+    """Every safetensors file of ``folder`` rewritten with its tensors renamed and some dropped (the index too)."""
+    from safetensors.torch import load_file, save_file
+
+    for path in folder.glob("*.safetensors"):
+        tensors = load_file(path)
+        save_file({rename(k): v for k, v in tensors.items() if not drop(k)}, path, metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {rename(k): v for k, v in data["weight_map"].items() if not drop(k)}
+        index.write_text(json.dumps(data))
+
+
+# ------------------------------------------------------------------------- 1. random weights probed as trained
+
+@pytest.mark.parametrize("kind", ["llava", "paligemma", "vilt", "lxmert"])
+def test_weights_under_a_foreign_prefix_are_refused_not_probed_at_random(kind, tmp_path):
+    import vb_probe
+
+    folder = _saved_model(kind, tmp_path / kind)
+    _rewrite_weights(folder, rename=lambda key: "base_model.model." + key)  # as an adapter wrapper saves them
+    with pytest.raises(CheckpointError, match=r"lacks \d+ of the model's weights .*probed as if trained"):
+        vb_probe.load_model(folder)
+
+
+@pytest.mark.parametrize("kind", ["llava", "paligemma", "vilt", "lxmert"])
+def test_a_checkpoint_missing_one_attention_weight_is_refused_naming_it(kind, tmp_path):
+    import vb_probe
+
+    folder = _saved_model(kind, tmp_path / kind)
+    names = sorted(k for p in folder.glob("*.safetensors") for k in
+                   __import__("safetensors").safe_open(str(p), "pt").keys())
+    dropped = next(k for k in names if re.search(r"(q_proj|attention\.self\.query|attention\.attention\.query)\.weight",
+                                                 k))
+    _rewrite_weights(folder, drop=lambda key: key == dropped)
+    with pytest.raises(CheckpointError, match=r"lacks 1 of the model's weights \(.*(q_proj|query)\.weight\)"):
+        vb_probe.load_model(folder)
+
+
+def test_a_shard_index_that_leaves_out_a_shards_keys_is_refused(tmp_path):
+    import vb_probe
+
+    folder = _saved_model("llava", tmp_path / "llava", shard="200KB")
+    index = folder / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    last = sorted(set(data["weight_map"].values()))[-1]
+    data["weight_map"] = {k: v for k, v in data["weight_map"].items() if v != last}
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="lacks"):
+        vb_probe.load_model(folder)
+
+
+def test_a_task_head_set_aside_is_said_once_by_name(tmp_path):
+    """A ViLT saved with its masked-LM head and an LXMERT pre-training model: the encoder loads, the heads are named
+    in one note each."""
+    import vb_probe
+    from test_vilt import _tiny_vilt
+    from transformers import LxmertForPreTraining, ViltForMaskedLM
+
+    vilt = _tiny_vilt(tmp_path / "vilt")
+    ViltForMaskedLM.from_pretrained(str(vilt)).save_pretrained(tmp_path / "vilt_mlm")
+    model = vb_probe.load_model(tmp_path / "vilt_mlm")
+    assert [n for n in model.load_notes if "set aside" in n] == [
+        f"{tmp_path / 'vilt_mlm'}: task head(s) mlm_score set aside (5 weights); the encoder is probed"]
+    from test_families import _tiny_lxmert
+
+    LxmertForPreTraining.from_pretrained(str(_tiny_lxmert(tmp_path / "lx"))).save_pretrained(tmp_path / "lx_pre")
+    notes = [n for n in vb_probe.load_model(tmp_path / "lx_pre").load_notes if "set aside" in n]
+    assert len(notes) == 1 and "answer_head, cls, obj_predict_head" in notes[0]
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("outside", "points to '../elsewhere.safetensors', outside the checkpoint folder"),
+    ("missing", "a shard the index names is missing"),
+    ("malformed", "not a weight index"),
+    ("flash", None),
+])
+def test_shard_index_and_attention_config_faults_are_one_line(case, expected, tmp_path, capsys):
+    from test_vilt import _write_world
+
+    folder = _saved_model("llava", tmp_path / "llava", shard="200KB")
+    index = folder / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = sorted(set(data["weight_map"].values()))[0]
+    if case == "outside":
+        shutil.move(folder / first, tmp_path / "elsewhere.safetensors")
+        data["weight_map"] = {k: ("../elsewhere.safetensors" if v == first else v) for k, v in data["weight_map"].items()}
+        index.write_text(json.dumps(data))
+    elif case == "missing":
+        (folder / first).unlink()
+    elif case == "malformed":
+        index.write_text('{"weight_map": [1, 2]}')
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        config["attn_implementation"] = "flash_attention_2"
+        (folder / "config.json").write_text(json.dumps(config))
+    world = _write_world(tmp_path / "w")
+    argv = ["entity-grounding", "--ckpt", str(folder), "--flickr30k", str(world["flickr"]), "--images",
+            str(world["images"]), "--out", str(tmp_path / "o"), "--quiet", "--limit", "1"]
+    capsys.readouterr()
+    if expected is None:
+        assert probe_main(argv) == 0
+        assert "asks for attention 'flash_attention_2'; vb-probe loads it with 'sdpa'" in capsys.readouterr().out
+        return
+    assert probe_main(argv) == 2
+    one_line_error(capsys, expected)
+
+
+def test_shard_hashes_are_of_the_content_so_an_overwritten_blob_changes_the_provenance(tmp_path, monkeypatch):
+    from fixtures import lay_out_hub_cache
+
+    from vb_probe.pipeline import checkpoint_info
+
+    folder = _saved_model("llava", tmp_path / "llava", shard="200KB")
+    lay_out_hub_cache(tmp_path, "llava-hf/llava-1.5-7b-hf", {p.name: p for p in folder.iterdir()})
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = checkpoint_info("llava-hf/llava-1.5-7b-hf")["shards"]
+    snapshot_dir = next((tmp_path / "hub").rglob("snapshots/*"))
+    shard = snapshot_dir / sorted(before)[0]
+    blob = shard.resolve()
+    raw = bytearray(blob.read_bytes())
+    raw[-1] ^= 1  # the blob overwritten in place: same name, same size
+    blob.write_bytes(bytes(raw))
+    after = checkpoint_info("llava-hf/llava-1.5-7b-hf")["shards"]
+    assert after[shard.name] != before[shard.name]
+    assert after[shard.name] == __import__("hashlib").sha256(bytes(raw)).hexdigest()
+
+
+# ------------------------------------------------------------------------- 2. a caption speaking as the prompt
+
+CAPTIONS = ["a man in a red shirt rides a brown horse .", "two dogs play with the ball near the blue car",
+            "A woman, smiling, holds an umbrella in the rain !", "the boy's cat sits on 3 steps",
+            "an old man 's hat , on the grass"]
+SPEAKING = ["a man holds <image> and a dog", "the <|image_pad|> cat", "a dog <|im_end|> <|im_start|>assistant says",
+            "a horse </s> near the car", "a [SEP] man [MASK] rides"]
+
+
+def _items(captions: list[str], image_id: str = "700"):
+    from vb_probe.queries import ProbeItem, Query
+
+    return [ProbeItem(f"{image_id}_{k}", tuple(c.split()), image_id,
+                      [Query("entity", w, np.array([[100, 60, 220, 180]], np.float32)) for w in range(len(c.split()))])
+            for k, c in enumerate(captions)]
+
+
+@pytest.fixture(scope="module")
+def real_decoders(tmp_path_factory):
+    """Tiny LLaVA-1.5 and Qwen2-VL with the public checkpoints' own tokenizer, processor and chat template files."""
+    import vb_probe
+    from decoder_fixtures import real_settings
+
+    root = tmp_path_factory.mktemp("real")
+    return {kind: vb_probe.load_model(real_settings(kind, root / kind)) for kind in ("llava", "qwen2_vl")}
+
+
+@pytest.mark.parametrize("kind", ["llava", "qwen2_vl"])
+def test_the_prompt_is_the_token_sequence_the_models_processor_makes_from_the_whole_prompt(kind, real_decoders):
+    """With the real Llama tokenizer, tokenizing the prompt in pieces gave `▁a` after the newline and an extra `▁`
+    before `ASSISTANT:` in every prompt; the sequence must equal the processor's own for the whole prompt."""
+    from PIL import Image
+
+    from vb_probe.families import family_of
+
+    model = real_decoders[kind]
+    family = family_of(model)
+    image = Image.new("RGB", (500, 375), (90, 120, 30))
+    cells = family.image_tokens(model, type("One", (), {"image": lambda self, i: image})(), "700")
+    items = _items(CAPTIONS)
+    for item in items:
+        item.regions = cells
+    batch = family.collate(model, items, family.tokenizer_of(model), {}, 64)
+    template = model.prompt_template
+    for row, caption in enumerate(CAPTIONS):
+        whole = model.processor(images=image, text=template.prefix + caption + template.suffix, return_tensors="pt")
+        expected = whole["input_ids"][0].tolist()
+        got = batch.inputs["input_ids"][row][batch.inputs["attention_mask"][row].bool()].tolist()
+        assert got == expected, (caption, model.processor.tokenizer.convert_ids_to_tokens(got[-12:]),
+                                 model.processor.tokenizer.convert_ids_to_tokens(expected[-12:]))
+        words = caption.split()
+        pieces = model.processor.tokenizer.convert_ids_to_tokens(got)
+        for query, position in zip(item.queries, batch.query_index[batch.batch_index == row].tolist()):
+            word = words[query.word_index]
+            last = pieces[position].lstrip("▁").replace("Ġ", "")
+            assert last and word.endswith(last), (word, pieces[position])
+
+
+@pytest.mark.parametrize("kind", ["llava", "qwen2_vl", "paligemma", "vilt", "lxmert", "visualbert"])
+def test_caption_words_that_spell_special_tokens_stay_text(kind, real_decoders, data, tmp_path):
+    """`<image>`, `<|image_pad|>`, `<|im_end|> <|im_start|>assistant`, `</s>`, `[SEP]` in a caption are text: the
+    prompt holds exactly the image's tokens, the caption no control token, and every word its own last token."""
+    import vb_probe
+    from vb_probe.families import family_of, reads_pixels
+
+    if kind in real_decoders:
+        model = real_decoders[kind]
+    elif kind == "paligemma":
+        from decoder_fixtures import tiny_paligemma
+
+        model = family_of(tiny_paligemma()).load(tiny_paligemma())
+    elif kind in ("vilt", "lxmert"):
+        model = vb_probe.load_model(_saved_model(kind, tmp_path / kind))
+    else:
+        model = vb_probe.load_model(data["ckpt"])
+    family = family_of(model)
+    tokenizer = vb_probe.load_tokenizer(model=model)
+    items = _items(SPEAKING)
+    if reads_pixels(family):
+        from PIL import Image
+
+        image = Image.new("RGB", (320, 240), (90, 120, 30))
+        for item in items:
+            item.regions = family.image_tokens(model, type("One", (), {"image": lambda self, i: image})(), "700")
+    else:
+        regions = vb_probe.open_features(data["tsv"])[data["ids"][0]]
+        for item in items:
+            item.regions = regions
+    facts = family.prepare(model, type("Items", (), {"regions": items[0].regions, "source": "x", "dim": 12,
+                                                     "image": None})(), {})
+    batch = family.collate(model, items, tokenizer, facts, 64)
+    special = (set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)) - {tokenizer.unk_token_id}
+    for row, item in enumerate(items):
+        ids = batch.inputs["input_ids"][row].tolist()
+        positions = batch.query_index[batch.batch_index == row].tolist()
+        assert len(positions) == len(item.words)  # every word has its own last token
+        caption_ids = ids[min(positions):max(positions) + 1]  # each caption's first word is one token
+        assert not special & set(caption_ids), (item.words, tokenizer.convert_ids_to_tokens(caption_ids))
+        if reads_pixels(family) and kind != "vilt":
+            image_id = model.config.image_token_id if getattr(model.config, "image_token_id", None) is not None \
+                else model.config.image_token_index
+            assert ids.count(image_id) == len(item.regions.boxes)
+
+
+@pytest.mark.parametrize("template, said", [
+    ("{{ raise_exception('no images here') }}", "the processor's chat template raises"),
+    ("{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+     "{% endfor %}{% endfor %}", "leaves the image out"),
+    ("{% for m in messages %}<image><image>{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}"
+     "{% endif %}{% endfor %}{% endfor %}", "places the image 2 times"),
+])
+def test_a_chat_template_that_raises_or_misplaces_the_image_is_said_with_the_prompt_used(template, said, tmp_path):
+    import vb_probe
+    from decoder_fixtures import real_settings
+
+    folder = real_settings("llava", tmp_path / "llava")
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink()
+    (folder / "chat_template.jinja").write_text(template)
+    model = vb_probe.load_model(folder)
+    assert model.prompt_template.prefix == "USER: <image>\n" and model.prompt_template.suffix == " ASSISTANT:"
+    notes = [n for n in model.load_notes if "chat template" in n]
+    assert len(notes) == 1 and said in notes[0] and "'USER: <image>\\n… ASSISTANT:' is used instead" in notes[0]

@@ -106,7 +106,8 @@ class PretrainData:
         if not flat:
             raise DataError(f"{data_dir / data.captions}: no image has both captions and features; check --data")
         classes = tag_captions(flat, cache_dir)
-        encoded = tokenizer(list(map(list, flat)), is_split_into_words=True, add_special_tokens=False)
+        encoded = tokenizer(list(map(list, flat)), is_split_into_words=True, add_special_tokens=False,
+                            split_special_tokens=True)  # data text is text
         self.encoded: list[EncodedCaption] = []
         for index in range(len(flat)):
             word_ids = np.array(encoded.word_ids(index), dtype=np.int64)

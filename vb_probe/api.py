@@ -26,7 +26,7 @@ from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.devices import resolve_device
 from vb_probe.errors import VbProbeError
-from vb_probe.families import family_of, head_shape, open_inputs, reads_pixels
+from vb_probe.families import family_of, head_shape, open_inputs, pin, reads_pixels
 from vb_probe.hub import folder_config, read_config_json, resolve
 from vb_probe.pipeline import (
     ProbeConfig,
@@ -83,7 +83,7 @@ def _model(src: ModelSource, precision: str = "fp32", device_map: str | dict | N
         return family_of(src).load(src)
     folder = resolve(src, "--ckpt")
     family = family_of(folder_config(folder), str(folder / "config.json"))
-    if getattr(family, "loads_across_devices", False):
+    if family.loads_across_devices:
         dtype = torch.bfloat16 if precision == "bf16" else None
         model = family.load(folder, dtype=dtype, device_map=device_map)
     elif device_map is not None:
@@ -104,12 +104,14 @@ def load_tokenizer(src: str | Path | None = None, model: torch.nn.Module | None 
     from vb_probe.tokenization import load_tokenizer as load_folder
 
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
-    if src is None and model is not None and hasattr(family_of(model), "tokenizer_of"):
+    if src is None and model is not None and family_of(model).tokenizer_of(model) is not None:
         return family_of(model).tokenizer_of(model)  # a decoder's processor brings its tokenizer
-    if src is None and getattr(model, "tokenizer_path", None) is not None:
+    if model is not None:
+        pin(model)
+    if src is None and model is not None and model.tokenizer_path is not None:
         src = model.tokenizer_path  # the tokenizer a fine-tuned model was trained with
     if src is None:
-        folder = getattr(model, "checkpoint_path", None)
+        folder = model.checkpoint_path if model is not None else None
         if folder is not None and has_tokenizer_files(folder):
             return load_folder(folder, vocab_size=vocab_size)
         default = family_of(model).default_tokenizer if model is not None else None
@@ -254,10 +256,7 @@ def load_masked_lm(src: ModelSource, *, device: str | torch.device | None = None
     else:
         folder = resolve(src, "--ckpt")
         family = family_of(read_config_json(folder), str(folder / "config.json"))
-        if not hasattr(family, "load_masked_lm"):
-            raise VbProbeError(f"{folder}: the {family.name} family has no masked-LM head; attribution and the causal "
-                               "check need one")
-        model = family.load_masked_lm(folder)
+        model = family.load_masked_lm(folder)  # a family without one refuses in one line
     if device is not None:
         model.to(device)
     return model.eval()
@@ -266,9 +265,7 @@ def load_masked_lm(src: ModelSource, *, device: str | torch.device | None = None
 def _interventions(model: torch.nn.Module):
     """The model's family's attribution and causal-check code (a family with a masked-LM head)."""
     family = family_of(model)
-    tools = getattr(family, "interventions", None)
-    if tools is None:
-        raise VbProbeError(f"the {family.name} family has no masked-LM head; attribution and the causal check need one")
+    tools = family.interventions  # a family without a masked-LM head refuses in one line
     tools.require_masked_lm(model)
     return tools
 

@@ -52,7 +52,7 @@ def _load(args: argparse.Namespace, masked_lm: bool = False):
         encoder = family_of(model).load(model) if masked_lm else model
         tokenizer = load_tokenizer(args.tokenizer, model=encoder)
     _print_notes(caught)
-    for note in getattr(encoder, "load_notes", []):
+    for note in encoder.load_notes:
         print(f"note: {note}")
     return model, tokenizer
 

@@ -113,8 +113,8 @@ def read_config_json(folder: Path) -> dict:
 
 
 def shard_sha256(index: Path) -> dict[str, str]:
-    """Each shard a ``model.safetensors.index.json`` names → its SHA-256: from the hub cache's blob name where the
-    file is one (the cache names blobs by their hash), else read."""
+    """Each shard a ``model.safetensors.index.json`` names → the SHA-256 of its content (read, never taken from the
+    hub cache's blob name: a blob overwritten in place keeps its name)."""
     import json
 
     from vb_probe.atomic import file_sha256
@@ -129,7 +129,5 @@ def shard_sha256(index: Path) -> dict[str, str]:
         path = index.parent / name
         if not path.is_file():
             raise CheckpointError(f"{path}: a shard the index names is missing; download the checkpoint again")
-        blob = path.resolve()
-        known = blob.parent.name == "blobs" and len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name)
-        out[name] = blob.name if known else file_sha256(path)
+        out[name] = file_sha256(path)
     return out

@@ -211,7 +211,7 @@ def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mas
                 group_counts.add(correct, mass[:, sel], picked)
             else:
                 group_counts.add_alternative(name, correct, picked)
-        if getattr(family, "localization", False) and group == ENTITY:
+        if family.localization and group == ENTITY:
             add_localization(group_counts, region_rows[:, sel], mass[:, sel], choice[:, sel], hits[sel],
                              batch.extras["grids"][batch.batch_index.cpu()][sel], prompts)
 
@@ -417,7 +417,7 @@ def checkpoint_info(ckpt: Path | str | None, model=None) -> dict:
     """Provenance of the weights: the file's hash when they were read from a checkpoint here, else what is known
     of the in-memory model (it may have been edited, so no file hash stands for it)."""
     if ckpt is None:
-        loaded_from = getattr(model, "checkpoint_path", None)
+        loaded_from = model.checkpoint_path
         return {"source": "in-memory model", "loaded_from": str(loaded_from) if loaded_from else None,
                 "sha256": None}
     folder = resolve(ckpt, "--ckpt")
@@ -528,7 +528,7 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         config=cfg, main=main, select=select, control=control, checkpoint=checkpoint,
         parser=parser_used.get("name"), facts=facts, family=family.name, rule=family_rule(family),
         wall_time_s=time.time() - started,
-        notes=list(getattr(model, "load_notes", [])), relations_in_parses=relations_seen,
+        notes=list(model.load_notes), relations_in_parses=relations_seen,
     )
     if out is not None:
         from vb_probe.distributed import world

@@ -55,9 +55,10 @@ def load_tokenizer(folder: str | Path, vocab_size: int | None = None):
 
 
 def tokenize_words(tokenizer, words: list[str], max_length: int = 512) -> TokenizedWords:
-    """Tokenise pre-split ``words`` as one sequence; sub-words keep their word index."""
+    """Tokenise pre-split ``words`` as one sequence; sub-words keep their word index. Words are data, so a word
+    that spells a special token (``[SEP]``, ``[MASK]``) is split as text, never read as the control token."""
     encoding = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
-                         add_special_tokens=True)
+                         add_special_tokens=True, split_special_tokens=True)
     first: list[int | None] = [None] * len(words)
     last: list[int | None] = [None] * len(words)
     for position, word in enumerate(encoding.word_ids()):

@@ -8,83 +8,32 @@ original image's pixels), the attention *sites* it exposes, the rows of every he
 the image tokens, a random-initialised twin for the control, and the facts of its inputs that ``run.json``
 records. Queries, counts, results, figures and the explorer stay family-free.
 
-Adding a family: one module (or package) under ``vb_probe/families`` with a class that implements :class:`Family`,
-decorated with ``@register_family`` (found and imported on first use), or the same class in the user's own code,
+Adding a family: one module (or package) under ``vb_probe/families`` with a class that subclasses
+:class:`~vb_probe.families.base.FamilyBase` (every optional member is declared there with its default), decorated
+with ``@register_family`` (found and imported on first use), or the same class in the user's own code,
 imported before probing.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any
 
-if TYPE_CHECKING:  # the engine's types, for the protocol only (no import at run time: no cycle)
-    import torch
+from vb_probe.families.base import MODEL_ATTRIBUTES, FamilyBase, Site, model_type_of, pin
 
-    from vb_probe.batching import ProbeBatch
-    from vb_probe.data.features import RegionFeatures
-    from vb_probe.queries import ProbeItem
-
-
-@dataclass(frozen=True)
-class Site:
-    """A stack of attention that can be probed: ``name`` ("self" for a single-stream model, "cross" for a
-    dual-stream model's language-to-vision layers), ``layers`` × ``heads``."""
-
-    name: str
-    layers: int
-    heads: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.layers, self.heads)
-
-
-@runtime_checkable
-class Family(Protocol):
-    """What the engine asks of a model family. ``model`` is always an object this family's :meth:`load` gave."""
-
-    name: str
-    model_type: str  # config.json's model_type of its checkpoints
-    default_tokenizer: str | None  # a hub id used when a checkpoint has no tokenizer of its own (None: refuse)
-
-    def recognise(self, source: dict | Any) -> bool:
-        """``source``: a checkpoint's ``config.json`` (a dict) or a model object in memory."""
-
-    def load(self, source: Path | Any) -> Any:
-        """The probe-ready model (eval mode untouched) from a checkpoint folder or an object in memory; it carries
-        ``checkpoint_path`` (a folder or None) and ``load_notes`` (lines to show)."""
-
-    def sites(self, model) -> list[Site]:
-        """The attention sites, the one probed first."""
-
-    def prepare(self, model, features: RegionFeatures, options: dict) -> dict:
-        """Check that ``model`` can be probed on ``features`` with ``options`` (the probe's configuration);
-        return the facts of its inputs to record in ``run.json`` and to hand to :meth:`collate`."""
-
-    def text_limit(self, model) -> int:
-        """How many text tokens the model takes at most."""
-
-    def collate(self, model, items: list[ProbeItem], tokenizer, facts: dict, max_text_len: int,
-                features: RegionFeatures | None = None) -> ProbeBatch:
-        """The model's inputs and the layout of ``items`` (queries, image tokens and their boxes), on the CPU."""
-
-    def rows(self, model, batch: ProbeBatch, site: Site, mask: str = "posthoc", precision: str = "fp32"
-             ) -> torch.Tensor:
-        """One forward; every head's attention from each query to the image tokens: [layer, n, head, R], fp32,
-        on the CPU (padding tokens 0)."""
-
-    def twin(self, model, seed: int):
-        """A random-initialised model of the same shape (the control)."""
-
+Family = FamilyBase  # the name the engine's annotations use
+__all__ = ["FAMILIES", "MODEL_ATTRIBUTES", "Family", "FamilyBase", "Site", "family_of", "family_rule", "head_shape",
+           "image_tokens", "items_image_tokens", "known_families", "model_type_of", "open_inputs", "pin",
+           "quiet_loading", "reads_pixels", "register_family"]
 
 FAMILIES: dict[str, Family] = {}
 
 
 def register_family(cls: type) -> type:
-    """Class decorator: one instance of ``cls`` joins the registry under ``cls.name``."""
+    """Class decorator: one instance of ``cls`` (a :class:`FamilyBase`) joins the registry under ``cls.name``."""
+    if not (isinstance(cls, type) and issubclass(cls, FamilyBase)):
+        raise TypeError(f"{getattr(cls, '__name__', cls)!s}: a model family subclasses vb_probe.families.FamilyBase")
     FAMILIES[cls.name] = cls()
     return cls
 
@@ -104,13 +53,6 @@ def known_families() -> dict[str, Family]:
     return dict(FAMILIES)
 
 
-def model_type_of(source: dict | Any) -> str | None:
-    """``model_type`` of a ``config.json`` dict, or of a model object's ``config`` (None when it has none)."""
-    if isinstance(source, dict):
-        return source.get("model_type")
-    return getattr(getattr(source, "config", None), "model_type", None)
-
-
 def family_of(source: dict | Any, where: str = "the model") -> Family:
     """The family that recognises ``source`` (a ``config.json`` dict or a model object); a one-line error
     naming what was found and what is known otherwise."""
@@ -121,7 +63,7 @@ def family_of(source: dict | Any, where: str = "the model") -> Family:
         if family.recognise(source):
             return family
     ordered = sorted(FAMILIES.values(), key=lambda f: (f.name != "visualbert", f.name))  # the same whatever came first
-    types = [t for f in ordered for t in getattr(f, "model_types", (f.model_type,))]
+    types = [t for f in ordered for t in f.types()]
     known = ", ".join(repr(t) for t in types[:-1]) + f" or {types[-1]!r}" if len(types) > 1 else repr(types[0])
     found = model_type_of(source)
     if isinstance(source, dict):
@@ -136,12 +78,12 @@ def family_of(source: dict | Any, where: str = "the model") -> Family:
 def family_rule(family: Family) -> str:
     """The rule a family's heads are scored by: ``iou`` (detector regions, the paper's) unless it says
     ``pointing`` (patches, rarely IoU ≥ 0.5 with a box)."""
-    return getattr(family, "rule", "iou")
+    return family.rule
 
 
 def reads_pixels(family: Family) -> bool:
     """Whether ``family`` reads images (``--images``) rather than region features (``--features``)."""
-    return getattr(family, "reads", "regions") == "pixels"
+    return family.reads == "pixels"
 
 
 def open_inputs(family: Family, features: Any = None, images: Any = None, confidence: str | None = None):
@@ -166,9 +108,7 @@ def open_inputs(family: Family, features: Any = None, images: Any = None, confid
 def image_tokens(family: Family, model, store, image_id: str):
     """One image's tokens as :class:`~vb_probe.data.features.Regions` (boxes in the original image's pixels):
     the feature file's regions, or the cells a pixel family's processor makes of the image."""
-    if hasattr(family, "image_tokens"):
-        return family.image_tokens(model, store, image_id)
-    return store[image_id]
+    return family.image_tokens(model, store, image_id)
 
 
 def items_image_tokens(family: Family, model, items, store, kind: type) -> list:

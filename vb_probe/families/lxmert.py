@@ -17,37 +17,30 @@ import numpy as np
 import torch
 
 from vb_probe.errors import DataError
-from vb_probe.families import Site, model_type_of, quiet_loading, register_family
+from vb_probe.families import FamilyBase, Site, pin, register_family
+from vb_probe.families.loading import load_pretrained
 from vb_probe.hub import DEFAULT_TOKENIZER
 
 MODEL_TYPE = "lxmert"
 
 
 @register_family
-class LxmertFamily:
+class LxmertFamily(FamilyBase):
     """Text and regions in two streams; one probed site, the language stream's cross-attention to the regions."""
 
     name = "lxmert"
     model_type = MODEL_TYPE
     default_tokenizer = DEFAULT_TOKENIZER  # LXMERT's checkpoints use the bert-base-uncased vocabulary
 
-    def recognise(self, source: dict | Any) -> bool:
-        return model_type_of(source) == MODEL_TYPE
-
-    def load(self, source: Path | Any):
+    def load(self, source: Path | Any, *, dtype=None, device_map=None):
         """``LxmertModel`` from a folder (task models' checkpoints too: transformers drops their heads) or from an
         object in memory (``LxmertModel`` as it is, the ``lxmert`` inside ``LxmertFor*``)."""
         from transformers import LxmertModel
 
         if isinstance(source, (str, Path)):
-            with quiet_loading():  # a task model's heads are set aside: expected
-                model = LxmertModel.from_pretrained(str(source))
-            model.checkpoint_path, model.load_notes = Path(source), []
-            return model.eval()
-        model = getattr(source, "lxmert", source)
-        if not hasattr(model, "checkpoint_path"):
-            model.checkpoint_path, model.load_notes = None, []
-        return model
+            model, notes = load_pretrained(LxmertModel, Path(source), attention="eager")  # a task head set aside
+            return pin(model, checkpoint_path=Path(source), load_notes=notes).eval()
+        return pin(getattr(source, "lxmert", source))  # LxmertFor*: its encoder
 
     def sites(self, model) -> list[Site]:
         return [Site("cross", model.config.x_layers, model.config.num_attention_heads)]
@@ -93,9 +86,8 @@ class LxmertFamily:
         from transformers import LxmertModel
 
         torch.manual_seed(seed)
-        twin = LxmertModel(model.config).to(next(model.parameters()).device).eval()
-        twin.checkpoint_path, twin.load_notes = None, []
-        return twin
+        return pin(LxmertModel(model.config).to(next(model.parameters()).device).eval(), checkpoint_path=None,
+                   load_notes=[])
 
 
 def normalised_boxes(regions) -> np.ndarray:

@@ -15,7 +15,6 @@ the pointing rule (a patch is rarely IoU ≥ 0.5 with a gold box).
 
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 
 from vb_probe.data.features import Regions
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.families import Site, items_image_tokens, model_type_of, quiet_loading, register_family
+from vb_probe.families import FamilyBase, Site, items_image_tokens, pin, register_family
+from vb_probe.families.loading import load_pretrained
 from vb_probe.hub import DEFAULT_TOKENIZER
 
 MODEL_TYPE = "vilt"
@@ -114,7 +114,7 @@ def captured_patch_order(model):
 
 
 @register_family
-class ViltFamily:
+class ViltFamily(FamilyBase):
     """Text and image patches in one stream; one site, the self-attention of every layer."""
 
     name = "vilt"
@@ -122,30 +122,23 @@ class ViltFamily:
     default_tokenizer = DEFAULT_TOKENIZER  # the published ViLT checkpoints use bert-base-uncased's vocabulary
     rule = "pointing"
     reads = "pixels"
+    token_kind = "patches"
 
-    def recognise(self, source: dict | Any) -> bool:
-        return model_type_of(source) == MODEL_TYPE
-
-    def load(self, source: Path | Any):
+    def load(self, source: Path | Any, *, dtype=None, device_map=None):
         """``ViltModel`` from a folder (task models' checkpoints too: their heads are set aside) or an object in
         memory (``ViltModel``, or the ``vilt`` inside ``ViltFor*``), with its image processor."""
         from transformers import ViltModel
 
         if isinstance(source, (str, Path)):
-            with warnings.catch_warnings(), quiet_loading():
-                warnings.simplefilter("ignore")  # unused task-head weights are expected
-                model = ViltModel.from_pretrained(str(source))
-            model.checkpoint_path, model.load_notes = Path(source), []
-            model.image_processor = image_processor(Path(source))
+            model, notes = load_pretrained(ViltModel, Path(source), attention="eager")  # a task head set aside
+            pin(model, checkpoint_path=Path(source), load_notes=notes, image_processor=image_processor(Path(source)))
             if not (Path(source) / "preprocessor_config.json").is_file():
                 model.load_notes.append(f"{source} has no preprocessor_config.json; using ViLT's default image "
                                         "processor (shortest edge 384, longest ≤ 640, multiples of 32)")
             return model.eval()
-        model = getattr(source, "vilt", source)
-        if not hasattr(model, "checkpoint_path"):
-            model.checkpoint_path, model.load_notes = None, []
-        if getattr(model, "image_processor", None) is None:
-            model.image_processor = getattr(source, "image_processor", None) or image_processor(model.checkpoint_path)
+        model = pin(getattr(source, "vilt", source))  # ViltFor*: its encoder
+        if model.image_processor is None:
+            model.image_processor = pin(source).image_processor or image_processor(model.checkpoint_path)
         return model
 
     def sites(self, model) -> list[Site]:
@@ -200,9 +193,8 @@ class ViltFamily:
         from transformers import ViltModel
 
         torch.manual_seed(seed)
-        twin = ViltModel(model.config).to(next(model.parameters()).device).eval()
-        twin.checkpoint_path, twin.load_notes, twin.image_processor = None, [], model.image_processor
-        return twin
+        return pin(ViltModel(model.config).to(next(model.parameters()).device).eval(), checkpoint_path=None,
+                   load_notes=[], image_processor=model.image_processor)
 
 
 def forward_with_patch_order(model, inputs: dict[str, torch.Tensor], precision: str = "fp32", seed: int = 0

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from vb_probe.errors import CheckpointError, DataError, VbProbeError
-from vb_probe.families import Site, items_image_tokens, model_type_of, quiet_loading, register_family
+from vb_probe.families import FamilyBase, Site, items_image_tokens, pin, register_family
 from vb_probe.families.decoder.geometry import ImageCells, ViewMap, cell_boxes, llava_view, squashed_view
-from vb_probe.families.decoder.prompts import Qwen2VLPrompts, Template, caption_tokens, template_for
+from vb_probe.families.decoder.prompts import Qwen2VLPrompts, Template, caption_tokens, prompt_tokens, template_for
 from vb_probe.families.decoder.rows import capture_rows, register
+from vb_probe.families.loading import load_pretrained
 
 MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
                  "paligemma": "PaliGemmaForConditionalGeneration"}
@@ -56,7 +57,7 @@ def load_processor(folder: Path, model_type: str):
 
 
 @register_family
-class DecoderFamily:
+class DecoderFamily(FamilyBase):
     """LLaVA-1.5, Qwen2-VL, PaliGemma: one site, the language model's self-attention of every layer."""
 
     name = "decoder"
@@ -65,11 +66,9 @@ class DecoderFamily:
     default_tokenizer = None  # a decoder checkpoint brings its own processor
     rule = "pointing"
     reads = "pixels"
+    token_kind = "image tokens"
     localization = True  # the fixed-position baseline and the unsupervised selection of localization heads
     loads_across_devices = True  # accepts dtype and device_map
-
-    def recognise(self, source: dict | Any) -> bool:
-        return model_type_of(source) in MODEL_CLASSES
 
     def load(self, source: Path | Any, *, dtype: torch.dtype | None = None, device_map: str | dict | None = None):
         """The model (``*ForConditionalGeneration``) from a folder, in ``dtype`` and across ``device_map``
@@ -86,23 +85,19 @@ class DecoderFamily:
                 except ImportError:
                     raise VbProbeError("--device-map: needs accelerate (pip install 'vb-probe[scale]')") from None
                 options["device_map"] = device_map
-            with warnings.catch_warnings(), quiet_loading():
-                warnings.simplefilter("ignore")
-                model = model_class.from_pretrained(str(source), **options)
-            model.checkpoint_path, model.load_notes = Path(source), []
-            model.processor, note = load_processor(Path(source), config.model_type)
-            if note:
-                model.load_notes.append(note)
+            model, notes = load_pretrained(model_class, Path(source), attention="sdpa", **options)
+            processor, note = load_processor(Path(source), config.model_type)
+            pin(model, checkpoint_path=Path(source), load_notes=notes + ([note] if note else []), processor=processor)
         else:
-            model = source
-            if not hasattr(model, "checkpoint_path"):
-                model.checkpoint_path, model.load_notes = None, []
-            if getattr(model, "processor", None) is None:
+            model = pin(source)
+            if model.processor is None:
                 if model.checkpoint_path is None:
                     raise CheckpointError(f"{type(model).__name__}: a model in memory needs its processor: set "
                                           "model.processor (transformers' AutoProcessor of its checkpoint)")
                 model.processor, _ = load_processor(model.checkpoint_path, model.config.model_type)
         model.prompt_template = template_for(model.config.model_type, model.processor)  # rendered once
+        if model.prompt_template.note and model.prompt_template.note not in model.load_notes:
+            model.load_notes.append(model.prompt_template.note)
         model.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
         return model.eval()
 
@@ -156,14 +151,20 @@ class DecoderFamily:
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer_of(model)
         template = model.prompt_template
         rows = items_image_tokens(self, model, items, features, ImageCells)
-        suffix = tokenizer(template.suffix, add_special_tokens=False)["input_ids"] if template.suffix else []
         sequences, token_types, word_positions = [], [], []
         for item, cells in zip(items, rows):
-            prefix = cells.processed["input_ids"][0].tolist()
-            caption = caption_tokens(tokenizer, list(item.words), max_text_len)
-            sequences.append(prefix + caption.input_ids + suffix)
-            word_positions.append([None if p is None else len(prefix) + p for p in caption.word_last])
-            types = [0] * len(prefix) + [1 if template.caption_is_suffix else 0] * (len(caption.input_ids) + len(suffix))
+            if template.caption_is_suffix:  # PaliGemma: the caption is a second sequence, as its processor makes it
+                prefix = cells.processed["input_ids"][0].tolist()
+                caption = caption_tokens(tokenizer, list(item.words), max_text_len)
+                tokens = prefix + caption.input_ids + [tokenizer.eos_token_id]
+                positions = [None if p is None else len(prefix) + p for p in caption.word_last]
+                types = [0] * len(prefix) + [1] * (len(tokens) - len(prefix))
+            else:  # one string, the image placeholder expanded to the image's tokens as the processor expands it
+                expanded = template.prefix.replace(template.placeholder, template.placeholder * len(cells.boxes))
+                prompt = prompt_tokens(tokenizer, expanded, list(item.words), template.suffix, max_text_len)
+                tokens, positions, types = prompt.input_ids, prompt.word_last, [0] * len(prompt.input_ids)
+            sequences.append(tokens)
+            word_positions.append(positions)
             token_types.append(types)
         inputs = pad_sequences(sequences, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
         kind = model.config.model_type
@@ -225,9 +226,8 @@ class DecoderFamily:
     def twin(self, model, seed: int):
         torch.manual_seed(seed)
         parameter = next(model.parameters())
-        twin = type(model)(model.config).to(device=parameter.device, dtype=parameter.dtype).eval()
-        twin.checkpoint_path, twin.load_notes, twin.processor = None, [], model.processor
-        twin.prompt_template = model.prompt_template
+        twin = pin(type(model)(model.config).to(device=parameter.device, dtype=parameter.dtype).eval(),
+                   checkpoint_path=None, load_notes=[], processor=model.processor, prompt_template=model.prompt_template)
         twin.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
         return twin
 

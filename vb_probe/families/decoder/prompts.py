@@ -1,18 +1,23 @@
 """The prompt a decoder VLM reads for one caption: the image first, then the caption in the model's own template,
 so every caption token can attend to every image token; and where each caption word's last sub-word lands.
 
-The part before the caption goes through the model's own processor (it expands the image placeholder into the
-image tokens and makes the pixels); the caption's words through the fast tokenizer with ``is_split_into_words``
-and ``word_ids()``, in the form whose ids are those of the caption tokenized as one string (byte-level BPE, as
-GPT-2's and Qwen2's, and Gemma's tokenizer give a pre-split word no space of its own: there every word after the
-first carries its space; Llama's Metaspace adds one itself).
+The trap: a prompt tokenized in pieces is not the token sequence the model was trained on. Llama's tokenizer
+prepends ``▁`` to the start of every string it is given, so a caption tokenized apart begins with ``▁a`` where the
+model, after the template's newline, reads ``a``, and the text after it gains a ``▁`` of its own; and a caption
+whose words spell a special token (``<image>``, ``<|im_end|>``, ``</s>``) becomes that control token if the whole
+prompt goes through the tokenizer as it is. The mechanism: the prompt is tokenized as one string, the way the
+model's processor tokenizes it (its image placeholder expanded to the image's tokens, the template's special tokens
+matched), and the caption's words are mapped to tokens by their character offsets in that string. Where the caption
+spells a special token, its tokens come from the same string tokenized with special tokens split (data text is
+text), the template's from the string as it is. PaliGemma's processor tokenizes its output part (the caption) as
+a second sequence of its own: there the caption is tokenized alone, as the processor does, special tokens split.
+The cost: one tokenizer call per caption (two when it spells a special token).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 MARKER = "VBPROBECAPTION"  # stands for the caption when a chat template is rendered, then split on
@@ -28,6 +33,7 @@ class Template:
     suffix: str
     placeholder: str
     caption_is_suffix: bool = False
+    note: str = ""  # why the model's own chat template was not used, when it was not
 
 
 DEFAULT_TEMPLATES = {
@@ -44,54 +50,100 @@ DEFAULT_TEMPLATES = {
 
 def template_for(model_type: str, processor) -> Template:
     """The model's own chat template when its processor has one (the caption as the user's text after the image),
-    else the model's documented default (:data:`DEFAULT_TEMPLATES`)."""
+    else the model's documented default (:data:`DEFAULT_TEMPLATES`); a chat template that raises, leaves the image
+    out or places it more than once is not used, and the template's ``note`` says so."""
+    from dataclasses import replace
+
     default = DEFAULT_TEMPLATES[model_type]
     chat = getattr(processor, "chat_template", None)
     if model_type == "paligemma" or not chat:
         return default
+    documented = f"the documented prompt {(default.prefix + '…' + default.suffix)!r} is used instead"
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": MARKER}]}]
     try:
         rendered = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    except Exception:  # a template that cannot render this message: the documented format instead
-        return default
-    if rendered.count(MARKER) != 1 or default.placeholder not in rendered.split(MARKER)[0]:
-        return default
+    except Exception as exc:  # a template that cannot render this message (jinja raises many types)
+        reason = " ".join(str(exc).split())[:80] or type(exc).__name__
+        return replace(default, note=f"the processor's chat template raises ({type(exc).__name__}: {reason}); "
+                                     f"{documented}")
+    if not isinstance(rendered, str) or rendered.count(MARKER) != 1:
+        return replace(default, note=f"the processor's chat template does not place the caption once; {documented}")
     prefix, suffix = rendered.split(MARKER)
+    images = prefix.count(default.placeholder) + suffix.count(default.placeholder)
+    if images != 1 or default.placeholder not in prefix:
+        where = "leaves the image out" if images == 0 else \
+            f"places the image {images} times" if images > 1 else "places the image after the caption"
+        return replace(default, note=f"the processor's chat template {where}; {documented}")
     return Template(prefix, suffix, default.placeholder)
 
 
 @dataclass
-class CaptionTokens:
-    """``input_ids`` of the caption alone; ``word_last[w]`` the index of word w's last token (None: cut)."""
+class PromptTokens:
+    """``input_ids`` of one whole prompt; ``word_last[w]`` the position of caption word w's last token (None: cut
+    by ``max_caption``); ``caption`` the (start, end) positions of the caption's tokens."""
 
     input_ids: list[int]
     word_last: list[int | None]
+    caption: tuple[int, int]
 
 
-def caption_tokens(tokenizer, words: list[str], max_length: int) -> CaptionTokens:
-    """The caption's tokens (no special tokens), at most ``max_length``: the ids of the caption as one string, each
-    word's last token found through ``word_ids()`` of the pre-split words. Tokenizers differ in where a word's
-    space goes (byte-level BPE and Gemma's keep it in the word's first token and give a pre-split word none; Llama's
-    Metaspace adds it to every word), so the words are given as they are and, after the first, with their space,
-    and the form whose ids equal the caption's own is used; if neither does, the caption's character offsets."""
-    whole = tokenizer(" ".join(words), add_special_tokens=False, return_offsets_mapping=True)
-    ids = list(whole["input_ids"])
-    last: list[int | None] = [None] * len(words)
-    for form in (list(words), [words[0]] + [" " + w for w in words[1:]]):
-        encoding = tokenizer(form, is_split_into_words=True, add_special_tokens=False)
-        if list(encoding["input_ids"]) == ids:
-            for position, word in enumerate(encoding.word_ids()):
-                if word is not None:
-                    last[word] = position
-            break
-    else:  # the caption's own tokens, each word's last one by where it ends in the text
-        ends = np.cumsum([len(w) + 1 for w in words]) - 1  # the character after each word
-        starts = ends - np.array([len(w) for w in words])
-        for position, (start, end) in enumerate(whole["offset_mapping"]):
-            for word in np.flatnonzero((starts < end) & (start < ends)):
-                last[int(word)] = position
-    kept = ids[:max_length]
-    return CaptionTokens(kept, [p if p is not None and p < len(kept) else None for p in last])
+def _word_spans(words: list[str], start: int) -> list[tuple[int, int]]:
+    """Character (start, end) of each word of ``" ".join(words)`` placed at ``start`` of a string."""
+    spans, at = [], start
+    for word in words:
+        spans.append((at, at + len(word)))
+        at += len(word) + 1
+    return spans
+
+
+def _encode(tokenizer, text: str, add_special_tokens: bool, split_special_tokens: bool) -> tuple[list[int], list]:
+    encoding = tokenizer(text, add_special_tokens=add_special_tokens, split_special_tokens=split_special_tokens,
+                         return_offsets_mapping=True)
+    return list(encoding["input_ids"]), [tuple(o) for o in encoding["offset_mapping"]]
+
+
+def _first_at(offsets: list, position: int, after: int = 0) -> int:
+    """Index of the first token from ``after`` on that starts at or past character ``position`` (tokens of no
+    width, added by the tokenizer's post-processor, never start a part)."""
+    for index in range(after, len(offsets)):
+        start, end = offsets[index]
+        if end > start and start >= position:
+            return index
+    return len(offsets)
+
+
+def prompt_tokens(tokenizer, before: str, words: list[str], after: str, max_caption: int, *,
+                  add_special_tokens: bool = True) -> PromptTokens:
+    """``before + caption + after`` tokenized as one string (``before`` with the image placeholder already
+    expanded, as the processor expands it), the caption's special-token spellings kept as text; the caption cut to
+    ``max_caption`` tokens. Each word's last token is the last one overlapping its characters."""
+    caption = " ".join(words)
+    text = before + caption + after
+    c0, c1 = len(before), len(before) + len(caption)
+    ids, offsets = _encode(tokenizer, text, add_special_tokens, split_special_tokens=False)
+    head, tail = _first_at(offsets, c0), _first_at(offsets, c1)
+    head_ids, tail_ids = ids[:head], ids[tail:]
+    middle_ids, middle_offsets = ids[head:tail], offsets[head:tail]
+    special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    if any(i in special for i in middle_ids):  # the caption spells a control token: its text as text
+        split_ids, split_offsets = _encode(tokenizer, text, add_special_tokens, split_special_tokens=True)
+        first = _first_at(split_offsets, c0)
+        last = _first_at(split_offsets, c1, first)
+        middle_ids, middle_offsets = split_ids[first:last], split_offsets[first:last]
+    kept = min(len(middle_ids), max_caption)
+    word_last: list[int | None] = [None] * len(words)
+    for w, (start, end) in enumerate(_word_spans(words, c0)):
+        for index in range(kept):
+            token_start, token_end = middle_offsets[index]
+            if token_start < end and token_end > start:
+                word_last[w] = len(head_ids) + index
+    return PromptTokens(head_ids + middle_ids[:kept] + tail_ids, word_last, (len(head_ids), len(head_ids) + kept))
+
+
+def caption_tokens(tokenizer, words: list[str], max_length: int) -> PromptTokens:
+    """The caption as a sequence of its own (no special tokens added, special-token spellings kept as text), at most
+    ``max_length`` tokens: PaliGemma's output part, which its processor tokenizes apart from the prefix."""
+    return prompt_tokens(tokenizer, "", words, "", max_length, add_special_tokens=False)
 
 
 class Qwen2VLPrompts:

@@ -14,19 +14,20 @@ from typing import Any
 import torch
 
 from vb_probe.errors import DataError, VbProbeError
-from vb_probe.families import Site, register_family
+from vb_probe.families import FamilyBase, Site, pin, register_family
 from vb_probe.hub import DEFAULT_TOKENIZER
 
 MODEL_TYPE = "visual_bert"
 
 
 @register_family
-class VisualBertFamily:
+class VisualBertFamily(FamilyBase):
     """Single stream: ``[CLS] caption [SEP]`` then R region tokens; one self-attention site (layers × heads)."""
 
     name = "visualbert"
     model_type = MODEL_TYPE
     default_tokenizer = DEFAULT_TOKENIZER  # every uclanlp checkpoint was trained with bert-base-uncased
+    has_masked_lm = True  # pre-training checkpoints: attribution and the causal check
 
     def recognise(self, source: dict | Any) -> bool:
         if isinstance(source, dict):  # config.json, or the config a fine-tuned model.pt carries
@@ -37,7 +38,7 @@ class VisualBertFamily:
         return isinstance(source, VisualBertModel) or isinstance(inner, VisualBertModel) or \
             getattr(getattr(source, "config", None), "model_type", None) == MODEL_TYPE
 
-    def load(self, source: Path | Any):
+    def load(self, source: Path | Any, *, dtype=None, device_map=None):
         """Our encoder from a folder (transformers format, with or without the ``visual_bert.`` prefix of task
         models), ours in memory (edits included), our pre-training model (its encoder), or transformers'
         ``VisualBertModel`` / ``VisualBertFor*`` (converted by parameter name; task heads set aside)."""
@@ -49,11 +50,11 @@ class VisualBertFamily:
 
             folder = Path(source)
             if not (folder / "config.json").is_file() and (folder / FINETUNED).is_file():
-                return load_finetuned(folder)  # a `vb-train finetune` folder: its encoder
-            return load_model(folder)
+                return pin(load_finetuned(folder))  # a `vb-train finetune` folder: its encoder
+            return pin(load_model(folder))
         if isinstance(source, VisualBertModel):
-            return source
-        return model_from_module(source)
+            return pin(source)
+        return pin(model_from_module(source))
 
     def sites(self, model) -> list[Site]:
         return [Site("self", len(model.blocks), model.config.num_attention_heads)]
@@ -119,5 +120,6 @@ class VisualBertFamily:
         from vb_probe.families.visualbert.model import VisualBertModel
 
         torch.manual_seed(seed)
-        return VisualBertModel(model.config).to(next(model.parameters()).device).eval()
+        return pin(VisualBertModel(model.config).to(next(model.parameters()).device).eval(), checkpoint_path=None,
+                   load_notes=[])
 

@@ -1,0 +1,169 @@
+"""What a model family offers the engine, declared in one place: :class:`FamilyBase`, whose every optional member
+has its default here, so the engine, the API and the CLI ask a family directly and never guess with ``getattr``.
+
+A family subclasses it, sets its name and model types, and implements the six members every family has
+(:meth:`load`, :meth:`sites`, :meth:`prepare`, :meth:`text_limit`, :meth:`collate`, :meth:`rows`, :meth:`twin`);
+whatever it brings beyond them (reading pixels, the pointing rule, loading across devices, a tokenizer of its own,
+a masked-LM head, checks of its images) is a declared member it overrides. The attributes a family pins on the
+model objects it loads are declared here too (:data:`MODEL_ATTRIBUTES`, :func:`pin`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # the engine's types, for annotations only (no import at run time: no cycle)
+    import torch
+
+    from vb_probe.batching import ProbeBatch
+    from vb_probe.data.features import RegionFeatures, Regions
+    from vb_probe.queries import ProbeItem
+
+
+@dataclass(frozen=True)
+class Site:
+    """A stack of attention that can be probed: ``name`` ("self" for a single-stream model, "cross" for a
+    dual-stream model's language-to-vision layers), ``layers`` × ``heads``."""
+
+    name: str
+    layers: int
+    heads: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.layers, self.heads)
+
+
+# What a family pins on a model object it loads, with the default an object from elsewhere gets (:func:`pin`):
+# where it was loaded from (None: built in memory), the lines to show once, and what the family itself keeps there.
+MODEL_ATTRIBUTES: dict[str, Any] = {
+    "checkpoint_path": None,  # Path | None: the folder the weights were read from
+    "load_notes": list,  # list[str]: what loading decided on the user's behalf, shown once
+    "tokenizer_path": None,  # Path | None: the tokenizer a fine-tuned model was trained with (VisualBERT)
+    "image_processor": None,  # ViLT: its image processor
+    "processor": None,  # decoders: their processor (tokenizer, image processor, chat template)
+    "prompt_template": None,  # decoders: the prompt rendered once at load
+}
+
+
+def pin(model, **values) -> Any:
+    """``model`` with every :data:`MODEL_ATTRIBUTES` entry set: ``values`` where given, else what it already has,
+    else the default. Returns ``model``."""
+    unknown = set(values) - set(MODEL_ATTRIBUTES)
+    if unknown:
+        raise TypeError(f"not a declared model attribute: {', '.join(sorted(unknown))}")
+    for name, default in MODEL_ATTRIBUTES.items():
+        if name in values:
+            setattr(model, name, values[name])
+        elif name not in vars(model):
+            setattr(model, name, default() if callable(default) else default)
+    return model
+
+
+def model_type_of(source: dict | Any) -> str | None:
+    """``model_type`` of a ``config.json`` dict, or of a model object's ``config`` (None when it has none)."""
+    if isinstance(source, dict):
+        value = source.get("model_type")
+    else:  # any object: a model of any library, or none at all
+        value = getattr(getattr(source, "config", None), "model_type", None)
+    return value if isinstance(value, str) else None
+
+
+class FamilyBase:
+    """A model family: everything that differs between vision-language transformers, behind one interface.
+
+    Required: ``name``, ``model_type`` (config.json's ``model_type``) and the members that raise
+    ``NotImplementedError`` here. Optional members have their defaults below; a family overrides what it brings.
+    """
+
+    name: ClassVar[str]
+    model_type: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]] = ()  # every model_type it recognises (default: ``model_type`` alone)
+    default_tokenizer: ClassVar[str | None] = None  # a hub id used when a checkpoint has no tokenizer (None: refuse)
+    rule: ClassVar[str] = "iou"  # "iou" for detector regions (the paper's), "pointing" for patches and cells
+    reads: ClassVar[str] = "regions"  # "regions" (--features) or "pixels" (--images)
+    token_kind: ClassVar[str] = "regions"  # what its image tokens are called on figures and pages
+    loads_across_devices: ClassVar[bool] = False  # load() accepts dtype and device_map (accelerate)
+    localization: ClassVar[bool] = False  # the fixed-position baseline and Kang et al.'s selection are tallied
+    has_masked_lm: ClassVar[bool] = False  # load_masked_lm and interventions exist (attribution, causal check)
+
+    # ------------------------------------------------------------------------------------------- required
+
+    def load(self, source: Path | Any, *, dtype: torch.dtype | None = None, device_map: str | dict | None = None):
+        """The probe-ready model (eval mode untouched) from a checkpoint folder or an object in memory, with the
+        :data:`MODEL_ATTRIBUTES` pinned. ``dtype`` and ``device_map`` only where :attr:`loads_across_devices`."""
+        raise NotImplementedError
+
+    def sites(self, model) -> list[Site]:
+        """The attention sites, the one probed first."""
+        raise NotImplementedError
+
+    def prepare(self, model, features: RegionFeatures, options: dict) -> dict:
+        """Check that ``model`` can be probed on ``features`` with ``options`` (the probe's configuration);
+        return the facts of its inputs to record in ``run.json`` and to hand to :meth:`collate`."""
+        raise NotImplementedError
+
+    def text_limit(self, model) -> int:
+        """How many text tokens the model takes at most."""
+        raise NotImplementedError
+
+    def collate(self, model, items: list[ProbeItem], tokenizer, facts: dict, max_text_len: int,
+                features: RegionFeatures | None = None) -> ProbeBatch:
+        """The model's inputs and the layout of ``items`` (queries, image tokens and their boxes), on the CPU."""
+        raise NotImplementedError
+
+    def rows(self, model, batch: ProbeBatch, site: Site, mask: str = "posthoc", precision: str = "fp32"
+             ) -> torch.Tensor:
+        """One forward; every head's attention from each query to the image tokens: [layer, n, head, R], fp32,
+        on the CPU (padding tokens 0)."""
+        raise NotImplementedError
+
+    def twin(self, model, seed: int):
+        """A random-initialised model of the same shape (the control)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- optional
+
+    def types(self) -> tuple[str, ...]:
+        """Every ``model_type`` this family recognises."""
+        return self.model_types or (self.model_type,)
+
+    def recognise(self, source: dict | Any) -> bool:
+        """``source``: a checkpoint's ``config.json`` (a dict) or a model object in memory."""
+        return model_type_of(source) in self.types()
+
+    def tokenizer_of(self, model):
+        """The tokenizer the model brings with it (a decoder's processor), or None: read from its files."""
+        return None
+
+    def image_tokens(self, model, store, image_id: str) -> Regions:
+        """One image's tokens (boxes in the original image's pixels): the feature file's regions by default; a
+        pixel family's processor cells."""
+        return store[image_id]
+
+    def image_size_problem(self, model, width: int, height: int) -> str | None:
+        """Why the model's processor cannot take a ``width`` × ``height`` image (None: it can), asked of every
+        image before the first forward."""
+        return None
+
+    def sequence_note(self, model, sizes: list[tuple[int, int]]) -> str | None:
+        """A note on how long the model's sequences will be for images of these ``sizes`` (None: nothing to say);
+        refuses (one line) what the model cannot take."""
+        return None
+
+    def load_masked_lm(self, source: Path):
+        """The model with its masked-LM head (attribution and the causal check); only where :attr:`has_masked_lm`."""
+        from vb_probe.errors import VbProbeError
+
+        raise VbProbeError(f"{source}: the {self.name} family has no masked-LM head; attribution and the causal "
+                           "check need one")
+
+    @property
+    def interventions(self):
+        """The module with attribution and the causal check (``require_masked_lm``, ``masked_phrases``,
+        ``attribute``, ``causal_check``); only where :attr:`has_masked_lm`."""
+        from vb_probe.errors import VbProbeError
+
+        raise VbProbeError(f"the {self.name} family has no masked-LM head; attribution and the causal check need one")
