@@ -139,5 +139,8 @@ def real_settings(kind: str, folder: Path) -> Path:
         config.update(SHRUNK_TEXT, rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
         config["vision_config"].update(depth=1, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2)
         model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(**config))
-    model.save_pretrained(folder)
+    from vb_probe.families import quiet_loading
+
+    with quiet_loading():
+        model.save_pretrained(folder)
     return folder

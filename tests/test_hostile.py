@@ -1291,8 +1291,11 @@ def _saved_model(kind: str, folder, shard: str | None = None):
         return _tiny_lxmert(folder)
     from decoder_fixtures import BUILDERS
 
+    from vb_probe.families import quiet_loading
+
     model = BUILDERS[kind]()
-    model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+    with quiet_loading():  # no progress bar among the messages the tests read
+        model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
     processor = model.processor
     if hasattr(processor, "save_pretrained"):
         processor.save_pretrained(folder)
@@ -1402,7 +1405,6 @@ def test_shard_index_and_attention_config_faults_are_one_line(case, expected, tm
     world = _write_world(tmp_path / "w")
     argv = ["entity-grounding", "--ckpt", str(folder), "--flickr30k", str(world["flickr"]), "--images",
             str(world["images"]), "--out", str(tmp_path / "o"), "--quiet", "--limit", "1"]
-    capsys.readouterr()
     if expected is None:
         assert probe_main(argv) == 0
         assert "asks for attention 'flash_attention_2'; vb-probe loads it with 'sdpa'" in capsys.readouterr().out
@@ -1555,3 +1557,350 @@ def test_a_chat_template_that_raises_or_misplaces_the_image_is_said_with_the_pro
     assert model.prompt_template.prefix == "USER: <image>\n" and model.prompt_template.suffix == " ASSISTANT:"
     notes = [n for n in model.load_notes if "chat template" in n]
     assert len(notes) == 1 and said in notes[0] and "'USER: <image>\\n… ASSISTANT:' is used instead" in notes[0]
+
+
+# ------------------------------------------------------------------------- 3. an image out of its annotation's frame
+
+def _image_set(root, annotated=(400, 300), box=(100, 50, 300, 250), n_images: int = 2):
+    """A Flickr30K-layout set of ``n_images`` images annotated ``annotated`` (width, height), each with one phrase
+    ("a man") boxed at ``box``; the images themselves are written by the test. Returns the paths and ids."""
+    from vb_probe.data.flickr30k import Annotation, Phrase, format_annotation, format_sentence
+
+    flickr, images = root / "flickr", root / "images"
+    for sub in (flickr / "Sentences", flickr / "Annotations", images):
+        sub.mkdir(parents=True)
+    ids = [str(900 + i) for i in range(n_images)]
+    for image_id in ids:
+        annotation = Annotation(image_id, annotated[0], annotated[1], boxes={1: np.array([box], np.float32)})
+        (flickr / "Annotations" / f"{image_id}.xml").write_text(format_annotation(annotation))
+        (flickr / "Sentences" / f"{image_id}.txt").write_text(
+            format_sentence(["a", "man", "sits", "."], [Phrase(0, ("a", "man"), 1, ("people",))]) + "\n")
+    for split in ("train", "val", "test"):
+        (flickr / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    return {"flickr": flickr, "images": images, "ids": ids}
+
+
+def _block_image(size, box, value=230):
+    from PIL import Image
+
+    pixels = np.full((size[1], size[0], 3), 20, np.uint8)
+    x1, y1, x2, y2 = box
+    pixels[y1:y2, x1:x2] = value
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def pixel_models(tmp_path_factory):
+    """Saved tiny ViLT, LLaVA and Qwen2-VL checkpoints, and a LLaVA-1.5 with its real processor (336², the crop)."""
+    from decoder_fixtures import real_settings
+
+    root = tmp_path_factory.mktemp("pixel_models")
+    return {**{kind: _saved_model(kind, root / kind) for kind in ("vilt", "llava", "qwen2_vl")},
+            "llava_real": real_settings("llava", root / "llava_real")}
+
+
+def _pixel_probe(models, kind, images, out, *extra):
+    return ["entity-grounding", "--ckpt", str(models[kind]), "--flickr30k", str(images["flickr"]), "--images",
+            str(images["images"]), "--out", str(out), "--quiet", *extra]
+
+
+def test_an_exif_rotated_jpeg_is_read_upright_as_its_boxes_are_drawn(tmp_path):
+    """A phone JPEG stores its pixels sideways (300 × 400) with orientation 6; viewers and annotation tools show it
+    400 × 300, and the boxes are drawn there. It is read upright: the annotated box's block is where the box is."""
+    from PIL import Image
+
+    from vb_probe.data.images import ImageFolder
+
+    images = _image_set(tmp_path, annotated=(400, 300), box=(100, 50, 300, 250), n_images=1)
+    upright = _block_image((400, 300), (100, 50, 300, 250))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what orientation 6 undoes (a turn of 270° clockwise)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(images["images"] / "900.jpg", exif=exif, quality=95)
+    folder = ImageFolder(images["images"])
+    assert folder.size("900") == (400, 300)
+    read = np.asarray(folder.image("900"))
+    assert read.shape == (300, 400, 3)
+    assert read[50:250, 100:300].mean() > 200 and read[:40].mean() < 60  # the block where the box is
+
+
+@pytest.mark.parametrize("stored", [(100, 75), (1, 1), (461, 525)])
+def test_an_image_of_another_size_than_its_annotation_is_refused_before_the_model_loads(stored, tmp_path, capsys,
+                                                                                      pixel_models, monkeypatch):
+    """A thumbnail, a 1 × 1 file, or the annotation's size turned, stand in for an image annotated 525 × 461: one
+    line naming the image, before any weight is read."""
+    images = _image_set(tmp_path, annotated=(525, 461), box=(10, 10, 200, 200), n_images=2)
+    _block_image((525, 461), (10, 10, 200, 200)).save(images["images"] / "900.png")
+    _block_image(stored, (0, 0, 1, 1)).save(images["images"] / "901.png")
+    monkeypatch.setattr("vb_probe.api.load_model", _never("load_model"))
+    assert probe_main(_pixel_probe(pixel_models, "vilt", images, tmp_path / "o")) == 2
+    one_line_error(capsys, "901.png: is", f"{stored[0]} × {stored[1]} pixels (upright) but its annotation gives 525 × 461")
+
+
+def test_a_16_bit_png_is_read_as_seen_not_clipped_to_white(tmp_path):
+    from PIL import Image
+
+    from vb_probe.data.images import ImageFolder
+
+    levels = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+    Image.fromarray(levels).save(tmp_path / "7.png")
+    read = np.asarray(ImageFolder(tmp_path).image("7")).astype(float)
+    np.testing.assert_allclose(read[..., 0], levels / 257.0, atol=0.51)  # 65535 → 255, not every level above 255
+
+
+@pytest.mark.parametrize("kind", ["vilt", "llava_real", "qwen2_vl"])
+def test_an_image_the_processor_cannot_take_is_refused_once_in_one_line(kind, tmp_path, capsys, pixel_models):
+    """20000 × 10: ViLT's resize floors it to no patch row and Qwen2-VL's refuses ratios past 200 (tracebacks from
+    transformers), LLaVA's would resize it to 672000 × 336 pixels twice."""
+    images = _image_set(tmp_path, annotated=(20000, 10), box=(0, 0, 5000, 10), n_images=1)
+    _block_image((20000, 10), (0, 0, 5000, 10)).save(images["images"] / "900.png")
+    assert probe_main(_pixel_probe(pixel_models, kind, images, tmp_path / "o")) == 2
+    err = one_line_error(capsys, "900.png: 20000 × 10 pixels:", "crop it nearer a square")
+    assert err.count("error") == 1
+
+
+def test_a_symlink_loop_among_the_images_is_named_as_such(tmp_path, capsys, pixel_models):
+    images = _image_set(tmp_path, n_images=1)
+    (images["images"] / "900.png").symlink_to(images["images"] / "900.png")
+    assert probe_main(_pixel_probe(pixel_models, "vilt", images, tmp_path / "o")) == 2
+    err = one_line_error(capsys, "900.png: a symbolic link that loops back on itself")
+    assert "free space" not in err
+
+
+# ------------------------------------------------------------------------- 4. a processor that does not fit its model
+
+def test_paligemmas_image_seq_length_must_be_its_towers_patch_count(tmp_path, capsys, pixel_models):
+    folder = _saved_model("paligemma", tmp_path / "pg")
+    saved = json.loads((folder / "processor_config.json").read_text())  # transformers 5 nests the image processor
+    saved["image_processor"]["image_seq_length"] = 9  # a square, of the wrong size (the tower makes 16)
+    (folder / "processor_config.json").write_text(json.dumps(saved))
+    images = _image_set(tmp_path, n_images=1)
+    _block_image((400, 300), (100, 50, 300, 250)).save(images["images"] / "900.png")
+    pixel_models = {**pixel_models, "paligemma": folder}
+    assert probe_main(_pixel_probe(pixel_models, "paligemma", images, tmp_path / "o")) == 2
+    one_line_error(capsys, "image_seq_length is 9 but the vision tower makes 16 tokens")
+
+
+def test_llava_without_its_centre_crop_is_refused_naming_the_setting(tmp_path, capsys, pixel_models):
+    folder = tmp_path / "llava"
+    shutil.copytree(pixel_models["llava_real"], folder)
+    data = json.loads((folder / "preprocessor_config.json").read_text())
+    data["do_center_crop"] = False
+    (folder / "preprocessor_config.json").write_text(json.dumps(data))
+    images = _image_set(tmp_path, n_images=1)
+    _block_image((400, 300), (100, 50, 300, 250)).save(images["images"] / "900.png")
+    assert probe_main(_pixel_probe({"llava": folder}, "llava", images, tmp_path / "o")) == 2
+    one_line_error(capsys, "its processor makes 448 × 336 pixels of a 400 × 300 image but the vision tower takes "
+                           "336 × 336")
+
+
+def test_a_vilt_size_divisor_that_leaves_a_band_unseen_skips_its_phrases_as_outside_view(tmp_path, pixel_models):
+    """size_divisor 1 with 32-pixel patches: a 400 × 300 image becomes 170 × 128, 4 × 5 patches cover 160 × 128, and
+    a gold box in the 10 right-most resized pixels (the 24 right-most original ones) is not seen: outside_view, not a
+    miss."""
+    folder = tmp_path / "vilt"
+    shutil.copytree(pixel_models["vilt"], folder)
+    data = json.loads((folder / "preprocessor_config.json").read_text())
+    data["size_divisor"] = 1
+    (folder / "preprocessor_config.json").write_text(json.dumps(data))
+    images = _image_set(tmp_path, annotated=(400, 300), box=(380, 50, 399, 250), n_images=2)
+    for image_id in images["ids"]:
+        _block_image((400, 300), (380, 50, 399, 250)).save(images["images"] / f"{image_id}.png")
+    out = tmp_path / "o"
+    assert probe_main(_pixel_probe({"vilt": folder}, "vilt", images, out)) == 2  # nothing left to score
+    import vb_probe
+
+    model = vb_probe.load_model(folder)
+    from vb_probe.pipeline import ProbeConfig, run_probes
+
+    results = run_probes(ProbeConfig(flickr30k=images["flickr"], images=images["images"]), model,
+                         vb_probe.load_tokenizer(model=model), progress=False)
+    assert dict(results.main.skipped["entity"]) == {"outside_view": 2}
+
+
+def test_a_qwen2_vl_min_pixels_that_makes_thousands_of_tokens_is_said_before_the_first_forward(tmp_path, capsys,
+                                                                                             pixel_models, monkeypatch):
+    folder = tmp_path / "qwen"
+    shutil.copytree(pixel_models["qwen2_vl"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = 32768  # Qwen2-VL's own
+    (folder / "config.json").write_text(json.dumps(config))
+    data = json.loads((folder / "preprocessor_config.json").read_text())
+    data["min_pixels"] = data["size"]["shortest_edge"] = 5000 * 28 * 28  # 5,000 tokens an image
+    data["max_pixels"] = data["size"]["longest_edge"] = 6000 * 28 * 28
+    (folder / "preprocessor_config.json").write_text(json.dumps(data))
+    images = _image_set(tmp_path, n_images=1)
+    _block_image((400, 300), (100, 50, 300, 250)).save(images["images"] / "900.png")
+    monkeypatch.setattr("vb_probe.pipeline.probe_pass", _never("probe_pass"))
+    with pytest.raises(AssertionError, match="probe_pass"):
+        probe_main(_pixel_probe({"qwen2_vl": folder}, "qwen2_vl", images, tmp_path / "o"))
+    out = capsys.readouterr().out
+    assert "note: the processor makes up to 50" in out and "image tokens an image" in out
+    data["min_pixels"] = data["size"]["shortest_edge"] = 40000 * 28 * 28  # past the model's 32768 positions
+    data["max_pixels"] = data["size"]["longest_edge"] = 50000 * 28 * 28
+    (folder / "preprocessor_config.json").write_text(json.dumps(data))
+    assert probe_main(_pixel_probe({"qwen2_vl": folder}, "qwen2_vl", images, tmp_path / "o2")) == 2
+    one_line_error(capsys, "more than the model's", "positions; lower the processor's max_pixels")
+
+
+# ------------------------------------------------------------------------- 5. duplicates and overflows in the datasets
+
+def _refcoco_set(folder, images=None, objects=None, refs=None):
+    from vb_probe.data.refcoco import write_refcoco
+
+    images = images or [{"id": 7, "width": 100, "height": 80, "file_name": "a.jpg"},
+                        {"id": 9, "width": 60, "height": 60, "file_name": "b.jpg"}]
+    objects = objects or [{"id": 70, "image_id": 7, "box": [10, 20, 40, 60]}, {"id": 90, "image_id": 9,
+                                                                                "box": [0, 0, 30, 30]}]
+    refs = refs or [{"ref_id": 0, "ann_id": 70, "image_id": 7, "split": "testA", "sentences": [("man",)]},
+                    {"ref_id": 1, "ann_id": 90, "image_id": 9, "split": "val", "sentences": [("cat",)]}]
+    write_refcoco(folder, images, objects, refs)
+    return folder
+
+
+def _instances_edit(folder, change):
+    data = json.loads((folder / "instances.json").read_text())
+    change(data)
+    (folder / "instances.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("annotation_twice", r"instances.json: annotations\[1\]: annotation id 70 is listed a second time"),
+    ("image_twice", r"instances.json: images\[1\]: image id 7 is listed a second time"),
+    ("ref_twice", r"refs\(unc\).p: ref 1: ref_id 0 is listed a second time"),
+    ("size_1e400", r"instances.json: holds the number 1e400, beyond floating point"),
+    ("long_id", r"instances.json: holds an integer of 6,000 digits where ids and sizes have at most 20"),
+    ("tuple_key", r"refs\(unc\).p: a dict keyed by a tuple; refs files key their dicts by strings"),
+    ("pickled_long_id", r"refs\(unc\).p: ref 0: ref_id an integer of .*-odd digits is not an integer id"),
+    ("memo_bomb", r"refs\(unc\).p: does not parse as a pickle"),
+    ("truncated", r"refs\(unc\).p: ends before its last object \(a truncated download\?\)"),
+])
+def test_refcoco_duplicates_and_overflows_are_one_line_naming_file_and_record(case, expected, tmp_path):
+    import resource
+
+    from vb_probe.data.refcoco import RefCoco
+
+    folder = _refcoco_set(tmp_path / "refcoco")
+    refs_path = folder / "refs(unc).p"
+    if case == "annotation_twice":
+        _instances_edit(folder, lambda d: d["annotations"].append(dict(d["annotations"][0])))
+        _instances_edit(folder, lambda d: d["annotations"].insert(1, d["annotations"].pop()))
+    elif case == "image_twice":
+        _instances_edit(folder, lambda d: d["images"].insert(1, dict(d["images"][0])))
+    elif case == "ref_twice":
+        refs = pickle.loads(refs_path.read_bytes())
+        refs[1]["ref_id"] = 0
+        refs_path.write_bytes(pickle.dumps(refs, protocol=2))
+    elif case == "size_1e400":
+        text = (folder / "instances.json").read_text().replace('"width": 100', '"width": 1e400', 1)
+        (folder / "instances.json").write_text(text)
+    elif case == "long_id":
+        text = (folder / "instances.json").read_text().replace('"id": 9,', f'"id": {"9" * 6000},', 1)
+        (folder / "instances.json").write_text(text)
+    elif case == "tuple_key":
+        refs = pickle.loads(refs_path.read_bytes())
+        refs[0][("a", "b")] = 1
+        refs_path.write_bytes(pickle.dumps(refs, protocol=2))
+    elif case == "pickled_long_id":
+        refs = pickle.loads(refs_path.read_bytes())
+        refs[0]["ref_id"] = 10 ** 6000 - 1  # 6,000 digits (Python will not read or print one)
+        refs_path.write_bytes(pickle.dumps(refs, protocol=2))
+    elif case == "memo_bomb":
+        refs_path.write_bytes(b"\x80\x02]r\xff\xff\xff\xffh")  # nine bytes: memo slot 2**32 - 1, then a GET
+        assert len(refs_path.read_bytes()) == 9
+    else:
+        refs_path.write_bytes(refs_path.read_bytes()[:-30])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match=expected) as caught:
+        RefCoco(folder)
+    assert len(str(caught.value).splitlines()) == 1 and "hostile" not in str(caught.value)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB: no 4 GB memo
+
+
+def _vg_set(folder):
+    from vb_probe.data.visual_genome import write_visual_genome
+
+    write_visual_genome(folder, [{"image_id": 1, "width": 100, "height": 100}, {"image_id": 2, "width": 50,
+                                                                               "height": 40}],
+                        {"1": [{"region_id": 11, "phrase": "a man", "box": [10, 10, 60, 90]},
+                               {"region_id": 12, "phrase": "green grass", "box": [0, 80, 100, 100]}],
+                         "2": [{"region_id": 21, "phrase": "red car", "box": [5, 5, 45, 35]}]},
+                        {"1": [], "2": []}, {"train": ["2"], "val": ["1"], "test": ["1", "2"]})
+    return folder
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("region_twice", r"region_descriptions.json: image 1, region 1: region_id 11 is also region 0 of this image"),
+    ("second_document", r"region_descriptions.json: holds more after its list \(at byte [\d,]+: a second JSON "
+                        r"document\?\)"),
+    ("unlisted", r"test.txt: image 3 has no record in region_descriptions.json"),
+    ("size_1e400", r"image_data.json: holds the number 1e400, beyond floating point"),
+    ("long_id", r"region_descriptions.json: record 1: holds an integer of 6,000 digits"),
+])
+def test_visual_genome_duplicates_and_overflows_are_one_line_naming_file_and_record(case, expected, tmp_path,
+                                                                                    monkeypatch):
+    from vb_probe.data.visual_genome import VisualGenome
+
+    monkeypatch.setenv("VB_PROBE_CACHE", str(tmp_path / "cache"))
+    folder = _vg_set(tmp_path / "vg")
+    regions = folder / "region_descriptions.json"
+    if case == "region_twice":
+        data = json.loads(regions.read_text())
+        data[0]["regions"][1]["region_id"] = 11
+        regions.write_text(json.dumps(data))
+    elif case == "second_document":
+        regions.write_text(regions.read_text() + '\n[{"id": 3, "regions": []}]')
+    elif case == "unlisted":
+        (folder / "test.txt").write_text("1\n2\n3\n")
+        images = json.loads((folder / "image_data.json").read_text()) + [{"image_id": 3, "width": 10, "height": 10}]
+        (folder / "image_data.json").write_text(json.dumps(images))
+    elif case == "size_1e400":
+        (folder / "image_data.json").write_text((folder / "image_data.json").read_text().replace("100", "1e400", 1))
+    else:
+        regions.write_text(regions.read_text().replace('"id": 2', f'"id": {"2" * 6000}', 1))
+    with pytest.raises(DataError, match=expected) as caught:
+        data = VisualGenome(folder)
+        data.split("test")
+        for image_id in ("1", "2"):
+            data.captions(image_id)
+    assert len(str(caught.value).splitlines()) == 1
+
+
+def test_check_data_names_a_split_image_without_a_record(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VB_PROBE_CACHE", str(tmp_path / "cache"))
+    folder = _vg_set(tmp_path / "vg")
+    (folder / "test.txt").write_text("1\n2\n3\n")
+    images = json.loads((folder / "image_data.json").read_text()) + [{"image_id": 3, "width": 10, "height": 10}]
+    (folder / "image_data.json").write_text(json.dumps(images))
+    assert probe_main(["check-data", "--visual-genome", str(folder), "--split", "test"]) == 2
+    out = capsys.readouterr().out
+    assert "image 3 has no record in region_descriptions.json" in out and "nothing is missing" not in out
+
+
+# ------------------------------------------------------------------------- 6. stale caches and resumes
+
+def test_records_swapped_in_place_are_indexed_again_not_given_to_another_image(tmp_path, monkeypatch):
+    """Two records of equal length swapped in place (same size, same modification time): the cached byte-span index
+    would give each image the other's regions; each record's own image id is checked when read, and the file is
+    indexed again, once (the next run reads the new index, no cache to delete)."""
+    from vb_probe.data.visual_genome import VisualGenome
+
+    monkeypatch.setenv("VB_PROBE_CACHE", str(tmp_path / "cache"))
+    folder = _vg_set(tmp_path / "vg")
+    regions = folder / "region_descriptions.json"
+    records = [{"id": 1, "regions": [{"region_id": 11, "image_id": 1, "phrase": "a man", "x": 10, "y": 10,
+                                      "width": 50, "height": 80}]},
+               {"id": 2, "regions": [{"region_id": 21, "image_id": 2, "phrase": "a car", "x": 5, "y": 5,
+                                      "width": 40, "height": 30}]}]
+    regions.write_text(json.dumps(records))
+    assert [c.words for c in VisualGenome(folder).captions("1")] == [("a", "man")]
+    stat = regions.stat()
+    swapped = json.dumps([records[1], records[0]])
+    assert len(swapped) == len(json.dumps(records))
+    regions.write_text(swapped)
+    os.utime(regions, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    data = VisualGenome(folder)
+    assert [c.words for c in data.captions("1")] == [("a", "man")] and [c.words for c in data.captions("2")] == \
+        [("a", "car")]
+    again = VisualGenome(folder)  # the fresh index was kept
+    assert [c.words for c in again.captions("2")] == [("a", "car")]

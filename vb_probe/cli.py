@@ -79,14 +79,16 @@ def _probe_config(args: argparse.Namespace, **extra):
 
 
 def cmd_entity_grounding(args: argparse.Namespace) -> int:
-    from vb_probe.pipeline import grounding_result, run_probes
+    from vb_probe.pipeline import grounding_result, preflight, run_probes
     from vb_probe.results import GroundingResult, check_result_folder
     from vb_probe.tables import format_entity_summary
 
     check_result_folder(args.out, "entity_grounding", GroundingResult.FILES)
     out = _writable_out(args.out)
+    cfg = _probe_config(args)
+    preflight(cfg)  # the data's checks before the model loads (minutes for a 7B model)
     model, tokenizer = _load(args)
-    results = run_probes(_probe_config(args), model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
+    results = run_probes(cfg, model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
     if not _writes_results():
         return 0
     result = grounding_result(results)
@@ -97,7 +99,7 @@ def cmd_entity_grounding(args: argparse.Namespace) -> int:
 
 
 def cmd_syntactic(args: argparse.Namespace) -> int:
-    from vb_probe.pipeline import parses_copy_name, run_probes, syntactic_result
+    from vb_probe.pipeline import parses_copy_name, preflight, run_probes, syntactic_result
     from vb_probe.results import SyntacticResult, check_result_folder
     from vb_probe.tables import format_syntactic_summary
 
@@ -106,9 +108,10 @@ def cmd_syntactic(args: argparse.Namespace) -> int:
         print("note: parsing the captions with spaCy (cached); pass --parses FILE.conllu to use parses of your own")
     check_result_folder(args.out, "syntactic", (*SyntacticResult.FILES, parses_copy_name(args.split)))
     out = _writable_out(args.out)
-    model, tokenizer = _load(args)
     cfg = _probe_config(args, entity=False, relations=tuple(args.relation), parses=args.parses,
                         parser=args.parser, spacy_model=args.spacy_model)
+    preflight(cfg)
+    model, tokenizer = _load(args)
     results = run_probes(cfg, model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
     if not _writes_results():
         return 0

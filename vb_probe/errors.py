@@ -22,10 +22,49 @@ class CheckpointError(VbProbeError):
 
 
 def os_error_line(exc: OSError) -> str:
-    """One line for a failed read or write (full disk, permissions), naming the file."""
+    """One line for a failed read or write, naming the file and what to do about this kind of failure (a full disk,
+    a permission, a symbolic link loop, a vanished file)."""
+    import errno
+
     where = exc.filename if exc.filename is not None else "a file"
     reason = exc.strerror or type(exc).__name__
-    return f"{where}: {reason}; free space or choose a writable location, then run again (earlier results are untouched)"
+    hints = {errno.ENOSPC: "free space or choose another location, then run again (earlier results are untouched)",
+             errno.EDQUOT: "free space or choose another location, then run again (earlier results are untouched)",
+             errno.EACCES: "make it readable and writable for you, or choose another location",
+             errno.EPERM: "make it readable and writable for you, or choose another location",
+             errno.EROFS: "choose a writable location",
+             errno.ELOOP: "a symbolic link there points back on itself; fix or remove the link",
+             errno.ENOENT: "it vanished while the run used it; check the path and run again",
+             errno.ENAMETOOLONG: "use a shorter path"}
+    hint = hints.get(exc.errno, "check the file and the disk, then run again (earlier results are untouched)")
+    return f"{where}: {reason}; {hint}"
+
+
+class ProbeNote(UserWarning):
+    """Something vb-probe decided on the user's behalf (a crop that skips phrases, a long sequence, a template not
+    used): said when it is decided, printed by the CLIs as ``note: …``, shown by notebooks as a warning."""
+
+
+def say(note: str) -> None:
+    """Say ``note`` now (a :class:`ProbeNote`)."""
+    import warnings
+
+    warnings.warn(note, ProbeNote, stacklevel=2)
+
+
+def _print_notes_as_lines(previous):
+    """A ``warnings.showwarning`` that prints a :class:`ProbeNote` as one ``note: …`` line on standard output, from
+    the first process only under torchrun (every process decides the same), and leaves other warnings to
+    ``previous``."""
+    import os
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, ProbeNote):
+            return previous(message, category, filename, lineno, file, line)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"note: {message}", flush=True)
+
+    return show
 
 
 class Terminated(BaseException):
@@ -41,11 +80,17 @@ def run_command(prog: str, args, handled: tuple[type[BaseException], ...] = (VbP
     """Run ``args.func(args)`` the way every CLI command runs: bad input → one line on stderr and exit 2
     (``args.debug`` re-raises for the traceback), Ctrl-C → 130 and SIGTERM → 143, each with a one-line hint
     (``--resume`` only for commands that have it)."""
+    import warnings
+
     resumable = hasattr(args, "resume")
     again = "run again with --resume to continue" if resumable else "nothing half-written was left; run it again"
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    shown = warnings.showwarning
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ProbeNote)
+            warnings.showwarning = _print_notes_as_lines(shown)
+            return args.func(args)
     except handled as exc:
         if getattr(args, "debug", False):
             raise

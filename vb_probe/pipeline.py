@@ -30,8 +30,8 @@ from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.data.parses import Parse, SpacyParser, read_conllu, to_conllu
 from vb_probe.devices import resolve_device
-from vb_probe.errors import DataError, VbProbeError
-from vb_probe.families import Family, family_of, family_rule, open_inputs
+from vb_probe.errors import DataError, VbProbeError, say
+from vb_probe.families import Family, family_of, family_rule, open_inputs, reads_pixels
 from vb_probe.hub import resolve, weights_file
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, chosen_hits, head_choices
 from vb_probe.queries import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeItem, Query, collect_items
@@ -432,6 +432,58 @@ def checkpoint_info(ckpt: Path | str | None, model=None) -> dict:
     return info
 
 
+def probe_image_ids(cfg: ProbeConfig, dataset) -> dict[str, list[str]]:
+    """The images each split of the run reads: the probed split and the selection split, each cut to ``limit``."""
+    splits = dict.fromkeys([cfg.split] + ([cfg.select_on] if cfg.select_on else []))
+    return {split: dataset.split(split)[: cfg.limit] if cfg.limit is not None else dataset.split(split)
+            for split in splits}
+
+
+def check_images(family: Family, model, dataset, store, image_ids: list[str]) -> None:
+    """Before any forward: every image a pixel family reads has its annotation's size (upright), and, with a
+    ``model``, its processor can take each size and the sequences it makes fit the model (one line naming the
+    image, or a note on their length). ``store``: an :class:`~vb_probe.data.images.ImageFolder`."""
+    from vb_probe.data.images import check_sizes
+
+    annotated = {}
+    for image_id in dict.fromkeys(image_ids):
+        if image_id in store:
+            annotation = dataset.annotation(image_id)
+            if annotation.width > 0 and annotation.height > 0:
+                annotated[image_id] = (annotation.width, annotation.height)
+    check_sizes(store, annotated)
+    if model is None:
+        return
+    first_of: dict[tuple[int, int], str] = {}
+    for image_id in annotated:
+        first_of.setdefault(store.size(image_id), image_id)
+    for size, image_id in first_of.items():
+        problem = family.image_size_problem(model, *size)
+        if problem:
+            raise DataError(f"{store.path(image_id)}: {size[0]} × {size[1]} pixels: {problem}")
+    note = family.sequence_note(model, list(first_of))
+    if note and note not in model.load_notes:
+        model.load_notes.append(note)
+
+
+def preflight(cfg: ProbeConfig) -> None:
+    """The checks that need no weights, run before a checkpoint loads (a 7B model takes minutes): the annotation
+    set opens, its splits exist, and a pixel family's images are those the annotations were made on."""
+    from vb_probe.hub import folder_config
+
+    if cfg.ckpt is None or cfg.flickr30k is None:
+        return
+    folder = resolve(cfg.ckpt, "--ckpt")
+    family = family_of(folder_config(folder), str(folder / "config.json"))
+    dataset = open_grounding_set(cfg.flickr30k, cfg.dataset, split_by=cfg.split_by, relations=bool(cfg.relations))
+    ids = probe_image_ids(cfg, dataset)
+    if reads_pixels(family):
+        store = open_inputs(family, cfg.features, cfg.images, cfg.confidence)
+        if hasattr(store, "add_names") and hasattr(dataset, "image_files"):
+            store.add_names(dataset.image_files())
+        check_images(family, None, dataset, store, [i for split in ids.values() for i in split])
+
+
 def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, progress: bool = True,
                resume: bool = False, flickr30k: Flickr30kEntities | None = None,
                features: RegionFeatures | None = None) -> ProbeResults:
@@ -459,7 +511,13 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         features = open_inputs(family, cfg.features, cfg.images, cfg.confidence)
     if hasattr(features, "add_names") and hasattr(flickr, "image_files"):
         features.add_names(flickr.image_files())  # COCO's own file names (COCO_train2014_….jpg)
+    notes_before = len(model.load_notes)
+    if reads_pixels(family):
+        check_images(family, model, flickr, features, [i for ids in probe_image_ids(cfg, flickr).values()
+                                                       for i in ids])
     facts = family.prepare(model, features, config_dict(cfg))  # the model's checks, before any work
+    for note in model.load_notes[notes_before:]:  # what the checks decided: said now, not only in run.json
+        say(note)
     checkpoint = checkpoint_info(cfg.ckpt, model)
     if out is not None:
         check_progress_files(out, resume)

@@ -76,15 +76,23 @@ def xywh_box(value, where: str, width: float | None = None, height: float | None
     return box
 
 
+MAX_SIDE = 1 << 20  # pixels: no camera or scanner makes a side longer; a larger size is a broken record
+
+
 def image_size(entry: dict, where: str) -> tuple[int, int]:
-    """(width, height) of an image record, positive integers, else one line naming it."""
+    """(width, height) of an image record, positive integers of at most :data:`MAX_SIDE`, else one line naming it."""
     try:
         width, height = entry["width"], entry["height"]
-        if isinstance(width, bool) or isinstance(height, bool):
+        if isinstance(width, bool) or isinstance(height, bool) or not all(
+                (isinstance(v, (int, float)) and -MAX_SIDE <= v <= MAX_SIDE) or (isinstance(v, str) and len(v) <= 8)
+                for v in (width, height)):
             raise TypeError
         width, height = int(width), int(height)
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{where}: needs integer width and height; fix the record") from None
+        if max(width, height) > MAX_SIDE:
+            raise ValueError
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise DataError(f"{where}: needs integer width and height of at most {MAX_SIDE:,} pixels; fix the record") \
+            from None
     if width <= 0 or height <= 0:
         raise DataError(f"{where}: width × height {width} × {height}: must be positive; fix the record")
     return width, height

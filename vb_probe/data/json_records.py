@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from vb_probe.data.text import data_decoder
 from vb_probe.errors import DataError
 
 CHUNK = 1 << 22  # bytes decoded a read
@@ -20,7 +21,7 @@ LONGEST_RECORD = 1 << 26  # characters: a record longer than this is taken as br
 def scan_records(path: Path, image_id_of: Callable[[object, str], str]) -> dict[str, tuple[int, int]]:
     """Image id → (byte offset, byte length) of each record of the array in ``path``, decoding one record at a time.
     ``image_id_of(record, where)`` names a record's image (raising a one-line DataError)."""
-    decoder = json.JSONDecoder()
+    decoder = data_decoder(path)
     utf8 = codecs.getincrementaldecoder("utf-8")()
     spans: dict[str, tuple[int, int]] = {}
     with open(path, "rb") as handle:
@@ -58,6 +59,11 @@ def scan_records(path: Path, image_id_of: Callable[[object, str], str]) -> dict[
                 if at >= len(text):
                     raise DataError(f"{path}: ends inside its list (a truncated download?); download it again")
                 if text[at] == "]":
+                    at, consumed = at + 1, consumed + 1
+                    skip(" \t\r\n")
+                    if at < len(text):  # json.load would refuse it too: a file is one document
+                        raise DataError(f"{path}: holds more after its list (at byte {consumed:,}: a second JSON "
+                                        "document?); keep one list of per-image records")
                     return spans
                 while True:
                     try:
@@ -67,6 +73,11 @@ def scan_records(path: Path, image_id_of: Callable[[object, str], str]) -> dict[
                         if len(text) - at > LONGEST_RECORD or not more():
                             raise DataError(f"{path}: record {number} is not valid JSON ({exc.msg}); download the "
                                             "file again") from None
+                    except DataError as exc:  # a number no record holds: said with the record
+                        raise DataError(f"{path}: record {number}: {str(exc).removeprefix(f'{path}: ')}") from None
+                    except ValueError:  # Python's own limit on the digits of an integer
+                        raise DataError(f"{path}: record {number} holds a number too long to read; download the "
+                                        "file again") from None
                 length = len(text[at:end].encode("utf-8"))
                 image_id = image_id_of(record, f"{path}: record {number}")
                 if image_id in spans:
@@ -86,20 +97,23 @@ class JsonRecords:
         from vb_probe.data.features import sampled_digest
 
         self.path = Path(path)
+        self._image_id_of = image_id_of
         self._key = sampled_digest(self.path)
-        self._spans = self._load_or_scan(image_id_of)
+        self._spans = self._load_or_scan()
+        self._rescanned = False
 
-    def _load_or_scan(self, image_id_of) -> dict[str, tuple[int, int]]:
+    def _load_or_scan(self, rescan: bool = False) -> dict[str, tuple[int, int]]:
         from vb_probe.cache import user_cache_dir
 
         index_path = user_cache_dir("json-index", self._key[:40] + ".json")
-        try:
-            cached = json.loads(index_path.read_text())
-            if cached.get("key") == self._key:
-                return {str(k): (int(v[0]), int(v[1])) for k, v in cached["spans"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
-            pass
-        spans = scan_records(self.path, image_id_of)
+        if not rescan:
+            try:
+                cached = json.loads(index_path.read_text())
+                if cached.get("key") == self._key:
+                    return {str(k): (int(v[0]), int(v[1])) for k, v in cached["spans"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError):
+                pass
+        spans = scan_records(self.path, self._image_id_of)
         try:  # a convenience: a cache that cannot be written is rebuilt next time
             from vb_probe.atomic import remove_stale_temporaries, write_json
 
@@ -116,15 +130,29 @@ class JsonRecords:
         return list(self._spans)
 
     def record(self, image_id: str):
-        """The image's record, read from its span (one line naming the file when it no longer parses there)."""
+        """The image's record, read from its span and checked to be that image's: a file rewritten in place (records
+        swapped or shifted, same size and time: the cache key samples the content) is indexed again, once."""
         if image_id not in self._spans:
             return None
+        found = self._read_span(image_id)
+        if found is None and not self._rescanned:
+            self._spans, self._rescanned = self._load_or_scan(rescan=True), True
+            if image_id not in self._spans:
+                return None
+            found = self._read_span(image_id)
+        if found is None:
+            raise DataError(f"{self.path}: the record of image {image_id} is not where a fresh index put it (the file "
+                            "is changing while it is read?); run again when it is complete")
+        return found
+
+    def _read_span(self, image_id: str):
+        """The record at the image's span when it parses there and names this image, else None."""
         offset, length = self._spans[image_id]
         with open(self.path, "rb") as handle:
             handle.seek(offset)
             raw = handle.read(length)
         try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            raise DataError(f"{self.path}: the record of image {image_id} does not parse where the index put it (the "
-                            "file changed after it was indexed?); run again") from None
+            record = data_decoder(self.path).decode(raw.decode("utf-8"))
+            return record if self._image_id_of(record, f"{self.path}: image {image_id}") == image_id else None
+        except (UnicodeDecodeError, ValueError, RecursionError, DataError):
+            return None

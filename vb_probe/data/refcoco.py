@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import struct
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -26,42 +27,61 @@ from vb_probe.errors import DataError
 SPLITS = {"unc": ("train", "val", "testA", "testB"), "umd": ("train", "val", "test"), "google": ("train", "val")}
 
 
-class _PlainData(pickle.Unpickler):
+class _PlainData(pickle._Unpickler):
     """Builds what pickle's own opcodes make (dicts, lists, tuples, str, bytes, numbers, None, bools) and nothing
-    that needs a class or function looked up."""
+    that needs a class or function looked up. Python's own unpickler, not the C one: it keeps the memo in a dict, so
+    a nine-byte file that names memo slot 4,294,967,295 costs one entry, not the 4 GB array the C unpickler grows."""
 
     def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(f"it refers to {module}.{name}")
+        raise _Refused(f"it refers to {module}.{name}")
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("it refers to an object outside the file")
+        raise _Refused("it refers to an object outside the file")
+
+
+class _Refused(pickle.UnpicklingError):
+    """A reference to code or to an object outside the file: refused, never run."""
 
 
 def read_plain_pickle(path: Path) -> object:
-    """The plain data in a pickle, or one line naming ``path`` (a class or function reference is refused)."""
+    """The plain data in a pickle, or one line naming ``path``: a class or function reference is refused, a file
+    that ends early or does not parse is called damaged (not hostile)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: missing; expected the refer toolkit's refs file") from None
     try:
         data = _PlainData(io.BytesIO(raw), encoding="latin1").load()  # Python 2 strings, as refer wrote them
-    except pickle.UnpicklingError as exc:
+    except _Refused as exc:
         reason = " ".join(str(exc).split())[:120]
         raise DataError(f"{path}: holds more than plain data ({reason}); refused without running it: refs files hold "
                         "dicts, lists, strings and numbers only; use the file the refer toolkit ships") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, RecursionError, MemoryError,
-            OverflowError) as exc:
-        raise DataError(f"{path}: not a readable pickle ({type(exc).__name__}); download the refs file again") \
-            from None
+    except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            RecursionError, MemoryError, OverflowError, struct.error) as exc:
+        ended = isinstance(exc, EOFError) or "truncated" in str(exc) or "exhausted" in str(exc)
+        what = "ends before its last object (a truncated download?)" if ended else \
+            f"does not parse as a pickle ({type(exc).__name__})"
+        raise DataError(f"{path}: {what}; download the refs file again") from None
     return _plain(data, path)
 
 
+KEY_TYPES = (str, int)  # what refer's dicts are keyed by
+
+
 def _plain(value, path: Path, depth: int = 0):
-    """Tuples as lists, bytes decoded; anything else than dict / list / str / int / float / bool / None refused."""
+    """Tuples as lists, bytes decoded; anything else than dict / list / str / int / float / bool / None refused,
+    and a dict keyed by anything but strings and integers."""
     if depth > 50:
         raise DataError(f"{path}: nested deeper than refs files are; use the file the refer toolkit ships")
     if isinstance(value, dict):
-        return {_plain(k, path, depth + 1): _plain(v, path, depth + 1) for k, v in value.items()}
+        out = {}
+        for key, item in value.items():
+            key = key.decode("latin1") if isinstance(key, bytes) else key
+            if not isinstance(key, KEY_TYPES) or isinstance(key, bool):
+                raise DataError(f"{path}: a dict keyed by a {type(key).__name__}; refs files key their dicts by "
+                                "strings; use the file the refer toolkit ships")
+            out[key] = _plain(item, path, depth + 1)
+        return out
     if isinstance(value, (list, tuple)):
         return [_plain(v, path, depth + 1) for v in value]
     if isinstance(value, bytes):
@@ -71,9 +91,20 @@ def _plain(value, path: Path, depth: int = 0):
     raise DataError(f"{path}: holds a {type(value).__name__}, not plain data; use the file the refer toolkit ships")
 
 
+MAX_ID = 2**63  # ids are 64-bit integers in COCO and refer
+
+
+def shown(value) -> str:
+    """A value from a data file as a message shows it: at most 40 characters (an integer of thousands of digits is
+    described, never converted: Python refuses to print one)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
+        return f"an integer of {len(format(abs(value), 'x')) * 1.2:.0f}-odd digits"
+    return f"{value!r:.40}"
+
+
 def _integer(value, where: str, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{where}: {name} {value!r:.40} is not an integer id; fix the record")
+    if isinstance(value, bool) or not isinstance(value, int) or not -MAX_ID < value < MAX_ID:
+        raise DataError(f"{where}: {name} {shown(value)} is not an integer id (64 bits); fix the record")
     return value
 
 
@@ -100,7 +131,7 @@ class RefCoco:
     def _load(self) -> None:
         """Both files read and cross-checked once, before any probing: every ref's image and object resolve."""
         instances = read_json_file(self.instances_path, "download instances.json again", "missing; a RefCOCO "
-                                   "folder needs the COCO instances.json beside its refs file")
+                                   "folder needs the COCO instances.json beside its refs file", strict=True)
         if not isinstance(instances, dict) or not isinstance(instances.get("images"), list) or \
                 not isinstance(instances.get("annotations"), list):
             raise DataError(f"{self.instances_path}: expected a JSON object with 'images' and 'annotations' lists "
@@ -111,6 +142,8 @@ class RefCoco:
             if not isinstance(entry, dict):
                 raise DataError(f"{where}: expected an object with id, width, height, file_name")
             image_id = str(_integer(entry.get("id"), where, "id"))
+            if image_id in self.images:
+                raise DataError(f"{where}: image id {image_id} is listed a second time; keep one record an image")
             width, height = image_size(entry, where)
             self.images[image_id] = {"width": width, "height": height, "file_name": str(entry.get("file_name", ""))}
         self.boxes: dict[int, tuple[str, list]] = {}
@@ -119,17 +152,25 @@ class RefCoco:
             if not isinstance(entry, dict):
                 raise DataError(f"{where}: expected an object with id, image_id, bbox")
             ann_id = _integer(entry.get("id"), where, "id")
+            if ann_id in self.boxes:
+                raise DataError(f"{where}: annotation id {ann_id} is listed a second time; keep one record an object")
             self.boxes[ann_id] = (str(_integer(entry.get("image_id"), where, "image_id")), entry.get("bbox"))
         refs = read_plain_pickle(self.refs_path)
         if not isinstance(refs, list):
             raise DataError(f"{self.refs_path}: holds a {type(refs).__name__}, expected a list of refs (dicts)")
         self.by_image: dict[str, list[dict]] = defaultdict(list)
         self.split_of: dict[str, str] = {}
+        ref_ids: set[int] = set()
         for number, ref in enumerate(refs):
             where = f"{self.refs_path}: ref {number}"
             if not isinstance(ref, dict) or not isinstance(ref.get("sentences"), list):
                 raise DataError(f"{where}: expected a dict with ref_id, ann_id, image_id, split, sentences")
-            where = f"{self.refs_path}: ref_id {ref.get('ref_id', number)!r:.20}"
+            if "ref_id" in ref:
+                ref_id = _integer(ref["ref_id"], where, "ref_id")
+                if ref_id in ref_ids:
+                    raise DataError(f"{where}: ref_id {ref_id} is listed a second time; keep one record a ref")
+                ref_ids.add(ref_id)
+            where = f"{self.refs_path}: ref_id {shown(ref.get('ref_id', number))}"
             image_id = str(_integer(ref.get("image_id"), where, "image_id"))
             ann_id = _integer(ref.get("ann_id"), where, "ann_id")
             if image_id not in self.images:

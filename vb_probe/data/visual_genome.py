@@ -25,7 +25,8 @@ from vb_probe.errors import DataError
 
 
 def _records(path: Path, what: str) -> list:
-    data = read_json_file(path, "download it again", f"missing; a Visual Genome folder needs {path.name} ({what})")
+    data = read_json_file(path, "download it again", f"missing; a Visual Genome folder needs {path.name} ({what})",
+                          strict=True)
     if not isinstance(data, list):
         raise DataError(f"{path}: holds a JSON {type(data).__name__}, expected a list of per-image records ({what})")
     return data
@@ -108,6 +109,7 @@ class VisualGenome:
         out = []
         if not self.relations:
             regions = entry.get("regions") or []
+            seen: dict[int, int] = {}
             for k, region in enumerate(regions if isinstance(regions, list) else [regions]):
                 where = f"{path}: image {image_id}, region {k}"
                 if not isinstance(region, dict):
@@ -115,6 +117,10 @@ class VisualGenome:
                 region_id = region.get("region_id", region.get("id"))
                 if isinstance(region_id, bool) or not isinstance(region_id, int):
                     raise DataError(f"{where}: region_id {region_id!r:.20} is not an integer id; fix the record")
+                if region_id in seen:
+                    raise DataError(f"{where}: region_id {region_id} is also region {seen[region_id]} of this image; "
+                                    "keep one record a region")
+                seen[region_id] = k
                 out.append((region_id, _words(region.get("phrase"), where), _box(region, where, self.sizes[image_id])))
             return tuple(out)
         relationships = entry.get("relationships") or []
@@ -157,7 +163,15 @@ class VisualGenome:
     # ------------------------------------------------------------------------------------------- the reader
 
     def split(self, name: str) -> list[str]:
-        return read_split(self.root, name)
+        """The split list's images, each with a record in the view's file (an image listed with none would count
+        nothing, silently)."""
+        ids = read_split(self.root, name)
+        absent = [image_id for image_id in ids if image_id not in self._file]
+        if absent:
+            more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+            raise DataError(f"{self.root / (name + '.txt')}: image {absent[0]:.40}{more} has no record in "
+                            f"{self._file.path.name}; list only images of this release")
+        return ids
 
     def _captions(self, image_id: str) -> list[Caption]:
         captions = []

@@ -40,6 +40,7 @@ class PatchGrid(Regions):
     pixel_values: torch.Tensor | None = None
     pixel_mask: torch.Tensor | None = None
     grid: tuple[int, int] = (0, 0)  # (rows, columns) of patches
+    seen: np.ndarray | None = None  # [4] the part of the original image the patches cover (x1, y1, x2, y2)
 
 
 def image_processor(folder: Path | None):
@@ -70,8 +71,10 @@ def patch_grid(processor, patch_size: int, image, image_id: str) -> PatchGrid:
     x1, y1 = cols.ravel() * patch_size, rows.ravel() * patch_size
     boxes = np.stack([x1 * sx, y1 * sy, np.minimum(x1 + patch_size, resized_w) * sx,
                       np.minimum(y1 + patch_size, resized_h) * sy], axis=1).astype(np.float32)
+    # a size_divisor finer than the patch leaves a band at the right and bottom that no patch covers: not seen
+    seen = np.array([0.0, 0.0, min(grid_w * patch_size, resized_w) * sx, min(grid_h * patch_size, resized_h) * sy])
     return PatchGrid(image_id, boxes, np.zeros((len(boxes), 0), np.float32), None, float(width), float(height),
-                     pixel_values, pixel_mask, (grid_h, grid_w))
+                     pixel_values, pixel_mask, (grid_h, grid_w), seen)
 
 
 def pad_pixels(grids: list[PatchGrid]) -> dict[str, torch.Tensor]:
@@ -166,6 +169,22 @@ class ViltFamily(FamilyBase):
     def text_limit(self, model) -> int:
         return model.config.max_position_embeddings
 
+    def image_size_problem(self, model, width: int, height: int) -> str | None:
+        """ViLT's processor resizes the short side to ``shortest_edge`` with the long side capped, then floors both
+        to its ``size_divisor``: an extreme shape floors to no row (or column) of patches, which transformers'
+        resize turns into a traceback. Asked of the processor itself, on a blank image of that size (cheap: the
+        output is capped)."""
+        from PIL import Image
+
+        try:
+            grid = patch_grid(model.image_processor, model.config.patch_size, Image.new("RGB", (width, height)), "").grid
+        except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+            reason = " ".join(str(exc).split())[:80] or type(exc).__name__
+            return f"ViLT's image processor cannot resize it ({reason}); crop it nearer a square"
+        if min(grid) < 1:
+            return "ViLT's image processor leaves it no row or column of patches; crop it nearer a square"
+        return None
+
     def image_tokens(self, model, features, image_id: str) -> PatchGrid:
         """One image's patch cells (and pixels) from ``features`` (an :class:`~vb_probe.data.images.ImageFolder`)."""
         return patch_grid(model.image_processor, model.config.patch_size, features.image(image_id), image_id)
@@ -178,7 +197,7 @@ class ViltFamily(FamilyBase):
         tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
         inputs = pad_text([t.input_ids for t in tokenized], tokenizer.pad_token_id)
         inputs.update(pad_pixels(rows))
-        views = [np.array([0.0, 0.0, g.image_w, g.image_h]) for g in rows]  # ViLT sees the whole image
+        views = [g.seen for g in rows]  # the patches' part of the image
         return layout(items, [t.word_last_token for t in tokenized], [g.boxes for g in rows], [None] * len(rows),
                       inputs, views=views,
                       grids=torch.tensor([g.grid for g in rows], dtype=torch.long))

@@ -119,6 +119,7 @@ class DecoderFamily(FamilyBase):
             raise VbProbeError(f"{model.checkpoint_path or 'the model'}: vision_feature_select_strategy "
                                f"{model.config.vision_feature_select_strategy!r}: only 'default' (LLaVA-1.5's, one token "
                                "per patch) is supported")
+        check_processor_fits(model)
         template = model.prompt_template
         processor = model.processor.image_processor
         keep = ("size", "crop_size", "do_center_crop", "do_pad", "patch_size", "merge_size", "min_pixels",
@@ -137,6 +138,41 @@ class DecoderFamily(FamilyBase):
 
     def text_limit(self, model) -> int:
         return int(getattr(model.config.text_config, "max_position_embeddings", 4096))
+
+    def image_size_problem(self, model, width: int, height: int) -> str | None:
+        """Qwen2-VL's ``smart_resize`` refuses aspect ratios beyond 200:1 (asked of its own code); LLaVA's processor
+        resizes the short side to 336 before its crop, so a 20000 × 10 image becomes 672000 × 336 pixels (2.5 GB):
+        refused above :data:`MAX_RESIZED_PIXELS`."""
+        kind = model.config.model_type
+        if kind == "qwen2_vl":
+            try:
+                qwen_grid(model.processor.image_processor, width, height)
+            except ValueError as exc:
+                return f"Qwen2-VL's processor cannot take it ({' '.join(str(exc).split())[:100]}); crop it nearer a square"
+        if kind == "llava":
+            resized_h, resized_w = _resized_size(model.processor.image_processor, width, height)
+            if resized_h * resized_w > MAX_RESIZED_PIXELS or min(resized_h, resized_w) < 1:
+                return (f"LLaVA's processor would resize it to {resized_w} × {resized_h} pixels "
+                        f"({resized_w * resized_h * 12 / 2**30:.1f} GB) before its crop; crop it nearer a square")
+        return None
+
+    def sequence_note(self, model, sizes: list[tuple[int, int]]) -> str | None:
+        """The longest prompt the images make (image tokens + the template + a caption of up to 64 tokens),
+        estimated before the first forward from the processor's own sizing: refused past the model's positions, a
+        note past :data:`LONG_SEQUENCE` tokens."""
+        if not sizes:
+            return None
+        tokens = max(image_token_count(model, width, height) for width, height in sizes)
+        longest = tokens + 64 + len(model.prompt_template.prefix) // 2
+        if longest > self.text_limit(model):
+            raise VbProbeError(f"{model.checkpoint_path or 'the model'}: its processor makes up to {tokens} image tokens "
+                               f"an image, more than the model's {self.text_limit(model)} positions; lower the "
+                               "processor's max_pixels (or min_pixels) in preprocessor_config.json")
+        if tokens > LONG_SEQUENCE:
+            return (f"the processor makes up to {tokens} image tokens an image (its min_pixels/max_pixels or size): "
+                    f"each forward reads about {longest} tokens a caption; expect it to be slow, or lower "
+                    "--batch-size if memory runs out")
+        return None
 
     # ------------------------------------------------------------------------------------------- the image
 
@@ -232,6 +268,77 @@ class DecoderFamily(FamilyBase):
         return twin
 
 
+MAX_RESIZED_PIXELS = 1 << 26  # 67 M pixels (0.8 GB in float32 RGB): the most a processor may make of one image
+LONG_SEQUENCE = 4096  # image tokens an image beyond which a run is said to be long
+
+
+def check_processor_fits(model) -> None:
+    """The processor makes what the model takes, checked before the first forward (one line naming the setting):
+    the prompt's image placeholder is the model's image token, LLaVA's pixels are the vision tower's square,
+    PaliGemma's ``image_seq_length`` is its tower's patch count, Qwen2-VL's patch and merge sizes are its tower's."""
+    from PIL import Image
+
+    config, kind = model.config, model.config.model_type
+    where = model.checkpoint_path or "the model"
+    processor = model.processor
+    tokenizer = processor.tokenizer
+    placeholder = model.prompt_template.placeholder
+    token = tokenizer.convert_tokens_to_ids(placeholder)
+    if token != image_token_id(model):
+        raise VbProbeError(f"{where}: the config's image token id is {image_token_id(model)} but the tokenizer's "
+                           f"{placeholder} is {token}; pass the config.json and tokenizer files saved together")
+    image_processor = processor.image_processor
+    vision = config.vision_config
+    if kind == "llava":
+        pixels = tuple(image_cells_pixels(processor, Image.new("RGB", (400, 300))))
+        if pixels != (vision.image_size, vision.image_size):
+            raise VbProbeError(f"{where}: its processor makes {pixels[1]} × {pixels[0]} pixels of a 400 × 300 image but "
+                               f"the vision tower takes {vision.image_size} × {vision.image_size} (do_center_crop, "
+                               "crop_size or do_pad in preprocessor_config.json); pass the processor saved with the "
+                               "model")
+    elif kind == "paligemma":
+        expected = (vision.image_size // vision.patch_size) ** 2
+        if int(processor.image_seq_length) != expected:
+            raise VbProbeError(f"{where}: its processor's image_seq_length is {processor.image_seq_length} but the vision "
+                               f"tower makes {expected} tokens ({vision.image_size}² / {vision.patch_size}²); pass the "
+                               "processor saved with the model")
+    elif kind == "qwen2_vl":
+        theirs = (image_processor.patch_size, image_processor.merge_size, image_processor.temporal_patch_size)
+        ours = (vision.patch_size, vision.spatial_merge_size, vision.temporal_patch_size)
+        if tuple(theirs) != tuple(ours):
+            raise VbProbeError(f"{where}: its processor's patch, merge and temporal sizes are {theirs} but the vision "
+                               f"tower's are {ours}; pass the processor saved with the model")
+
+
+def image_cells_pixels(processor, image) -> tuple[int, int]:
+    """(height, width) of the pixels the processor makes of ``image``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return tuple(processor.image_processor(image, return_tensors="pt")["pixel_values"].shape[-2:])
+
+
+def qwen_grid(image_processor, width: int, height: int) -> tuple[int, int]:
+    """(rows, columns) of Qwen2-VL's patches for a ``width`` × ``height`` image: the processor module's own
+    ``smart_resize`` with the processor's factor and pixel bounds (no pixels made)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize  # no torchvision needed
+
+    factor = image_processor.patch_size * image_processor.merge_size
+    size = image_processor.size
+    resized_h, resized_w = smart_resize(height, width, factor=factor, min_pixels=size["shortest_edge"],
+                                        max_pixels=size["longest_edge"])
+    return resized_h // image_processor.patch_size, resized_w // image_processor.patch_size
+
+
+def image_token_count(model, width: int, height: int) -> int:
+    """How many image tokens the processor makes of a ``width`` × ``height`` image, from its own sizing."""
+    kind = model.config.model_type
+    if kind == "qwen2_vl":
+        rows, cols = qwen_grid(model.processor.image_processor, width, height)
+        return rows * cols // model.processor.image_processor.merge_size ** 2
+    vision = model.config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2
+
+
 def image_token_id(model) -> int:
     config = model.config
     value = getattr(config, "image_token_id", None)
@@ -285,15 +392,28 @@ _RESIZED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor �
 
 
 def _resized_size(image_processor, width: int, height: int) -> tuple[int, int]:
-    """(height, width) the processor resizes a ``width`` × ``height`` image to before its crop: read from its own
-    output for a blank image of that size with the crop off (cached per processor, as long as it lives, and size)."""
+    """(height, width) the processor resizes a ``width`` × ``height`` image to before its crop, from the function its
+    resize calls for a ``shortest_edge`` size (transformers' ``get_resize_output_image_size``, given an array of
+    that shape that takes no memory), else read from its own output for a blank image with the crop off (cached per
+    processor, as long as it lives, and size)."""
     from PIL import Image
 
     sizes = _RESIZED.setdefault(image_processor, {})
     if (width, height) not in sizes:
-        out = image_processor(Image.new("RGB", (width, height)), do_center_crop=False, do_normalize=False,
-                              do_rescale=False, return_tensors="np")
-        sizes[(width, height)] = tuple(int(v) for v in out["pixel_values"].shape[-2:])
+        size = image_processor.size
+        shortest = size.get("shortest_edge") if hasattr(size, "get") else None
+        padded = getattr(image_processor, "do_pad", False)  # padded to a square first: the blank run is small
+        if shortest and not padded and not (size.get("longest_edge") if hasattr(size, "get") else None):
+            from transformers.image_transforms import get_resize_output_image_size
+            from transformers.image_utils import ChannelDimension
+
+            shape_only = np.broadcast_to(np.zeros((1, 1, 1), np.uint8), (3, height, width))
+            sizes[(width, height)] = tuple(int(v) for v in get_resize_output_image_size(
+                shape_only, size=shortest, default_to_square=False, input_data_format=ChannelDimension.FIRST))
+        else:
+            out = image_processor(Image.new("RGB", (width, height)), do_center_crop=False, do_normalize=False,
+                                  do_rescale=False, return_tensors="np")
+            sizes[(width, height)] = tuple(int(v) for v in out["pixel_values"].shape[-2:])
     return sizes[(width, height)]
 
 
