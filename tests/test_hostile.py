@@ -1361,9 +1361,10 @@ def test_a_shard_index_that_leaves_out_a_shards_keys_is_refused(tmp_path):
 def test_a_task_head_set_aside_is_said_once_by_name(tmp_path):
     """A ViLT saved with its masked-LM head and an LXMERT pre-training model: the encoder loads, the heads are named
     in one note each."""
-    import vb_probe
     from test_vilt import _tiny_vilt
     from transformers import LxmertForPreTraining, ViltForMaskedLM
+
+    import vb_probe
 
     vilt = _tiny_vilt(tmp_path / "vilt")
     ViltForMaskedLM.from_pretrained(str(vilt)).save_pretrained(tmp_path / "vilt_mlm")
@@ -1454,8 +1455,9 @@ def _items(captions: list[str], image_id: str = "700"):
 @pytest.fixture(scope="module")
 def real_decoders(tmp_path_factory):
     """Tiny LLaVA-1.5 and Qwen2-VL with the public checkpoints' own tokenizer, processor and chat template files."""
-    import vb_probe
     from decoder_fixtures import real_settings
+
+    import vb_probe
 
     root = tmp_path_factory.mktemp("real")
     return {kind: vb_probe.load_model(real_settings(kind, root / kind)) for kind in ("llava", "qwen2_vl")}
@@ -1546,8 +1548,9 @@ def test_caption_words_that_spell_special_tokens_stay_text(kind, real_decoders, 
      "{% endif %}{% endfor %}{% endfor %}", "places the image 2 times"),
 ])
 def test_a_chat_template_that_raises_or_misplaces_the_image_is_said_with_the_prompt_used(template, said, tmp_path):
-    import vb_probe
     from decoder_fixtures import real_settings
+
+    import vb_probe
 
     folder = real_settings("llava", tmp_path / "llava")
     for name in ("chat_template.jinja", "chat_template.json"):
@@ -1904,3 +1907,118 @@ def test_records_swapped_in_place_are_indexed_again_not_given_to_another_image(t
         [("a", "car")]
     again = VisualGenome(folder)  # the fresh index was kept
     assert [c.words for c in again.captions("2")] == [("a", "car")]
+
+
+def _interrupt_after(monkeypatch, argv: list[str], batches: int = 10) -> None:
+    """``vb-probe argv`` stopped by Ctrl-C when batch ``batches + 1`` would be scored (any family)."""
+    import vb_probe.pipeline as pipeline
+
+    real, calls = pipeline.score_batch, {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == batches + 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(pipeline, "score_batch", interrupting)
+    assert probe_main(argv) == 130
+    monkeypatch.setattr(pipeline, "score_batch", real)
+
+
+def test_a_resume_after_an_image_was_replaced_by_one_of_the_same_size_is_refused(tmp_path, capsys, monkeypatch,
+                                                                                pixel_models):
+    from test_vilt import _write_world
+
+    world = _write_world(tmp_path / "w")
+    argv = ["entity-grounding", "--ckpt", str(pixel_models["vilt"]), "--flickr30k", str(world["flickr"]), "--images",
+            str(world["images"]), "--out", str(tmp_path / "o"), "--quiet", "--batch-size", "1"]
+    _interrupt_after(monkeypatch, argv)
+    image = world["images"] / f"{world['ids'][-1]}.png"
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(image)).copy()
+    Image.fromarray(255 - pixels).save(image)  # another picture, same size in pixels
+    capsys.readouterr()
+    assert probe_main([*argv, "--resume"]) == 2
+    one_line_error(capsys, "saved progress is for another run (features")
+
+
+def test_a_single_process_resume_of_a_torchrun_folder_is_refused(data, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    interrupted_probe(monkeypatch, probe_args(data, out, "--batch-size", "1"))
+    saved = out / ".main.progress.json"
+    for rank in (0, 1):  # as two processes under torchrun leave their progress
+        shutil.copy(saved, out / f".main.rank{rank}.progress.json")
+    saved.unlink()
+    capsys.readouterr()
+    assert probe_main(probe_args(data, out, "--batch-size", "1", "--resume")) == 2
+    one_line_error(capsys, "holds the progress of a run over 2 processes (torchrun); resume it with torchrun "
+                           "--nproc_per_node 2")
+
+
+def test_scores_of_another_model_type_of_the_same_shape_are_refused(tmp_path, capsys, pixel_models):
+    """A LLaVA run's scores drawn over a Qwen2-VL model of the same shape (2 × 4 heads)."""
+    images = _image_set(tmp_path, n_images=1)
+    _block_image((400, 300), (100, 50, 300, 250)).save(images["images"] / "900.png")
+    assert probe_main(_pixel_probe(pixel_models, "llava", images, tmp_path / "llava_scores")) == 0
+    capsys.readouterr()
+    assert probe_main(["explore", "--ckpt", str(pixel_models["qwen2_vl"]), "--flickr30k", str(images["flickr"]),
+                       "--images", str(images["images"]), "--scores", str(tmp_path / "llava_scores"), "--out",
+                       str(tmp_path / "page"), "--quiet"]) == 2
+    one_line_error(capsys, "the scores are of a llava model but this model is a qwen2_vl")
+
+
+# ------------------------------------------------------------------------- 7. our own progress files, unbounded work
+
+def test_a_users_rank_progress_file_is_never_overwritten(data, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / ".main.rank0.progress.json").write_text("a user's file")
+    assert probe_main(probe_args(data, out)) == 2
+    one_line_error(capsys, ".main.rank0.progress.json, which is not vb-probe's progress file")
+    assert (out / ".main.rank0.progress.json").read_text() == "a user's file"
+
+
+def test_figure_4_over_thousands_of_predicates_is_bounded_and_says_what_it_left_out():
+    from vb_probe.results import MAX_PANELS, HeadScores, SyntacticResult
+
+    relations = [f"predicate_{k}" for k in range(3000)]
+    scores = {(r, d): HeadScores(np.full((2, 2), k % 7), 10 + k % 50) for k, r in enumerate(relations)
+              for d in ("head_to_dependent", "dependent_to_head")}
+    result = SyntacticResult(relations, scores, {f"{r}/{d}": {} for r, d in scores}, "test", 9000, "visual_genome",
+                             {}, {}, {})
+    figure = result.plot()
+    width, _ = figure.get_size_inches() * figure.dpi
+    assert len(figure.axes) == MAX_PANELS and width < 4000
+    assert "the 8 of 3,000 relations with the most arcs (the other 2,992 in syntactic.csv)" in figure._suptitle.get_text()
+    assert [a.get_title() for a in figure.axes] == [f"predicate_{k}" for k in range(3000) if k % 50 == 49][:8]
+
+
+def test_a_llava_image_token_that_is_not_the_tokenizers_is_one_line(tmp_path, capsys, pixel_models):
+    folder = tmp_path / "llava"
+    shutil.copytree(pixel_models["llava"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["image_token_index"] = config["image_token_id"] = 5
+    (folder / "config.json").write_text(json.dumps(config))
+    images = _image_set(tmp_path, n_images=1)
+    _block_image((400, 300), (100, 50, 300, 250)).save(images["images"] / "900.png")
+    assert probe_main(_pixel_probe({"llava": folder}, "llava", images, tmp_path / "o")) == 2
+    one_line_error(capsys, "the config's image token id is 5 but the tokenizer's <image> is 3")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["pretrain", "--config", "vilt", "--set", "model.patch_size=0"], "model.patch_size=0 must be at least 1"),
+    (["pretrain", "--config", "vilt", "--set", "model.max_position_embeddings=3"],
+     "model.max_position_embeddings=3 is fewer than the 40 text tokens a caption is cut to"),
+])
+def test_vilt_pretraining_values_that_cannot_build_a_model_are_one_line(argv, expected, world, tmp_path, capsys):
+    assert train_main([*argv, "--data", str(world["world"]), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    one_line_error(capsys, expected)
+    assert not [p for p in (tmp_path / "run").glob("*") if not p.name.startswith(".")]  # nothing trained or saved
+
+
+def test_a_demo_of_three_scenes_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        probe_main(["demo", "--scenes", "3", "--out", str(tmp_path / "d")])
+    assert exit_.value.code == 2
+    one_line_error(capsys, "argument --scenes: 3 must be at least 10")

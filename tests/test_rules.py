@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from vb_probe.batching import image_permutation, layout
-from vb_probe.families import Site
+from vb_probe.families import FamilyBase, Site
 from vb_probe.metrics.boxes import centre_hits, overlaps, region_hits, rule_hits
 from vb_probe.pipeline import score_batch
 from vb_probe.queries import ProbeItem, Query
@@ -32,7 +32,7 @@ def test_the_pointing_rule_by_hand():
                                            np.array([0, 0, 10, 10])), [True, False, False])  # touching is not seeing
 
 
-class OneTokenHeads:
+class OneTokenHeads(FamilyBase):
     """A family stub: one layer, three heads, head h attends only to image token h."""
 
     name, model_type, default_tokenizer = "stub", "stub", None

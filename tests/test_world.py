@@ -119,5 +119,6 @@ def test_world_cli_prints_statistics(tmp_path, capsys):
     assert main(["world", "--out", str(tmp_path / "w"), "--scenes", "20", "--quiet", "--no-images"]) == 0
     printed = capsys.readouterr().out
     assert "highest-confidence" in printed and "oracle" in printed and "nsubj" in printed
-    assert main(["world", "--out", str(tmp_path / "w2"), "--scenes", "3"]) == 2
-    assert "--images 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["world", "--out", str(tmp_path / "w2"), "--scenes", "3"])
+    assert exit_.value.code == 2 and "argument --scenes: 3 must be at least 10" in capsys.readouterr().err

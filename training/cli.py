@@ -145,7 +145,7 @@ def _finetune_options(p: argparse.ArgumentParser, steps: int | None = None, allo
 
 def build_parser() -> argparse.ArgumentParser:
     from training.tasks import TASKS
-    from vb_probe.errors import DefaultsHelpFormatter, OneLineArgumentParser, positive_int
+    from vb_probe.errors import DefaultsHelpFormatter, OneLineArgumentParser, at_least, positive_int
 
     parser = OneLineArgumentParser(prog="vb-train", description="Build, pre-train and fine-tune VisualBERT.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsHelpFormatter)
     p = add_parser("world", "generate the built-in world in the real data formats")
     p.add_argument("--out", type=Path, required=True, help="a new or empty folder (or a world written before)")
-    p.add_argument("--scenes", type=positive_int, default=1000,
+    p.add_argument("--scenes", type=at_least(10), default=1000,
                    help="how many scenes (images) to generate, at least 10")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes")
     p.add_argument("--no-hdf5", action="store_true", help="write the TSV features only")

@@ -221,7 +221,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 # (section, key) → (lowest, highest, whether the lowest itself is allowed), for every number a run depends on
 _RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
     **{("model", k): (1, 1e6, True) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                              "intermediate_size", "max_position_embeddings")},
+                                              "intermediate_size", "max_position_embeddings", "patch_size",
+                                              "image_size")},
     ("model", "hidden_dropout_prob"): (0, 1, True), ("model", "attention_probs_dropout_prob"): (0, 1, True),
     **{("objective", k): (0, 1, True) for k in ("entity_prob", "content_prob", "other_prob")},
     ("objective", "mask_prob"): (0, 1, False),
@@ -242,6 +243,13 @@ def _validate(config: TrainConfig, source: str) -> None:
     if m.hidden_size % m.num_attention_heads:
         raise VbProbeError(f"{source}: model.hidden_size {m.hidden_size} is not a multiple of num_attention_heads "
                            f"{m.num_attention_heads}")
+    if m.max_position_embeddings < config.train.max_text_len:
+        raise VbProbeError(f"{source}: model.max_position_embeddings={m.max_position_embeddings} is fewer than the "
+                           f"{config.train.max_text_len} text tokens a caption is cut to (train.max_text_len); raise it "
+                           "or lower train.max_text_len")
+    if m.family == "vilt" and m.patch_size > m.image_size:
+        raise VbProbeError(f"{source}: model.patch_size={m.patch_size} is larger than model.image_size={m.image_size}; "
+                           "an image would have no patch")
 
 
 def config_from_dict(data: dict) -> TrainConfig:

@@ -133,8 +133,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_visualize(args: argparse.Namespace) -> int:
     from vb_probe.data.grounding_sets import open_grounding_set
-    from vb_probe.families import head_shape
-    from vb_probe.results import GroundingResult, check_scores_shape
+    from vb_probe.families import check_scores_fit
+    from vb_probe.results import GroundingResult
     from vb_probe.visualize import render_attention_figure
 
     out = args.out or Path(f"attention_{args.image_id}_{args.caption_index}.png")
@@ -142,7 +142,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
     model, tokenizer = _load(args)
     if scores is not None:
-        check_scores_shape(scores.shape, head_shape(model), args.scores)
+        check_scores_fit(scores, model, args.scores)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dataset = open_grounding_set(args.flickr30k, args.dataset_format, split_by=args.split_by)
@@ -157,14 +157,14 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from vb_probe.data.grounding_sets import open_grounding_set
     from vb_probe.data.parses import read_conllu
     from vb_probe.explorer import PAGE, explorer_data, write_explorer
-    from vb_probe.families import family_of, head_shape, open_inputs
-    from vb_probe.results import GroundingResult, check_scores_shape
+    from vb_probe.families import check_scores_fit, family_of, open_inputs
+    from vb_probe.results import GroundingResult
 
     out = _writable_out(args.out, [PAGE])
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
     model, tokenizer = _load(args)
     if scores is not None:
-        check_scores_shape(scores.shape, head_shape(model), args.scores)
+        check_scores_fit(scores, model, args.scores)
     images = args.images
     if images is None and (Path(args.flickr30k).parent / "images").is_dir():
         images = Path(args.flickr30k).parent / "images"  # the built-in world keeps its renders beside the data
@@ -340,7 +340,7 @@ def _debug_option(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from vb_probe import __version__
-    from vb_probe.errors import DefaultsHelpFormatter, OneLineArgumentParser, positive_int
+    from vb_probe.errors import DefaultsHelpFormatter, OneLineArgumentParser, at_least, positive_int
 
     parser = OneLineArgumentParser(prog="vb-probe", description="Probe VisualBERT's attention heads.",
                                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", choices=["visualbert", "vilt"], default="visualbert",
                    help="the model: VisualBERT over detector regions (the paper's), or a small ViLT over image "
                         "patches (scored by the pointing rule)")
-    p.add_argument("--scenes", type=positive_int, default=1000,
+    p.add_argument("--scenes", type=at_least(10), default=1000,
                    help="how many scenes (images) the built-in world has; --images, elsewhere, is a folder of images")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in world")
     p.add_argument("--config", help="pre-training config: a packaged name (demo, vilt, tasks, paper) or a TOML file "

@@ -143,6 +143,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+def at_least(lowest: int):
+    """argparse type: a whole number of at least ``lowest``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{value} must be at least {lowest}")
+        return value
+
+    parse.__name__ = f"at_least_{lowest}"
+    return parse
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number of at least 1 (counts of steps, draws, heads, images)."""
     try:

@@ -267,14 +267,36 @@ def _is_progress_file(path: Path) -> bool:
     return isinstance(state, dict) and {"run", "done", "counts", "truncated"} <= set(state)
 
 
-def check_progress_files(out: Path, resume: bool) -> None:
-    """Before a probe runs: a file named like a progress file that vb-probe did not write is never overwritten
-    or deleted (with ``--resume`` a damaged one is reported when it is read)."""
-    for name in PASSES:
-        path = progress_path(out, name)
-        if path.exists() and not (resume or _is_progress_file(path)):
+def progress_files(out: Path) -> list[Path]:
+    """Every file in ``out`` named as a run's progress file: one process's (``.main.progress.json``) or one of several
+    processes' (``.main.rank1.progress.json``)."""
+    import re
+
+    pattern = re.compile(r"\.(%s)(\.rank\d+)?\.progress\.json" % "|".join(PASSES))
+    return sorted(p for p in out.glob(".*.progress.json") if pattern.fullmatch(p.name))
+
+
+def check_progress_files(out: Path, resume: bool, processes: int = 1) -> None:
+    """Before a probe runs: a file named like a progress file (of one process or of several under torchrun) that
+    vb-probe did not write is never overwritten or deleted (with ``--resume`` a damaged one is reported when it is
+    read); and ``--resume`` with another number of processes than the interrupted run had is refused, naming it
+    (its progress would be ignored)."""
+    found = progress_files(out)
+    for path in found:
+        if not (resume or _is_progress_file(path)):
             raise VbProbeError(f"--out {out}: holds {path.name}, which is not vb-probe's progress file; move it "
                                "away or choose another --out (nothing was changed)")
+    if not resume:
+        return
+    sharded = sorted({int(p.name.split(".rank")[1].split(".")[0]) for p in found if ".rank" in p.name})
+    single = [p for p in found if ".rank" not in p.name]
+    if processes == 1 and sharded and not single:
+        raise VbProbeError(f"--out {out}: holds the progress of a run over {max(sharded) + 1} processes (torchrun); "
+                           f"resume it with torchrun --nproc_per_node {max(sharded) + 1}, or run again without "
+                           "--resume")
+    if processes > 1 and single and not sharded:
+        raise VbProbeError(f"--out {out}: holds the progress of a run in one process; resume it without torchrun, or "
+                           "run again without --resume")
 
 
 def _load_progress(path: Path, run: dict
@@ -520,9 +542,10 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         say(note)
     checkpoint = checkpoint_info(cfg.ckpt, model)
     if out is not None:
-        check_progress_files(out, resume)
-    # resumed counts must come from the same data: keyed on content, not on paths or times
-    features_key = features.content_key() if out is not None else None
+        from vb_probe.distributed import world
+
+        check_progress_files(out, resume, world(device.type).size)
+    # resumed counts must come from the same data: keyed on content (of the images each pass reads), not on paths
     wants_parses = bool(cfg.relations)
     parser_used: dict[str, str] = {}
     relations_seen: set[str] = set()
@@ -563,7 +586,8 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
             precision=cfg.precision, device=device, progress=progress, description=label,
             state_path=progress_path(out, state_name) if out is not None else None, resume=resume,
             fingerprint={**config_dict(cfg), "pass": state_name, "pass_split": split, "model": checkpoint,
-                         "features": features_key, "items": items_digest(items)},
+                         "features": features.content_key(image_ids) if out is not None else None,
+                         "items": items_digest(items)},
             features=features, prompts=cfg.localization_prompts if state_name == "main" else 0,
         )
         for group, reasons in late_skips.items():

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 DIGITS = 6  # printed digits of accuracies, masses and baselines (the CSV's and run.json's)
 BASELINES = ("highest_confidence", "random", "oracle")
+MAX_PANELS = 8  # relations Figure 4 draws side by side; the rest are in the CSV
+
 ENTITY_COLUMNS = ["layer", "head", "n", "n_correct", "accuracy", "region_mass", "ci95_low", "ci95_high"]
 # region mass is Figure 3's dot size; Figure 4 has no use for it (and it is the one float a batch size can move)
 SYNTACTIC_COLUMNS = ["relation", "direction", *(c for c in ENTITY_COLUMNS if c != "region_mass")]
@@ -498,12 +500,29 @@ class SyntacticResult:
                 "control": [h.accuracy for h in control.per_layer_best()] if control is not None else None}
         return {"relation": relation, "directions": directions}
 
+    def most_frequent(self, relations: Sequence[str] | None = None, count: int = MAX_PANELS) -> list[str]:
+        """Of ``relations`` (default: all), the ``count`` with the most scored arcs (both directions), in their own
+        order."""
+        chosen = list(relations or self.relations)
+        if len(chosen) <= count:
+            return chosen
+        arcs = {r: sum(self.scores[(r, d)].n for d in DIRECTIONS if (r, d) in self.scores) for r in chosen}
+        kept = set(sorted(chosen, key=lambda r: (-arcs[r], chosen.index(r)))[:count])
+        return [r for r in chosen if r in kept]
+
     def plot(self, relations: Sequence[str] | None = None):
-        """Figure 4: the relations side by side (all of them unless ``relations`` names some); returns the figure."""
+        """Figure 4: the relations side by side (all of them unless ``relations`` names some), at most
+        :data:`MAX_PANELS`: those with the most arcs, the title saying how many were left out (Visual Genome has
+        tens of thousands of predicates); returns the figure."""
         from vb_probe.viz.relations import plot_relation_panels
 
-        return plot_relation_panels([self.panel(r) for r in (relations or self.relations)],
-                                    title=f"Syntactic grounding, {self.split} split")
+        asked = list(relations or self.relations)
+        shown = self.most_frequent(asked)
+        title = f"Syntactic grounding, {self.split} split"
+        if len(shown) < len(asked):
+            title += (f": the {len(shown)} of {len(asked):,} relations with the most arcs (the other "
+                      f"{len(asked) - len(shown):,} in syntactic.csv)")
+        return plot_relation_panels([self.panel(r) for r in shown], title=title)
 
     def run_json(self) -> dict:
         relations: dict[str, dict] = {}

@@ -63,10 +63,14 @@ def localization_lines(block: dict) -> list[str]:
     return lines
 
 
+SUMMARY_RELATIONS = 20  # relations the console summary lists; the CSV has every one
+
+
 def format_syntactic_summary(result: SyntacticResult) -> str:
     lines = [f"syntactic grounding on {result.split} ({result.arcs_seen} arcs of the chosen relations; "
              f"parser {result.parser})"]
-    for relation in result.relations:
+    shown = result.most_frequent(count=SUMMARY_RELATIONS)
+    for relation in shown:
         for direction in DIRECTIONS:
             scores = result.scores.get((relation, direction))
             if scores is None:
@@ -78,4 +82,7 @@ def format_syntactic_summary(result: SyntacticResult) -> str:
             chosen_text = f"chosen on {chosen.selected_on} {chosen.label} {chosen.accuracy:.3f}  " if chosen else ""
             lines.append(f"  {relation:8s} {direction:18s} n={scores.n:5d} {chosen_text}best {best.label} "
                          f"{best.accuracy:.3f}  highest-confidence {'n/a' if hc is None else f'{hc:.3f}'}")
+    if len(shown) < len(result.relations):
+        lines.append(f"  … and {len(result.relations) - len(shown):,} relations with fewer arcs (syntactic.csv has "
+                     "every one)")
     return "\n".join(lines)

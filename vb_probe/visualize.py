@@ -58,15 +58,14 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
                      facts: dict | None = None):
     """Figure 1/5 for caption ``caption_index`` of ``image_id`` (``flickr30k`` and ``features``: readers or their
     paths); returns the figure."""
-    from vb_probe.families import family_of, family_rule, head_shape, image_tokens, open_inputs, reads_pixels
+    from vb_probe.families import check_scores_fit, family_of, family_rule, image_tokens, open_inputs, reads_pixels
     from vb_probe.metrics.boxes import rule_hits
     from vb_probe.pipeline import word_region_choices
     from vb_probe.queries import Collection, entity_queries
-    from vb_probe.results import check_scores_shape
     from vb_probe.viz.attention import plot_attention_on_image
 
     if scores is not None:
-        check_scores_shape(scores.shape, head_shape(model), "scores")
+        check_scores_fit(scores, model, "scores")
     flickr = open_grounding_set(flickr30k)
     family = family_of(model)
     if reads_pixels(family) and features is None:

@@ -17,14 +17,19 @@ from vb_probe.data.features import write_hdf5, write_tsv
 from vb_probe.data.flickr30k import Annotation, format_annotation, format_sentence, read_sentences
 from vb_probe.data.parses import Parse, to_conllu
 
+MIN_SCENES = 10  # a tenth each for val and test, and the rest to train on
+
 
 def build_world(out: str | Path, images: int = 1000, seed: int = 0, hdf5: bool = True, render: bool = True,
                 progress: bool = True) -> WorldStats:
     """Generate ``images`` scenes and write every file of the world into ``out`` (atomically, as a folder)."""
     from tqdm.auto import tqdm
 
-    if images < 10:
-        raise ValueError(f"--images {images}: the world needs at least 10 images (train, val and test splits)")
+    if images < MIN_SCENES:
+        from vb_probe.errors import VbProbeError
+
+        raise VbProbeError(f"--scenes {images}: the world needs at least {MIN_SCENES} scenes (train, val and test "
+                           "splits)")
     started = time.time()
     generator = WorldGenerator(seed)
     scenes = [generator.scene(i) for i in tqdm(range(images), desc="scenes", disable=not progress, leave=False)]

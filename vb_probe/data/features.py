@@ -21,6 +21,7 @@ import json
 import math
 import os
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -28,6 +29,7 @@ from typing import Literal, Protocol
 import numpy as np
 import pybase64
 
+from vb_probe.atomic import file_sha256
 from vb_probe.errors import DataError
 from vb_probe.metrics.boxes import outside_image
 
@@ -92,7 +94,7 @@ class RegionFeatures(Protocol):
     def __contains__(self, image_id: str) -> bool: ...
     def __getitem__(self, image_id: str) -> Regions: ...
     def ids(self) -> list[str]: ...
-    def content_key(self) -> str: ...
+    def content_key(self, image_ids: Sequence[str] | None = None) -> str: ...
     @property
     def dim(self) -> int: ...
 
@@ -164,7 +166,8 @@ class TsvFeatures(_Store):
         starts = sorted(offsets.values()) + [self.path.stat().st_size]
         self._length = {start: end - start for start, end in zip(starts, starts[1:])}
 
-    def content_key(self) -> str:
+    def content_key(self, image_ids: Sequence[str] | None = None) -> str:
+        """The file's sampled digest (each row is checked against its image id when read)."""
         return self._key
 
     def _load_or_build_index(self, rebuild: bool = False) -> dict[str, int]:
@@ -449,7 +452,7 @@ class Hdf5Features(_Store):
     def ids(self) -> list[str]:
         return list(self._index)
 
-    def content_key(self) -> str:
+    def content_key(self, image_ids: Sequence[str] | None = None) -> str:
         return sampled_digest(self.path) + sampled_digest(self.path.with_name(f"{self.path.stem}_imgid2idx.pkl"))
 
     def _read(self, image_id: str) -> Regions:
@@ -489,10 +492,16 @@ class NpzFeatures(_Store):
     def ids(self) -> list[str]:
         return list(self._ids)
 
-    def content_key(self) -> str:
-        """Names and sizes of every file, and sampled contents of up to 64 of them, evenly spread."""
+    def content_key(self, image_ids: Sequence[str] | None = None) -> str:
+        """Names and sizes of every file, and the whole content of the files of ``image_ids`` (the images a run
+        reads: one replaced by another of the same size changes the key), else sampled contents of up to 64."""
         digest = hashlib.sha256()
         paths = [self.folder / f"{i}.npz" for i in self._ids]
+        if image_ids is not None:
+            for image_id in image_ids:
+                if image_id in self._ids:
+                    digest.update(f"{image_id}:".encode() + bytes.fromhex(file_sha256(self.folder / f"{image_id}.npz")))
+            return digest.hexdigest()
         for path in paths:
             digest.update(f"{path.name}:{path.stat().st_size};".encode())
         for path in paths[:: max(1, len(paths) // 64)]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +114,19 @@ class ImageFolder:
     def dim(self) -> int:
         return 3
 
-    def content_key(self) -> str:
-        """Names and sizes of every image, and the bytes of up to 64 of them, evenly spread (a resume keys on it)."""
+    def content_key(self, image_ids: Sequence[str] | None = None) -> str:
+        """What a resume keys on: the whole content of the images of ``image_ids`` (those a run reads: an image
+        replaced by another of the same byte size changes it); without ids, the names and sizes of every image and
+        the bytes of up to 64 of them, evenly spread."""
+        from vb_probe.atomic import file_sha256
+
         digest = hashlib.sha256()
+        if image_ids is not None:
+            for image_id in image_ids:
+                if image_id in self._paths:
+                    digest.update(f"{self._paths[image_id].name}:".encode() + bytes.fromhex(
+                        file_sha256(self._paths[image_id])))
+            return digest.hexdigest()
         ids = self.ids()
         for image_id in ids:
             digest.update(f"{self._paths[image_id].name}:{self._paths[image_id].stat().st_size};".encode())

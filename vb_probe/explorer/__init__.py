@@ -25,11 +25,11 @@ from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.data.parses import Parse, check_parse_matches
 from vb_probe.errors import VbProbeError
-from vb_probe.families import family_of, family_rule, head_shape, image_tokens, open_inputs
+from vb_probe.families import check_scores_fit, family_of, family_rule, image_tokens, open_inputs
 from vb_probe.metrics.boxes import rule_hits
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 from vb_probe.queries import Collection, arc_queries, entity_queries, has_features
-from vb_probe.results import GroundingResult, HeadScores, check_scores_shape
+from vb_probe.results import GroundingResult, HeadScores
 
 __all__ = ["explorer_data", "write_explorer", "Explorer", "explore", "PAGE", "stored_heads"]
 
@@ -79,7 +79,7 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
     image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
     if scores is None:
         scores = entity_grounding(model, tokenizer, flickr, features, split=split, limit=limit)
-    check_scores_shape(scores.shape, head_shape(model), "scores")
+    check_scores_fit(scores, model, "scores")
     family = family_of(model)
     rule = family_rule(family)
     layers, heads = scores.shape

@@ -23,7 +23,8 @@ from typing import Any
 from vb_probe.families.base import MODEL_ATTRIBUTES, FamilyBase, Site, model_type_of, pin
 
 Family = FamilyBase  # the name the engine's annotations use
-__all__ = ["FAMILIES", "MODEL_ATTRIBUTES", "Family", "FamilyBase", "Site", "family_of", "family_rule", "head_shape",
+__all__ = ["FAMILIES", "MODEL_ATTRIBUTES", "Family", "FamilyBase", "Site", "check_scores_fit", "family_of",
+           "family_rule", "head_shape",
            "image_tokens", "items_image_tokens", "known_families", "model_type_of", "open_inputs", "pin",
            "quiet_loading", "reads_pixels", "register_family"]
 
@@ -144,3 +145,18 @@ def quiet_loading():
 def head_shape(model) -> tuple[int, int]:
     """(layers, heads) of the model's first attention site: the shape of its score tables."""
     return family_of(model).sites(model)[0].shape
+
+
+def check_scores_fit(scores, model, source) -> None:
+    """Scores (a :class:`~vb_probe.results.GroundingResult`) made on another shape, family or model type than
+    ``model`` (a LLaVA run drawn over a Qwen2-VL model of the same shape) would show or ablate the wrong heads:
+    refused in one line naming both."""
+    from vb_probe.errors import DataError
+    from vb_probe.results import check_scores_shape
+
+    check_scores_shape(scores.shape, head_shape(model), source)
+    family, kind = family_of(model).name, model_type_of(model)
+    theirs_family, theirs_kind = scores.provenance.get("family"), scores.provenance.get("model_type")
+    if (theirs_family and theirs_family != family) or (theirs_kind and kind and theirs_kind != kind):
+        raise DataError(f"--scores {source}: the scores are of a {theirs_kind or theirs_family} model but this model is "
+                        f"a {kind or family}; pass the scores of this checkpoint")
