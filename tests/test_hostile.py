@@ -1415,24 +1415,34 @@ def test_shard_index_and_attention_config_faults_are_one_line(case, expected, tm
 
 
 def test_shard_hashes_are_of_the_content_so_an_overwritten_blob_changes_the_provenance(tmp_path, monkeypatch):
-    from fixtures import lay_out_hub_cache
+    """The hub cache names each blob by its SHA-256: a blob overwritten in place keeps that name, so run.json's
+    shard hashes (and a resume's key) must come from the content."""
+    import hashlib
 
     from vb_probe.pipeline import checkpoint_info
 
     folder = _saved_model("llava", tmp_path / "llava", shard="200KB")
-    lay_out_hub_cache(tmp_path, "llava-hf/llava-1.5-7b-hf", {p.name: p for p in folder.iterdir()})
+    repo = tmp_path / "hub" / "models--llava-hf--llava-1.5-7b-hf"
+    snapshot_dir = repo / "snapshots" / ("0" * 40)
+    snapshot_dir.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for path in folder.iterdir():  # the hub's own layout: blobs named by their hash, the snapshot links to them
+        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        shutil.copy(path, blob)
+        (snapshot_dir / path.name).symlink_to(blob)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     before = checkpoint_info("llava-hf/llava-1.5-7b-hf")["shards"]
-    snapshot_dir = next((tmp_path / "hub").rglob("snapshots/*"))
     shard = snapshot_dir / sorted(before)[0]
     blob = shard.resolve()
     raw = bytearray(blob.read_bytes())
     raw[-1] ^= 1  # the blob overwritten in place: same name, same size
     blob.write_bytes(bytes(raw))
     after = checkpoint_info("llava-hf/llava-1.5-7b-hf")["shards"]
-    assert after[shard.name] != before[shard.name]
-    assert after[shard.name] == __import__("hashlib").sha256(bytes(raw)).hexdigest()
+    assert after[shard.name] != before[shard.name] == blob.name
+    assert after[shard.name] == hashlib.sha256(bytes(raw)).hexdigest()
 
 
 # ------------------------------------------------------------------------- 2. a caption speaking as the prompt
@@ -1883,30 +1893,40 @@ def test_check_data_names_a_split_image_without_a_record(tmp_path, capsys, monke
 # ------------------------------------------------------------------------- 6. stale caches and resumes
 
 def test_records_swapped_in_place_are_indexed_again_not_given_to_another_image(tmp_path, monkeypatch):
-    """Two records of equal length swapped in place (same size, same modification time): the cached byte-span index
-    would give each image the other's regions; each record's own image id is checked when read, and the file is
-    indexed again, once (the next run reads the new index, no cache to delete)."""
+    """Two records of equal length swapped in place (same size, same modification time) in a file large enough that
+    the cache key samples it: the cached byte-span index would give each image the other's regions; each record's
+    own image id is checked when read, and the file is indexed again, once (the next run reads the new index, no
+    cache to delete)."""
     from vb_probe.data.visual_genome import VisualGenome
 
     monkeypatch.setenv("VB_PROBE_CACHE", str(tmp_path / "cache"))
     folder = _vg_set(tmp_path / "vg")
     regions = folder / "region_descriptions.json"
-    records = [{"id": 1, "regions": [{"region_id": 11, "image_id": 1, "phrase": "a man", "x": 10, "y": 10,
-                                      "width": 50, "height": 80}]},
-               {"id": 2, "regions": [{"region_id": 21, "image_id": 2, "phrase": "a car", "x": 5, "y": 5,
-                                      "width": 40, "height": 30}]}]
-    regions.write_text(json.dumps(records))
+
+    def record(image_id, phrase, box):
+        return {"id": image_id, "regions": [{"region_id": 10 * image_id + 1, "image_id": image_id, "phrase": phrase,
+                                             "x": box[0], "y": box[1], "width": box[2], "height": box[3]}]}
+    filler = [record(1000 + k, "a long filler phrase " * 8, (1, 1, 5, 5)) for k in range(6000)]  # about 3 MB
+    images = json.loads((folder / "image_data.json").read_text()) + [
+        {"image_id": 1000 + k, "width": 10, "height": 10} for k in range(6000)]
+    (folder / "image_data.json").write_text(json.dumps(images))
+    one, two = record(1, "a man", (10, 10, 50, 80)), record(2, "a car", (5, 5, 40, 30))
+    head, tail = filler[:2900], filler[2900:]
+    regions.write_text(json.dumps(head + [one, two] + tail))
     assert [c.words for c in VisualGenome(folder).captions("1")] == [("a", "man")]
     stat = regions.stat()
-    swapped = json.dumps([records[1], records[0]])
-    assert len(swapped) == len(json.dumps(records))
+    swapped = json.dumps(head + [two, one] + tail)
+    assert len(swapped) == stat.st_size
     regions.write_text(swapped)
     os.utime(regions, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    from vb_probe.data.features import sampled_digest
+
     data = VisualGenome(folder)
+    assert data._file._key == sampled_digest(regions)  # the key did not see the swap: the cached index is stale
     assert [c.words for c in data.captions("1")] == [("a", "man")] and [c.words for c in data.captions("2")] == \
         [("a", "car")]
     again = VisualGenome(folder)  # the fresh index was kept
-    assert [c.words for c in again.captions("2")] == [("a", "car")]
+    assert [c.words for c in again.captions("2")] == [("a", "car")] and not again._file._rescanned
 
 
 def _interrupt_after(monkeypatch, argv: list[str], batches: int = 10) -> None:
@@ -1929,12 +1949,15 @@ def test_a_resume_after_an_image_was_replaced_by_one_of_the_same_size_is_refused
                                                                                 pixel_models):
     from test_vilt import _write_world
 
+    from PIL import Image
+
     world = _write_world(tmp_path / "w")
+    for k in range(130):  # a folder of many images, of which a run reads six: a sampled key would skip some
+        Image.new("RGB", (8, 8)).save(world["images"] / f"{800 + k}.png")
     argv = ["entity-grounding", "--ckpt", str(pixel_models["vilt"]), "--flickr30k", str(world["flickr"]), "--images",
             str(world["images"]), "--out", str(tmp_path / "o"), "--quiet", "--batch-size", "1"]
     _interrupt_after(monkeypatch, argv)
-    image = world["images"] / f"{world['ids'][-1]}.png"
-    from PIL import Image
+    image = world["images"] / f"{world['ids'][1]}.png"  # one a key sampling every other image would not read
 
     pixels = np.asarray(Image.open(image)).copy()
     Image.fromarray(255 - pixels).save(image)  # another picture, same size in pixels
