@@ -110,7 +110,7 @@ def test_results_save_the_cli_files_and_load_back_equal(data, tmp_path):
 
 
 def test_region_attention_rows_match_the_probe(data):
-    from vb_probe.pipeline import word_region_choices
+    from vb_probe.caption_rows import word_region_choices
 
     model = vb_probe.load_model(data["ckpt"])
     tokenizer = vb_probe.load_tokenizer(model=model)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 import vb_probe
 from vb_probe.cli import main as probe_main
-from vb_probe.data.grounding_sets import head_word, open_grounding_set
+from vb_probe.data.annotations import head_word
+from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.data.refcoco import RefCoco, read_plain_pickle, write_refcoco
 from vb_probe.data.visual_genome import VisualGenome, write_visual_genome
 from vb_probe.errors import DataError
@@ -257,7 +258,8 @@ def test_refcoco_splits_and_the_flickr30k_layout_count_every_expression(world, t
     expressions = sum(len(data.captions(i)) for i in data.split("testA"))
     assert run["n_phrases"] == expressions == run["n_scored"] + sum(run["skipped"].values())
     flickr_run = _probe(world, tmp_path / "f", "--flickr30k", "flickr30k", split="test")
-    assert "dataset" not in flickr_run and "query_word" not in flickr_run  # Flickr30K's run.json as it was
+    assert (flickr_run["dataset"], flickr_run["query_word"]) == ("flickr30k", "last")  # the set's own default
+    assert (run["dataset"], run["query_word"]) == ("refcoco", "head")
 
 
 def test_relation_grounding_from_visual_genomes_relationships_needs_no_parser(world, tmp_path):

@@ -235,7 +235,7 @@ def test_a_planted_localization_head_is_found_with_and_without_boxes(kind, world
                                            select_on="val")
     assert result.accuracy[2, 1] == 1.0 and result.best_head().accuracy == 1.0  # the gold probe: best there is
     assert result.baselines["random"] < 0.6
-    block = result.localization
+    block = result.extras["localization"]
     chosen = block["unsupervised_selection"]["heads"]
     assert (chosen[0]["layer"], chosen[0]["head"]) == (2, 1) and chosen[0]["accuracy"] == 1.0
     assert chosen[0]["votes"] == block["unsupervised_selection"]["prompts"] == result.n  # every prompt's vote
@@ -260,7 +260,7 @@ def test_the_fixed_position_baseline_is_the_most_picked_place(world):
     model = _probe_ready("paligemma")
     with mock.patch.object(DecoderFamily, "rows", corner):
         result = vb_probe.entity_grounding(model, None, world["flickr"], world["images"], progress=False)
-    fixed = result.localization["fixed_position"]
+    fixed = result.extras["localization"]["fixed_position"]
     assert fixed["share_of_picks"] == 1.0 and fixed["place"][0] > 0.85 and fixed["place"][1] > 0.85
     flickr = vb_probe.Flickr30kEntities(world["flickr"])
     images = ImageFolder(world["images"])

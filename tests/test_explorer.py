@@ -60,9 +60,9 @@ def test_the_page_marks_the_probes_argmax_and_shows_the_csvs_accuracy(page, brow
     from selenium.webdriver.common.by import By
 
     from vb_probe.api import load_model, load_tokenizer
+    from vb_probe.caption_rows import word_region_choices
     from vb_probe.data.features import open_features
     from vb_probe.data.flickr30k import Flickr30kEntities
-    from vb_probe.pipeline import word_region_choices
 
     html = page["html"].read_text()
     assert "<script src" not in html and "<link" not in html  # everything inline

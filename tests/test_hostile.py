@@ -786,11 +786,11 @@ def _never(name):
 ])
 def test_a_users_file_among_the_outputs_is_refused_before_the_work(data, world, tmp_path, capsys, monkeypatch,
                                                                    command, name):
-    from vb_probe import cli, explorer, pipeline
+    from vb_probe import api, cli, explorer, pipeline
     from vb_probe.families.visualbert import interventions
 
     for module, attr in ((pipeline, "run_probes"), (explorer, "explorer_data"), (interventions, "masked_phrases"),
-                         (cli, "_load")):
+                         (cli, "_load_masked_lm"), (api, "load_model")):
         monkeypatch.setattr(module, attr, _never(attr))
     out = tmp_path / "o"
     out.mkdir()
@@ -821,11 +821,10 @@ def test_an_edited_result_file_is_refused_and_the_own_run_replaced(data, tmp_pat
 
 
 def test_visualize_figures_and_demo_refuse_a_users_file(data, tmp_path, capsys, monkeypatch):
-    from vb_probe import cli
 
     results = tmp_path / "results"
     assert probe_main(probe_args(data, results / "entity_grounding", "--limit", "2")) == 0
-    monkeypatch.setattr(cli, "_load", _never("_load"))
+    monkeypatch.setattr("vb_probe.api.load_model", _never("load_model"))
     mine = tmp_path / "attention.png"
     mine.write_bytes(b"my picture")
     assert probe_main(["visualize", "--ckpt", str(data["ckpt"]), "--flickr30k", str(data["flickr"]), "--features",
@@ -1131,7 +1130,7 @@ def test_explore_gives_a_training_model_back_in_training_mode(data):
 def test_sigterm_during_a_final_save_leaves_no_temporary(world, tmp_path, capsys, monkeypatch):
     import signal
 
-    import vb_probe.families.visualbert.checkpoints as checkpoints
+    import vb_probe.families.visualbert.folders as checkpoints  # where the weights are written
 
     real = checkpoints.save_file
 
@@ -1535,7 +1534,7 @@ def test_caption_words_that_spell_special_tokens_stay_text(kind, real_decoders, 
         for item in items:
             item.regions = regions
     facts = family.prepare(model, type("Items", (), {"regions": items[0].regions, "source": "x", "dim": 12,
-                                                     "image": None})(), {})
+                                                     "kind": items[0].regions.kind})(), {})
     batch = family.collate(model, items, tokenizer, facts, 64)
     special = (set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)) - {tokenizer.unk_token_id}
     for row, item in enumerate(items):
@@ -1726,7 +1725,7 @@ def test_a_vilt_size_divisor_that_leaves_a_band_unseen_skips_its_phrases_as_outs
     model = vb_probe.load_model(folder)
     from vb_probe.pipeline import ProbeConfig, run_probes
 
-    results = run_probes(ProbeConfig(flickr30k=images["flickr"], images=images["images"]), model,
+    results = run_probes(ProbeConfig(annotations=images["flickr"], images=images["images"]), model,
                          vb_probe.load_tokenizer(model=model), progress=False)
     assert dict(results.main.skipped["entity"]) == {"outside_view": 2}
 
@@ -1947,9 +1946,8 @@ def _interrupt_after(monkeypatch, argv: list[str], batches: int = 10) -> None:
 
 def test_a_resume_after_an_image_was_replaced_by_one_of_the_same_size_is_refused(tmp_path, capsys, monkeypatch,
                                                                                 pixel_models):
-    from test_vilt import _write_world
-
     from PIL import Image
+    from test_vilt import _write_world
 
     world = _write_world(tmp_path / "w")
     for k in range(130):  # a folder of many images, of which a run reads six: a sampled key would skip some

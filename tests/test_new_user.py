@@ -69,7 +69,8 @@ def test_help_shows_defaults_and_examples_and_version_works(capsys):
     with pytest.raises(SystemExit):
         probe_main(["entity-grounding", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for option, words in (("--split", "(default: test)"), ("--batch-size", "(default: 32)"), ("--out", "folder for")):
+    for option, words in (("--split", "(default: the set's own: test; RefCOCO's val)"),
+                          ("--batch-size", "(default: 32)"), ("--out", "folder for")):
         assert option in text and words in text, option
     with pytest.raises(SystemExit):
         probe_main(["causal", "--help"])

@@ -103,9 +103,8 @@ def test_the_pass_reports_outside_view_as_a_skip_reason(monkeypatch):
         views=[np.array([0, 0, 100, 100])] * 2)
     monkeypatch.setattr(pipeline, "family_of", lambda model: family)
     model = SimpleNamespace(eval=lambda: None)
-    counts, late = pipeline.probe_pass(model, None, [None, None], batch_size=2, facts={}, max_text_len=8,
-                                       progress=False)
-    assert counts["entity"].n == 1 and dict(late["entity"]) == {"outside_view": 1}
+    state = pipeline.probe_pass(model, None, [None, None], batch_size=2, facts={}, max_text_len=8, progress=False)
+    assert state.counts["entity"].n == 1 and dict(state.late_skips["entity"]) == {"outside_view": 1}
 
 
 def test_pointing_and_permuted_counts_of_a_visualbert_run_equal_a_recount(tmp_path):
@@ -114,8 +113,8 @@ def test_pointing_and_permuted_counts_of_a_visualbert_run_equal_a_recount(tmp_pa
     from fixtures import write_probe_set
 
     import vb_probe
+    from vb_probe.caption_rows import word_region_choices
     from vb_probe.data.features import open_features
-    from vb_probe.pipeline import word_region_choices
     from vb_probe.queries import collect_items
 
     data = write_probe_set(tmp_path, n_images=8)

@@ -1,4 +1,5 @@
-"""vb-probe: train VisualBERT and find out what its attention heads do.
+"""vb-probe: find out what the attention heads of vision-language transformers do (VisualBERT, whose trainer it ships,
+LXMERT, ViLT and decoder VLMs): which heads ground words in the image, against gold boxes.
 
     import vb_probe
     model = vb_probe.load_model("uclanlp/visualbert-vqa-coco-pre")      # a folder, a hub id, or a model object
@@ -25,6 +26,13 @@ _EXPORTS = {
     "load_masked_lm": "vb_probe.api",
     "attribute": "vb_probe.api",
     "causal_check": "vb_probe.api",
+    "grounding_probes": "vb_probe.api",
+    "open_session": "vb_probe.api",
+    "attention_figure": "vb_probe.visualize",
+    "GroundingSet": "vb_probe.data.annotations",
+    "RefCoco": "vb_probe.data.refcoco",
+    "VisualGenome": "vb_probe.data.visual_genome",
+    "open_grounding_set": "vb_probe.data.grounding_sets",
     "TokenizerFallback": "vb_probe.api",
     "explore": "vb_probe.explorer",
     "GroundingResult": "vb_probe.results",

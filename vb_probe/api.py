@@ -1,5 +1,5 @@
-"""The public verbs, for notebooks and scripts: load a model of any known family (VisualBERT today), probe it,
-get typed results.
+"""The public verbs, for notebooks and scripts, and the one door the CLI and the demo go through: load a model of
+any known family (VisualBERT, LXMERT, ViLT, the decoder VLMs), probe it on any annotation set, get typed results.
 
     import vb_probe
     model = vb_probe.load_model("demo_out/models/<key>/final")   # a folder, a hub id, or a model object
@@ -15,40 +15,30 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
+from vb_probe.caption_rows import SingleImage, word_region_attention
+from vb_probe.data.annotations import GroundingSet
 from vb_probe.data.features import RegionFeatures, Regions, open_features
-from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.devices import resolve_device
-from vb_probe.errors import VbProbeError
+from vb_probe.errors import ProbeNote, VbProbeError, say
 from vb_probe.families import family_of, head_shape, open_inputs, pin, reads_pixels
 from vb_probe.hub import folder_config, read_config_json, resolve
-from vb_probe.pipeline import (
-    ProbeConfig,
-    ProbeResults,
-    SingleImage,
-    grounding_result,
-    run_probes,
-    syntactic_result,
-    word_region_attention,
-)
+from vb_probe.pipeline import ProbeResults, grounding_result, preflight, run_probes, syntactic_result
+from vb_probe.probe_config import OPTIONS, ProbeConfig
 from vb_probe.results import AttributionResult, CausalResult, GroundingResult, SyntacticResult, top_heads_from_csv
 
-
-def load_model_and_tokenizer(cfg: ProbeConfig):
-    """The checkpoint ``cfg.ckpt`` (folder or hub id) and its tokenizer (``cfg.tokenizer``, the checkpoint's own,
-    else bert-base-uncased), on ``cfg.device``."""
-    device = resolve_device(cfg.device)
-    model = load_model(cfg.ckpt, device=device)
-    return model, load_tokenizer(cfg.tokenizer, model=model), device
+# what a probe verb takes by keyword: every configuration option but those the verb sets from its own arguments
+PROBE_OPTIONS = set(OPTIONS) - {"ckpt", "annotations", "features", "images", "precision", "device", "device_map"}
 
 
-class TokenizerFallback(UserWarning):
+class TokenizerFallback(ProbeNote):
     """The checkpoint has no tokenizer of its own; its family's default is used (bert-base-uncased for VisualBERT,
     as for every uclanlp checkpoint)."""
 
@@ -134,85 +124,125 @@ def _eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _probe(model, tokenizer, flickr30k: Flickr30kEntities | str | Path, features: RegionFeatures | str | Path,
-           confidence: str | None, device: str | torch.device | None, progress: bool, **options) -> ProbeResults:
-    """One probe pass over the model as it is, in eval mode, with the readers opened once."""
+@dataclass
+class Session:
+    """What a verb works on: the probe-ready ``model`` and its ``tokenizer``, its ``family``, the annotation set
+    (``dataset``) and the image ``store`` (region features, or an image folder for a pixel family), and
+    ``images_dir``, where pictures are drawn from (a pixel family's images; the built-in world's renders)."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    family: object
+    dataset: GroundingSet
+    store: object
+    images_dir: Path | None
+
+
+def open_session(model, tokenizer=None, dataset=None, inputs=None, *, images=None, features=None, device=None,
+                 precision: str = "fp32", device_map=None, dataset_format: str | None = None,
+                 split_by: str | None = None, confidence: str | None = None, relations: bool = False) -> Session:
+    """The model (an object, or a folder / hub id loaded here with ``device``, ``precision`` and ``device_map``, its
+    notes said), its tokenizer (None: its own; a folder or hub id), the annotation set and the image store, as every
+    verb opens them. ``inputs``: the region features for a region family, the images for a pixel family (a path or
+    an object); ``images``/``features``: the same, by name."""
+    if isinstance(model, (str, Path)):
+        model = load_model(model, device=device, precision=precision, device_map=device_map)
+        for note in model.load_notes:
+            say(note)
     encoder = _model(model)
-    device = str(resolve_device(str(device))) if device is not None else next(encoder.parameters()).device.type
-    flickr = open_grounding_set(flickr30k, relations=bool(options.get("relations")))
     family = family_of(encoder)
-    features = open_inputs(family, features, features, confidence)  # pixel families: the images folder
-    where = {"images" if reads_pixels(family) else "features": Path(features.source)}
-    cfg = ProbeConfig(flickr30k=flickr.root, device=device, confidence=confidence, **where, **options)
+    if inputs is not None:
+        images, features = (inputs, features) if reads_pixels(family) else (images, inputs)
+    reader = open_grounding_set(dataset, dataset_format, split_by=split_by, relations=relations)
+    store = open_inputs(family, features, images, confidence)
+    images_dir = images if isinstance(images, (str, Path)) else store.folder if reads_pixels(family) else None
+    if images_dir is None and (reader.root.parent / "images").is_dir():
+        images_dir = reader.root.parent / "images"  # the built-in world keeps its renders beside its data
+    if tokenizer is None or isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer, model=encoder)
+    return Session(encoder, tokenizer, family, reader, store, Path(images_dir) if images_dir is not None else None)
+
+
+def _probe(model, tokenizer, dataset, inputs, *, images=None, features=None, device=None, precision="fp32",
+           device_map=None, out=None, resume=False, progress=False, **options) -> ProbeResults:
+    """The one door of every probe verb: ``options`` (every :class:`ProbeConfig` option the CLI has) checked in one
+    place, the data checked before a model given as a folder or hub id loads, then one probe pass per split (see
+    :func:`open_session` for the arguments)."""
+    unknown = set(options) - PROBE_OPTIONS
+    if unknown:
+        raise VbProbeError(f"unknown probe option {', '.join(sorted(unknown))}; the options are "
+                           f"{', '.join(sorted(PROBE_OPTIONS))}")
+    from_files = isinstance(model, (str, Path))
+    if from_files and inputs is not None:  # told apart by the checkpoint's family before it loads
+        pixels = reads_pixels(family_of(folder_config(resolve(model, "--ckpt")), str(model)))
+        images, features = (inputs, features) if pixels else (images, inputs)
+        inputs = None
+
+    def as_path(value):
+        return Path(value) if isinstance(value, (str, Path)) else None
+
+    cfg = ProbeConfig(ckpt=model if from_files else None, annotations=as_path(dataset), features=as_path(features),
+                      images=as_path(images), precision=precision, device=str(device) if device else "cpu",
+                      device_map=device_map, **options).check()
+    if from_files:
+        preflight(cfg)  # the data's checks before the weights load (minutes for a 7B model)
+    session = open_session(model, tokenizer if tokenizer is not None else cfg.tokenizer, dataset, inputs,
+                           images=images, features=features, device=device, precision=precision,
+                           device_map=device_map, dataset_format=cfg.dataset_format, split_by=cfg.split_by,
+                           confidence=cfg.confidence, relations=bool(cfg.relations))
+    if device is None and not from_files:
+        cfg = replace(cfg, device=next(session.model.parameters()).device.type)
+    if cfg.annotations is None:  # run.json records where a reader given as an object reads from
+        cfg = replace(cfg, annotations=session.dataset.root)
+    where = "images" if session.family.reads == "pixels" else "features"
+    if getattr(cfg, where) is None and Path(session.store.source).exists():
+        cfg = replace(cfg, **{where: Path(session.store.source)})
+    encoder = session.model
     with _eval_mode(encoder):
-        placed = encoder if getattr(encoder, "hf_device_map", None) else encoder.to(device)  # accelerate placed it
-        return run_probes(cfg, placed, tokenizer, progress=progress, flickr30k=flickr, features=features)
+        placed = encoder if getattr(encoder, "hf_device_map", None) else encoder.to(resolve_device(cfg.device))
+        return run_probes(cfg, placed, session.tokenizer, out=Path(out) if out is not None else None,
+                          progress=progress, resume=resume, dataset=session.dataset, store=session.store)
 
 
-def entity_grounding(
-    model: torch.nn.Module,
-    tokenizer,
-    flickr30k: Flickr30kEntities | str | Path,
-    features: RegionFeatures | str | Path,
-    *,
-    split: str = "test",
-    mask: Literal["posthoc", "intervene"] = "posthoc",
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-    precision: Literal["fp32", "bf16"] = "fp32",
-    limit: int | None = None,
-    select_on: str | None = None,
-    control: bool = False,
-    confidence: str | None = None,
-    skip_unannotated: bool = False,
-    skip_missing_features: bool = False,
-    progress: bool = False,
-) -> GroundingResult:
-    """Score every head of ``model`` as it is (edits in memory included) against Flickr30K Entities gold boxes.
+def entity_grounding(model, tokenizer=None, dataset=None, inputs=None, **options) -> GroundingResult:
+    """Score every head of ``model`` as it is (edits in memory included) against an annotation set's gold boxes
+    (Flickr30K Entities, RefCOCO/+/g, Visual Genome regions). Returns a :class:`GroundingResult`.
 
-    ``flickr30k``: a :class:`Flickr30kEntities` or its root; ``features``: a feature store or its path (TSV, HDF5,
-    folder of npz), or for a model that reads pixels (ViLT) the images folder or an
-    :class:`~vb_probe.data.images.ImageFolder`. ``select_on``: also choose heads on that split (the unbiased
-    number); ``control``: also probe a random-initialised model of the same shape. Returns a :class:`GroundingResult`.
-    """
-    return grounding_result(_probe(
-        model, tokenizer, flickr30k, features, confidence, device, progress, split=split, mask=mask,
-        batch_size=batch_size, precision=precision, limit=limit, select_on=select_on, control=control,
-        skip_unannotated=skip_unannotated, skip_missing_features=skip_missing_features))
+    ``model``: an object or a checkpoint folder / hub id; ``tokenizer``: None for the model's own; ``dataset``: a
+    reader or its root; ``inputs``: region features (a path or a store) for a region family, the images folder for
+    one that reads pixels (or ``features=`` / ``images=`` by name). Options, as the CLI's: ``split`` (default the
+    set's own), ``dataset_format``, ``split_by``, ``query_word`` (default the set's own: Flickr30K ``last``,
+    RefCOCO and Visual Genome ``head``), ``mask``, ``batch_size``, ``device``, ``precision``, ``device_map``,
+    ``limit``, ``select_on`` (also choose heads on that split: the unbiased number), ``control`` (also probe a
+    random-initialised twin), ``confidence``, ``skip_unannotated``, ``skip_missing_features``,
+    ``localization_prompts``, ``parses``/``parser``/``spacy_model`` (for head words), ``visual_token_type``,
+    ``max_text_len``, ``out`` (progress for ``resume``), ``resume``, ``progress``."""
+    return grounding_result(_probe(model, tokenizer, dataset, inputs, **options))
 
 
-def syntactic_grounding(
-    model: torch.nn.Module,
-    tokenizer,
-    flickr30k: Flickr30kEntities | str | Path,
-    features: RegionFeatures | str | Path,
-    *,
-    relations: Sequence[str] = ("nsubj", "dobj", "pobj"),
-    parses: str | Path | None = None,
-    parser: Literal["spacy"] | None = None,
-    spacy_model: str | None = None,
-    split: str = "test",
-    mask: Literal["posthoc", "intervene"] = "posthoc",
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-    precision: Literal["fp32", "bf16"] = "fp32",
-    limit: int | None = None,
-    select_on: str | None = None,
-    control: bool = False,
-    confidence: str | None = None,
-    progress: bool = False,
-) -> SyntacticResult:
+def syntactic_grounding(model, tokenizer=None, dataset=None, inputs=None, *, relations: Sequence[str] | str = (
+        "nsubj", "dobj", "pobj"), parses: str | Path | None = None, parser: Literal["spacy"] | None = None,
+                        **options) -> SyntacticResult:
     """Per dependency relation and direction, every head's grounding of the arc's other word (Figure 4).
 
     ``parses``: a CoNLL-U file whose tokens are the captions' words; without it, ``parser="spacy"`` parses them
-    (the default when neither is given). ``relations``: names as the parses spell them (one name or several), or
-    ``"all"``.
-    """
+    (the default when neither is given), or a set's own arcs (Visual Genome's relationships). ``relations``: names
+    as the parses spell them (one name or several), or ``"all"``. Other options as :func:`entity_grounding`'s."""
     return syntactic_result(_probe(
-        model, tokenizer, flickr30k, features, confidence, device, progress, split=split, mask=mask,
-        batch_size=batch_size, precision=precision, limit=limit, select_on=select_on, control=control, entity=False,
-        relations=(relations,) if isinstance(relations, str) else tuple(relations), parses=Path(parses) if parses else None,
-        parser=parser or (None if parses else "spacy"), spacy_model=spacy_model))
+        model, tokenizer, dataset, inputs, entity=False,
+        relations=(relations,) if isinstance(relations, str) else tuple(relations),
+        parses=Path(parses) if parses else None, parser=parser or (None if parses else "spacy"), **options))
+
+
+def grounding_probes(model, tokenizer=None, dataset=None, inputs=None, *, relations: Sequence[str] = (
+        "nsubj", "dobj", "pobj"), parses: str | Path | None = None, parser: Literal["spacy"] | None = None,
+                     **options) -> tuple[GroundingResult, SyntacticResult]:
+    """Entity grounding and syntactic grounding from one forward pass over each split (what the demo runs): the
+    arguments of :func:`entity_grounding` and :func:`syntactic_grounding` together."""
+    results = _probe(model, tokenizer, dataset, inputs, relations=tuple(relations),
+                     parses=Path(parses) if parses else None, parser=parser or (None if parses else "spacy"),
+                     **options)
+    return grounding_result(results), syntactic_result(results)
 
 
 def region_attention(
@@ -270,36 +300,38 @@ def _interventions(model: torch.nn.Module):
     return tools
 
 
-def _masked_phrases(model, tokenizer, flickr30k, features, split: str, limit: int | None, progress: bool):
+def _masked_phrases(model, tokenizer, dataset, features, split: str | None, limit: int | None, progress: bool):
     tools = _interventions(model)
-    flickr30k = open_grounding_set(flickr30k)
+    dataset = open_grounding_set(dataset)
+    split = split or dataset.default_split
     features = open_features(features) if isinstance(features, (str, Path)) else features
-    items = tools.masked_phrases(flickr30k, features, tokenizer, split, limit, progress=progress)
+    items = tools.masked_phrases(dataset, features, tokenizer, split, limit, progress=progress)
     if not items:
         raise VbProbeError(f"no phrase with gold boxes in the first {limit} images of split {split!r}")
     return tools, items
 
 
-def attribute(model: torch.nn.Module, tokenizer, flickr30k: Flickr30kEntities | str | Path,
-              features: RegionFeatures | str | Path, *, split: str = "test", limit: int | None = 20, steps: int = 32,
+def attribute(model: torch.nn.Module, tokenizer, dataset: GroundingSet | str | Path,
+              features: RegionFeatures | str | Path, *, split: str | None = None, limit: int | None = 20, steps: int = 32,
               progress: bool = False) -> AttributionResult:
     """Integrated gradients (captum) of each masked entity word's prediction with respect to the regions and the
     words, against each head's attention: how often a head's most-attended region is the top-attributed one.
     ``model``: from :func:`load_masked_lm`. Returns an :class:`AttributionResult` (``save``, ``load``, ``plot``)."""
-    tools, items = _masked_phrases(model, tokenizer, flickr30k, features, split, limit, progress)
+    tools, items = _masked_phrases(model, tokenizer, dataset, features, split, limit, progress)
     with _eval_mode(model):
         return tools.attribute(model, items, tokenizer.pad_token_id, steps=steps, progress=progress)
 
 
-def causal_check(model: torch.nn.Module, tokenizer, flickr30k: Flickr30kEntities | str | Path,
+def causal_check(model: torch.nn.Module, tokenizer, dataset: GroundingSet | str | Path,
                  features: RegionFeatures | str | Path, scores: str | Path, *, k: int = 12, draws: int = 20,
-                 seed: int = 0, split: str = "test", limit: int | None = 20, progress: bool = False) -> CausalResult:
+                 seed: int = 0, split: str | None = None, limit: int | None = 20, progress: bool = False
+                 ) -> CausalResult:
     """Ablate the ``k`` best grounding heads of ``scores`` (an entity-grounding folder or its CSV) and, per draw, k
     random others; the drop in masked entity-word accuracy with a bootstrap interval and an empirical p-value.
     ``model``: from :func:`load_masked_lm`. Returns a :class:`CausalResult` (``save``, ``load``, ``plot``)."""
     _interventions(model)  # a masked-LM model, before the scores are read against its shape
     heads = top_heads_from_csv(Path(scores), k, model_shape=head_shape(family_of(model).load(model)))
-    tools, items = _masked_phrases(model, tokenizer, flickr30k, features, split, limit, progress)
+    tools, items = _masked_phrases(model, tokenizer, dataset, features, split, limit, progress)
     with _eval_mode(model):
         return tools.causal_check(model, items, heads, tokenizer.pad_token_id, random_draws=draws, seed=seed,
                                   progress=progress)

@@ -6,6 +6,7 @@ device, are here too.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from vb_probe.data.features import Regions
+from vb_probe.errors import DataError
 from vb_probe.queries import ProbeItem, Query
 
 T = TypeVar("T")
@@ -92,7 +94,7 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
     (None: all of it), a query none of whose gold boxes overlaps it is skipped (``outside_view``). Hits are
     computed once per image and gold set under both rules (a phrase's captions share them); which one makes the
     grid is the family's rule, the engine's choice."""
-    from vb_probe.metrics.boxes import RULES, overlaps, rule_hits
+    from vb_probe.metrics.boxes import RULES, query_targets
 
     r_max = max(len(c) for c in cells)
     any_confidence = all(c is not None for c in confidences)
@@ -108,14 +110,14 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
             if position is None:
                 truncated.append(query)
                 continue
-            if view is not None and query.gold is not None and not overlaps(query.gold, view).any():
+            key = (id(boxes), id(query.gold))
+            if query.gold is not None and key not in hits_of:
+                hits_of[key] = query_targets(boxes, query.gold, view)
+            if query.gold is not None and hits_of[key] is None:
                 outside.append(query)
                 continue
             b_idx.append(b)
             q_idx.append(position)
-            key = (id(boxes), id(query.gold))
-            if query.gold is not None and key not in hits_of:
-                hits_of[key] = {name: rule_hits(name, boxes, query.gold) for name in RULES}
             for name in RULES:
                 hit = np.zeros(r_max, dtype=bool)
                 if query.gold is not None:
@@ -152,6 +154,23 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
         permutation=stacked(perms, torch.long),
         outside_view=outside,
     )
+
+
+def check_finite_rows(region_rows: torch.Tensor, batch, source: str) -> None:
+    """Non-finite attention is an error naming the image, never a pick (``argmax`` over NaN would still "choose"
+    a region and every number downstream would look plausible). ``region_rows`` [layer, n, head, R]."""
+    finite = torch.isfinite(region_rows)
+    if bool(finite.all()):
+        return
+    bad_layer, query = (int(i) for i in (~finite).nonzero()[0][:2])
+    row = int(batch.batch_index[query])
+    image_id = batch.image_ids[row] if batch.image_ids else "?"
+    largest = batch.feature_peak[row] if batch.feature_peak else 0.0
+    cause = (f"its region features reach {largest:.3g}, beyond what the model's arithmetic holds; rescale or "
+             "re-extract them" if largest > 1e4 or not math.isfinite(largest) else
+             "the model's weights are not finite (a damaged or diverged checkpoint); use another checkpoint")
+    raise DataError(f"{source}: image {image_id}: attention is not finite (NaN or infinite) from layer {bad_layer} "
+                    f"on; {cause}")
 
 
 def image_permutation(image_id: str, n_tokens: int) -> np.ndarray:

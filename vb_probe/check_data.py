@@ -10,8 +10,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vb_probe.data.annotations import GroundingSet
 from vb_probe.data.features import RegionFeatures
-from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import DataError
 from vb_probe.queries import ENTITY, Collection, entity_queries
 
@@ -37,28 +37,37 @@ class SplitReport:
         return len(self.missing)
 
 
-def check_split(flickr: Flickr30kEntities, split: str, features: RegionFeatures | None, progress: bool = False
-                ) -> SplitReport:
-    """Count ``split`` (reading every caption and annotation file once); problems are collected, not raised."""
+def check_split(dataset: GroundingSet, split: str, features: RegionFeatures | None, progress: bool = False,
+                images=None) -> SplitReport:
+    """Count ``split`` (reading every caption and annotation file once); problems are collected, not raised.
+    ``features`` (region features) or ``images`` (an :class:`~vb_probe.data.images.ImageFolder`): each image's
+    presence, and for images their size against the annotation's (upright, as the probe reads them)."""
     from tqdm.auto import tqdm
+
+    from vb_probe.data.images import check_sizes
 
     report = SplitReport(split)
     try:
-        image_ids = flickr.split(split)
+        image_ids = dataset.split(split)
     except DataError as exc:
         report.missing.append(str(exc))
         return report
     report.images = len(image_ids)
     seen = Collection()
     for image_id in tqdm(image_ids, desc=f"checking {split}", unit="image", disable=not progress, leave=False):
-        present = features is None or image_id in features
+        store = images if images is not None else features
+        present = store is None or image_id in store
         report.with_features += present
         if not present:
-            report.missing.append(f"{features.source}: no features for image {image_id}")
+            report.missing.append(f"{store.source}: no {'image' if images is not None else 'features'} for image "
+                                  f"{image_id}")
         try:
-            for caption in flickr.captions(image_id):
+            if images is not None and present:  # the picture the model will read, of its annotation's size
+                annotation = dataset.annotation(image_id)
+                check_sizes(images, {image_id: (annotation.width, annotation.height)})
+            for caption in dataset.captions(image_id):
                 report.captions += 1
-                entity_queries(flickr, caption, present, seen, skip_unannotated=True)
+                entity_queries(dataset, caption, present, seen, skip_unannotated=True)
         except DataError as exc:  # a missing or broken file: said, and the count goes on
             report.missing.append(str(exc))
     report.phrases = seen.n_units["phrases"]
@@ -72,9 +81,9 @@ def format_report(reports: list[SplitReport], features: RegionFeatures | None, s
     """The reports as a table (beside the Flickr30K Entities release's numbers for a Flickr30K folder), then what
     is missing."""
     flickr = dataset == "flickr30k"
-    lines = ["split   images (Flickr30K Entities)   captions (5 an image)   phrases   with boxes   with features"
-             if flickr else "split   images                        captions                phrases   with boxes   "
-             "with features",
+    held = "with images  " if features is not None and features.kind == "pixels" else "with features"
+    lines = ["split   images (Flickr30K Entities)   captions (5 an image)   phrases   with boxes   " + held
+             if flickr else "split   images                        captions                phrases   with boxes   " + held,
              "------  ----------------------------  ----------------------  --------  -----------  -------------"]
     for r in reports:
         expected = FLICKR30K_IMAGES.get(r.split) if flickr else None
@@ -86,7 +95,9 @@ def format_report(reports: list[SplitReport], features: RegionFeatures | None, s
         if r.skipped:
             lines.append(f"{r.split}: phrases without gold boxes, by reason: "
                          + ", ".join(f"{k} {v:,}" for k, v in sorted(r.skipped.items())))
-    if features is not None:
+    if features is not None and features.kind == "pixels":
+        lines.append(f"images: {features.source} (each of its annotation's size)")
+    elif features is not None:
         lines.append(f"features: {features.source}, {features.dim}-d")
     problems = [line for r in reports for line in r.missing]
     if problems:
@@ -99,15 +110,19 @@ def format_report(reports: list[SplitReport], features: RegionFeatures | None, s
     return "\n".join(lines)
 
 
-def check_data(flickr30k: str | Path, features: str | Path | None = None, splits: tuple[str, ...] | None = None,
-               progress: bool = False, kind: str | None = None, split_by: str | None = None
-               ) -> tuple[list[SplitReport], RegionFeatures | None]:
-    """Reports for ``splits`` (default: the set's own) of the annotation folder ``flickr30k`` (Flickr30K Entities,
-    RefCOCO or Visual Genome; ``kind`` None: told by its files) and of ``features`` when given."""
+def check_data(annotations: str | Path, features: str | Path | None = None, splits: tuple[str, ...] | None = None,
+               progress: bool = False, kind: str | None = None, split_by: str | None = None,
+               images: str | Path | None = None) -> tuple[list[SplitReport], RegionFeatures | None]:
+    """Reports for ``splits`` (default: the set's own) of the annotation folder ``annotations`` (Flickr30K Entities,
+    RefCOCO or Visual Genome; ``kind`` None: told by its files) and of ``features`` or ``images`` when given."""
     from vb_probe.data.features import open_features
     from vb_probe.data.grounding_sets import open_grounding_set
+    from vb_probe.data.images import ImageFolder
 
-    dataset = open_grounding_set(flickr30k, kind, split_by=split_by)
+    dataset = open_grounding_set(annotations, kind, split_by=split_by)
     store = open_features(features) if features is not None else None
-    splits = splits or getattr(dataset, "splits", ("train", "val", "test"))
-    return [check_split(dataset, split, store, progress) for split in splits], store
+    folder = ImageFolder(images) if images is not None else None
+    if folder is not None:
+        folder.add_names(dataset.image_files())
+    splits = splits or dataset.splits
+    return [check_split(dataset, split, store, progress, folder) for split in splits], store or folder

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -29,29 +28,14 @@ def _writable_out(path: Path, names: tuple[str, ...] | list[str] | None = ()) ->
     return writable_folder(path)
 
 
-def _print_notes(caught: list[warnings.WarningMessage]) -> None:
-    for warning in caught:
-        print(f"note: {warning.message}")
-
-
-def _load(args: argparse.Namespace, masked_lm: bool = False):
-    """The model (``--ckpt``: folder or hub id; with ``masked_lm`` its masked-LM head too) and tokenizer, through
-    the API, printing a one-line note for each fallback."""
-    from vb_probe.api import load_masked_lm, load_model, load_tokenizer
-    from vb_probe.distributed import world
+def _load_masked_lm(args: argparse.Namespace):
+    """A model with its masked-LM head (``--ckpt``) and its tokenizer, through the API; their notes said."""
+    from vb_probe.api import load_masked_lm, load_tokenizer
     from vb_probe.families import family_of
 
-    world("cuda" if str(args.device).startswith("cuda") else "cpu")  # under torchrun: this process's GPU first
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        if masked_lm:
-            model = load_masked_lm(args.ckpt, device=args.device)
-        else:  # decoders load in bf16 when asked, and across devices with --device-map
-            model = load_model(args.ckpt, device=args.device, precision=getattr(args, "precision", "fp32"),
-                               device_map=getattr(args, "device_map", None))
-        encoder = family_of(model).load(model) if masked_lm else model
-        tokenizer = load_tokenizer(args.tokenizer, model=encoder)
-    _print_notes(caught)
+    model = load_masked_lm(args.ckpt, device=args.device)
+    encoder = family_of(model).load(model)
+    tokenizer = load_tokenizer(args.tokenizer, model=encoder)
     for note in encoder.load_notes:
         print(f"note: {note}")
     return model, tokenizer
@@ -64,61 +48,69 @@ def _writes_results() -> bool:
     return world().main
 
 
-def _probe_config(args: argparse.Namespace, **extra):
-    from vb_probe.pipeline import ProbeConfig
+def _session_options(args: argparse.Namespace) -> dict:
+    """What every command that loads a model and reads a dataset passes to the API: the loading options and the
+    dataset's."""
+    return {"images": args.images, "features": args.features, "device": args.device, "precision": args.precision,
+            "device_map": args.device_map, "dataset_format": args.dataset_format, "split_by": args.split_by}
 
-    return ProbeConfig(
-        ckpt=args.ckpt, flickr30k=args.flickr30k, features=args.features, images=args.images, split=args.split,
-        tokenizer=args.tokenizer, visual_token_type=args.visual_token_type, mask=args.mask,
-        precision=args.precision, batch_size=args.batch_size, device=args.device, limit=args.limit,
-        confidence=args.confidence, skip_unannotated=args.skip_unannotated,
-        skip_missing_features=args.skip_missing_features, select_on=args.select_on, control=args.control,
-        localization_prompts=args.localization_prompts, device_map=args.device_map, dataset=args.dataset_format,
-        split_by=args.split_by, query_word=args.query_word, **extra,
-    )
+
+def _probe_options(args: argparse.Namespace) -> dict:
+    """Every probe option of the command line, as the API verbs take them (checked there, in one place)."""
+    return {**_session_options(args), "split": args.split,
+            "visual_token_type": args.visual_token_type, "mask": args.mask, "batch_size": args.batch_size,
+            "limit": args.limit, "confidence": args.confidence, "skip_unannotated": args.skip_unannotated,
+            "skip_missing_features": args.skip_missing_features, "select_on": args.select_on, "control": args.control,
+            "localization_prompts": args.localization_prompts, "query_word": args.query_word,
+            "out": args.out, "resume": args.resume, "progress": not args.quiet}
+
+
+def _start(args: argparse.Namespace) -> None:
+    """Under torchrun: this process's device first."""
+    from vb_probe.distributed import world
+
+    world("cuda" if str(args.device).startswith("cuda") else "cpu")
 
 
 def cmd_entity_grounding(args: argparse.Namespace) -> int:
-    from vb_probe.pipeline import grounding_result, preflight, run_probes
+    from vb_probe.api import entity_grounding
+    from vb_probe.families import known_families
     from vb_probe.results import GroundingResult, check_result_folder
     from vb_probe.tables import format_entity_summary
 
     check_result_folder(args.out, "entity_grounding", GroundingResult.FILES)
-    out = _writable_out(args.out)
-    cfg = _probe_config(args)
-    preflight(cfg)  # the data's checks before the model loads (minutes for a 7B model)
-    model, tokenizer = _load(args)
-    results = run_probes(cfg, model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
+    _writable_out(args.out)
+    _start(args)
+    result = entity_grounding(args.ckpt, args.tokenizer, args.flickr30k, None, parses=args.parses, **_probe_options(args))
     if not _writes_results():
         return 0
-    result = grounding_result(results)
-    result.save(out)
-    print(format_entity_summary(result))
-    print("wrote " + ", ".join(str(out / name) for name in result.FILES))
+    result.save(args.out)
+    family = known_families()[result.provenance["family"]]
+    print(format_entity_summary(result, family.summary_lines(result)))
+    print("wrote " + ", ".join(str(args.out / name) for name in result.FILES))
     return 0
 
 
 def cmd_syntactic(args: argparse.Namespace) -> int:
-    from vb_probe.pipeline import parses_copy_name, preflight, run_probes, syntactic_result
+    from vb_probe.api import syntactic_grounding
+    from vb_probe.queries import parses_copy_name
     from vb_probe.results import SyntacticResult, check_result_folder
     from vb_probe.tables import format_syntactic_summary
 
     if args.parses is None and args.parser is None:  # as the Python API: spaCy unless parses are given
         args.parser = "spacy"
         print("note: parsing the captions with spaCy (cached); pass --parses FILE.conllu to use parses of your own")
-    check_result_folder(args.out, "syntactic", (*SyntacticResult.FILES, parses_copy_name(args.split)))
-    out = _writable_out(args.out)
-    cfg = _probe_config(args, entity=False, relations=tuple(args.relation), parses=args.parses,
-                        parser=args.parser, spacy_model=args.spacy_model)
-    preflight(cfg)
-    model, tokenizer = _load(args)
-    results = run_probes(cfg, model, tokenizer, out=out, progress=not args.quiet, resume=args.resume)
+    check_result_folder(args.out, "syntactic", (*SyntacticResult.FILES, parses_copy_name(args.split or "test")))
+    _writable_out(args.out)
+    _start(args)
+    result = syntactic_grounding(args.ckpt, args.tokenizer, args.flickr30k, None, relations=tuple(args.relation),
+                                 parses=args.parses, parser=args.parser, spacy_model=args.spacy_model,
+                                 **_probe_options(args))
     if not _writes_results():
         return 0
-    result = syntactic_result(results)
-    result.save(out)
+    result.save(args.out)
     print(format_syntactic_summary(result))
-    print(f"wrote {out / 'syntactic.csv'}, {out / 'run.json'} and the figures")
+    print(f"wrote {args.out / 'syntactic.csv'}, {args.out / 'run.json'} and the figures")
     return 0
 
 
@@ -132,49 +124,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from vb_probe.data.grounding_sets import open_grounding_set
-    from vb_probe.families import check_scores_fit
     from vb_probe.results import GroundingResult
     from vb_probe.visualize import render_attention_figure
 
     out = args.out or Path(f"attention_{args.image_id}_{args.caption_index}.png")
     _writable_out(out.parent if str(out.parent) else Path("."), [out.name])
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
-    model, tokenizer = _load(args)
-    if scores is not None:
-        check_scores_fit(scores, model, args.scores)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        dataset = open_grounding_set(args.flickr30k, args.dataset_format, split_by=args.split_by)
-        render_attention_figure(model, tokenizer, dataset, args.features, args.image_id, args.caption_index,
-                                out, images_dir=args.images, scores=scores)
-    _print_notes(caught)
+    render_attention_figure(args.ckpt, args.tokenizer, args.flickr30k, None, args.image_id, args.caption_index, out,
+                            scores=scores, query_word=args.query_word, **_session_options(args))
     print(f"wrote {out}")
     return 0
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from vb_probe.data.grounding_sets import open_grounding_set
     from vb_probe.data.parses import read_conllu
-    from vb_probe.explorer import PAGE, explorer_data, write_explorer
-    from vb_probe.families import check_scores_fit, family_of, open_inputs
+    from vb_probe.explorer import PAGE, explore
     from vb_probe.results import GroundingResult
 
     out = _writable_out(args.out, [PAGE])
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
-    model, tokenizer = _load(args)
-    if scores is not None:
-        check_scores_fit(scores, model, args.scores)
-    images = args.images
-    if images is None and (Path(args.flickr30k).parent / "images").is_dir():
-        images = Path(args.flickr30k).parent / "images"  # the built-in world keeps its renders beside the data
-    store = open_inputs(family_of(model), args.features, images)
-    data = explorer_data(model, tokenizer, open_grounding_set(args.flickr30k, args.dataset_format,
-                                                              split_by=args.split_by), store,
-                         split=args.split, limit=args.limit, scores=scores,
-                         parses=read_conllu(args.parses) if args.parses else None, images_dir=images,
-                         progress=not args.quiet)
-    path = write_explorer(data, out)
+    explorer = explore(args.ckpt, args.tokenizer, args.flickr30k, None, split=args.split, limit=args.limit,
+                       scores=scores, parses=read_conllu(args.parses) if args.parses else None,
+                       query_word=args.query_word, progress=not args.quiet, **_session_options(args))
+    data = explorer.data
+    path = explorer.save(out)
     skipped = {k: v for k, v in data["skipped"].items() if v}
     if skipped:
         print("skipped: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items()))
@@ -188,7 +161,8 @@ def cmd_check_data(args: argparse.Namespace) -> int:
     from vb_probe.check_data import check_data, format_report
 
     reports, store = check_data(args.flickr30k, args.features, tuple(args.split) if args.split else None,
-                                progress=not args.quiet, kind=args.dataset_format, split_by=args.split_by)
+                                progress=not args.quiet, kind=args.dataset_format, split_by=args.split_by,
+                                images=args.images)
     print(format_report(reports, store, dataset=args.dataset_format or _format_of(args.flickr30k)))
     return 2 if any(r.problems() for r in reports) else 0
 
@@ -214,7 +188,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from vb_probe.results import AttributionResult
 
     out = _writable_out(args.out, AttributionResult.FILES)
-    model, tokenizer = _load(args, masked_lm=True)
+    model, tokenizer = _load_masked_lm(args)
     result = attribute(model, tokenizer, args.flickr30k, args.features, split=args.split, limit=args.limit,
                        steps=args.steps, progress=not args.quiet)
     result.save(out)
@@ -234,7 +208,7 @@ def cmd_causal(args: argparse.Namespace) -> int:
 
     out = _writable_out(args.out, CausalResult.FILES)
     top_heads_from_csv(args.scores, args.k)  # checked before the model loads: a bad -k fails fast
-    model, tokenizer = _load(args, masked_lm=True)
+    model, tokenizer = _load_masked_lm(args)
     result = causal_check(model, tokenizer, args.flickr30k, args.features, args.scores, k=args.k, draws=args.draws,
                           seed=args.seed, split=args.split, limit=args.limit, progress=not args.quiet)
     result.save(out)
@@ -251,22 +225,43 @@ def cmd_causal(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- options
 
-def _model_options(p: argparse.ArgumentParser, ckpt_help: str) -> None:
-    from vb_probe.errors import positive_int
+CKPT_HELP = ("checkpoint of a known family (VisualBERT, LXMERT, ViLT, LLaVA-1.5, Qwen2-VL, PaliGemma): a transformers "
+             "folder or a hub id (uclanlp/visualbert-vqa-coco-pre, dandelin/vilt-b32-mlm, llava-hf/llava-1.5-7b-hf, …)")
 
+
+def _add_loading_options(p: argparse.ArgumentParser, ckpt_help: str = CKPT_HELP) -> None:
+    """What every command that loads a model takes: the checkpoint, its tokenizer, the device, the precision and
+    how its weights spread over devices."""
     p.add_argument("--ckpt", required=True, help=ckpt_help)
-    _dataset_options(p)
-    p.add_argument("--features", type=Path, help="region features: .tsv (LXMERT), .h5 (BAN) or a folder of .npz "
-                                                 "(models that read regions: VisualBERT, LXMERT)")
-    p.add_argument("--split", default="test", help="split list to use (train, val, test)")
-    p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the checkpoint's own, else "
+    p.add_argument("--tokenizer", help="tokenizer folder or hub id (default: the checkpoint's own, else its family's: "
                                        "bert-base-uncased, as the uclanlp checkpoints were trained with)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--limit", type=positive_int, help="use only the first N images of the split")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: forward under bf16 autocast (decoder models load their weights in bf16), several times "
+                        "faster on a GPU; the probed attention rows stay fp32, but near-ties may break differently")
+    p.add_argument("--device-map", help="decoder models: spread the weights over the devices with accelerate "
+                   "(e.g. auto) for a model bigger than one device")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _dataset_options(p: argparse.ArgumentParser) -> None:
+def _add_dataset_options(p: argparse.ArgumentParser, images_help: str | None = None) -> None:
+    """What every command that reads an annotation set takes: the set (one of its format's options), RefCOCO's refs
+    file, the split, how many images, the query word, and the images (or region features) of the model."""
+    from vb_probe.errors import positive_int
+
+    _add_annotation_options(p)
+    p.add_argument("--split", help="split to use (default: the set's own: test; RefCOCO's val)")
+    p.add_argument("--limit", type=positive_int, help="use only the first N images of the split")
+    p.add_argument("--query-word", choices=["last", "head"], help="the word an entity is probed on: its phrase's last "
+                   "word (Flickr30K's default, the paper's) or its head in the parse (RefCOCO's and Visual Genome's "
+                   "default; spaCy unless --parses)")
+    p.add_argument("--features", type=Path, help="region features: .tsv (LXMERT), .h5 (BAN) or a folder of .npz "
+                                                 "(models that read regions: VisualBERT, LXMERT)")
+    p.add_argument("--images", type=Path, help=images_help or "folder of the images (<image_id>.jpg, .jpeg or .png), "
+                                                              "for models that read pixels (ViLT, decoders)")
+
+
+def _add_annotation_options(p: argparse.ArgumentParser) -> None:
     """One annotation set, given by its format's option (or --dataset, the format told by the files)."""
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--flickr30k", type=Path, help="Flickr30K Entities root (Sentences/, Annotations/, "
@@ -284,30 +279,25 @@ def _dataset_options(p: argparse.ArgumentParser) -> None:
 def dataset_args(args: argparse.Namespace) -> None:
     """``args.flickr30k`` the annotations' root whatever option gave it, ``args.dataset_format`` its format
     (None: told by the files)."""
-    if not hasattr(args, "flickr30k"):
+    if "flickr30k" not in vars(args):
         return
     for option, kind in (("refcoco", "refcoco"), ("visual_genome", "visual_genome"), ("dataset", None)):
-        if getattr(args, option, None) is not None:
-            args.flickr30k, args.dataset_format = getattr(args, option), kind
+        if vars(args).get(option) is not None:
+            args.flickr30k, args.dataset_format = vars(args)[option], kind
             return
     args.dataset_format = "flickr30k" if args.flickr30k is not None else None
 
 
-def _probe_options(p: argparse.ArgumentParser) -> None:
+def _add_probe_options(p: argparse.ArgumentParser) -> None:
     from vb_probe.errors import positive_int
 
-    _model_options(p, "checkpoint of a known family (VisualBERT, LXMERT, ViLT): a transformers folder or a hub id "
-                      "(uclanlp/visualbert-vqa-coco-pre, unc-nlp/lxmert-base-uncased, dandelin/vilt-b32-mlm)")
-    p.add_argument("--images", type=Path, help="folder of the images (<image_id>.jpg, .jpeg or .png), for models "
-                                               "that read pixels (ViLT)")
+    _add_loading_options(p)
+    _add_dataset_options(p)
     p.add_argument("--visual-token-type", type=int, help="token type of regions (default: the config's, else 1)")
     p.add_argument("--mask", choices=["posthoc", "intervene"], default="posthoc",
                    help="posthoc: argmax over region columns after the pass (the paper's); "
                         "intervene: block text-to-text attention in every layer")
     p.add_argument("--batch-size", type=positive_int, default=32, help="captions per forward pass")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: forward under bf16 autocast, several times faster on a GPU; the probed attention "
-                        "rows stay fp32, but near-ties between regions may break differently")
     p.add_argument("--confidence", help="TSV field (objects_conf, attrs_conf) or HDF5 dataset with confidences; "
                                         "'none' for no confidence (default: objects_conf / confidences)")
     p.add_argument("--select-on", help="also probe this split and report the head chosen there (unbiased)")
@@ -315,20 +305,16 @@ def _probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-unannotated", action="store_true",
                    help="count phrases whose entity id is absent from the XML as skipped instead of failing")
     p.add_argument("--skip-missing-features", action="store_true",
-                   help="count phrases of images without features as skipped instead of failing")
+                   help="count phrases of images without features (or pictures) as skipped instead of failing")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
-    p.add_argument("--query-word", choices=["last", "head"], help="the word whose attention an entity is scored "
-                   "on: its phrase's last word (Flickr30K's default, the paper's) or its head in the parse (RefCOCO's "
-                   "and Visual Genome's default; spaCy unless --parses)")
-    p.add_argument("--device-map", help="decoder models: spread the weights over the devices with accelerate "
-                   "(e.g. auto) for a model bigger than one device")
     p.add_argument("--localization-prompts", type=positive_int, default=500,
                    help="decoder models: entity queries that feed the unsupervised choice of localization heads")
     p.add_argument("--out", type=Path, required=True, help="folder for the CSV, run.json and figures")
 
 
-def _masked_phrase_options(p: argparse.ArgumentParser) -> None:
-    _model_options(p, "a pre-training checkpoint with its masked-LM head (folder or hub id)")
+def _add_masked_phrase_options(p: argparse.ArgumentParser) -> None:
+    _add_loading_options(p, "a pre-training checkpoint with its masked-LM head (folder or hub id)")
+    _add_dataset_options(p)
     p.set_defaults(limit=20)
     p.add_argument("--out", type=Path, required=True, help="folder for the results")
 
@@ -342,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     from vb_probe import __version__
     from vb_probe.errors import DefaultsHelpFormatter, OneLineArgumentParser, at_least, positive_int
 
-    parser = OneLineArgumentParser(prog="vb-probe", description="Probe VisualBERT's attention heads.",
+    parser = OneLineArgumentParser(prog="vb-probe", description="Probe the attention heads of vision-language "
+                                   "transformers: which heads ground words in the image, against gold boxes.",
                                    epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"vb-probe {__version__}")
     _debug_option(parser)
@@ -353,12 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
         _debug_option(p)
         return p
 
-    p = command("entity-grounding", "score all heads against Flickr30K Entities gold boxes (Fig. 3)")
-    _probe_options(p)
+    p = command("entity-grounding", "score every head against an annotation set's gold boxes (Flickr30K Entities, "
+                                    "RefCOCO/+/g, Visual Genome regions; Fig. 3)")
+    _add_probe_options(p)
+    p.add_argument("--parses", type=Path, help="CoNLL-U parses of the captions, for --query-word head (default: "
+                                               "spaCy's)")
     p.set_defaults(func=cmd_entity_grounding)
 
     p = command("syntactic", "syntactic grounding per relation, layer and head (Fig. 4)")
-    _probe_options(p)
+    _add_probe_options(p)
     p.add_argument("--relation", action="append", required=True,
                    help="dependency relation (repeatable), e.g. nsubj, dobj, pobj, amod; 'all' for every one")
     p.add_argument("--parses", type=Path, help="CoNLL-U file with sent_id = <image_id>_<caption_index>")
@@ -382,31 +372,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
 
-    p = command("visualize", "Figure 1/5: the region each word attends to, best head of six layers")
-    _model_options(p, "VisualBERT checkpoint: a transformers folder or a hub id")
-    p.add_argument("--image-id", required=True, help="image of the Flickr30K root")
+    p = command("visualize", "Figure 1/5: the image token each entity word attends to, best head of six layers")
+    _add_loading_options(p)
+    _add_dataset_options(p, "folder of the images (<image_id>.jpg, .jpeg or .png): read by models that read pixels, "
+                            "drawn on for every model")
+    p.add_argument("--image-id", required=True, help="image of the annotation set")
     p.add_argument("--caption-index", type=int, default=0, help="0-based caption of that image")
-    p.add_argument("--images", type=Path, help="folder of the images (<image_id>.jpg, .jpeg or .png) to draw on")
     p.add_argument("--scores", type=Path, help="an entity-grounding --out folder or its run.json (each layer's best "
                                                "head); without it, the heads that ground this caption best")
     p.add_argument("--out", type=Path, help="the PNG, SVG or PDF to write (default attention_<id>_<k>.png)")
     p.set_defaults(func=cmd_visualize)
 
     p = command("explore", "an interactive, offline HTML page of head attention on the image (one file)")
-    _model_options(p, "checkpoint of a known family (VisualBERT, LXMERT, ViLT): a transformers folder or a hub id")
+    _add_loading_options(p)
+    _add_dataset_options(p, "folder of the images (<image_id>.jpg, .jpeg or .png); default: images/ beside the "
+                            "annotations when there is one")
     p.set_defaults(limit=20)
     p.add_argument("--scores", type=Path, help="an entity-grounding --out folder for the head grid (default: "
                                                "computed on the captions shown)")
     p.add_argument("--parses", type=Path, help="CoNLL-U parses: adds the nsubj / dobj / pobj views")
-    p.add_argument("--images", type=Path, help="folder of the images (<image_id>.jpg, .jpeg or .png); default: "
-                                               "images/ beside the Flickr30K root when there is one")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html")
     p.set_defaults(func=cmd_explore)
 
     p = command("check-data", "count an annotation folder (Flickr30K Entities, RefCOCO, Visual Genome) and its "
-                              "features as the probe will, and say what is missing")
-    _dataset_options(p)
+                              "features or images as the probe will, and say what is missing")
+    _add_annotation_options(p)
     p.add_argument("--features", type=Path, help="region features to check for every image (.tsv, .h5 or a folder)")
+    p.add_argument("--images", type=Path, help="a folder of images to check for every image (present, readable, of "
+                                               "its annotation's size)")
     p.add_argument("--split", action="append", help="a split to check (repeatable; default: the set's own: train, "
                                                     "val and test; RefCOCO's testA and testB too)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -422,12 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_figures)
 
     p = command("attribute", "integrated gradients of masked entity words vs each head's attention")
-    _masked_phrase_options(p)
+    _add_masked_phrase_options(p)
     p.add_argument("--steps", type=positive_int, default=32, help="integration steps")
     p.set_defaults(func=cmd_attribute)
 
     p = command("causal", "ablate the top-k grounding heads (and k random heads) and measure the drop")
-    _masked_phrase_options(p)
+    _add_masked_phrase_options(p)
     p.add_argument("--scores", type=Path, required=True,
                    help="an entity-grounding --out folder or its entity_grounding.csv")
     p.add_argument("-k", type=positive_int, default=12, help="heads to ablate")

@@ -7,53 +7,52 @@ from __future__ import annotations
 from pathlib import Path
 
 from vb_probe.atomic import atomic_files, check_outputs, writable_folder
+from vb_probe.data.annotations import GroundingSet
 from vb_probe.data.features import RegionFeatures
-from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.errors import DataError
 from vb_probe.results import GroundingResult, SyntacticResult
 
 
-def example_captions(flickr: Flickr30kEntities, split: str = "test", count: int = 2) -> list[tuple[str, int]]:
+def example_captions(dataset: GroundingSet, split: str = "test", count: int = 2) -> list[tuple[str, int]]:
     """Captions of the split's first 40 images with the most phrases that have boxes (the most to look at)."""
     scored = []
-    for image_id in flickr.split(split)[:40]:
-        boxes = flickr.annotation(image_id).boxes
-        for caption in flickr.captions(image_id):
+    for image_id in dataset.split(split)[:40]:
+        boxes = dataset.annotation(image_id).boxes
+        for caption in dataset.captions(image_id):
             scored.append((sum(p.entity_id in boxes for p in caption.phrases), image_id, caption.index))
     scored.sort(key=lambda t: (-t[0], t[1], t[2]))
     return [(image_id, index) for _, image_id, index in scored[:count]]
 
 
-def figure_names(entity: GroundingResult, has_syntactic: bool, flickr: Flickr30kEntities,
+def figure_names(entity: GroundingResult, has_syntactic: bool, dataset: GroundingSet,
                  suffix: str = ".png") -> dict[str, tuple[str, int] | None]:
     """The files :func:`write_figures` writes: name → the (image id, caption index) an attention figure shows, or
     None for Figures 3 and 4. Known before anything is drawn, so an output folder is checked first."""
     names: dict[str, tuple[str, int] | None] = {f"fig3_entity_grounding{suffix}": None}
     if has_syntactic:
         names[f"fig4_syntactic{suffix}"] = None
-    for number, (image_id, caption_index) in enumerate(example_captions(flickr, entity.split)):
+    for number, (image_id, caption_index) in enumerate(example_captions(dataset, entity.split)):
         names[f"fig{1 if number == 0 else 5}_attention_{image_id}_{caption_index}{suffix}"] = (image_id, caption_index)
     return names
 
 
 def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, model, tokenizer,
-                  flickr30k: Flickr30kEntities | Path, features: RegionFeatures | Path, out: Path,
+                  dataset: GroundingSet | Path, inputs: RegionFeatures | Path | None, out: Path,
                   images_dir: Path | None = None, suffix: str = ".png") -> list[str]:
-    """Figures 1, 3, 4 and 5 into ``out``, written together (``flickr30k`` and ``features``: readers or their
-    paths, opened once); returns the file names."""
-    from vb_probe.families import family_of, open_inputs
+    """Figures 1, 3, 4 and 5 into ``out``, written together (``dataset`` and ``inputs``, the region features or a
+    pixel family's images: readers or their paths, opened once); returns the file names."""
+    from vb_probe.api import open_session
     from vb_probe.visualize import attention_figure
 
-    flickr30k = open_grounding_set(flickr30k)
-    features = open_inputs(family_of(model), features, features if features is not None else images_dir)
+    session = open_session(model, tokenizer, dataset, inputs if inputs is not None else images_dir)
     figures = {}
-    for name, example in figure_names(entity, syntactic is not None, flickr30k, suffix).items():
+    for name, example in figure_names(entity, syntactic is not None, session.dataset, suffix).items():
         if example is None:
             figures[name] = entity.plot() if name.startswith("fig3") else syntactic.plot()
         else:
-            figures[name] = attention_figure(model, tokenizer, flickr30k, features, *example,
-                                             images_dir=images_dir, scores=entity)
+            figures[name] = attention_figure(session.model, session.tokenizer, session.dataset, session.store,
+                                             *example, images_dir=images_dir or session.images_dir, scores=entity)
     with atomic_files(out) as staged:
         for name, figure in figures.items():
             staged.figure(name, figure)
@@ -76,18 +75,18 @@ def figures_from_results(results: Path, out: Path, images_dir: Path | None = Non
             else None
     config = entity.provenance.get("config", {})
     inputs = "images" if config.get("images") else "features"  # a model that reads pixels records its images
-    missing = [k for k in ("ckpt", "flickr30k", inputs) if not config.get(k)]
+    annotations = config.get("annotations") or config.get("flickr30k")  # runs of earlier versions named it so
+    missing = [k for k, v in (("ckpt", config.get("ckpt")), ("annotations", annotations), (inputs, config.get(inputs)))
+               if not v]
     if missing:
         raise DataError(f"{results / 'entity_grounding' / 'run.json'}: records no {', '.join(missing)}; the attention "
                         "figures need the checkpoint and data of the run")
-    dataset = open_grounding_set(config["flickr30k"], config.get("dataset"), split_by=config.get("split_by"))
+    dataset = open_grounding_set(annotations, config.get("dataset_format") or config.get("dataset"),
+                                 split_by=config.get("split_by"))
     check_outputs(out, figure_names(entity, syntactic is not None, dataset, suffix))
     writable_folder(out)
     model = load_model(config["ckpt"], device=device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tokenizer = load_tokenizer(config.get("tokenizer"), model=model)
-    if images_dir is None and (Path(config["flickr30k"]).parent / "images").is_dir():
-        images_dir = Path(config["flickr30k"]).parent / "images"  # the built-in world keeps its renders there
-    return write_figures(entity, syntactic, model, tokenizer, Path(config["flickr30k"]), Path(config[inputs]), out,
-                         images_dir, suffix)
+    return write_figures(entity, syntactic, model, tokenizer, dataset, Path(config[inputs]), out, images_dir, suffix)

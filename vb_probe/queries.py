@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from vb_probe.data.annotations import NOTVISUAL_ID, Caption, GroundingSet
 from vb_probe.data.features import RegionFeatures, Regions
-from vb_probe.data.flickr30k import NOTVISUAL_ID, Caption, Flickr30kEntities
 from vb_probe.data.parses import Parse, check_parse_matches
 
 DIRECTIONS = ("head_to_dependent", "dependent_to_head")
@@ -54,6 +55,7 @@ class Query:
     first_word_index: int | None = None  # an entity phrase's first word (its words: first..word_index)
     entity_id: int | None = None  # the entity whose gold boxes these are
     arc: tuple[int, int] | None = None  # a dependency arc's (head word, dependent word)
+    phrase_last: int | None = None  # an entity phrase's last word (the query word is it, or the phrase's head)
 
     @property
     def target_word(self) -> int | None:
@@ -96,11 +98,11 @@ def phrase_of_word(caption: Caption, word: int):
     return None
 
 
-def entity_status(flickr: Flickr30kEntities, image_id: str, entity_id: int, skip_unannotated: bool) -> str | None:
+def entity_status(dataset: GroundingSet, image_id: str, entity_id: int, skip_unannotated: bool) -> str | None:
     """None when the entity has gold boxes, else the skip reason."""
     if entity_id == NOTVISUAL_ID:
         return "notvisual"
-    annotation = flickr.annotation(image_id)
+    annotation = dataset.annotation(image_id)
     if entity_id in annotation.boxes:
         return None
     if entity_id in annotation.scene:
@@ -109,31 +111,31 @@ def entity_status(flickr: Flickr30kEntities, image_id: str, entity_id: int, skip
         return "nobox"
     if skip_unannotated:
         return "not_in_annotation"
-    flickr.check_entities(image_id)  # raises the one-line error naming the phrase
+    dataset.check_entities(image_id)  # raises the one-line error naming the phrase
     return "not_in_annotation"
 
 
-def has_features(features: RegionFeatures, image_id: str, skip_missing: bool) -> bool:
-    """The one policy for an image without features: an error naming it, unless ``skip_missing`` (then its
-    queries are counted as skipped, ``missing_features``)."""
-    if image_id in features:
+def has_features(store: RegionFeatures, image_id: str, skip_missing: bool) -> bool:
+    """The one policy for an image the store (its region features, or its picture) lacks: an error naming it, unless
+    ``skip_missing`` (then its queries are counted as skipped, ``missing_features``)."""
+    if image_id in store:
         return True
     if not skip_missing:
-        features[image_id]  # raises the one-line error naming the image
+        store[image_id]  # raises the one-line error naming the image
     return False
 
 
-def entity_queries(flickr: Flickr30kEntities, caption: Caption, features_present: bool, seen: Collection,
+def entity_queries(dataset: GroundingSet, caption: Caption, features_present: bool, seen: Collection,
                    skip_unannotated: bool = False, head_parse: Parse | None = None) -> list[Query]:
     """One query per phrase with gold boxes; every other phrase counted as skipped with its reason. The query word
     is the phrase's last word, or with ``head_parse`` (the caption's parse) its head word (:func:`head_word`)."""
-    from vb_probe.data.grounding_sets import head_word
+    from vb_probe.data.annotations import head_word
 
-    annotation = flickr.annotation(caption.image_id)
+    annotation = dataset.annotation(caption.image_id)
     queries = []
     for phrase in caption.phrases:
         seen.n_units["phrases"] += 1
-        reason = entity_status(flickr, caption.image_id, phrase.entity_id, skip_unannotated)
+        reason = entity_status(dataset, caption.image_id, phrase.entity_id, skip_unannotated)
         if reason is None and not features_present:
             reason = "missing_features"
         if reason:
@@ -143,15 +145,15 @@ def entity_queries(flickr: Flickr30kEntities, caption: Caption, features_present
             head_word(head_parse.heads, phrase.first_word_index, phrase.last_word_index)
         queries.append(Query(ENTITY, word, annotation.boxes[phrase.entity_id],
                              f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}", phrase.first_word_index,
-                             phrase.entity_id))
+                             phrase.entity_id, phrase_last=phrase.last_word_index))
     return queries
 
 
-def arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption, parse: Parse,
+def arc_queries(relations: set[str], dataset: GroundingSet, caption: Caption, parse: Parse,
                 features_present: bool, seen: Collection) -> list[Query]:
     """Per arc of a chosen relation (``"all"``: every one), a query in each direction whose target word lies in a
     phrase with boxes."""
-    annotation = flickr.annotation(caption.image_id)
+    annotation = dataset.annotation(caption.image_id)
     queries = []
     for head, dep, relation in parse.arcs():
         if "all" not in relations and relation not in relations:
@@ -161,7 +163,7 @@ def arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption
             group = f"{relation}/{direction}"
             phrase = phrase_of_word(caption, target_word)
             reason = "not_in_phrase" if phrase is None else \
-                entity_status(flickr, caption.image_id, phrase.entity_id, True)
+                entity_status(dataset, caption.image_id, phrase.entity_id, True)
             if reason is None and not features_present:
                 reason = "missing_features"
             if reason:
@@ -172,7 +174,7 @@ def arc_queries(relations: set[str], flickr: Flickr30kEntities, caption: Caption
     return queries
 
 
-def collect_items(flickr: Flickr30kEntities, features: RegionFeatures, image_ids: list[str], *, entity: bool = True,
+def collect_items(dataset: GroundingSet, store: RegionFeatures, image_ids: list[str], *, entity: bool = True,
                   relations: tuple[str, ...] = (), parses: dict[str, Parse] | None = None, parse_source: str = "",
                   skip_unannotated: bool = False, skip_missing_features: bool = False,
                   heads: dict[str, Parse] | None = None, heads_source: str = ""
@@ -183,15 +185,97 @@ def collect_items(flickr: Flickr30kEntities, features: RegionFeatures, image_ids
     seen = Collection()
     items: list[ProbeItem] = []
     for image_id in image_ids:
-        present = has_features(features, image_id, skip_missing_features)
-        for caption in flickr.captions(image_id):
+        present = has_features(store, image_id, skip_missing_features)
+        for caption in dataset.captions(image_id):
             seen.n_captions += 1
             head_parse = None if heads is None else check_parse_matches(heads.get(caption.key), caption.key,
                                                                         caption.words, heads_source)
-            queries = entity_queries(flickr, caption, present, seen, skip_unannotated, head_parse) if entity else []
+            queries = entity_queries(dataset, caption, present, seen, skip_unannotated, head_parse) if entity else []
             if parses is not None:
                 parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, parse_source)
-                queries += arc_queries(set(relations), flickr, caption, parse, present, seen)
+                queries += arc_queries(set(relations), dataset, caption, parse, present, seen)
             if queries:
                 items.append(ProbeItem(caption.key, caption.words, image_id, queries))
     return items, seen
+
+
+# ----------------------------------------------------------------------------------------------- which parses
+
+@dataclass
+class PassParses:
+    """The parses one pass reads: ``arcs`` for the relation probes (None: no relation asked) and ``heads`` for the
+    entity query word when it is the phrase's head (None: the last word), each with where it came from."""
+
+    arcs: dict[str, Parse] | None = None
+    arcs_source: str = ""
+    heads: dict[str, Parse] | None = None
+    heads_source: str = ""
+    copy: Path | None = None  # the copy of spaCy's parses kept beside the results, when one was written
+
+
+def pass_parses(cfg, dataset: GroundingSet, image_ids: list[str], query_word: str, split: str,
+                out: Path | None = None) -> PassParses:
+    """The one choice of parses: arcs from the set itself where it has its own (Visual Genome's relationships) and no
+    ``--parses`` is given, else from ``--parses`` or spaCy; an entity's head word from the same parses, or from
+    spaCy's when the arcs are the set's own (a relationship is no parse of its words). ``cfg``: the
+    :class:`~vb_probe.probe_config.ProbeConfig`; ``out``: where a copy of spaCy's parses is kept."""
+    from dataclasses import replace
+
+    chosen = PassParses()
+    own = dataset.has_own_arcs and cfg.parses is None
+    if cfg.relations and own:
+        chosen.arcs, chosen.arcs_source = dataset.parses(image_ids), f"{dataset.name}:relationships"
+    elif cfg.relations:
+        chosen.arcs, chosen.arcs_source, chosen.copy = load_parses(replace(cfg, split=split), dataset, image_ids, out)
+    if cfg.entity and query_word == "head":
+        if chosen.arcs is not None and not own:
+            chosen.heads, chosen.heads_source = chosen.arcs, chosen.arcs_source
+        else:
+            chosen.heads, chosen.heads_source, _ = load_parses(replace(cfg, split=split, parser=cfg.parser or "spacy"),
+                                                               dataset, image_ids, None)
+    return chosen
+
+
+def load_parses(cfg, dataset: GroundingSet, image_ids: list[str], out: Path | None
+                ) -> tuple[dict[str, Parse], str, Path | None]:
+    """Parses of every caption: from ``--parses`` (CoNLL-U), or spaCy's (cached as CoNLL-U by the caption set's hash,
+    in the user's cache); with ``out``, a copy of spaCy's beside the results."""
+    import hashlib
+    import json
+
+    from vb_probe.atomic import atomic_files, remove_stale_temporaries, write_text
+    from vb_probe.cache import user_cache_dir
+    from vb_probe.data.parses import SpacyParser, read_conllu, to_conllu
+    from vb_probe.errors import VbProbeError
+
+    if cfg.parses is not None:
+        return read_conllu(cfg.parses), f"conllu:{cfg.parses}", Path(cfg.parses)
+    if cfg.parser != "spacy":
+        raise VbProbeError("syntactic probing needs --parses FILE.conllu or --parser spacy")
+    items = [(c.key, c.words) for i in image_ids for c in dataset.captions(i)]
+    parser = SpacyParser(cfg.spacy_model)
+    digest = hashlib.sha256(json.dumps([parser.version, items]).encode()).hexdigest()[:16]
+    cache_root = cfg.parse_cache or user_cache_dir("parses")
+    cached = Path(cache_root) / f"{digest}.conllu"
+    if cached.is_file():
+        parses = read_conllu(cached)
+    else:
+        parses_list = parser.parse(items)
+        text = to_conllu(parses_list)
+        try:
+            remove_stale_temporaries(cached.parent)
+            write_text(cached, text)
+        except OSError:
+            pass  # the cache is a convenience
+        parses = {p.sent_id: p for p in parses_list}
+    copy = None
+    if out is not None:
+        copy = out / parses_copy_name(cfg.split)
+        with atomic_files(out) as staged:
+            staged.text(copy.name, cached.read_text() if cached.is_file() else to_conllu(list(parses.values())))
+    return parses, parser.version, copy
+
+
+def parses_copy_name(split: str) -> str:
+    """The copy of the spaCy parses a syntactic run keeps beside its results."""
+    return f"parses.{split}.conllu"

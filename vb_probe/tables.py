@@ -21,7 +21,9 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         handle.write(csv_text(columns, rows))
 
 
-def format_entity_summary(result: GroundingResult) -> str:
+def format_entity_summary(result: GroundingResult, extra_lines: list[str] = ()) -> str:
+    """The console summary of an entity-grounding result; ``extra_lines``: what the model's family adds for its
+    own blocks (:meth:`~vb_probe.families.base.FamilyBase.summary_lines`)."""
     b = result.baselines
     hc = "n/a (no detector confidences)" if b["highest_confidence"] is None else f"{b['highest_confidence']:.3f}"
     best = result.best_head()
@@ -45,22 +47,8 @@ def format_entity_summary(result: GroundingResult) -> str:
     if result.control is not None:
         c = result.control.best_head()
         lines.append(f"control, random-init model of the same shape: best head {c.label} {c.accuracy:.3f}")
-    if result.localization is not None:
-        lines.extend(localization_lines(result.localization))
+    lines.extend(extra_lines)
     return "\n".join(lines)
-
-
-def localization_lines(block: dict) -> list[str]:
-    """The fixed-position baseline and the unsupervised selection, as the summary shows them."""
-    fixed = block["fixed_position"]
-    row, col = fixed["place"]
-    lines = [f"fixed-position baseline (the place picked most on {fixed['chosen_on']}, {fixed['share_of_picks']:.0%} "
-             f"of picks, at row {row:.2f} column {col:.2f} of the image): {fixed['accuracy']:.3f}"]
-    chosen = block.get("unsupervised_selection", {})
-    heads = "  ".join(f"L{h['layer']}H{h['head']} {h['accuracy']:.3f} ({h['votes']} votes)" for h in chosen.get("heads", []))
-    lines.append(f"localization heads chosen without boxes (Kang et al., {chosen.get('prompts', 0)} prompts): "
-                 f"{heads or 'none (too few layers or prompts)'}")
-    return lines
 
 
 SUMMARY_RELATIONS = 20  # relations the console summary lists; the CSV has every one

@@ -8,11 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vb_probe.data.features import RegionFeatures
-from vb_probe.data.flickr30k import Flickr30kEntities
-from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.data.images import IMAGE_SUFFIXES
-from vb_probe.errors import DataError
+from vb_probe.errors import DataError, ProbeNote
 from vb_probe.results import GroundingResult, Head
 
 
@@ -48,43 +45,38 @@ def find_image(images_dir: Path | None, image_id: str, warn: bool = True) -> Pat
             return Path(images_dir) / f"{image_id}{suffix}"
     if warn:
         warnings.warn(f"{images_dir}: no {image_id}.jpg, .jpeg or .png; the boxes are drawn on a plain background",
-                      stacklevel=2)
+                      ProbeNote, stacklevel=2)
     return None
 
 
-def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, features: RegionFeatures | Path, image_id: str,
-                     caption_index: int, *,
-                     images_dir: Path | None = None, scores: GroundingResult | None = None,
-                     facts: dict | None = None):
-    """Figure 1/5 for caption ``caption_index`` of ``image_id`` (``flickr30k`` and ``features``: readers or their
-    paths); returns the figure."""
-    from vb_probe.families import check_scores_fit, family_of, family_rule, image_tokens, open_inputs, reads_pixels
-    from vb_probe.metrics.boxes import rule_hits
-    from vb_probe.pipeline import word_region_choices
-    from vb_probe.queries import Collection, entity_queries
+def attention_figure(model, tokenizer=None, dataset=None, inputs=None, image_id: str = "", caption_index: int = 0, *,
+                     images_dir: Path | None = None, scores: GroundingResult | None = None, facts: dict | None = None,
+                     query_word: str | None = None, parser: str | None = None, **session_options):
+    """Figure 1/5 for caption ``caption_index`` of ``image_id``: ``model`` an object or a folder / hub id,
+    ``dataset`` a reader or its root, ``inputs`` region features or (a pixel family) the images; ``session_options``
+    as :func:`vb_probe.api.open_session`'s (``images``, ``features``, ``device``, ``precision``, ``device_map``,
+    ``dataset_format``, ``split_by``). Each entity word is the probe's query word (the set's default, the run's of
+    ``scores``, or ``query_word``), and which tokens hit it the probe's (:func:`~vb_probe.metrics.boxes.query_targets`
+    with the part of the image the model sees). Returns the figure."""
+    from vb_probe.api import open_session
+    from vb_probe.caption_rows import word_region_choices
+    from vb_probe.families import check_scores_fit, family_rule
     from vb_probe.viz.attention import plot_attention_on_image
 
+    if images_dir is not None and inputs is None and "images" not in session_options:
+        session_options["images"] = images_dir  # a model that reads pixels reads the images drawn on
+    session = open_session(model, tokenizer, dataset, inputs, **session_options)
+    model, family, flickr = session.model, session.family, session.dataset
     if scores is not None:
         check_scores_fit(scores, model, "scores")
-    flickr = open_grounding_set(flickr30k)
-    family = family_of(model)
-    if reads_pixels(family) and features is None:
-        features = images_dir  # a model that reads pixels reads the images drawn on
-    store = open_inputs(family, features, features)
-    captions = flickr.captions(str(image_id))
-    if not 0 <= caption_index < len(captions):
-        raise DataError(f"image {image_id} has captions 0..{len(captions) - 1}; --caption-index {caption_index} "
-                        "is out of range")
-    caption = captions[caption_index]
-    regions = image_tokens(family, model, store, str(image_id))  # regions, or a pixel family's patch cells
+    images_dir = images_dir or session.images_dir
+    query_word = query_word or (scores.provenance.get("query_word") if scores is not None else None) or \
+        flickr.query_word
+    caption, regions, groups, entity_hits = caption_queries(model, flickr, session.store, str(image_id),
+                                                           caption_index, query_word, parser)
     annotation = flickr.annotation(str(image_id))
-    choices = word_region_choices(model, tokenizer, caption.words, regions, facts)  # [L, H, n]
-    groups: list[int | None] = [None] * len(caption.words)
-    entity_hits = {}
-    for query in entity_queries(flickr, caption, True, Collection()):  # the probe's queries: phrases with boxes
-        groups[query.first_word_index:query.word_index + 1] = \
-            [query.entity_id] * (query.word_index + 1 - query.first_word_index)  # an entity's words share a colour
-        entity_hits[query.entity_id] = rule_hits(family_rule(family), regions.boxes, query.gold)
+    rule = family_rule(family)
+    choices = word_region_choices(model, session.tokenizer, caption.words, regions, facts)  # [L, H, n]
     word_hits = [entity_hits.get(g) for g in groups]
     layer_heads = scores.per_layer_best() if scores is not None else heads_for_caption(choices, word_hits)
     panels = [{"layer": h.layer, "head": h.head, "accuracy": h.accuracy, "choices": choices[h.layer, h.head]}
@@ -92,12 +84,11 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
     image = None
     image_path = find_image(images_dir, str(image_id))
     if image_path is not None:
-        from PIL import Image
+        from vb_probe.data.images import ImageFolder
 
-        image = np.asarray(Image.open(image_path).convert("RGB"))
+        image = np.asarray(ImageFolder(image_path.parent).image(image_path.stem))  # upright, as annotated
     size = (regions.image_w or annotation.width, regions.image_h or annotation.height)
     source = "its grounding accuracy" if scores is not None else "its hits on this caption"
-    rule = family_rule(family)
     return plot_attention_on_image(image, size, regions.boxes, list(caption.words), groups, panels,
                                    gold={g: annotation.boxes[g] for g in entity_hits}, hits=entity_hits,
                                    title=f"image {image_id}, caption {caption_index}: each entity word's most-attended "
@@ -105,15 +96,52 @@ def attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, feat
                                          f"whose best head grounds best ({source} in brackets)", rule=rule)
 
 
-def render_attention_figure(model, tokenizer, flickr30k: Flickr30kEntities | Path, features: RegionFeatures | Path,
-                            image_id: str,
-                            caption_index: int, out_path: Path, *, images_dir: Path | None = None,
-                            scores: GroundingResult | None = None, facts: dict | None = None) -> Path:
-    """Draw Figure 1/5 into ``out_path`` (.png, .svg or .pdf: the format its extension names)."""
+def caption_queries(model, dataset, store, image_id: str, caption_index: int, query_word: str | None = None,
+                    parser: str | None = None):
+    """What Figure 1/5 scores for one caption, exactly as the probe does: the caption, its image tokens, each word's
+    entity (``groups[w]``, None outside a boxed phrase, and for an entity whose gold the model cannot see), and per
+    entity which tokens hit its gold under the family's rule (:func:`~vb_probe.metrics.boxes.query_targets`, with
+    the part of the image the model sees). The entity's query word: the set's own, or ``query_word``."""
+    from vb_probe.families import family_of, family_rule, image_tokens
+    from vb_probe.metrics.boxes import query_targets
+    from vb_probe.probe_config import ProbeConfig
+    from vb_probe.queries import Collection, entity_queries, pass_parses
+
+    family = family_of(model)
+    captions = dataset.captions(image_id)
+    if not 0 <= caption_index < len(captions):
+        raise DataError(f"image {image_id} has captions 0..{len(captions) - 1}; --caption-index {caption_index} "
+                        "is out of range")
+    caption = captions[caption_index]
+    heads = pass_parses(ProbeConfig(parser=parser), dataset, [image_id], query_word or dataset.query_word, "").heads
+    head_parse = heads.get(caption.key) if heads is not None else None
+    regions = image_tokens(family, model, store, image_id)  # regions, or a pixel family's cells
+    groups: list[int | None] = [None] * len(caption.words)
+    entity_hits = {}
+    for query in entity_queries(dataset, caption, True, Collection(), head_parse=head_parse):
+        targets = query_targets(regions.boxes, query.gold, regions.seen)
+        if targets is None:  # outside what the model sees: not scored, not drawn as a miss
+            continue
+        groups[query.first_word_index:query.phrase_last + 1] = \
+            [query.entity_id] * (query.phrase_last + 1 - query.first_word_index)  # an entity's words share a colour
+        entity_hits[query.entity_id] = targets[family_rule(family)]
+    return caption, regions, groups, entity_hits
+
+
+def figure_queries(model, dataset, store, image_id: str, caption_index: int, **options) -> dict[int, np.ndarray]:
+    """Entity → [R] bool, which image tokens hit its gold in Figure 1/5 (:func:`caption_queries`)."""
+    return caption_queries(model, dataset, store, str(image_id), caption_index, **options)[3]
+
+
+def render_attention_figure(model, tokenizer, dataset, inputs, image_id: str, caption_index: int, out_path: Path, *,
+                            images_dir: Path | None = None, scores: GroundingResult | None = None,
+                            facts: dict | None = None, **options) -> Path:
+    """Draw Figure 1/5 into ``out_path`` (.png, .svg or .pdf: the format its extension names); arguments as
+    :func:`attention_figure`'s."""
     from vb_probe.atomic import atomic_files
 
-    fig = attention_figure(model, tokenizer, flickr30k, features, image_id, caption_index,
-                           images_dir=images_dir, scores=scores, facts=facts)
+    fig = attention_figure(model, tokenizer, dataset, inputs, image_id, caption_index, images_dir=images_dir,
+                           scores=scores, facts=facts, **options)
     out_path = Path(out_path)
     with atomic_files(out_path.parent if str(out_path.parent) else Path(".")) as staged:
         staged.figure(out_path.name, fig)

@@ -24,7 +24,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 import pybase64
@@ -40,15 +40,18 @@ ConfidenceSource = Literal["objects_conf", "attrs_conf", "none"]
 
 @dataclass
 class Regions:
-    """One image's regions: ``boxes`` [N, 4] (x1, y1, x2, y2 pixels), ``features`` [N, D],
-    ``confidences`` [N] or None when the file has none, image size when known."""
+    """One image's tokens: ``boxes`` [N, 4] (x1, y1, x2, y2 pixels of the original image), ``features`` [N, D],
+    ``confidences`` [N] or None when the file has none, image size when known; ``seen`` [4] the part of the image
+    the model sees (None: all of it). ``kind``: ``regions`` (a detector's) or ``pixels`` (a pixel family's cells)."""
 
+    kind: ClassVar[str] = "regions"
     image_id: str
     boxes: np.ndarray
     features: np.ndarray
     confidences: np.ndarray | None
     image_w: float | None
     image_h: float | None
+    seen: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -115,8 +118,12 @@ def sampled_digest(path: Path, blocks: int = 16, block: int = 1 << 16) -> str:
 class _Store:
     """What the three layouts share: every image's features have the store's width (the first image's)."""
 
+    kind: ClassVar[str] = "regions"  # what a store of region features holds (an image folder: "pixels")
     source: str
     _dim: int | None = None
+
+    def add_names(self, names: dict[str, str]) -> None:
+        """Region features are keyed by image id: a set's own file names change nothing."""
 
     def _read(self, image_id: str) -> Regions:
         raise NotImplementedError

@@ -11,61 +11,23 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from vb_probe.data.annotations import (
+    NOTVISUAL_ID,
+    Annotation,
+    Caption,
+    GroundingSet,
+    Phrase,
+    read_split,
+    register_grounding_set,
+)
 from vb_probe.data.text import text_lines
 from vb_probe.errors import DataError
 from vb_probe.metrics.boxes import outside_image
-
-NOTVISUAL_ID = 0
-
-
-@dataclass(frozen=True)
-class Phrase:
-    """One bracketed phrase: its words, where it starts in the sentence, its entity id and types."""
-
-    first_word_index: int
-    words: tuple[str, ...]
-    entity_id: int
-    types: tuple[str, ...]
-
-    @property
-    def last_word_index(self) -> int:
-        return self.first_word_index + len(self.words) - 1
-
-
-@dataclass(frozen=True)
-class Caption:
-    """A sentence split on spaces, markup removed, with its phrases."""
-
-    image_id: str
-    index: int  # 0-based line number among the image's captions
-    words: tuple[str, ...]
-    phrases: tuple[Phrase, ...]
-
-    @property
-    def key(self) -> str:
-        """``<image_id>_<caption_index>``, the CoNLL-U ``sent_id`` of this caption."""
-        return f"{self.image_id}_{self.index}"
-
-
-@dataclass
-class Annotation:
-    """Boxes per entity id ``[n, 4]`` (x1, y1, x2, y2 pixels, minus one), scene and nobox ids, image size."""
-
-    image_id: str
-    width: int
-    height: int
-    boxes: dict[int, np.ndarray] = field(default_factory=dict)
-    scene: set[int] = field(default_factory=set)
-    nobox: set[int] = field(default_factory=set)
-
-    def known(self, entity_id: int) -> bool:
-        return entity_id in self.boxes or entity_id in self.scene or entity_id in self.nobox
 
 
 def _entity_id(tag: str, where: str) -> int:
@@ -200,32 +162,17 @@ def read_annotation(path: str | Path, image_id: str | None = None) -> Annotation
     return annotation
 
 
-def read_split(root: str | Path, split: str) -> list[str]:
-    """Image ids of ``<root>/<split>.txt`` in file order."""
-    path = Path(root) / f"{split}.txt"
-    if not path.is_file():
-        raise DataError(f"{path}: split list missing; expected one image id a line (train.txt, val.txt, test.txt)")
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte order mark is not part of the first id
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); expected one image id a line, save it as UTF-8") from None
-    ids, first_line = [], {}
-    for number, line in enumerate(text_lines(text), start=1):
-        image_id = line.strip()
-        if not image_id:
-            continue
-        if image_id in first_line:  # counted twice, it would weigh twice in every number
-            raise DataError(f"{path}:{number}: image {image_id} is listed a second time (first on line "
-                            f"{first_line[image_id]}); list each image once")
-        first_line[image_id] = number
-        ids.append(image_id)
-    if not ids:
-        raise DataError(f"{path}: split {split!r} lists no images; pass another --split or fill the list")
-    return ids
+@register_grounding_set
+class Flickr30kEntities(GroundingSet):
+    """Lazy reader of a Flickr30K Entities root: files are parsed on first use and cached. The query word is the
+    phrase's last word (the paper's)."""
 
+    name = "flickr30k"
+    query_word = "last"
 
-class Flickr30kEntities:
-    """Lazy reader of a Flickr30K Entities root: files are parsed on first use and cached."""
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / "Sentences").is_dir() and (root / "Annotations").is_dir()
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -295,3 +242,7 @@ def format_annotation(annotation: Annotation, filename: str | None = None) -> st
             ET.SubElement(obj, "scene").text = "1" if flag == "scene" else "0"
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+__all__ = ["NOTVISUAL_ID", "Annotation", "Caption", "Flickr30kEntities", "Phrase", "format_annotation",
+           "format_sentence", "parse_sentence", "read_annotation", "read_sentences", "read_split"]

@@ -29,6 +29,8 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 class ImageFolder:
     """The images of one folder, by id; ``image(id)`` an RGB ``PIL.Image``."""
 
+    kind = "pixels"
+
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         if not self.folder.is_dir():

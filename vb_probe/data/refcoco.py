@@ -19,8 +19,15 @@ from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 
-from vb_probe.data.flickr30k import Annotation, Caption, Phrase
-from vb_probe.data.grounding_sets import image_size, xywh_box
+from vb_probe.data.annotations import (
+    Annotation,
+    Caption,
+    GroundingSet,
+    Phrase,
+    image_size,
+    register_grounding_set,
+    xywh_box,
+)
 from vb_probe.data.text import read_json_file
 from vb_probe.errors import DataError
 
@@ -108,10 +115,21 @@ def _integer(value, where: str, name: str) -> int:
     return value
 
 
-class RefCoco:
-    """Lazy views of one RefCOCO-family folder: ``refs(<split_by>).p`` and ``instances.json``."""
+@register_grounding_set
+class RefCoco(GroundingSet):
+    """Lazy views of one RefCOCO-family folder: ``refs(<split_by>).p`` and ``instances.json``. The query word is
+    the expression's head ("the man on the left": man)."""
 
     name = "refcoco"
+    query_word = "head"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return any(root.glob("refs(*).p"))
+
+    @classmethod
+    def open(cls, root: Path, *, split_by: str | None = None, relations: bool = False) -> RefCoco:
+        return cls(root, split_by)
 
     def __init__(self, root: str | Path, split_by: str | None = None):
         self.root = Path(root)
@@ -199,6 +217,11 @@ class RefCoco:
             xywh_box(self.boxes[ann_id][1], f"{self.instances_path}: annotation {ann_id}", width, height)
 
     @property
+    def default_split(self) -> str:
+        """``val``: the split every refs file has (unc's tests are testA and testB, google has no test)."""
+        return "val"
+
+    @property
     def splits(self) -> tuple[str, ...]:
         """The split names of this refs file (``unc``: train, val, testA, testB)."""
         return SPLITS.get(self.split_by, ())
@@ -227,9 +250,6 @@ class RefCoco:
         boxes = {ref["ann_id"]: xywh_box(self.boxes[ref["ann_id"]][1], f"annotation {ref['ann_id']}")
                  for ref in self.by_image.get(image_id, [])}
         return Annotation(image_id, info["width"], info["height"], boxes)
-
-    def check_entities(self, image_id: str) -> None:
-        """Every ref's object resolves (checked when the files were read)."""
 
     def image_files(self) -> dict[str, str]:
         """Image id → the COCO file name (``COCO_train2014_….jpg``), for an images folder."""

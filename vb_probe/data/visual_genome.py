@@ -17,8 +17,16 @@ from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
 
-from vb_probe.data.flickr30k import Annotation, Caption, Phrase, read_split
-from vb_probe.data.grounding_sets import image_size, xywh_box
+from vb_probe.data.annotations import (
+    Annotation,
+    Caption,
+    GroundingSet,
+    Phrase,
+    image_size,
+    read_split,
+    register_grounding_set,
+    xywh_box,
+)
 from vb_probe.data.parses import Parse
 from vb_probe.data.text import read_json_file
 from vb_probe.errors import DataError
@@ -64,10 +72,26 @@ def predicate_label(predicate: str) -> str:
     return "_".join(predicate.lower().split())
 
 
-class VisualGenome:
-    """Lazy views of one Visual Genome folder: its regions (``relations=False``) or its relationships."""
+@register_grounding_set
+class VisualGenome(GroundingSet):
+    """Lazy views of one Visual Genome folder: its regions (``relations=False``) or its relationships. The query
+    word of a region description is its head ("a man riding a horse": man)."""
 
     name = "visual_genome"
+    query_word = "head"
+
+    @classmethod
+    def detect(cls, root: Path) -> bool:
+        return (root / "region_descriptions.json").is_file() or (root / "relationships.json").is_file()
+
+    @classmethod
+    def open(cls, root: Path, *, split_by: str | None = None, relations: bool = False) -> VisualGenome:
+        return cls(root, relations=relations)
+
+    @property
+    def has_own_arcs(self) -> bool:
+        """The relations view's arcs come from the relationships themselves."""
+        return self.relations
 
     def __init__(self, root: str | Path, relations: bool = False):
         from vb_probe.data.json_records import JsonRecords
@@ -197,9 +221,6 @@ class VisualGenome:
                 for object_id, _, box in record[2:]:
                     boxes.setdefault(object_id, box)
         return Annotation(image_id, width, height, boxes)
-
-    def check_entities(self, image_id: str) -> None:
-        """Every phrase's region or object has its box (checked when the records were read)."""
 
     def parses(self, image_ids: list[str]) -> dict[str, Parse]:
         """The relations view's arcs as parses (no parser): one arc a caption, from the subject's last word to the

@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vb_probe.data.annotations import GroundingSet
 from vb_probe.data.features import RegionFeatures
-from vb_probe.data.flickr30k import Flickr30kEntities
-from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.data.parses import Parse, check_parse_matches
 from vb_probe.errors import VbProbeError
-from vb_probe.families import check_scores_fit, family_of, family_rule, image_tokens, open_inputs
-from vb_probe.metrics.boxes import rule_hits
+from vb_probe.families import check_scores_fit, family_of, family_rule, image_tokens
+from vb_probe.metrics.boxes import query_targets
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 from vb_probe.queries import Collection, arc_queries, entity_queries, has_features
 from vb_probe.results import GroundingResult, HeadScores
@@ -60,57 +59,75 @@ def _quantised(rows: np.ndarray) -> str:
     return base64.b64encode(np.round(rows / peak * 255).astype(np.uint8).tobytes()).decode("ascii")
 
 
-def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: RegionFeatures, *, split: str = "test",
+def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures, *, split: str | None = None,
                   limit: int | None = 20, scores: GroundingResult | None = None, parses: dict[str, Parse] | None = None,
                   relations: tuple[str, ...] = ("nsubj", "dobj", "pobj", "amod"), images_dir: Path | None = None,
-                  skip_missing_features: bool = False, progress: bool = False, all_heads_up_to: int = ALL_HEADS_UP_TO
-                  ) -> dict:
+                  skip_missing_features: bool = False, progress: bool = False, all_heads_up_to: int = ALL_HEADS_UP_TO,
+                  query_word: str | None = None, parser: str | None = None) -> dict:
     """Everything the page shows, as plain JSON-able data: the head grid (``scores``, else computed here on the
     same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
     attention of every head on every region (quantised), the probe's argmax region and which regions hit gold.
+
+    The queries are the probe's own: each entity on its query word (the set's default, or ``query_word``: the
+    phrase's last word or its head in the parse), its hits by :func:`~vb_probe.metrics.boxes.query_targets` with the
+    part of the image the model sees (a phrase it cannot see is counted as outside the view, never drawn as a miss).
 
     A model of more than ``all_heads_up_to`` heads (a 7B decoder has 1,024, over 576 image tokens) keeps the
     attention maps of each layer's best head and the top heads only (``stored_heads``); every head's pick and
     hits are still kept."""
     from vb_probe.api import entity_grounding
-    from vb_probe.pipeline import word_region_attention
+    from vb_probe.caption_rows import word_region_attention
+    from vb_probe.probe_config import ProbeConfig
+    from vb_probe.queries import pass_parses
 
-    flickr = flickr30k
-    image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
+    split = split or dataset.default_split
+    query_word = query_word or (scores.provenance.get("query_word") if scores is not None else None) or \
+        dataset.query_word
+    image_ids = dataset.split(split)[:limit] if limit else dataset.split(split)
     if scores is None:
-        scores = entity_grounding(model, tokenizer, flickr, features, split=split, limit=limit)
+        scores = entity_grounding(model, tokenizer, dataset, store, split=split, limit=limit, query_word=query_word,
+                                  skip_missing_features=skip_missing_features, parser=parser)
+    heads_of = pass_parses(ProbeConfig(split=split, parser=parser), dataset, image_ids, query_word, split).heads
     check_scores_fit(scores, model, "scores")
     family = family_of(model)
     rule = family_rule(family)
     layers, heads = scores.shape
     stored = None if layers * heads <= all_heads_up_to else stored_heads(scores)
     captions = []
-    skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0}
+    skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0, "phrases_outside_view": 0}
     seen = Collection()
     modes: dict[str, HeadCounts] = {}
     from tqdm.auto import tqdm
 
     for image_id in tqdm(image_ids, desc="explorer: attention of every head", unit="image", disable=not progress,
                          leave=False):
-        if not has_features(features, image_id, skip_missing_features):  # the probe's policy: an error, or counted
+        if not has_features(store, image_id, skip_missing_features):  # the probe's policy: an error, or counted
             skipped["images_without_features"] += 1
             continue
-        regions = image_tokens(family, model, features, image_id)  # detector regions, or a pixel family's cells
-        annotation = flickr.annotation(image_id)
+        regions = image_tokens(family, model, store, image_id)  # detector regions, or a pixel family's cells
+        annotation = dataset.annotation(image_id)
         picture = _image_uri(images_dir, image_id)
-        for caption in flickr.captions(image_id):  # the probe's own queries, skips counted the same way
-            entity = entity_queries(flickr, caption, True, seen)
-            phrases = [{"entity": q.entity_id, "first": q.first_word_index, "last": q.word_index,
-                        "gold": q.gold.round(1).tolist()} for q in entity]
+        for caption in dataset.captions(image_id):  # the probe's own queries, skips counted the same way
+            head_parse = None if heads_of is None else check_parse_matches(heads_of.get(caption.key), caption.key,
+                                                                           caption.words, "the parses")
+            phrases = []
+            for q in entity_queries(dataset, caption, True, seen, head_parse=head_parse):
+                if query_targets(regions.boxes, q.gold, regions.seen) is None:  # the model cannot see it: skipped
+                    skipped["phrases_outside_view"] += 1
+                    continue
+                phrases.append({"entity": q.entity_id, "first": q.first_word_index, "last": q.phrase_last,
+                                "query": q.word_index, "gold": q.gold.round(1).tolist()})
             arcs = []
             if parses is not None:
                 parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, "the parses")
-                for q in arc_queries(set(relations), flickr, caption, parse, True, seen):
+                for q in arc_queries(set(relations), dataset, caption, parse, True, seen):
+                    if query_targets(regions.boxes, q.gold, regions.seen) is None:
+                        continue
                     relation, direction = q.group.split("/")
                     phrase = next(i for i, p in enumerate(phrases) if p["first"] <= q.target_word <= p["last"])
                     arcs.append({"relation": relation, "direction": direction, "head": q.arc[0],
                                  "dependent": q.arc[1], "query": q.word_index, "phrase": phrase})
-            queries = sorted({p["last"] for p in phrases} | {a["query"] for a in arcs})
+            queries = sorted({p["query"] for p in phrases} | {a["query"] for a in arcs})
             rows = word_region_attention(model, tokenizer, caption.words, regions)  # [L, H, words, R]
             entries = {}
             for word in queries:
@@ -118,12 +135,12 @@ def explorer_data(model, tokenizer, flickr30k: Flickr30kEntities, features: Regi
                     skipped["query_words_cut_by_truncation"] += 1
                     continue
                 targets = {f"{a['relation']}/{a['direction']}": a["phrase"] for a in arcs if a["query"] == word}
-                own = next((i for i, p in enumerate(phrases) if p["last"] == word), None)
+                own = next((i for i, p in enumerate(phrases) if p["query"] == word), None)
                 if own is not None:
                     targets["entity"] = own
                 argmax = rows[:, :, word].argmax(-1)  # [L, H]: ties to the lowest region, as the probe
-                hits = {view: rule_hits(rule, regions.boxes, np.asarray(phrases[phrase]["gold"]))
-                        for view, phrase in targets.items()}
+                hits = {view: query_targets(regions.boxes, np.asarray(phrases[phrase]["gold"], np.float32),
+                                            regions.seen)[rule] for view, phrase in targets.items()}
                 for view, hit in hits.items():  # each relation view's own grid, counted on the captions shown
                     if view != "entity":
                         _tally(modes.setdefault(view, HeadCounts(layers, heads)), rows[:, :, word], hit,
@@ -233,16 +250,21 @@ class Explorer:
         return write_explorer(self.data, out)
 
 
-def explore(model, tokenizer, flickr30k, features, progress: bool = True, **options) -> Explorer:
-    """The explorer for ``model`` on ``flickr30k``/``features`` (paths or readers); options as :func:`explorer_data`
-    (``parses`` may also be a CoNLL-U file's path)."""
-    from vb_probe.api import _eval_mode, _model
+def explore(model, tokenizer=None, dataset=None, inputs=None, *, progress: bool = True, **options) -> Explorer:
+    """The explorer for ``model`` (an object, or a folder / hub id loaded with ``device``, ``precision`` and
+    ``device_map``) on ``dataset`` (a reader or its root; ``dataset_format``, ``split_by``) and ``inputs`` (region
+    features, or the images for a pixel family; ``images`` / ``features`` by name); other options as
+    :func:`explorer_data`'s (``parses`` may also be a CoNLL-U file's path)."""
+    from vb_probe.api import _eval_mode, open_session
 
-    flickr = open_grounding_set(flickr30k)
-    features = open_inputs(family_of(_model(model)), features, features)  # pixel families: the images folder
+    session_options = {k: options.pop(k) for k in ("images", "features", "device", "precision", "device_map",
+                                                   "dataset_format", "split_by", "confidence") if k in options}
+    session = open_session(model, tokenizer, dataset, inputs, **session_options)
     if isinstance(options.get("parses"), (str, Path)):  # a CoNLL-U file, as the CLI's --parses
         from vb_probe.data.parses import read_conllu
 
         options["parses"] = read_conllu(options["parses"])
-    with _eval_mode(_model(model)) as encoder:  # the model is given back in the mode it came in
-        return Explorer(explorer_data(encoder, tokenizer, flickr, features, progress=progress, **options))
+    images = options.pop("images_dir", None) or session.images_dir
+    with _eval_mode(session.model) as encoder:  # the model is given back in the mode it came in
+        return Explorer(explorer_data(encoder, session.tokenizer, session.dataset, session.store, progress=progress,
+                                      images_dir=images, **options))

@@ -141,7 +141,7 @@
   const arcsOf = (c) => c.arcs.filter((a) => `${a.relation}/${a.direction}` === state.mode);
 
   function queryWords(c) {
-    if (state.mode === "entity") return new Set(c.phrases.map((p) => p.last));
+    if (state.mode === "entity") return new Set(c.phrases.map((p) => p.query));  // each phrase's query word, as probed
     return new Set(arcsOf(c).map((a) => a.query));
   }
 
@@ -179,7 +179,7 @@
   }
 
   function target(c, word) {  // the phrase whose gold boxes the word's attention should land on
-    if (state.mode === "entity") return c.phrases.find((p) => p.last === word);
+    if (state.mode === "entity") return c.phrases.find((p) => p.query === word);
     const arc = arcsOf(c).find((a) => a.query === word);
     return arc ? c.phrases[arc.phrase] : undefined;
   }

@@ -71,6 +71,53 @@ def model_type_of(source: dict | Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class Tally:
+    """A family's own measure of a probe pass, kept beside the counts (the decoders' fixed-position baseline and
+    heads chosen without boxes). The engine makes one per pass (:meth:`FamilyBase.tally`), gives each batch an
+    :meth:`empty` one to :meth:`add` to, and merges those in batch order (as it merges counts: so a resumed run and
+    a run sharded under torchrun add the same things in the same order); its :meth:`state` goes into the progress
+    file. At the end, :meth:`report` makes its block of ``run.json`` (under :attr:`key`) and :meth:`lines` its lines
+    of the console summary. The engine reads no key of the batch a tally reads: ``batch.extras`` are the family's."""
+
+    key: ClassVar[str]  # its block's name in run.json
+
+    def empty(self) -> Tally:
+        """A tally with nothing added, for one batch (with whatever budget this one has left)."""
+        raise NotImplementedError
+
+    def add(self, batch: ProbeBatch, rows: torch.Tensor, mass: torch.Tensor, choice: torch.Tensor,
+            hits: torch.Tensor) -> None:
+        """One batch: ``rows`` [layer, n, head, R] every query's attention on the image tokens, ``mass`` and
+        ``choice`` [layer, n, head] its image share and the argmax token, ``hits`` [n, R] which tokens hit gold under
+        the family's rule; ``batch.groups`` [n] says which query is which."""
+        raise NotImplementedError
+
+    def merge(self, other: Tally) -> None:
+        """Add ``other`` (another batch's) to this one."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """After every batch was merged (in batch order): whatever cut the whole pass needs."""
+
+    def state(self) -> dict:
+        """JSON-able, exact (what the progress file keeps)."""
+        raise NotImplementedError
+
+    def restored(self, state: dict) -> Tally:
+        """A tally of these settings holding ``state``."""
+        raise NotImplementedError
+
+    def report(self, counts, select: Tally | None, split: str, select_on: str | None) -> dict:
+        """The run.json block: ``counts`` the pass's entity :class:`~vb_probe.metrics.grounding.HeadCounts`,
+        ``select`` the selection split's tally (None without ``--select-on``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def lines(block: dict) -> list[str]:
+        """The console summary's lines for a report block."""
+        return []
+
+
 class FamilyBase:
     """A model family: everything that differs between vision-language transformers, behind one interface.
 
@@ -86,7 +133,6 @@ class FamilyBase:
     reads: ClassVar[str] = "regions"  # "regions" (--features) or "pixels" (--images)
     token_kind: ClassVar[str] = "regions"  # what its image tokens are called on figures and pages
     loads_across_devices: ClassVar[bool] = False  # load() accepts dtype and device_map (accelerate)
-    localization: ClassVar[bool] = False  # the fixed-position baseline and Kang et al.'s selection are tallied
     has_masked_lm: ClassVar[bool] = False  # load_masked_lm and interventions exist (attribution, causal check)
 
     # ------------------------------------------------------------------------------------------- required
@@ -100,8 +146,9 @@ class FamilyBase:
         """The attention sites, the one probed first."""
         raise NotImplementedError
 
-    def prepare(self, model, features: RegionFeatures, options: dict) -> dict:
-        """Check that ``model`` can be probed on ``features`` with ``options`` (the probe's configuration);
+    def prepare(self, model, store: RegionFeatures, options: dict) -> dict:
+        """Check that ``model`` can be probed on ``store`` (region features, or images: its ``kind`` says) with
+        ``options`` (the probe's configuration);
         return the facts of its inputs to record in ``run.json`` and to hand to :meth:`collate`."""
         raise NotImplementedError
 
@@ -110,7 +157,7 @@ class FamilyBase:
         raise NotImplementedError
 
     def collate(self, model, items: list[ProbeItem], tokenizer, facts: dict, max_text_len: int,
-                features: RegionFeatures | None = None) -> ProbeBatch:
+                store: RegionFeatures | None = None) -> ProbeBatch:
         """The model's inputs and the layout of ``items`` (queries, image tokens and their boxes), on the CPU."""
         raise NotImplementedError
 
@@ -152,6 +199,15 @@ class FamilyBase:
         """A note on how long the model's sequences will be for images of these ``sizes`` (None: nothing to say);
         refuses (one line) what the model cannot take."""
         return None
+
+    def tally(self, model, options: dict, pass_name: str) -> Tally | None:
+        """A fresh :class:`Tally` of this family's own measure for one pass (``main``, ``select`` or ``control``)
+        with the probe's ``options`` (its configuration), or None: the family brings none."""
+        return None
+
+    def summary_lines(self, result) -> list[str]:
+        """Lines the console summary adds for a result's blocks of this family (its tally's)."""
+        return []
 
     def load_masked_lm(self, source: Path):
         """The model with its masked-LM head (attribution and the causal check); only where :attr:`has_masked_lm`."""

@@ -40,7 +40,7 @@ class PatchGrid(Regions):
     pixel_values: torch.Tensor | None = None
     pixel_mask: torch.Tensor | None = None
     grid: tuple[int, int] = (0, 0)  # (rows, columns) of patches
-    seen: np.ndarray | None = None  # [4] the part of the original image the patches cover (x1, y1, x2, y2)
+    kind = "pixels"
 
 
 def image_processor(folder: Path | None):
@@ -73,8 +73,8 @@ def patch_grid(processor, patch_size: int, image, image_id: str) -> PatchGrid:
                       np.minimum(y1 + patch_size, resized_h) * sy], axis=1).astype(np.float32)
     # a size_divisor finer than the patch leaves a band at the right and bottom that no patch covers: not seen
     seen = np.array([0.0, 0.0, min(grid_w * patch_size, resized_w) * sx, min(grid_h * patch_size, resized_h) * sy])
-    return PatchGrid(image_id, boxes, np.zeros((len(boxes), 0), np.float32), None, float(width), float(height),
-                     pixel_values, pixel_mask, (grid_h, grid_w), seen)
+    return PatchGrid(image_id, boxes, np.zeros((len(boxes), 0), np.float32), None, float(width), float(height), seen,
+                     pixel_values, pixel_mask, (grid_h, grid_w))
 
 
 def pad_pixels(grids: list[PatchGrid]) -> dict[str, torch.Tensor]:
@@ -147,10 +147,10 @@ class ViltFamily(FamilyBase):
     def sites(self, model) -> list[Site]:
         return [Site("self", model.config.num_hidden_layers, model.config.num_attention_heads)]
 
-    def prepare(self, model, features, options: dict) -> dict:
-        if not (hasattr(features, "image") or isinstance(getattr(features, "regions", None), PatchGrid)):
-            raise DataError(f"{options.get('features') or getattr(features, 'source', 'the features')}: ViLT reads "
-                            "pixels, not region features; pass --images FOLDER (the images as <image_id>.jpg or .png)")
+    def prepare(self, model, store, options: dict) -> dict:
+        if store.kind != "pixels":
+            raise DataError(f"{options.get('features') or store.source}: ViLT reads pixels, not region features; "
+                            "pass --images FOLDER (the images as <image_id>.jpg or .png)")
         if options.get("mask", "posthoc") != "posthoc":
             raise VbProbeError(f"--mask {options['mask']}: ViLT is probed post hoc only (its layers are transformers' "
                                "own, unchanged); use --mask posthoc")
@@ -185,15 +185,15 @@ class ViltFamily(FamilyBase):
             return "ViLT's image processor leaves it no row or column of patches; crop it nearer a square"
         return None
 
-    def image_tokens(self, model, features, image_id: str) -> PatchGrid:
-        """One image's patch cells (and pixels) from ``features`` (an :class:`~vb_probe.data.images.ImageFolder`)."""
-        return patch_grid(model.image_processor, model.config.patch_size, features.image(image_id), image_id)
+    def image_tokens(self, model, store, image_id: str) -> PatchGrid:
+        """One image's patch cells (and pixels) from ``store`` (an :class:`~vb_probe.data.images.ImageFolder`)."""
+        return patch_grid(model.image_processor, model.config.patch_size, store.image(image_id), image_id)
 
-    def collate(self, model, items, tokenizer, facts: dict, max_text_len: int, features=None):
+    def collate(self, model, items, tokenizer, facts: dict, max_text_len: int, store=None):
         from vb_probe.batching import layout, pad_text
         from vb_probe.tokenization import tokenize_words
 
-        rows = items_image_tokens(self, model, items, features, PatchGrid)
+        rows = items_image_tokens(self, model, items, store, PatchGrid)
         tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
         inputs = pad_text([t.input_ids for t in tokenized], tokenizer.pad_token_id)
         inputs.update(pad_pixels(rows))

@@ -57,6 +57,16 @@ def overlaps(boxes: np.ndarray, view: np.ndarray) -> np.ndarray:
             & (np.minimum(boxes[:, 3], view[3]) > np.maximum(boxes[:, 1], view[1])))
 
 
+def query_targets(cells: np.ndarray, gold: np.ndarray, seen: np.ndarray | None = None) -> dict[str, np.ndarray] | None:
+    """Which image tokens hit a query, under every rule: rule → [R] bool, from the tokens' ``cells`` [R, 4] and the
+    query's ``gold`` boxes [n, 4]; None when no gold box overlaps ``seen`` [4], the part of the image the model sees
+    (the query is then skipped as ``outside_view``, never scored as a miss). The one place this is decided: the
+    probe, the explorer and Figures 1/5 all ask it."""
+    if seen is not None and not overlaps(gold, seen).any():
+        return None
+    return {rule: rule_hits(rule, cells, gold) for rule in RULES}
+
+
 # Detectors and annotators round and pad: a box may pass the image edge by this share of the side (≥ 2 px).
 BOX_TOLERANCE = 0.02
 

@@ -61,13 +61,6 @@ class HeadCounts:
     # the same queries scored another way: the other rule ("iou" / "pointing") and the permuted-geometry control
     # ("permuted"); name → HeadCounts whose region mass stays 0 (the picks' mass is the main counts')
     alternatives: dict[str, "HeadCounts"] = field(default_factory=dict)
-    # patch families' extras (None elsewhere): how often each place of the image grid was picked by any head and how
-    # often the token there hits (the fixed-position baseline), and per prompt every head's image share and spatial
-    # entropy (the unsupervised selection of localization heads); see :mod:`vb_probe.metrics.positions`
-    position_picks: torch.Tensor | None = None  # [BINS] int64
-    position_hits: torch.Tensor | None = None  # [BINS] int64
-    prompt_share: torch.Tensor | None = None  # [N, layer, head] float32
-    prompt_entropy: torch.Tensor | None = None  # [N, layer, head] float32
 
     def __post_init__(self) -> None:
         if self.n_correct is None:
@@ -103,14 +96,6 @@ class HeadCounts:
             self.baselines[name] = self.baselines.get(name, 0.0) + value
         for name, sub in other.alternatives.items():
             self.alternatives.setdefault(name, HeadCounts(self.layers, self.heads)).merge(sub)
-        for name in ("position_picks", "position_hits"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if theirs is not None:
-                setattr(self, name, theirs.clone() if mine is None else mine + theirs)
-        for name in ("prompt_share", "prompt_entropy"):
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if theirs is not None:
-                setattr(self, name, theirs.clone() if mine is None else torch.cat([mine, theirs]))
 
     def accuracy(self) -> torch.Tensor:
         return self.n_correct.double() / max(self.n, 1)
@@ -138,22 +123,17 @@ class HeadCounts:
         return {"layers": self.layers, "heads": self.heads, "n": self.n, "n_correct": self.n_correct.tolist(),
                 "region_mass": self.region_mass.tolist(), "baselines": self.baselines,
                 "has_confidence": self.has_confidence,
-                "alternatives": {name: counts.to_state() for name, counts in self.alternatives.items()},
-                **{name: _tensor_state(getattr(self, name)) for name in _EXTRAS if getattr(self, name) is not None}}
+                "alternatives": {name: counts.to_state() for name, counts in self.alternatives.items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> "HeadCounts":
         return cls(state["layers"], state["heads"], state["n"], torch.tensor(state["n_correct"], dtype=torch.int64),
                    torch.tensor(state["region_mass"], dtype=torch.float64), dict(state["baselines"]),
                    state["has_confidence"],
-                   {name: cls.from_state(sub) for name, sub in state.get("alternatives", {}).items()},
-                   **{name: _tensor_from_state(state[name]) for name in _EXTRAS if name in state})
+                   {name: cls.from_state(sub) for name, sub in state.get("alternatives", {}).items()})
 
 
-_EXTRAS = ("position_picks", "position_hits", "prompt_share", "prompt_entropy")
-
-
-def _tensor_state(tensor: torch.Tensor) -> dict:
+def tensor_state(tensor: torch.Tensor) -> dict:
     """A tensor as JSON holds it exactly: dtype, shape and its bytes in base64."""
     import base64
 
@@ -161,7 +141,7 @@ def _tensor_state(tensor: torch.Tensor) -> dict:
     return {"dtype": str(array.dtype), "shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode()}
 
 
-def _tensor_from_state(state: dict) -> torch.Tensor:
+def tensor_from_state(state: dict) -> torch.Tensor:
     import base64
 
     import numpy as np

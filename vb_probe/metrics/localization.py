@@ -1,4 +1,4 @@
-"""Choosing localization heads without gold boxes, after Kang et al. (CVPR 2025), toward decoder VLMs (issue #29).
+"""Choosing localization heads without gold boxes, after Kang et al. (CVPR 2025), for decoder VLMs.
 
 Two criteria over a sample of prompts, per head: how much of its attention from the text goes to the image at all
 (the *image share*; heads above the elbow of the sorted shares are kept), and how concentrated that attention is on

@@ -6,7 +6,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from vb_probe.results import head_label
+from vb_probe.heads import head_label
 from vb_probe.viz.text import plain
 
 SMALL_MASS = 0.2  # the paper draws heads with under 20% of their attention on regions as small dots

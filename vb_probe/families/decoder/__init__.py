@@ -22,6 +22,7 @@ import torch
 from vb_probe.errors import CheckpointError, DataError, VbProbeError
 from vb_probe.families import FamilyBase, Site, items_image_tokens, pin, register_family
 from vb_probe.families.decoder.geometry import ImageCells, ViewMap, cell_boxes, llava_view, squashed_view
+from vb_probe.families.decoder.localization import LocalizationTally
 from vb_probe.families.decoder.prompts import Qwen2VLPrompts, Template, caption_tokens, prompt_tokens, template_for
 from vb_probe.families.decoder.rows import capture_rows, register
 from vb_probe.families.loading import load_pretrained
@@ -67,7 +68,6 @@ class DecoderFamily(FamilyBase):
     rule = "pointing"
     reads = "pixels"
     token_kind = "image tokens"
-    localization = True  # the fixed-position baseline and the unsupervised selection of localization heads
     loads_across_devices = True  # accepts dtype and device_map
 
     def load(self, source: Path | Any, *, dtype: torch.dtype | None = None, device_map: str | dict | None = None):
@@ -104,14 +104,23 @@ class DecoderFamily(FamilyBase):
     def tokenizer_of(self, model):
         return model.processor.tokenizer
 
+    def tally(self, model, options: dict, pass_name: str) -> LocalizationTally:
+        """The fixed-position baseline on every pass; image shares and entropies for the first
+        ``localization_prompts`` entity queries of the probed split (:mod:`.localization`)."""
+        return LocalizationTally(options.get("localization_prompts", 500) if pass_name == "main" else 0)
+
+    def summary_lines(self, result) -> list[str]:
+        block = result.extras.get(LocalizationTally.key)
+        return LocalizationTally.lines(block) if block else []
+
     def sites(self, model) -> list[Site]:
         text = model.config.text_config
         return [Site("self", text.num_hidden_layers, text.num_attention_heads)]
 
-    def prepare(self, model, features, options: dict) -> dict:
-        if not (hasattr(features, "image") or isinstance(getattr(features, "regions", None), ImageCells)):
-            raise DataError(f"{options.get('features') or getattr(features, 'source', 'the features')}: a "
-                            f"{model.config.model_type} model reads pixels, not region features; pass --images FOLDER")
+    def prepare(self, model, store, options: dict) -> dict:
+        if store.kind != "pixels":
+            raise DataError(f"{options.get('features') or store.source}: a {model.config.model_type} model reads "
+                            "pixels, not region features; pass --images FOLDER")
         if options.get("mask", "posthoc") != "posthoc":
             raise VbProbeError(f"--mask {options['mask']}: decoder models are probed post hoc only; use --mask posthoc")
         kind = model.config.model_type
@@ -176,17 +185,17 @@ class DecoderFamily(FamilyBase):
 
     # ------------------------------------------------------------------------------------------- the image
 
-    def image_tokens(self, model, features, image_id: str) -> ImageCells:
+    def image_tokens(self, model, store, image_id: str) -> ImageCells:
         """One image through the model's processor, in the prompt's prefix: the image tokens' cells (original
         pixels), the prefix's token ids and the pixels."""
-        return image_cells(model, features.image(image_id), image_id)
+        return image_cells(model, store.image(image_id), image_id)
 
-    def collate(self, model, items, tokenizer, facts: dict, max_text_len: int, features=None):
+    def collate(self, model, items, tokenizer, facts: dict, max_text_len: int, store=None):
         from vb_probe.batching import layout
 
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer_of(model)
         template = model.prompt_template
-        rows = items_image_tokens(self, model, items, features, ImageCells)
+        rows = items_image_tokens(self, model, items, store, ImageCells)
         sequences, token_types, word_positions = [], [], []
         for item, cells in zip(items, rows):
             if template.caption_is_suffix:  # PaliGemma: the caption is a second sequence, as its processor makes it
@@ -222,7 +231,7 @@ class DecoderFamily(FamilyBase):
                                 f"grid has {len(cells.boxes)} cells; the processor does not match the model")
             image_positions[b, :len(p)] = p
         return layout(items, word_positions, [c.boxes for c in rows], [None] * len(rows), inputs,
-                      views=[c.view.seen() for c in rows],
+                      views=[c.seen for c in rows],
                       grids=torch.tensor([c.grid for c in rows], dtype=torch.long), image_positions=image_positions)
 
     def rows(self, model, batch, site: Site, mask: str = "posthoc", precision: str = "fp32") -> torch.Tensor:
@@ -381,7 +390,7 @@ def image_cells(model, image, image_id: str) -> ImageCells:
             view = squashed_view(width, height, tuple(processed["pixel_values"].shape[-2:]))
     boxes = cell_boxes(grid, view)
     return ImageCells(image_id, boxes, np.zeros((len(boxes), 0), np.float32), None, float(width), float(height),
-                      grid, view, processed)
+                      view.seen(), grid, view, processed)
 
 
 def _count_image_tokens(processed: dict, model) -> int:

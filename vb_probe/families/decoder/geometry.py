@@ -59,6 +59,7 @@ class ImageCells(Regions):
     grid: tuple[int, int] = (0, 0)
     view: ViewMap | None = None
     processed: dict[str, torch.Tensor] = field(default_factory=dict)
+    kind = "pixels"
 
 
 # ----------------------------------------------------------------------------------------------- per model

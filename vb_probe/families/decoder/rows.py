@@ -1,4 +1,4 @@
-"""Reading a few attention rows of a decoder without eager attention everywhere (toward decoder VLMs, issue #29).
+"""Reading a few attention rows of a decoder without eager attention everywhere.
 
 Under transformers 5, ``output_attentions=True`` with sdpa returns nothing, and eager attention on a 7B model at
 thousands of tokens materialises every layer's full ``[batch, heads, S, S]`` map. Here one attention function is

@@ -320,18 +320,19 @@ class VisualBertModel(nn.Module):
         """The encoder as a transformers folder (``config.json`` + ``model.safetensors``, + the tokenizer's files
         when given) that ``from_pretrained`` here and transformers' ``VisualBertModel.from_pretrained`` load as it
         is; written atomically, and never over a folder vb-probe did not write."""
-        from vb_probe.families.visualbert.checkpoints import save_model
+        from vb_probe.families.visualbert.folders import write_checkpoint_folder
 
-        return save_model(self, path, tokenizer)
+        return write_checkpoint_folder(path, self.config, self.state_dict(), "VisualBertModel", tokenizer)
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike) -> "VisualBertModel":
         """The encoder of a transformers VisualBERT folder or hub id (through the hub cache; task models' heads are
         set aside), in eval mode."""
-        from vb_probe.families.visualbert.checkpoints import load_model
+        from vb_probe.families.visualbert.folders import read_encoder
         from vb_probe.hub import resolve
 
-        return load_model(resolve(source, "source"))
+        model, _, _ = read_encoder(cls, resolve(source, "source"))
+        return model.eval()
 
     @property
     def blocks(self) -> list[VisualBertLayer]:

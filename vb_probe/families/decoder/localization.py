@@ -1,0 +1,158 @@
+"""The decoder family's own measure of a probe pass (:class:`LocalizationTally`): the fixed-position baseline and
+Kang et al.'s (CVPR 2025) localization heads chosen without boxes, kept per batch beside the engine's counts and
+reported into ``run.json`` under ``localization``.
+
+- **Fixed-position baseline**: every head's pick on every entity query counts for its *place* (one of 64 × 64 bins
+  of the model's view, :mod:`vb_probe.metrics.positions`), and the hits per place; the most-picked place on the
+  selection split is the fixed position, scored as a pointer that always points there.
+- **Heads chosen without boxes**: for the first ``prompts`` entity queries, every head's image share and the
+  spatial entropy of its map on the grid (:mod:`vb_probe.metrics.localization`); at report time the elbow of the
+  mean shares, the votes per prompt and the heads with most votes, each with its accuracy against gold.
+
+The cost: one spatial entropy per head and prompt, for the capped prompts only; picks per place are a bincount.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vb_probe.families.base import Tally
+from vb_probe.queries import ENTITY
+
+TOP_K, SKIP_LAYERS, SELECTED = 10, 2, 3  # Kang et al.: votes per prompt, first layers left out, heads reported
+
+
+class LocalizationTally(Tally):
+    """Picks and hits per place of the grid (entity queries), and per prompt every head's image share and spatial
+    entropy, for at most ``prompts`` prompts."""
+
+    key = "localization"
+
+    def __init__(self, prompts: int):
+        from vb_probe.metrics.positions import BINS
+
+        self.prompts = max(0, int(prompts))
+        self.position_picks = torch.zeros(BINS, dtype=torch.int64)
+        self.position_hits = torch.zeros(BINS, dtype=torch.int64)
+        self.n = 0  # entity queries seen
+        self.prompt_share: torch.Tensor | None = None  # [N, layer, head] float32
+        self.prompt_entropy: torch.Tensor | None = None  # [N, layer, head] float32
+
+    @property
+    def kept(self) -> int:
+        return 0 if self.prompt_share is None else int(self.prompt_share.shape[0])
+
+    def empty(self) -> LocalizationTally:
+        return LocalizationTally(self.prompts - self.kept)
+
+    def add(self, batch, rows: torch.Tensor, mass: torch.Tensor, choice: torch.Tensor, hits: torch.Tensor) -> None:
+        """The entity queries of one batch: ``rows`` [layer, n, head, R], ``mass`` and ``choice`` [layer, n, head],
+        ``hits`` [n, R]; each image's grid (rows, columns) from the family's own ``batch.extras["grids"]``."""
+        from vb_probe.metrics.localization import spatial_entropies
+        from vb_probe.metrics.positions import cell_places, hits_per_place, picks_per_place
+
+        entity = torch.from_numpy(np.flatnonzero(np.array(batch.groups) == ENTITY))
+        if not len(entity):
+            return
+        rows, mass, choice, hits = rows[:, entity], mass[:, entity], choice[:, entity], hits[entity]
+        grids = batch.extras["grids"][batch.batch_index.cpu()][entity]  # [n, 2]
+        places = cell_places(grids, rows.shape[-1])
+        self.position_picks += picks_per_place(choice.cpu(), places)
+        self.position_hits += hits_per_place(hits.cpu(), grids)
+        self.n += len(entity)
+        take = max(0, min(self.prompts - self.kept, rows.shape[1]))
+        if not take:
+            return
+        layers, _, heads, _ = rows.shape
+        entropy = torch.empty(take, layers, heads, dtype=torch.float32)
+        shapes = [tuple(g) for g in grids[:take].tolist()]
+        for shape in set(shapes):  # maps of one grid shape at once
+            which = torch.from_numpy(np.flatnonzero([s == shape for s in shapes]))
+            maps = rows[:, which, :, :shape[0] * shape[1]].permute(1, 0, 2, 3).reshape(-1, *shape)
+            entropy[which] = spatial_entropies(maps).reshape(len(which), layers, heads).float()
+        share = mass[:, :take].permute(1, 0, 2).float().cpu()
+        self._append(share, entropy)
+
+    def _append(self, share: torch.Tensor, entropy: torch.Tensor) -> None:
+        if self.prompt_share is None:
+            self.prompt_share, self.prompt_entropy = share.clone(), entropy.clone()
+        else:
+            self.prompt_share = torch.cat([self.prompt_share, share])
+            self.prompt_entropy = torch.cat([self.prompt_entropy, entropy])
+
+    def merge(self, other: LocalizationTally) -> None:
+        self.position_picks += other.position_picks
+        self.position_hits += other.position_hits
+        self.n += other.n
+        if other.prompt_share is not None:
+            self._append(other.prompt_share, other.prompt_entropy)
+
+    def finish(self) -> None:
+        """Keep the first ``prompts`` prompts in batch order (each process kept a prefix of its own batches')."""
+        if self.prompt_share is not None:
+            self.prompt_share = self.prompt_share[:self.prompts]
+            self.prompt_entropy = self.prompt_entropy[:self.prompts]
+
+    def state(self) -> dict:
+        from vb_probe.metrics.grounding import tensor_state
+
+        return {"prompts": self.prompts, "n": self.n, "position_picks": tensor_state(self.position_picks),
+                "position_hits": tensor_state(self.position_hits),
+                **({"prompt_share": tensor_state(self.prompt_share),
+                    "prompt_entropy": tensor_state(self.prompt_entropy)} if self.prompt_share is not None else {})}
+
+    def restored(self, state: dict) -> LocalizationTally:
+        from vb_probe.metrics.grounding import tensor_from_state
+
+        tally = LocalizationTally(int(state["prompts"]))
+        tally.n = int(state["n"])
+        tally.position_picks = tensor_from_state(state["position_picks"])
+        tally.position_hits = tensor_from_state(state["position_hits"])
+        if "prompt_share" in state:
+            tally.prompt_share = tensor_from_state(state["prompt_share"])
+            tally.prompt_entropy = tensor_from_state(state["prompt_entropy"])
+        return tally
+
+    def report(self, counts, select: LocalizationTally | None, split: str, select_on: str | None) -> dict:
+        """The fixed-position baseline (the grid place the heads pick most often on the selection split, and how
+        often a pointer fixed there hits gold here), and the heads Kang et al.'s criterion selects without boxes,
+        each with its accuracy against gold here (``counts``: this pass's entity counts)."""
+        from vb_probe.metrics.intervals import wilson_interval
+        from vb_probe.metrics.localization import select_from_entropies
+        from vb_probe.metrics.positions import place_label
+
+        source, chosen_on = (select, select_on) if select is not None else (self, split)
+        place = int(source.position_picks.argmax())
+        picks = int(source.position_picks.sum())
+        block = {"fixed_position": {"chosen_on": chosen_on, "place": [round(v, 6) for v in place_label(place)],
+                                    "share_of_picks": round(int(source.position_picks[place]) / max(picks, 1), 6),
+                                    "accuracy": round(int(self.position_hits[place]) / max(counts.n, 1), 6)}}
+        heads = []
+        if self.prompt_share is not None:
+            selected = select_from_entropies(self.prompt_share.numpy(), self.prompt_entropy.numpy(), top_k=TOP_K,
+                                             skip_layers=SKIP_LAYERS, count=SELECTED)
+            for layer, head, votes in selected:
+                correct = int(counts.n_correct[layer, head])
+                low, high = wilson_interval(correct, counts.n)
+                heads.append({"layer": layer, "head": head, "votes": votes, "accuracy": round(correct / counts.n, 6),
+                              "ci95": [round(low, 6), round(high, 6)]})
+        block["unsupervised_selection"] = {
+            "method": "Kang et al. 2025: image share above the elbow, lowest spatial entropy, first layers left out",
+            "prompts": self.kept, "split": split, "top_k": TOP_K, "skip_layers": SKIP_LAYERS, "heads": heads}
+        return block
+
+    @staticmethod
+    def lines(block: dict) -> list[str]:
+        """The fixed-position baseline and the unsupervised selection, as the summary shows them."""
+        fixed = block["fixed_position"]
+        row, col = fixed["place"]
+        lines = [f"fixed-position baseline (the place picked most on {fixed['chosen_on']}, "
+                 f"{fixed['share_of_picks']:.0%} of picks, at row {row:.2f} column {col:.2f} of the image): "
+                 f"{fixed['accuracy']:.3f}"]
+        chosen = block.get("unsupervised_selection", {})
+        heads = "  ".join(f"L{h['layer']}H{h['head']} {h['accuracy']:.3f} ({h['votes']} votes)"
+                          for h in chosen.get("heads", []))
+        lines.append(f"localization heads chosen without boxes (Kang et al., {chosen.get('prompts', 0)} prompts): "
+                     f"{heads or 'none (too few layers or prompts)'}")
+        return lines
