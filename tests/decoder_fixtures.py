@@ -106,6 +106,23 @@ def tiny_paligemma(image_size: int = 32, patch: int = 8, layers: int = 2):
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma}
 
 
+def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:
+    """A tiny model of ``kind`` saved as transformers saves it, with its processor (or its image processor and
+    tokenizer); ``shard``: a max_shard_size, for a sharded checkpoint."""
+    from vb_probe.families import quiet_loading
+
+    model = BUILDERS[kind](**options)
+    with quiet_loading():  # no progress bar among the messages the tests read
+        model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+    processor = model.processor
+    if hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(folder)
+    else:
+        processor.image_processor.save_pretrained(folder)
+        processor.tokenizer.save_pretrained(folder)
+    return folder
+
+
 REAL = Path(__file__).parent / "data" / "realconfigs"  # stored copies of public checkpoints' files (SOURCES.md)
 SHRUNK_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2)

@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from decoder_fixtures import BUILDERS, tiny_llava, tiny_qwen2_vl
+from decoder_fixtures import BUILDERS, save_model_folder, tiny_llava, tiny_qwen2_vl
 from fixtures import lay_out_hub_cache
 from PIL import Image
 from test_vilt import _write_world
@@ -279,15 +279,7 @@ def test_the_fixed_position_baseline_is_the_most_picked_place(world):
 # ------------------------------------------------------------------------------------------- loading and scale
 
 def _save(kind: str, folder: Path, **options) -> Path:
-    model = BUILDERS[kind](**options)
-    model.save_pretrained(folder, max_shard_size="200KB")  # sharded, as the hub keeps 7B models
-    processor = model.processor
-    if hasattr(processor, "save_pretrained"):
-        processor.save_pretrained(folder)
-    else:
-        processor.image_processor.save_pretrained(folder)
-        processor.tokenizer.save_pretrained(folder)
-    return folder
+    return save_model_folder(kind, folder, "200KB", **options)  # sharded, as the hub keeps 7B models
 
 
 def test_hub_ids_and_sharded_checkpoints_load_offline(tmp_path, world, monkeypatch):

@@ -333,3 +333,6 @@ def test_run_json_protocol_is_the_documented_one():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "PROTOCOL.md").read_text()
     for key, statement in PROTOCOL_CHOICES.items():
         assert key == "document" or f"`{key}`: {statement}" in doc, key
+    from vb_probe.pipeline import QUERY_TOKEN_HEAD
+
+    assert QUERY_TOKEN_HEAD in " ".join(doc.split())  # a head-word run's statement, word for word

@@ -197,21 +197,20 @@ def test_vocabulary_without_cls_is_refused(data, tmp_path, capsys):
 
 
 def interrupted_probe(monkeypatch, argv: list[str], after_batches: int = 10) -> None:
-    """Run ``vb-probe argv`` and press Ctrl-C when batch ``after_batches + 1`` is collated (progress is saved
-    every 10 batches, so a resume has something to continue from)."""
-    from vb_probe.families.visualbert import inputs as pipeline  # where a batch is collated
+    """Run ``vb-probe argv`` and press Ctrl-C when batch ``after_batches + 1`` would be scored (progress is saved
+    every 10 batches, so a resume has something to continue from); any family."""
+    import vb_probe.pipeline as pipeline
 
-    real = pipeline.collate
-    calls = {"n": 0}
+    real, calls = pipeline.score_batch, {"n": 0}
 
     def interrupting(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == after_batches + 1:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
-    monkeypatch.setattr(pipeline, "collate", interrupting)
+    monkeypatch.setattr(pipeline, "score_batch", interrupting)
     assert probe_main(argv) == 130
-    monkeypatch.setattr(pipeline, "collate", real)
+    monkeypatch.setattr(pipeline, "score_batch", real)
 
 
 def test_resume_with_another_mask_is_refused(data, tmp_path, capsys, monkeypatch):
@@ -1288,20 +1287,9 @@ def _saved_model(kind: str, folder, shard: str | None = None):
         from test_families import _tiny_lxmert
 
         return _tiny_lxmert(folder)
-    from decoder_fixtures import BUILDERS
+    from decoder_fixtures import save_model_folder
 
-    from vb_probe.families import quiet_loading
-
-    model = BUILDERS[kind]()
-    with quiet_loading():  # no progress bar among the messages the tests read
-        model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
-    processor = model.processor
-    if hasattr(processor, "save_pretrained"):
-        processor.save_pretrained(folder)
-    else:
-        processor.image_processor.save_pretrained(folder)
-        processor.tokenizer.save_pretrained(folder)
-    return folder
+    return save_model_folder(kind, folder, shard)
 
 
 def _rewrite_weights(folder, rename=lambda key: key, drop=lambda key: False) -> None:
@@ -1928,22 +1916,6 @@ def test_records_swapped_in_place_are_indexed_again_not_given_to_another_image(t
     assert [c.words for c in again.captions("2")] == [("a", "car")] and not again._file._rescanned
 
 
-def _interrupt_after(monkeypatch, argv: list[str], batches: int = 10) -> None:
-    """``vb-probe argv`` stopped by Ctrl-C when batch ``batches + 1`` would be scored (any family)."""
-    import vb_probe.pipeline as pipeline
-
-    real, calls = pipeline.score_batch, {"n": 0}
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == batches + 1:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-    monkeypatch.setattr(pipeline, "score_batch", interrupting)
-    assert probe_main(argv) == 130
-    monkeypatch.setattr(pipeline, "score_batch", real)
-
-
 def test_a_resume_after_an_image_was_replaced_by_one_of_the_same_size_is_refused(tmp_path, capsys, monkeypatch,
                                                                                 pixel_models):
     from PIL import Image
@@ -1954,7 +1926,7 @@ def test_a_resume_after_an_image_was_replaced_by_one_of_the_same_size_is_refused
         Image.new("RGB", (8, 8)).save(world["images"] / f"{800 + k}.png")
     argv = ["entity-grounding", "--ckpt", str(pixel_models["vilt"]), "--flickr30k", str(world["flickr"]), "--images",
             str(world["images"]), "--out", str(tmp_path / "o"), "--quiet", "--batch-size", "1"]
-    _interrupt_after(monkeypatch, argv)
+    interrupted_probe(monkeypatch, argv)
     image = world["images"] / f"{world['ids'][1]}.png"  # one a key sampling every other image would not read
 
     pixels = np.asarray(Image.open(image)).copy()

@@ -80,15 +80,15 @@ def format_report(reports: list[SplitReport], features: RegionFeatures | None, s
                   dataset: str = "flickr30k") -> str:
     """The reports as a table (beside the Flickr30K Entities release's numbers for a Flickr30K folder), then what
     is missing."""
-    flickr = dataset == "flickr30k"
+    is_flickr = dataset == "flickr30k"
     held = "with images  " if features is not None and features.kind == "pixels" else "with features"
     lines = ["split   images (Flickr30K Entities)   captions (5 an image)   phrases   with boxes   " + held
-             if flickr else "split   images                        captions                phrases   with boxes   " + held,
+             if is_flickr else "split   images                        captions                phrases   with boxes   " + held,
              "------  ----------------------------  ----------------------  --------  -----------  -------------"]
     for r in reports:
-        expected = FLICKR30K_IMAGES.get(r.split) if flickr else None
+        expected = FLICKR30K_IMAGES.get(r.split) if is_flickr else None
         images = f"{r.images:,}" + (f" ({expected:,})" if expected else "")
-        captions = f"{r.captions:,}" + (f" ({CAPTIONS_PER_IMAGE * r.images:,})" if r.images and flickr else "")
+        captions = f"{r.captions:,}" + (f" ({CAPTIONS_PER_IMAGE * r.images:,})" if r.images and is_flickr else "")
         feats = "not checked" if features is None else f"{r.with_features:,} of {r.images:,}"
         lines.append(f"{r.split:6s}  {images:28s}  {captions:22s}  {r.phrases:8,}  {r.with_boxes:11,}  {feats}")
     for r in reports:

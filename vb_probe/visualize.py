@@ -66,15 +66,15 @@ def attention_figure(model, tokenizer=None, dataset=None, inputs=None, image_id:
     if images_dir is not None and inputs is None and "images" not in session_options:
         session_options["images"] = images_dir  # a model that reads pixels reads the images drawn on
     session = open_session(model, tokenizer, dataset, inputs, **session_options)
-    model, family, flickr = session.model, session.family, session.dataset
+    model, family, dataset = session.model, session.family, session.dataset
     if scores is not None:
         check_scores_fit(scores, model, "scores")
     images_dir = images_dir or session.images_dir
     query_word = query_word or (scores.provenance.get("query_word") if scores is not None else None) or \
-        flickr.query_word
-    caption, regions, groups, entity_hits = caption_queries(model, flickr, session.store, str(image_id),
+        dataset.query_word
+    caption, regions, groups, entity_hits = caption_queries(model, dataset, session.store, str(image_id),
                                                            caption_index, query_word, parser)
-    annotation = flickr.annotation(str(image_id))
+    annotation = dataset.annotation(str(image_id))
     rule = family_rule(family)
     choices = word_region_choices(model, session.tokenizer, caption.words, regions, facts)  # [L, H, n]
     word_hits = [entity_hits.get(g) for g in groups]

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from vb_probe.data.annotations import GroundingSet
 from vb_probe.data.features import RegionFeatures
-from vb_probe.data.flickr30k import Flickr30kEntities
 from vb_probe.errors import VbProbeError
 from vb_probe.families.visualbert.hooks import ablate_heads, capture_attention_rows
 from vb_probe.families.visualbert.inputs import pad_inputs
@@ -47,15 +47,15 @@ def require_masked_lm(model) -> None:
                            "pre-training model (vb_probe.load_masked_lm(checkpoint))")
 
 
-def masked_phrases(flickr: Flickr30kEntities, features: RegionFeatures, tokenizer, split: str, limit: int | None,
+def masked_phrases(dataset: GroundingSet, features: RegionFeatures, tokenizer, split: str, limit: int | None,
                    max_text_len: int = 128, progress: bool = False) -> list[MaskedPhrase]:
     """Every phrase with gold boxes in the first ``limit`` images of ``split`` (the probe's own queries:
     :func:`vb_probe.queries.collect_items`), its last word masked. Phrases whose word falls past the text limit
     are left out."""
     from tqdm.auto import tqdm
 
-    image_ids = flickr.split(split)[:limit] if limit else flickr.split(split)
-    items, _ = collect_items(flickr, features, image_ids)
+    image_ids = dataset.split(split)[:limit] if limit else dataset.split(split)
+    items, _ = collect_items(dataset, features, image_ids)
     out = []
     for item in tqdm(items, desc=f"phrases of {len(image_ids)} {split} images", unit="caption",
                      disable=not progress, leave=False):
