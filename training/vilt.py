@@ -20,7 +20,7 @@ def image_processor_for(config: TrainConfig):
     """ViLT's image processor at the config's size: shortest edge ``model.image_size``, multiples of the patch."""
     from vb_probe.families.vilt import image_processor
 
-    processor = image_processor(None)
+    processor, _ = image_processor(None)
     processor.size = {"shortest_edge": config.model.image_size}
     processor.size_divisor = config.model.patch_size
     return processor

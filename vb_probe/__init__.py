@@ -23,6 +23,8 @@ _EXPORTS = {
     "entity_grounding": "vb_probe.api",
     "syntactic_grounding": "vb_probe.api",
     "region_attention": "vb_probe.api",
+    "image_attention": "vb_probe.api",
+    "read_maps": "vb_probe.results.records",
     "load_masked_lm": "vb_probe.api",
     "attribute": "vb_probe.api",
     "causal_check": "vb_probe.api",

@@ -172,6 +172,12 @@ def _probe(model, tokenizer, dataset, inputs, *, images=None, features=None, dev
     if unknown:
         raise VbProbeError(f"unknown probe option {', '.join(sorted(unknown))}; the options are "
                            f"{', '.join(sorted(PROBE_OPTIONS))}")
+    if options.get("save_maps"):  # heads as L8H6 or (8, 6); asking for maps asks for the per-query records
+        from vb_probe.heads import parse_head_label
+
+        options["save_maps"] = tuple(parse_head_label(h) if isinstance(h, str) else tuple(h)
+                                     for h in options["save_maps"])
+        options["per_query"] = True
     from_files = isinstance(model, (str, Path))
     if from_files and inputs is not None:  # told apart by the checkpoint's family before it loads
         pixels = reads_pixels(family_of(folder_config(resolve(model, "--ckpt")), str(model)))
@@ -245,36 +251,71 @@ def grounding_probes(model, tokenizer=None, dataset=None, inputs=None, *, relati
     return grounding_result(results), syntactic_result(results)
 
 
-def region_attention(
-    model: torch.nn.Module,
-    tokenizer,
-    words: Sequence[str],
-    regions: Regions | np.ndarray,
-    *,
-    mask: Literal["posthoc", "intervene"] = "posthoc",
-    visual_token_type: int | None = None,
-) -> np.ndarray:
-    """For one caption and one image: every head's attention from each word to each region.
+@dataclass
+class TokenAttention:
+    """One caption's attention on one image, every head: ``rows`` [layer, head, word, R] (each word's last
+    sub-word's row over the image tokens; NaN for a word cut by truncation), ``cells`` [R, 4] each image token's box
+    in the image's pixels, ``unit`` what the tokens are (regions, patches, image tokens)."""
 
-    ``words``: the caption's words (a string is split on spaces, as the probe splits captions); ``regions``: a
-    :class:`Regions` (e.g. ``open_features(p)[image_id]``) or a [R, visual_dim] feature array. Returns
-    [layer, head, word, region] float32: the attention row of each word's last sub-word on the region columns,
-    after the text-to-text mask (``posthoc``: text columns dropped after the pass, rows not renormalised;
-    ``intervene``: text-to-text attention blocked inside every layer).
-    A word cut by truncation gets a row of NaN.
-    """
+    rows: np.ndarray
+    cells: np.ndarray
+    unit: str
+
+
+def image_attention(model, tokenizer, words: Sequence[str] | str, image, *, mask: Literal["posthoc", "intervene"] =
+                    "posthoc", visual_token_type: int | None = None) -> TokenAttention:
+    """For one caption and one image, any family: every head's attention from each word to each image token, with
+    each token's cell. ``image``: for a model that reads pixels, a PIL image or an image file's path (through the
+    model's own processor: its cells are the processor's); for a region model, a :class:`Regions` or a
+    [R, visual_dim] feature array. ``tokenizer``: None for the model's own."""
+    from PIL import Image
+
+    from vb_probe.caption_rows import OneImage
+
     encoder = _model(model)
+    family = family_of(encoder)
     if isinstance(words, str):  # a caption as one string: its words, split on spaces as the probe splits them
         words = words.split()
-    features = regions.features if isinstance(regions, Regions) else np.asarray(regions, dtype=np.float32)
-    if features.ndim != 2 or not len(features):
-        raise VbProbeError(f"region_attention: regions have shape {tuple(features.shape)}, expected [R, D] (R ≥ 1 "
-                           "regions of D features each; one region is [1, D])")
-    if not isinstance(regions, Regions):
-        regions = Regions("example", np.zeros((len(features), 4), np.float32), features, None, None, None)
-    facts = family_of(encoder).prepare(encoder, SingleImage(regions), {"visual_token_type": visual_token_type})
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model=encoder)
+    if reads_pixels(family):
+        if isinstance(image, (str, Path)):
+            from vb_probe.data.images import ImageFolder
+
+            path = Path(image)
+            image = ImageFolder(path.parent).image(path.stem) if path.is_file() else None
+            if image is None:
+                raise VbProbeError(f"{path}: no such image file; pass a PIL image or the path of a .jpg or .png")
+        if not isinstance(image, Image.Image):
+            raise VbProbeError(f"image_attention: a {family.name} model reads pixels; pass a PIL image or an image "
+                               f"file's path, not {type(image).__name__}")
+        regions = family.image_tokens(encoder, OneImage(image), "image")
+    else:
+        features = image.features if isinstance(image, Regions) else np.asarray(image, dtype=np.float32)
+        if features.ndim != 2 or not len(features):
+            raise VbProbeError(f"region_attention: regions have shape {tuple(features.shape)}, expected [R, D] (R ≥ 1 "
+                               "regions of D features each; one region is [1, D])")
+        regions = image if isinstance(image, Regions) else \
+            Regions("example", np.zeros((len(features), 4), np.float32), features, None, None, None)
+    facts = family.prepare(encoder, SingleImage(regions), {"visual_token_type": visual_token_type})
     with _eval_mode(encoder):
-        return word_region_attention(encoder, tokenizer, tuple(words), regions, facts, max_text_len=10**9, mask=mask)
+        rows = word_region_attention(encoder, tokenizer, tuple(words), regions, facts, max_text_len=10**9, mask=mask)
+    return TokenAttention(rows, np.asarray(regions.boxes, np.float32), family.token_kind)
+
+
+def region_attention(model, tokenizer, words: Sequence[str] | str, regions, *,
+                     mask: Literal["posthoc", "intervene"] = "posthoc", visual_token_type: int | None = None
+                     ) -> np.ndarray:
+    """For one caption and one image: every head's attention from each word to each image token, [layer, head,
+    word, R] float32 (the rows of :func:`image_attention`, whose ``cells`` give each token's box).
+
+    ``words``: the caption's words (a string is split on spaces, as the probe splits captions); ``regions``: a
+    :class:`Regions` (e.g. ``open_features(p)[image_id]``) or a [R, visual_dim] feature array for a region model,
+    a PIL image or an image's path for one that reads pixels. The attention row of each word's last sub-word on the
+    image tokens, after the text-to-text mask for a region model (``posthoc``: text columns dropped after the pass,
+    rows not renormalised; ``intervene``: text-to-text attention blocked inside every layer). A word cut by
+    truncation gets a row of NaN.
+    """
+    return image_attention(model, tokenizer, words, regions, mask=mask, visual_token_type=visual_token_type).rows
 
 
 def load_masked_lm(src: ModelSource, *, device: str | torch.device | None = None) -> torch.nn.Module:

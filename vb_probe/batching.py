@@ -46,6 +46,11 @@ class ProbeBatch:
     extras: dict = field(default_factory=dict)
     permutation: torch.Tensor | None = None  # [n, R_max] long
     outside_view: list[Query] = field(default_factory=list)  # queries whose gold the model cannot see (skipped)
+    scored: list[Query] = field(default_factory=list)  # [n] the query of each scored row
+    keys: list[str] = field(default_factory=list)  # [B] each row's caption key
+    item_words: list[tuple[str, ...]] = field(default_factory=list)  # [B] each row's caption words
+    item_queries: list[list[Query]] = field(default_factory=list)  # [B] each row's queries, scored or not
+    cells: list[np.ndarray] = field(default_factory=list)  # [B] each row's image tokens' boxes [R_b, 4]
 
 
 def pad_text(token_ids: Sequence[Sequence[int]], pad_id: int, token_types: Sequence[Sequence[int]] | None = None
@@ -100,7 +105,7 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
     any_confidence = all(c is not None for c in confidences)
     hits_of: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     perm_of: dict[int, np.ndarray] = {}
-    b_idx, q_idx, valid, confs, groups, truncated, outside, perms = [], [], [], [], [], [], [], []
+    b_idx, q_idx, valid, confs, groups, truncated, outside, perms, scored = [], [], [], [], [], [], [], [], []
     targets: dict[str, list[np.ndarray]] = {name: [] for name in RULES}
     for b, (item, positions, boxes) in enumerate(zip(items, word_positions, cells)):
         n_tokens = len(boxes)
@@ -135,6 +140,7 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
                 conf[:n_tokens] = confidences[b]
                 confs.append(conf)
             groups.append(query.group)
+            scored.append(query)
     n = len(b_idx)
 
     def stacked(rows: list[np.ndarray], dtype) -> torch.Tensor:
@@ -153,6 +159,11 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
         extras=extras,
         permutation=stacked(perms, torch.long),
         outside_view=outside,
+        scored=scored,
+        keys=[item.key for item in items],
+        item_words=[item.words for item in items],
+        item_queries=[item.queries for item in items],
+        cells=list(cells),
     )
 
 

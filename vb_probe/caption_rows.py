@@ -39,6 +39,25 @@ class SingleImage:
         return int(self.regions.features.shape[1])
 
 
+class OneImage:
+    """One picture as an image folder of one image (what a pixel family reads one caption's image through)."""
+
+    kind = "pixels"
+    source = "the image"
+
+    def __init__(self, image):
+        self.picture = image
+
+    def image(self, image_id: str):
+        return self.picture.convert("RGB")
+
+    def __contains__(self, image_id: str) -> bool:
+        return True
+
+    def add_names(self, names: dict[str, str]) -> None:
+        """One image: nothing to rename."""
+
+
 @torch.no_grad()
 def word_region_attention(
     model, tokenizer, words: tuple[str, ...], regions: Regions, facts: dict | None = None, max_text_len: int = 128,

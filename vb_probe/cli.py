@@ -62,6 +62,7 @@ def _probe_options(args: argparse.Namespace) -> dict:
             "limit": args.limit, "confidence": args.confidence, "skip_unannotated": args.skip_unannotated,
             "skip_missing_features": args.skip_missing_features, "select_on": args.select_on, "control": args.control,
             "localization_prompts": args.localization_prompts, "query_word": args.query_word,
+            "per_query": args.per_query or bool(args.save_maps), "save_maps": tuple(args.save_maps),
             "out": args.out, "resume": args.resume, "progress": not args.quiet}
 
 
@@ -72,13 +73,20 @@ def _start(args: argparse.Namespace) -> None:
     world("cuda" if str(args.device).startswith("cuda") else "cpu")
 
 
+def _record_names(args: argparse.Namespace) -> tuple[str, ...]:
+    """The files the per-query records add to a run's folder, when asked for."""
+    from vb_probe.results.files import MAPS_FILE, QUERIES_FILE
+
+    return ((QUERIES_FILE,) if args.per_query or args.save_maps else ()) + ((MAPS_FILE,) if args.save_maps else ())
+
+
 def cmd_entity_grounding(args: argparse.Namespace) -> int:
     from vb_probe.api import entity_grounding
     from vb_probe.families import known_families
     from vb_probe.results import GroundingResult, check_result_folder
     from vb_probe.tables import format_entity_summary
 
-    check_result_folder(args.out, "entity_grounding", GroundingResult.FILES)
+    check_result_folder(args.out, "entity_grounding", (*GroundingResult.FILES, *_record_names(args)))
     _writable_out(args.out)
     _start(args)
     result = entity_grounding(args.ckpt, args.tokenizer, args.flickr30k, None, parses=args.parses, **_probe_options(args))
@@ -100,7 +108,8 @@ def cmd_syntactic(args: argparse.Namespace) -> int:
     if args.parses is None and args.parser is None:  # as the Python API: spaCy unless parses are given
         args.parser = "spacy"
         print("note: parsing the captions with spaCy (cached); pass --parses FILE.conllu to use parses of your own")
-    check_result_folder(args.out, "syntactic", (*SyntacticResult.FILES, parses_copy_name(args.split or "test")))
+    check_result_folder(args.out, "syntactic", (*SyntacticResult.FILES, parses_copy_name(args.split or "test"),
+                                               *_record_names(args)))
     _writable_out(args.out)
     _start(args)
     result = syntactic_grounding(args.ckpt, args.tokenizer, args.flickr30k, None, relations=tuple(args.relation),
@@ -309,7 +318,22 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
     p.add_argument("--localization-prompts", type=positive_int, default=500,
                    help="decoder models: entity queries that feed the unsupervised choice of localization heads")
+    p.add_argument("--per-query", action="store_true", help="also write queries.csv: one row a query (its word, "
+                   "token position, every head's pick and hit, or why it was skipped), to audit the run")
+    p.add_argument("--save-maps", action="append", type=_head, default=[], metavar="L<layer>H<head>",
+                   help="also write maps.npz: this head's attention map of every query with each image token's cell "
+                        "(repeatable; implies --per-query)")
     p.add_argument("--out", type=Path, required=True, help="folder for the CSV, run.json and figures")
+
+
+def _head(text: str) -> tuple[int, int]:
+    """argparse type: a head as L<layer>H<head>."""
+    from vb_probe.heads import parse_head_label
+
+    try:
+        return parse_head_label(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_masked_phrase_options(p: argparse.ArgumentParser) -> None:

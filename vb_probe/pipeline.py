@@ -44,7 +44,9 @@ from vb_probe.progress import (
     remove_own_progress,
 )
 from vb_probe.queries import DIRECTIONS, ENTITY, PROTOCOL_CHOICES, ProbeItem, collect_items, pass_parses
+from vb_probe.records import QueryRecords, maps_arrays
 from vb_probe.results import GroundingResult, HeadScores, SyntacticResult, selected_head, versions
+from vb_probe.results.records import records_frame
 
 __all__ = ["ProbeConfig", "ProbeResults", "run_probes", "probe_pass", "grounding_result", "syntactic_result",
            "preflight", "DIRECTIONS", "ENTITY", "PROTOCOL_CHOICES", "resolve_device"]
@@ -55,14 +57,16 @@ QUERY_TOKEN_HEAD = "last sub-word of the phrase's head word (the word whose pars
 
 @dataclass
 class SplitResult:
-    """Counts of one pass over one split with one model, and the family's tally of it (None without one)."""
+    """Counts of one pass over one split with one model, and what was tallied beside them (key → tally: the
+    family's own measure, the per-query records)."""
 
     counts: dict[str, HeadCounts]
     skipped: dict[str, Counter]  # group family ("entity" / relation/direction) → reason → count
     n_units: dict[str, int]  # "phrases" / "arcs" → how many were considered
     n_images: int = 0
     n_captions: int = 0
-    tally: Tally | None = None
+    tallies: dict[str, Tally] = field(default_factory=dict)
+    skipped_units: list[list] = field(default_factory=list)  # the per-query records of units skipped when collected
 
 
 @dataclass
@@ -84,11 +88,11 @@ class ProbeResults:
 # ----------------------------------------------------------------------------------------------- one batch
 
 def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mask: MaskMode = "posthoc",
-                precision: Precision = "fp32", source: str = "the features", tally: Tally | None = None) -> None:
+                precision: Precision = "fp32", source: str = "the features", tallies: dict | None = None) -> None:
     """One forward over a collated batch (on the model's device); every head's pick for every query added to
     ``counts`` (group → :class:`HeadCounts`) under the family's rule, with the baselines through the same rule;
     the same picks under the other rule and against permuted geometry kept as the counts' alternatives; and the
-    batch handed to the family's ``tally``, when it has one."""
+    batch handed to each of the ``tallies`` (the family's own measure, the per-query records)."""
     if not len(batch.groups):
         return
     site = family.sites(model)[0]
@@ -115,7 +119,7 @@ def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mas
                 group_counts.add(correct, mass[:, sel], picked)
             else:
                 group_counts.add_alternative(name, correct, picked)
-    if tally is not None:
+    for tally in (tallies or {}).values():
         tally.add(batch, region_rows, mass, choice, hits)
 
 
@@ -145,10 +149,10 @@ def probe_pass(
     save_every: int = SAVE_EVERY,
     fingerprint: dict | None = None,
     features: RegionFeatures | None = None,
-    tally: Tally | None = None,
+    tallies: dict | None = None,
 ) -> PassProgress:
     """Score every query of ``items``: the counts per group, the queries skipped when their batch was built
-    (``truncated``, ``outside_view``) per group, and the family's ``tally`` (a fresh one, or None). Only the probed
+    (``truncated``, ``outside_view``) per group, and the ``tallies`` (fresh ones: key → tally). Only the probed
     attention rows are computed and reduced per batch. ``facts``: what the model's family prepared for its inputs.
 
     Batches are read from ``features`` (the image store) and collated in a background thread while the model runs on
@@ -171,10 +175,11 @@ def probe_pass(
     if sharded:
         run["processes"] = where.size
         state_path = None if state_path is None else rank_progress_path(state_path, where.rank)
-    pristine = tally.empty() if tally is not None else None  # what the fold of several processes starts from
-    state = PassProgress(tally=tally)
+    tallies = dict(tallies or {})
+    pristine = {key: tally.empty() for key, tally in tallies.items()}  # what the fold of several processes starts from
+    state = PassProgress(tallies=tallies)
     if resume and state_path is not None and state_path.is_file():
-        state = PassProgress.load(state_path, run, tally)
+        state = PassProgress.load(state_path, run, tallies)
     model.eval()  # attention dropout would distort the weights being read
     family = family_of(model)
     mine = [(number, chunk) for number, chunk in enumerate(_batches(items, batch_size)) if where.mine(number)]
@@ -188,16 +193,16 @@ def probe_pass(
             for query in queries:
                 state.late_skips.setdefault(query.group, Counter())[reason] += 1
         batch_counts: dict[str, HeadCounts] = {}
-        batch_tally = state.tally.empty() if state.tally is not None else None
+        batch_tallies = {key: tally.empty() for key, tally in state.tallies.items()}
         score_batch(family, model, batch, batch_counts, mask, precision,
-                    source=features.source if features is not None else "", tally=batch_tally)
+                    source=features.source if features is not None else "", tallies=batch_tallies)
         if sharded:
             state.deltas.append((number, {"counts": {g: c.to_state() for g, c in batch_counts.items()},
-                                          **({"tally": batch_tally.state()} if batch_tally is not None else {})}))
+                                          "tallies": {key: t.state() for key, t in batch_tallies.items()}}))
         for group, delta in batch_counts.items():
             state.counts.setdefault(group, HeadCounts(delta.layers, delta.heads)).merge(delta)
-        if batch_tally is not None:
-            state.tally.merge(batch_tally)
+        for key, tally in batch_tallies.items():
+            state.tallies[key].merge(tally)
         state.done = finished
         bar.update(1)
         if state_path is not None and finished % save_every == 0:
@@ -206,8 +211,8 @@ def probe_pass(
     if sharded:
         shards = gather((state.deltas, {g: dict(c) for g, c in state.late_skips.items()}), where)
         return fold(shards, pristine)
-    if state.tally is not None:
-        state.tally.finish()
+    for tally in state.tallies.values():
+        tally.finish()
     return state
 
 
@@ -339,6 +344,7 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         check_progress_files(out, resume, world(device.type).size)
     relations_seen: set[str] = set()
     parser_used: list[str] = []
+    head_parsers: list[str] = []  # where the entities' head words came from
 
     def one_split(split: str, run_model, label: str, pass_name: str) -> SplitResult:
         image_ids = probe_image_ids(cfg, dataset)[split]
@@ -352,7 +358,9 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
                                     parses=parses.arcs, parse_source=parses.arcs_source,
                                     skip_unannotated=cfg.skip_unannotated,
                                     skip_missing_features=cfg.skip_missing_features, heads=parses.heads,
-                                    heads_source=parses.heads_source)
+                                    heads_source=parses.heads_source, keep_units=cfg.per_query and pass_name == "main")
+        if parses.heads is not None:
+            head_parsers.append(parses.heads_source)
         # resumed counts must come from the same data: keyed on content (of the images this pass reads)
         fingerprint = {**config_dict(cfg), "pass": pass_name, "pass_split": split, "model": checkpoint,
                        "features": store.content_key(image_ids) if out is not None else None,
@@ -362,18 +370,19 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
                            precision=cfg.precision, device=device, progress=progress, description=label,
                            state_path=progress_path(out, pass_name) if out is not None else None, resume=resume,
                            fingerprint=fingerprint, features=store,
-                           tally=family.tally(model, config_dict(cfg), pass_name))
+                           tallies=pass_tallies(family, model, cfg, pass_name))
         for group, reasons in state.late_skips.items():
             seen.skipped.setdefault(group, Counter()).update(reasons)
         return SplitResult(state.counts, seen.skipped, dict(seen.n_units), len(image_ids), seen.n_captions,
-                           state.tally)
+                           state.tallies, seen.skipped_units)
 
     main = one_split(cfg.split, model, f"probing {cfg.split}", "main")
     select = one_split(cfg.select_on, model, f"selecting on {cfg.select_on}", "select") if cfg.select_on else None
     control = None
     if cfg.control:
         control = one_split(cfg.split, family.twin(model, cfg.seed), "random-init control", "control")
-    facts = {**facts, "dataset": dataset.name, "query_word": query_word}
+    facts = {**facts, "dataset": dataset.name, "query_word": query_word, "token_kind": family.token_kind,
+             **({"head_word_parser": head_parsers[0]} if head_parsers else {})}
     results = ProbeResults(config=cfg, main=main, select=select, control=control, checkpoint=checkpoint,
                            parser=parser_used[0] if parser_used else None, facts=facts, family=family.name,
                            rule=family_rule(family), wall_time_s=time.time() - started, notes=list(model.load_notes),
@@ -384,6 +393,18 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
         where = world(device.type)
         remove_own_progress(out, where.rank if where.size > 1 else None)
     return results
+
+
+def pass_tallies(family: Family, model, cfg: ProbeConfig, pass_name: str) -> dict[str, Tally]:
+    """What a pass tallies beside its counts: the family's own measure (when it brings one), and on the probed
+    split, with ``per_query``, the per-query records (:mod:`vb_probe.records`)."""
+    tallies = {}
+    own = family.tally(model, config_dict(cfg), pass_name)
+    if own is not None:
+        tallies[own.key] = own
+    if cfg.per_query and pass_name == "main":
+        tallies[QueryRecords.key] = QueryRecords(cfg.save_maps)
+    return tallies
 
 
 # ----------------------------------------------------------------------------------------------- typed results
@@ -402,16 +423,26 @@ def grounding_result(results: ProbeResults) -> GroundingResult:
     select = results.select.counts.get(ENTITY) if results.select else None
     control = results.control.counts.get(ENTITY) if results.control else None
     extras = {}
-    if main.tally is not None:
-        extras[main.tally.key] = main.tally.report(counts, results.select.tally if results.select else None,
-                                                   cfg.split, cfg.select_on)
+    for key, tally in main.tallies.items():
+        if key != QueryRecords.key:  # the per-query records are a table of their own, not a block of run.json
+            select_tally = results.select.tallies.get(key) if results.select else None
+            extras[key] = tally.report(counts, select_tally, cfg.split, cfg.select_on)
     return GroundingResult(
         scores.n_correct, scores.n, scores.region_mass, scores.baselines, split=cfg.split,
         n_phrases=n_phrases, skipped={k: int(v) for k, v in skipped.items()},
         selected_head=selected_head(scores, HeadScores.from_counts(select) if select else None, cfg.select_on),
         control=_control_scores(control), provenance=provenance(results),
         other_rule=_other_rule_scores(counts, results.rule),
-        permuted=_control_scores(counts.alternatives.get("permuted")), extras=extras)
+        permuted=_control_scores(counts.alternatives.get("permuted")), extras=extras,
+        **_records(results, {ENTITY}))
+
+
+def _records(results: ProbeResults, groups: set[str] | None) -> dict:
+    """The per-query table and the maps of a run that kept them (``per_query``), for these ``groups``."""
+    if not results.config.per_query:
+        return {}
+    records = results.main.tallies.get(QueryRecords.key)
+    return {"queries": records_frame(records, results.main.skipped_units, groups), "maps": maps_arrays(records, groups)}
 
 
 def syntactic_result(results: ProbeResults) -> SyntacticResult:
@@ -438,8 +469,9 @@ def syntactic_result(results: ProbeResults) -> SyntacticResult:
                 selected[key] = chosen
             if results.control is not None and group in results.control.counts:
                 control[key] = _control_scores(results.control.counts[group])
+    arcs = {f"{relation}/{direction}" for relation in wanted for direction in DIRECTIONS}
     return SyntacticResult(wanted, scores, skipped, cfg.split, main.n_units.get("arcs", 0), results.parser,
-                           selected, control, provenance(results))
+                           selected, control, provenance(results), **_records(results, arcs))
 
 
 def _other_rule_scores(counts: HeadCounts, rule: str) -> HeadScores | None:

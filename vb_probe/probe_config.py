@@ -57,6 +57,10 @@ class ProbeConfig:
     dataset_format: str | None = None
     split_by: str | None = None
     query_word: Literal["last", "head"] | None = None
+    # auditing a run: one record a query (word, token, every head's pick and hit, or the skip reason), and the maps
+    # of these (layer, head) pairs with their cells
+    per_query: bool = False
+    save_maps: tuple[tuple[int, int], ...] = ()
 
     def check(self) -> ProbeConfig:
         """Every option in range, as one line naming the option; returns the config (a refusal comes before any
@@ -75,6 +79,8 @@ class ProbeConfig:
             raise VbProbeError(f"--localization-prompts {self.localization_prompts}: must be at least 1")
         if not self.entity and not self.relations:
             raise VbProbeError("nothing to probe: ask for entity grounding or at least one --relation")
+        if any(len(pair) != 2 or min(pair) < 0 for pair in self.save_maps):
+            raise VbProbeError(f"--save-maps {self.save_maps}: name heads as L<layer>H<head>, e.g. L8H6")
         if self.parser not in (None, "spacy"):
             raise VbProbeError(f"--parser {self.parser}: use spacy, or pass --parses FILE.conllu")
         return self
@@ -84,7 +90,7 @@ OPTIONS = tuple(f.name for f in fields(ProbeConfig))
 
 # options added after run.json's config was fixed: recorded only when they differ from these defaults
 _LATER_OPTIONS = {"localization_prompts": 500, "device_map": None, "dataset_format": None, "split_by": None,
-                  "query_word": None}
+                  "query_word": None, "per_query": False, "save_maps": ()}
 
 
 def config_dict(cfg: ProbeConfig) -> dict:

@@ -81,13 +81,14 @@ def remove_own_progress(out: Path, rank: int | None) -> None:
 @dataclass
 class PassProgress:
     """What a pass has done: ``done`` batches, the ``counts`` per group, the ``late_skips`` found when batches were
-    built (group → reason → count), the family's ``tally`` (None without one), and for a process of several the
-    counts and tally of each of its batches (``deltas``: (batch number, state), folded in batch order at the end)."""
+    built (group → reason → count), the ``tallies`` kept beside the counts (key → :class:`~vb_probe.families.base.Tally`:
+    the family's own measure, the per-query records), and for a process of several the counts and tallies of each
+    of its batches (``deltas``: (batch number, state), folded in batch order at the end)."""
 
     done: int = 0
     counts: dict[str, HeadCounts] = field(default_factory=dict)
     late_skips: dict[str, Counter] = field(default_factory=dict)
-    tally: object | None = None
+    tallies: dict = field(default_factory=dict)
     deltas: list[tuple[int, dict]] = field(default_factory=list)
 
     def save(self, path: Path, run: dict, sharded: bool) -> None:
@@ -96,28 +97,28 @@ class PassProgress:
 
         write_json(path, {"run": run, "done": self.done, "counts": {g: c.to_state() for g, c in self.counts.items()},
                           "truncated": {g: dict(c) for g, c in self.late_skips.items()},
-                          **({"tally": self.tally.state()} if self.tally is not None else {}),
+                          "tallies": {key: tally.state() for key, tally in self.tallies.items()},
                           **({"deltas": self.deltas} if sharded else {})})
 
     @classmethod
-    def load(cls, path: Path, run: dict, tally) -> PassProgress:
-        """The progress saved by an interrupted pass of the same ``run`` (``tally``: a fresh one of the family's, whose
-        settings the saved state is restored into); one line when it is damaged or of another run."""
+    def load(cls, path: Path, run: dict, tallies: dict) -> PassProgress:
+        """The progress saved by an interrupted pass of the same ``run`` (``tallies``: fresh ones, whose settings the
+        saved states are restored into); one line when it is damaged or of another run."""
         try:
             state = json.loads(path.read_text(encoding="utf-8"))
             saved_run, done = state["run"], int(state["done"])
             counts = {g: HeadCounts.from_state(s) for g, s in state["counts"].items()}
             late_skips = {str(group): Counter({str(k): int(v) for k, v in reasons.items()})
                           for group, reasons in state["truncated"].items()}
-            restored = tally.restored(state["tally"]) if tally is not None and "tally" in state else tally
+            restored = {key: tally.restored(state["tallies"][key]) for key, tally in tallies.items()}
             deltas = [(int(number), {"counts": {str(g): dict(sub) for g, sub in batch["counts"].items()},
-                                     **({"tally": batch["tally"]} if "tally" in batch else {})})
+                                     "tallies": dict(batch["tallies"])})
                       for number, batch in state.get("deltas", [])]
             for _, batch in deltas:  # readable now, not when the shards are folded
                 for sub in batch["counts"].values():
                     HeadCounts.from_state(sub)
-                if tally is not None and "tally" in batch:
-                    tally.restored(batch["tally"])
+                for key, tally in tallies.items():
+                    tally.restored(batch["tallies"][key])
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, RecursionError) as exc:
             raise VbProbeError(f"{path}: the saved progress is damaged ({type(exc).__name__}); run again without "
                                "--resume to start over") from None
@@ -129,18 +130,18 @@ class PassProgress:
         return cls(done, counts, late_skips, restored, deltas)
 
 
-def fold(shards: list[tuple[list[tuple[int, dict]], dict]], tally) -> PassProgress:
+def fold(shards: list[tuple[list[tuple[int, dict]], dict]], tallies: dict) -> PassProgress:
     """Every process's per-batch counts (and tallies) folded in batch order, as one process adds them, the late skips
-    summed; then the tally's :meth:`~vb_probe.families.base.Tally.finish` (the localization prompts cut to the first
-    ones in batch order)."""
-    total = PassProgress(tally=tally)
-    for _, state in sorted((number, state) for deltas, _ in shards for number, state in deltas):
+    summed; then each tally's :meth:`~vb_probe.families.base.Tally.finish` (the localization prompts cut to the first
+    ones in batch order). ``tallies``: fresh ones, merged into."""
+    total = PassProgress(tallies=tallies)
+    for _, state in sorted(((number, state) for deltas, _ in shards for number, state in deltas), key=lambda x: x[0]):
         for group, sub in state["counts"].items():
             delta = HeadCounts.from_state(sub)
             total.counts.setdefault(group, HeadCounts(delta.layers, delta.heads)).merge(delta)
-        if tally is not None and "tally" in state:
-            tally.merge(tally.restored(state["tally"]))
-    if tally is not None:
+        for key, tally in tallies.items():
+            tally.merge(tally.restored(state["tallies"][key]))
+    for tally in tallies.values():
         tally.finish()
     for _, skips in shards:
         for group, reasons in skips.items():

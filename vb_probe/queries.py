@@ -85,9 +85,15 @@ class Collection:
     skipped: dict[str, Counter] = field(default_factory=dict)
     n_units: Counter = field(default_factory=Counter)
     n_captions: int = 0
+    keep_units: bool = False  # also keep each skipped unit (the per-query records)
+    skipped_units: list[list] = field(default_factory=list)  # [group, unit, image_id, caption, word, word text, None, reason]
 
-    def skip(self, group: str, reason: str) -> None:
+    def skip(self, group: str, reason: str, caption: Caption | None = None, word: int | None = None,
+             unit: str = "") -> None:
         self.skipped.setdefault(group, Counter())[reason] += 1
+        if self.keep_units and caption is not None:
+            self.skipped_units.append([group, unit, caption.image_id, caption.key, word,
+                                       caption.words[word] if word is not None else "", None, reason])
 
 
 def phrase_of_word(caption: Caption, word: int):
@@ -139,7 +145,8 @@ def entity_queries(dataset: GroundingSet, caption: Caption, features_present: bo
         if reason is None and not features_present:
             reason = "missing_features"
         if reason:
-            seen.skip(ENTITY, reason)
+            seen.skip(ENTITY, reason, caption, phrase.last_word_index,
+                      f"{caption.key}:EN#{phrase.entity_id}@{phrase.first_word_index}")
             continue
         word = phrase.last_word_index if head_parse is None else \
             head_word(head_parse.heads, phrase.first_word_index, phrase.last_word_index)
@@ -167,7 +174,7 @@ def arc_queries(relations: set[str], dataset: GroundingSet, caption: Caption, pa
             if reason is None and not features_present:
                 reason = "missing_features"
             if reason:
-                seen.skip(group, f"target_{reason}")
+                seen.skip(group, f"target_{reason}", caption, query_word, f"{caption.key}:{head}->{dep}")
                 continue
             queries.append(Query(group, query_word, annotation.boxes[phrase.entity_id], f"{caption.key}:{head}->{dep}",
                                  entity_id=phrase.entity_id, arc=(head, dep)))
@@ -177,12 +184,13 @@ def arc_queries(relations: set[str], dataset: GroundingSet, caption: Caption, pa
 def collect_items(dataset: GroundingSet, store: RegionFeatures, image_ids: list[str], *, entity: bool = True,
                   relations: tuple[str, ...] = (), parses: dict[str, Parse] | None = None, parse_source: str = "",
                   skip_unannotated: bool = False, skip_missing_features: bool = False,
-                  heads: dict[str, Parse] | None = None, heads_source: str = ""
+                  heads: dict[str, Parse] | None = None, heads_source: str = "", keep_units: bool = False
                   ) -> tuple[list[ProbeItem], Collection]:
     """Every phrase (and arc direction) of ``image_ids`` is turned into a query or counted as skipped. Items hold
     image ids, not features: the features are read batch by batch. With ``heads`` (parses of the captions) an
-    entity query sits on its phrase's head word instead of its last word."""
-    seen = Collection()
+    entity query sits on its phrase's head word instead of its last word. ``keep_units``: the skipped units are kept
+    too (the per-query records)."""
+    seen = Collection(keep_units=keep_units)
     items: list[ProbeItem] = []
     for image_id in image_ids:
         present = has_features(store, image_id, skip_missing_features)

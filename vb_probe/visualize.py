@@ -62,6 +62,7 @@ def attention_figure(model, tokenizer=None, dataset=None, inputs=None, image_id:
     from vb_probe.caption_rows import word_region_choices
     from vb_probe.families import check_scores_fit, family_rule
     from vb_probe.viz.attention import plot_attention_on_image
+    from vb_probe.viz.head_grid import singular
 
     if images_dir is not None and inputs is None and "images" not in session_options:
         session_options["images"] = images_dir  # a model that reads pixels reads the images drawn on
@@ -92,8 +93,9 @@ def attention_figure(model, tokenizer=None, dataset=None, inputs=None, image_id:
     return plot_attention_on_image(image, size, regions.boxes, list(caption.words), groups, panels,
                                    gold={g: annotation.boxes[g] for g in entity_hits}, hits=entity_hits,
                                    title=f"image {image_id}, caption {caption_index}: each entity word's most-attended "
-                                         f"{'patch' if rule == 'pointing' else 'region'}, in the {len(panels)} layers "
-                                         f"whose best head grounds best ({source} in brackets)", rule=rule)
+                                         f"{singular(family.token_kind)}, in the {len(panels)} layers "
+                                         f"whose best head grounds best ({source} in brackets)", rule=rule,
+                                   token_kind=family.token_kind)
 
 
 def caption_queries(model, dataset, store, image_id: str, caption_index: int, query_word: str | None = None,

@@ -29,6 +29,7 @@ from vb_probe.metrics.boxes import query_targets
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, head_correct
 from vb_probe.queries import Collection, arc_queries, entity_queries, has_features
 from vb_probe.results import GroundingResult, HeadScores
+from vb_probe.viz.head_grid import singular
 
 __all__ = ["explorer_data", "write_explorer", "Explorer", "explore", "PAGE", "stored_heads"]
 
@@ -155,6 +156,7 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
                              "height": float(regions.image_h or annotation.height),
                              "regions": regions.boxes.round(1).tolist(), "picture": picture})
     return {"split": split, "layers": layers, "heads": heads, "n": scores.n, "family": family.name, "rule": rule,
+            "units": family.token_kind, "unit": singular(family.token_kind),
             "accuracy": [[f"{a:.6f}" for a in row] for row in scores.accuracy],
             "baselines": {k: v for k, v in scores.baselines.items() if v is not None},
             "per_layer_best": [h.head for h in scores.per_layer_best()],

@@ -5,10 +5,11 @@
 "use strict";
 (function () {
   const data = JSON.parse(document.getElementById("vb-data").textContent);
-  if (data.rule === "pointing") {  // patches: the pointing rule, and patches rather than regions in the key
+  const UNIT = data.unit || "region", UNITS = data.units || "regions";  // the family's image tokens, by name
+  if (data.rule === "pointing") {  // the pointing rule in the key
     document.getElementById("rule-text").textContent = "its centre lies in a gold box";
-    for (const unit of document.querySelectorAll("#legend .unit")) unit.textContent = "patch";
   }
+  for (const unit of document.querySelectorAll("#legend .unit")) unit.textContent = UNIT;
   const SVG = "http://www.w3.org/2000/svg";
   const state = { layer: 0, head: data.per_layer_best[0], caption: 0, word: null, mode: "entity", timer: null };
   const $ = (id) => document.getElementById(id);
@@ -100,9 +101,9 @@
       el("line", { x1: x, x2: x, y1: bar - 2, y2: bar + 10, class: `mark ${name}` }, svg);
     }
     const b = g.baselines, fmt = (v) => (v === undefined || v === null ? "n/a" : v.toFixed(3));
-    const marks = [`random ${fmt(b.random)}`];  // no detector (patches): no highest-confidence mark
+    const marks = [`random ${UNIT} ${fmt(b.random)}`];  // no detector (patches): no highest-confidence mark
     if (b.highest_confidence !== null && b.highest_confidence !== undefined) {
-      marks.unshift(`highest-confidence region ${fmt(b.highest_confidence)}`);
+      marks.unshift(`highest-confidence ${UNIT} ${fmt(b.highest_confidence)}`);
     }
     $("scale").textContent = `colour: accuracy 0 to ${top.toFixed(3)} (yellow); marks on the bar: ` +
       `${marks.join(", ")} (${g.what})`;
@@ -202,9 +203,8 @@
       const region = el("rect", { class: "region", x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
         "fill-opacity": (0.65 * weight * weight).toFixed(3), "data-region": r }, view);  // squared: the peaks stand out
       if (rows) {
-        const [unit, units] = data.rule === "pointing" ? ["patch", "patches"] : ["region", "regions"];
-        el("title", {}, region).textContent = `${unit} ${r}: attention ${rows[offset + r].toFixed(3)} ` +
-          `(its share of the word's attention on ${units})`;
+        el("title", {}, region).textContent = `${UNIT} ${r}: attention ${rows[offset + r].toFixed(3)} ` +
+          `(its share of the word's attention on ${UNITS})`;
       }
     });
     if (!entry) { $("status").textContent = "Hover or click a highlighted word."; return; }
@@ -216,7 +216,7 @@
     el("rect", { class: `picked ${hit ? "hit" : "miss"}`, x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
       "data-region": picked, "data-picked": "true" }, view);
     $("status").replaceChildren(text("b", c.words[state.word]),
-      ` (L${state.layer}H${state.head}): most-attended ${pointing ? "patch" : "region"} `,
+      ` (L${state.layer}H${state.head}): most-attended ${UNIT} `,
       text("b", String(picked), { id: "picked-region" }),
       ` ${hit ? (pointing ? "hits gold (its centre lies in a gold box)" : "hits gold (IoU ≥ 0.5)") : "misses gold"}` +
       `; dashed: gold boxes of “` +

@@ -62,6 +62,22 @@ def pin(model, **values) -> Any:
     return model
 
 
+def settings_json(value: Any) -> Any:
+    """A processor's setting as run.json holds it: JSON types as they are, dicts and transformers' ``SizeDict``
+    (a dataclass) as objects without their unset fields, sequences as lists, anything else as its text."""
+    import dataclasses
+
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: settings_json(v) for k, v in dataclasses.asdict(value).items() if v is not None}
+    if isinstance(value, dict):
+        return {str(k): settings_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [settings_json(v) for v in value]
+    return str(value)
+
+
 def model_type_of(source: dict | Any) -> str | None:
     """``model_type`` of a ``config.json`` dict, or of a model object's ``config`` (None when it has none)."""
     if isinstance(source, dict):

@@ -26,6 +26,7 @@ import torch
 from vb_probe.data.features import Regions
 from vb_probe.errors import DataError, VbProbeError
 from vb_probe.families import FamilyBase, Site, items_image_tokens, pin, register_family
+from vb_probe.families.base import settings_json
 from vb_probe.families.loading import load_pretrained
 from vb_probe.hub import DEFAULT_TOKENIZER
 
@@ -43,16 +44,39 @@ class PatchGrid(Regions):
     kind = "pixels"
 
 
-def image_processor(folder: Path | None):
-    """ViLT's image processor: the checkpoint's own (``preprocessor_config.json``), else ViLT's defaults (those of
-    the published checkpoints). The PIL back-end when torchvision is absent (the same resizing)."""
+def image_processor(folder: Path | None) -> tuple[Any, str | None]:
+    """ViLT's image processor, loaded as transformers loads it: the checkpoint's own, from
+    ``preprocessor_config.json`` or from ``processor_config.json`` (where transformers 5's ``ViltProcessor`` nests it);
+    else ViLT's defaults (those of the published checkpoints), with the note that says so. The PIL back-end when
+    torchvision is absent (the same resizing)."""
     try:
         from transformers import ViltImageProcessorPil as Processor
     except ImportError:  # an older transformers: one back-end only
         from transformers import ViltImageProcessor as Processor
-    if folder is not None and (Path(folder) / "preprocessor_config.json").is_file():
-        return Processor.from_pretrained(str(folder))
-    return Processor()
+    if folder is not None and _has_image_processor(Path(folder)):
+        try:
+            return Processor.from_pretrained(str(folder)), None
+        except (OSError, ValueError, TypeError) as exc:
+            from vb_probe.errors import CheckpointError
+
+            raise CheckpointError(f"{folder}: its image processor cannot load ({type(exc).__name__}); re-save the "
+                                  "checkpoint's processor") from None
+    note = None if folder is None else (f"{folder} has no image processor (preprocessor_config.json or "
+                                        "processor_config.json); using ViLT's default (shortest edge 384, longest ≤ "
+                                        "640, multiples of 32)")
+    return Processor(), note
+
+
+def _has_image_processor(folder: Path) -> bool:
+    """The folder holds an image processor's settings: its own file, or nested in the processor's."""
+    import json
+
+    if (folder / "preprocessor_config.json").is_file():
+        return True
+    try:
+        return "image_processor" in json.loads((folder / "processor_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def patch_grid(processor, patch_size: int, image, image_id: str) -> PatchGrid:
@@ -134,14 +158,12 @@ class ViltFamily(FamilyBase):
 
         if isinstance(source, (str, Path)):
             model, notes = load_pretrained(ViltModel, Path(source), attention="eager")  # a task head set aside
-            pin(model, checkpoint_path=Path(source), load_notes=notes, image_processor=image_processor(Path(source)))
-            if not (Path(source) / "preprocessor_config.json").is_file():
-                model.load_notes.append(f"{source} has no preprocessor_config.json; using ViLT's default image "
-                                        "processor (shortest edge 384, longest ≤ 640, multiples of 32)")
-            return model.eval()
+            processor, note = image_processor(Path(source))
+            return pin(model, checkpoint_path=Path(source), load_notes=notes + ([note] if note else []),
+                       image_processor=processor).eval()
         model = pin(getattr(source, "vilt", source))  # ViltFor*: its encoder
         if model.image_processor is None:
-            model.image_processor = pin(source).image_processor or image_processor(model.checkpoint_path)
+            model.image_processor = pin(source).image_processor or image_processor(model.checkpoint_path)[0]
         return model
 
     def sites(self, model) -> list[Site]:
@@ -156,7 +178,7 @@ class ViltFamily(FamilyBase):
                                "own, unchanged); use --mask posthoc")
         processor = model.image_processor
         limit = model.config.max_image_length
-        facts = {"image_processor": {"size": dict(processor.size), "size_divisor": processor.size_divisor,
+        facts = {"image_processor": {"size": settings_json(processor.size), "size_divisor": processor.size_divisor,
                                      "patch_size": model.config.patch_size},
                  "max_image_length": limit}
         if isinstance(limit, int) and limit > 0:

@@ -80,15 +80,52 @@ def check_scores_shape(scores: tuple[int, int], model: tuple[int, int], source: 
                         f"this model is {model[0]}×{model[1]}; pass the scores of this checkpoint")
 
 
-def save_run(folder: Path, probe: str, columns: list[str], rows: list[dict], figure, run: dict) -> Path:
-    """``<probe>.csv``, ``<probe>.png`` and ``run.json`` into ``folder``, replaced together or not at all; a folder
-    holding another probe's run is refused."""
+QUERIES_FILE, MAPS_FILE = "queries.csv", "maps.npz"  # a run's per-query records and maps, when it kept them
+
+
+def save_run(folder: Path, probe: str, columns: list[str], rows: list[dict], figure, run: dict,
+             query_rows: list[dict] | None = None, maps: dict | None = None) -> Path:
+    """``<probe>.csv``, ``<probe>.png`` and ``run.json`` into ``folder`` (and the per-query records, ``queries.csv``,
+    and the maps, ``maps.npz``, when the run kept them), replaced together or not at all; a folder holding another
+    probe's run is refused."""
+    import numpy as np
+
     refuse_other_run(folder, probe)
     with atomic_files(folder) as staged:
         staged.text(f"{probe}.csv", csv_text(columns, rows))
         staged.figure(f"{probe}.png", figure)
         staged.json("run.json", run)
+        if query_rows is not None:
+            from vb_probe.results.records import COLUMNS
+
+            staged.text(QUERIES_FILE, csv_text(COLUMNS, query_rows))
+        if maps is not None:
+            with open(staged.path(MAPS_FILE), "wb") as handle:
+                np.savez_compressed(handle, **maps)
     return folder
+
+
+def read_queries(folder: Path):
+    """A run folder's per-query records (a pandas table), or None when the run kept none."""
+    from vb_probe.results.records import frame_from_csv_rows
+
+    path = folder / QUERIES_FILE
+    return frame_from_csv_rows(read_table(path)) if path.is_file() else None
+
+
+def read_maps_file(folder: Path) -> dict | None:
+    """A run folder's maps (``maps.npz``) as its arrays, or None."""
+    import numpy as np
+
+    path = folder / MAPS_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as data:
+            return {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read it ({type(exc).__name__}); run the probe again with --save-maps") \
+            from None
 
 
 @contextmanager

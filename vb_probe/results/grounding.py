@@ -13,7 +13,7 @@ from vb_probe.errors import DataError
 from vb_probe.heads import Head, SelectedHead
 from vb_probe.metrics.intervals import shown
 from vb_probe.queries import DIRECTIONS
-from vb_probe.results.files import fields_of, read_run, read_table, save_run
+from vb_probe.results.files import fields_of, read_maps_file, read_queries, read_run, read_table, save_run
 from vb_probe.results.scores import (
     ENTITY_COLUMNS,
     HeadScores,
@@ -27,6 +27,13 @@ from vb_probe.results.scores import (
 )
 
 MAX_PANELS = 8  # relations Figure 4 draws side by side; the rest are in the CSV
+
+
+def _record_files(queries, maps) -> tuple[list[dict] | None, dict | None]:
+    """A result's per-query table as ``queries.csv`` rows, and its maps, for :func:`save_run`."""
+    from vb_probe.results.records import frame_to_csv_rows
+
+    return (frame_to_csv_rows(queries) if queries is not None else None), maps
 # region mass is Figure 3's dot size; Figure 4 has no use for it (and it is the one float a batch size can move)
 SYNTACTIC_COLUMNS = ["relation", "direction", *(c for c in ENTITY_COLUMNS if c != "region_mass")]
 
@@ -52,6 +59,8 @@ class GroundingResult(HeadScores):
     # what a family's own tally adds (decoders: "localization", the fixed-position baseline and the heads chosen
     # without boxes): block name → the block, each at the top of run.json under its name
     extras: dict[str, dict] = field(default_factory=dict)
+    queries: object = None  # a pandas table, one row a query (per_query), or None; see vb_probe.records
+    maps: dict | None = None  # the maps of the heads asked for, with their cells (maps.npz), or None
 
     FILES = ("entity_grounding.csv", "run.json", "entity_grounding.png")
 
@@ -59,6 +68,12 @@ class GroundingResult(HeadScores):
     def rule(self) -> str:
         """The rule of the grid: ``iou`` (regions, the paper's) or ``pointing`` (patches): the model family's."""
         return str(self.provenance.get("rule", "iou"))
+
+    @property
+    def token_kind(self) -> str:
+        """What the image tokens are: regions, patches, image tokens (the family's; runs of earlier versions: told by
+        the rule)."""
+        return str(self.provenance.get("token_kind") or ("patches" if self.rule == "pointing" else "regions"))
 
     @property
     def other_rule_name(self) -> str:
@@ -81,14 +96,16 @@ class GroundingResult(HeadScores):
 
         selected = self.selected_head
         control = self.control.best_head() if self.control is not None else None
-        return plot_head_grid(self.accuracy, self.region_mass, self.baselines,
+        return plot_head_grid(self.accuracy, self.region_mass, self.baselines, rule=self.rule,
+                              token_kind=self.token_kind,
                               title=f"Entity grounding, {self.split} split ({self.n} phrases)",
                               selected=(selected.layer, selected.head, selected.selected_on) if selected else None,
                               control_best=(control.label, control.accuracy) if control else None, ax=ax)
 
     def save(self, folder: str | Path) -> Path:
         """``entity_grounding.csv``, ``run.json`` and ``entity_grounding.png``, replaced together."""
-        return save_run(Path(folder), "entity_grounding", ENTITY_COLUMNS, self.rows(), self.plot(), self.run_json())
+        return save_run(Path(folder), "entity_grounding", ENTITY_COLUMNS, self.rows(), self.plot(), self.run_json(),
+                        *_record_files(self.queries, self.maps))
 
     @classmethod
     def load(cls, folder: str | Path) -> "GroundingResult":
@@ -109,7 +126,8 @@ class GroundingResult(HeadScores):
                          provenance={k: v for k, v in run.items() if k not in known},
                          other_rule=other_rule_from(run.get("other_rule")),
                          permuted=control_from(run.get("control_permuted_geometry")),
-                         extras={str(k): run[k] for k in run.get("extras", [])})
+                         extras={str(k): run[k] for k in run.get("extras", [])}, queries=read_queries(folder),
+                         maps=read_maps_file(folder))
         if result.n_phrases != result.n + sum(result.skipped.values()):
             raise DataError(f"{folder / 'run.json'}: n_phrases {result.n_phrases} is not the {result.n} scored plus "
                             f"{sum(result.skipped.values())} skipped; the files do not belong together, run the probe again")
@@ -152,6 +170,8 @@ class SyntacticResult:
     selected: dict[tuple[str, str], SelectedHead] = field(default_factory=dict)
     control: dict[tuple[str, str], HeadScores] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    queries: object = None  # a pandas table, one row a query (per_query), or None; see vb_probe.records
+    maps: dict | None = None  # the maps of the heads asked for, with their cells (maps.npz), or None
 
     FILES = ("syntactic.csv", "run.json", "syntactic.png")
 
@@ -246,7 +266,8 @@ class SyntacticResult:
 
     def save(self, folder: str | Path) -> Path:
         """``syntactic.csv``, ``run.json`` and ``syntactic.png`` (Figure 4), replaced together."""
-        return save_run(Path(folder), "syntactic", SYNTACTIC_COLUMNS, self.rows(), self.plot(), self.run_json())
+        return save_run(Path(folder), "syntactic", SYNTACTIC_COLUMNS, self.rows(), self.plot(), self.run_json(),
+                        *_record_files(self.queries, self.maps))
 
     @classmethod
     def load(cls, folder: str | Path) -> "SyntacticResult":
@@ -272,7 +293,8 @@ class SyntacticResult:
                 control[key] = control_from(info["control_random_init"])
         known = {"probe", "relations", "arcs_seen", "skipped", "parser", "split"}
         return cls(list(run["relations"]), scores, run["skipped"], run["split"], run["arcs_seen"], run["parser"],
-                   selected, control, {k: v for k, v in run.items() if k not in known})
+                   selected, control, {k: v for k, v in run.items() if k not in known}, read_queries(folder),
+                   read_maps_file(folder))
 
     def equals(self, other: "SyntacticResult") -> bool:
         return (self.relations == other.relations and self.scores.keys() == other.scores.keys()

@@ -85,6 +85,7 @@ def plot_attention_on_image(
     hits: dict[int, np.ndarray] | None = None,
     title: str = "",
     rule: str = "iou",
+    token_kind: str | None = None,
 ) -> Figure:
     """``boxes`` [R, 4] the regions (or a patch model's cells: ``rule`` "pointing" says so in the key);
     ``word_groups[i]`` the entity of word i (None: not in a boxed phrase; an entity's words share a colour and a
@@ -144,7 +145,10 @@ def plot_attention_on_image(
                         textprops=dict(color=colour_of.get(g, "black"), fontsize=10,
                                        weight="bold" if g is not None else "normal"))
                for i, (word, g) in enumerate(zip(words, word_groups))]
-    unit, hit = ("patch", "its centre lies in a gold box") if rule == "pointing" else ("region", "IoU ≥ 0.5")
+    from vb_probe.viz.head_grid import singular
+
+    unit = singular(token_kind or ("patches" if rule == "pointing" else "regions"))
+    hit = "its centre lies in a gold box" if rule == "pointing" else "IoU ≥ 0.5"
     key = [Line2D([], [], color="black", ls="--", lw=1.4, label="gold box of the entity"),
            Line2D([], [], color="black", ls="-", lw=2.4, label=f"most-attended {unit}: hits gold ({hit})"),
            Line2D([], [], color="black", ls=":", lw=2.4, label=f"most-attended {unit}: misses")]

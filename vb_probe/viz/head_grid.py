@@ -10,8 +10,14 @@ from vb_probe.heads import head_label
 from vb_probe.viz.text import plain
 
 SMALL_MASS = 0.2  # the paper draws heads with under 20% of their attention on regions as small dots
-BASELINE_STYLES = {"highest_confidence": ("darkorange", "highest-confidence region"), "random": ("dimgrey", "random region"),
+BASELINE_STYLES = {"highest_confidence": ("darkorange", "highest-confidence {unit}"), "random": ("dimgrey", "random {unit}"),
                    "control": ("tab:purple", "random-init control, best head")}
+RULE_TEXT = {"iou": "IoU ≥ 0.5 with a gold box", "pointing": "pointing rule: the {unit}'s centre in a gold box"}
+
+
+def singular(kind: str) -> str:
+    """``regions`` → region, ``patches`` → patch, ``image tokens`` → image token: one image token of a kind."""
+    return kind[:-2] if kind.endswith("ches") else kind[:-1] if kind.endswith("s") else kind
 LEGEND_MARKER = 10  # points: the legend's rings and squares, small enough that rows never overlap
 
 
@@ -35,19 +41,26 @@ def plot_head_grid(
     title: str = "Entity grounding per head",
     selected: tuple[int, int, str] | None = None,
     control_best: tuple[str, float] | None = None,
-    value_label: str = "accuracy (IoU ≥ 0.5 with a gold box)",
+    value_label: str | None = None,
+    rule: str = "iou",
+    token_kind: str = "regions",
     ax=None,
 ) -> Figure:
     """``accuracy`` and ``region_mass`` [layer, head] in [0, 1] (mass None: all dots one size). Colour = accuracy,
     dot size = region mass (a key below); the baselines are labelled on the colour bar; a red ring marks the best
     head, a blue square the head chosen on another split (``selected`` = layer, head, split); ``control_best`` =
     (label, accuracy) of a random-initialised model's best head; ``value_label`` names what the colour shows
-    (the colour bar's label). Without ``region_mass`` there is no dot-size key. Returns the figure."""
+    (the colour bar's label; default: accuracy under the run's ``rule``). ``token_kind`` names the image tokens
+    (regions, patches, image tokens) in every label. Without ``region_mass`` there is no dot-size key. Returns the
+    figure."""
+    unit = singular(token_kind)
+    value_label = value_label or f"accuracy ({RULE_TEXT.get(rule, rule).format(unit=unit)})"
     accuracy = np.asarray(accuracy, float)
     mass = np.ones_like(accuracy) if region_mass is None else np.asarray(region_mass, float)
     layers, heads = accuracy.shape
     if ax is None:
-        fig = Figure(figsize=(2.6 + 0.5 * heads, 2.4 + 0.42 * layers), dpi=120, layout="constrained")
+        # never narrower than the two keys below the grid side by side: a small grid's keys must not overlap
+        fig = Figure(figsize=(max(2.6 + 0.5 * heads, 8.2), 2.4 + 0.42 * layers), dpi=120, layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -86,7 +99,7 @@ def plot_head_grid(
     bar.ax.yaxis.set_label_position("left")
     names = sorted(shown, key=shown.get)
     for name, y in zip(names, _spread([shown[n] for n in names], gap=0.07 * top)):
-        colour, label = BASELINE_STYLES[name]
+        colour, label = BASELINE_STYLES[name][0], BASELINE_STYLES[name][1].format(unit=unit)
         bar.ax.axhline(shown[name], color=colour, linewidth=2.5)
         bar.ax.annotate(f"{label}\n{shown[name]:.3f}", xy=(1.0, shown[name]), xytext=(1.5, y),
                         textcoords=("axes fraction", "data"), xycoords=("axes fraction", "data"), fontsize=8,
@@ -94,5 +107,5 @@ def plot_head_grid(
     fig.legend(handles=handles, loc="outside lower left", ncol=1, fontsize=8, frameon=False, labelspacing=1.0)
     if region_mass is not None:
         fig.legend(handles=sizes, loc="outside lower right", ncol=4, fontsize=8, frameon=False, columnspacing=0.8,
-                   title="dot size: attention on regions", title_fontsize=8)
+                   title=f"dot size: attention on {token_kind}", title_fontsize=8)
     return fig

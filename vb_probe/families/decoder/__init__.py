@@ -21,6 +21,7 @@ import torch
 
 from vb_probe.errors import CheckpointError, DataError, VbProbeError
 from vb_probe.families import FamilyBase, Site, items_image_tokens, pin, register_family
+from vb_probe.families.base import settings_json
 from vb_probe.families.decoder.geometry import ImageCells, ViewMap, cell_boxes, llava_view, squashed_view
 from vb_probe.families.decoder.localization import LocalizationTally
 from vb_probe.families.decoder.prompts import Qwen2VLPrompts, Template, caption_tokens, prompt_tokens, template_for
@@ -134,7 +135,7 @@ class DecoderFamily(FamilyBase):
         keep = ("size", "crop_size", "do_center_crop", "do_pad", "patch_size", "merge_size", "min_pixels",
                 "max_pixels", "resample")
         facts = {"model_type": kind,
-                 "image_processor": {k: _plain(getattr(processor, k)) for k in keep if hasattr(processor, k)},
+                 "image_processor": {k: settings_json(getattr(processor, k)) for k in keep if hasattr(processor, k)},
                  "prompt": {"prefix": template.prefix, "suffix": template.suffix,
                             "caption_is_suffix": template.caption_is_suffix},
                  "attention": "row capture (sdpa output, query rows through the model's eager code)"}
@@ -424,17 +425,6 @@ def _resized_size(image_processor, width: int, height: int) -> tuple[int, int]:
                                   do_rescale=False, return_tensors="np")
             sizes[(width, height)] = tuple(int(v) for v in out["pixel_values"].shape[-2:])
     return sizes[(width, height)]
-
-
-def _plain(value):
-    """A processor attribute as JSON can hold it."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, dict) or hasattr(value, "items"):
-        return {str(k): _plain(v) for k, v in dict(value).items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return str(value)
 
 
 __all__ = ["DecoderFamily", "ImageCells", "ViewMap", "Template", "image_cells", "load_processor"]
