@@ -107,3 +107,111 @@ def test_pixel_and_decoder_families_have_the_attention_verb_with_each_tokens_cel
     np.testing.assert_allclose(probed.maps["cells"][:r], seen.cells)
     rows = vb_probe.region_attention(model, None, caption.words, Path(images) / f"{first['image_id']}.png")
     np.testing.assert_allclose(rows, seen.rows)
+
+
+# ------------------------------------------------------------------------------------------- 1. figures name the rule
+
+@pytest.mark.parametrize("kind, unit", [("patches", "patch"), ("image tokens", "image token")])
+def test_figure_3_of_a_pixel_model_names_its_rule_and_tokens_and_its_keys_do_not_collide(kind, unit):
+    """A 3 × 4 grid scored by the pointing rule said "IoU ≥ 0.5" and "random region", and its keys overlapped."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from vb_probe.heads import SelectedHead
+    from vb_probe.results import GroundingResult, HeadScores
+
+    result = GroundingResult(np.array([[3, 9, 2, 1], [5, 1, 7, 0], [2, 2, 8, 4]]), 10, np.full((3, 4), 0.5),
+                             {"highest_confidence": None, "random": 0.1, "oracle": 1.0},
+                             control=HeadScores(np.array([[2, 1, 0, 3], [1, 4, 2, 2], [1, 1, 1, 1]]), 10),
+                             selected_head=SelectedHead(2, 2, 0.8, "val", 0.7),
+                             provenance={"rule": "pointing", "token_kind": kind})
+    fig = result.plot()
+    FigureCanvasAgg(fig)
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_window_extent"))
+             if t.get_text().strip() and t.get_visible()]
+    words = " ".join(" ".join(t.get_text().split()) for t in texts)
+    assert "IoU" not in words and "region" not in words
+    assert f"pointing rule: the {unit}'s centre in a gold box" in words
+    assert f"random {unit}" in words and f"dot size: attention on {kind}" in words
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    whole = fig.bbox
+    for text, box in boxes:
+        assert whole.x0 - 1 <= box.x0 and box.x1 <= whole.x1 + 1 and whole.y0 - 1 <= box.y0 and box.y1 <= whole.y1 + 1, text
+    keys = {id(t): (t.get_text(), t.get_window_extent(renderer)) for legend in fig.legends
+            for t in [*legend.get_texts(), legend.get_title()] if t.get_text()}
+    keys = list(keys.values()) + [(t.get_text(), t.get_window_extent(renderer))  # and the marks on the colour bar
+                                  for t in fig.axes[-1].texts]
+    for i, (a_text, a) in enumerate(keys):
+        for b_text, b in keys[:i]:
+            assert not a.overlaps(b), (a_text, b_text)
+
+
+# ------------------------------------------------------------------------------------------- 2. ViLT's processor
+
+def test_a_vilt_saved_by_transformers_5_keeps_its_image_processor(tmp_path):
+    """`ViltProcessor.save_pretrained` nests the image processor in processor_config.json (no
+    preprocessor_config.json): it is loaded as transformers loads it, not replaced by ViLT's 384 default."""
+    from transformers import BertTokenizerFast, ViltConfig, ViltModel, ViltProcessor
+    from transformers import ViltImageProcessorPil as ImageProcessor
+
+    folder = tmp_path / "vilt"
+    ViltModel(ViltConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, image_size=128, patch_size=32)).save_pretrained(folder)
+    tokenizer = BertTokenizerFast.from_pretrained(str(ROOT / "tests" / "data" / "realconfigs" / "bert-base-uncased"))
+    ViltProcessor(image_processor=ImageProcessor(size={"shortest_edge": 160}, size_divisor=32),
+                  tokenizer=tokenizer).save_pretrained(folder)
+    assert not (folder / "preprocessor_config.json").exists() and (folder / "processor_config.json").exists()
+    model = vb_probe.load_model(folder)
+    assert model.image_processor.size.shortest_edge == 160
+    assert not [note for note in model.load_notes if "image processor" in note]
+    run_facts = vb_probe.families.family_of(model).prepare(model, type("S", (), {"kind": "pixels", "source": "x"})(),
+                                                           {})
+    assert run_facts["image_processor"]["size"] == {"shortest_edge": 160}  # JSON, not a repr string
+
+
+# ------------------------------------------------------------------------------------------- 8. smaller edges
+
+def test_a_figure_assigned_in_a_notebook_is_shown_once_and_a_bare_one_not_twice(tmp_path):
+    """`fig = result.plot()` showed nothing in Jupyter (a pyplot-free figure shows only as a cell's value); it is
+    shown at once, and `result.plot()` as the cell's value is not drawn a second time."""
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.v4.new_notebook()
+    setup = ("import numpy as np\nfrom vb_probe.results import GroundingResult\n"
+             "result = GroundingResult(np.array([[3, 9], [5, 1]]), 10, np.full((2, 2), 0.5), {'random': 0.1, "
+             "'oracle': 1.0, 'highest_confidence': None})")
+    notebook.cells = [nbformat.v4.new_code_cell(code) for code in (
+        setup, "fig = result.plot()", "result.plot()", "import matplotlib.pyplot as plt  # the inline backend's own",
+        "fig = result.plot()", "result.plot()")]
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+                            ).execute()
+
+    def images(cell) -> int:
+        return sum("image/png" in output.get("data", {}) for output in cell.outputs)
+
+    assert [images(cell) for cell in notebook.cells[1:]] == [1, 1, 0, 1, 1]
+
+
+def test_head_words_record_their_parser_and_the_set_default_split(tmp_path):
+    """run.json recorded the parser of head words as null; a RefCOCO folder probed without --split used "test",
+    which it has not (refused only after the model loaded)."""
+    from test_seams import PixelToy, _refcoco_from_world, toy_world  # noqa: F401 (the fixture)
+    from vb_probe.data.refcoco import RefCoco
+
+    world = _write_world(tmp_path / "w")
+    refcoco = _refcoco_from_world(tmp_path / "refcoco", world)
+    assert RefCoco(refcoco).default_split == "val"
+    result = vb_probe.entity_grounding(PixelToy(), None, refcoco, world["images"])  # no split: RefCOCO's own, val
+    assert result.split == "val" and result.provenance["query_word"] == "head"
+    assert result.provenance["head_word_parser"]  # spaCy's, named
+
+
+def test_figures_regenerates_figure_4_from_a_syntactic_folder(region_set, tmp_path, capsys):
+    out = tmp_path / "syn"
+    assert probe_main(["syntactic", "--ckpt", str(region_set["ckpt"]), "--flickr30k", str(region_set["flickr"]),
+                       "--features", str(region_set["tsv"]), "--parses", str(region_set["parses"]), "--relation",
+                       "nsubj", "--out", str(out), "--quiet"]) == 0
+    assert probe_main(["figures", "--results", str(out), "--out", str(tmp_path / "figs")]) == 0
+    assert [p.name for p in (tmp_path / "figs").iterdir() if not p.name.startswith(".")] == ["fig4_syntactic.png"]

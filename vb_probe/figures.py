@@ -49,7 +49,7 @@ def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, mo
     figures = {}
     for name, example in figure_names(entity, syntactic is not None, session.dataset, suffix).items():
         if example is None:
-            figures[name] = entity.plot() if name.startswith("fig3") else syntactic.plot()
+            figures[name] = entity.figure() if name.startswith("fig3") else syntactic.figure()
         else:
             figures[name] = attention_figure(session.model, session.tokenizer, session.dataset, session.store,
                                              *example, images_dir=images_dir or session.images_dir, scores=entity)
@@ -61,12 +61,21 @@ def write_figures(entity: GroundingResult, syntactic: SyntacticResult | None, mo
 
 def figures_from_results(results: Path, out: Path, images_dir: Path | None = None, suffix: str = ".png",
                          device: str = "cpu") -> list[str]:
-    """Regenerate the figures of a demo output folder (``entity_grounding/`` and ``syntactic/`` inside it) or of an
-    entity-grounding ``--out`` folder, with the checkpoint, annotations and features its run.json names."""
+    """Regenerate the figures of a demo output folder (``entity_grounding/`` and ``syntactic/`` inside it), of an
+    entity-grounding ``--out`` folder (with the checkpoint, annotations and features its run.json names), or of a
+    syntactic ``--out`` folder (its Figure 4, from its files alone)."""
     import warnings
 
     from vb_probe.api import load_model, load_tokenizer
 
+    if (results / "syntactic.csv").is_file():  # a syntactic --out folder: its Figure 4, no model needed
+        syntactic = SyntacticResult.load(results)
+        name = f"fig4_syntactic{suffix}"
+        check_outputs(out, [name])
+        writable_folder(out)
+        with atomic_files(out) as staged:
+            staged.figure(name, syntactic.figure())
+        return [name]
     if (results / "entity_grounding.csv").is_file():  # an entity-grounding --out folder itself
         entity, syntactic = GroundingResult.load(results), None
     else:  # a demo folder: entity_grounding/ and, when there, syntactic/

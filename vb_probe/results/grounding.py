@@ -90,6 +90,12 @@ class GroundingResult(HeadScores):
                 **self.extras, **({"extras": sorted(self.extras)} if self.extras else {}), **self.provenance}
 
     def plot(self, ax=None):
+        """Figure 3, shown at once in a notebook (``fig = result.plot()`` too); returns the figure."""
+        from vb_probe.viz.notebook import present
+
+        return present(self.figure(ax)) if ax is None else self.figure(ax)
+
+    def figure(self, ax=None):
         """Figure 3 (the layer × head grid, with the head chosen on another split and the control's best head);
         returns the figure."""
         from vb_probe.viz.head_grid import plot_head_grid
@@ -104,7 +110,7 @@ class GroundingResult(HeadScores):
 
     def save(self, folder: str | Path) -> Path:
         """``entity_grounding.csv``, ``run.json`` and ``entity_grounding.png``, replaced together."""
-        return save_run(Path(folder), "entity_grounding", ENTITY_COLUMNS, self.rows(), self.plot(), self.run_json(),
+        return save_run(Path(folder), "entity_grounding", ENTITY_COLUMNS, self.rows(), self.figure(), self.run_json(),
                         *_record_files(self.queries, self.maps))
 
     @classmethod
@@ -232,6 +238,12 @@ class SyntacticResult:
         return [r for r in chosen if r in kept]
 
     def plot(self, relations: Sequence[str] | None = None):
+        """Figure 4, shown at once in a notebook (``fig = result.plot()`` too); returns the figure."""
+        from vb_probe.viz.notebook import present
+
+        return present(self.figure(relations))
+
+    def figure(self, relations: Sequence[str] | None = None):
         """Figure 4: the relations side by side (all of them unless ``relations`` names some), at most
         :data:`MAX_PANELS`: those with the most arcs, the title saying how many were left out (Visual Genome has
         tens of thousands of predicates); returns the figure."""
@@ -266,7 +278,7 @@ class SyntacticResult:
 
     def save(self, folder: str | Path) -> Path:
         """``syntactic.csv``, ``run.json`` and ``syntactic.png`` (Figure 4), replaced together."""
-        return save_run(Path(folder), "syntactic", SYNTACTIC_COLUMNS, self.rows(), self.plot(), self.run_json(),
+        return save_run(Path(folder), "syntactic", SYNTACTIC_COLUMNS, self.rows(), self.figure(), self.run_json(),
                         *_record_files(self.queries, self.maps))
 
     @classmethod

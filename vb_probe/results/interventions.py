@@ -84,6 +84,12 @@ class AttributionResult:
                 for l in range(self.shape[0]) for h in range(self.shape[1])]
 
     def plot(self, ax=None):
+        """The agreement grid, shown at once in a notebook; returns the figure."""
+        from vb_probe.viz.notebook import present
+
+        return present(self.figure(ax)) if ax is None else self.figure(ax)
+
+    def figure(self, ax=None):
         """Each head's agreement with integrated gradients on the layer × head grid; returns the figure."""
         from vb_probe.viz.head_grid import plot_head_grid
 
@@ -126,6 +132,12 @@ class CausalResult:
         return self.summary[key]
 
     def plot(self, ax=None):
+        """The ablation's drops, shown at once in a notebook; returns the figure."""
+        from vb_probe.viz.notebook import present
+
+        return present(self.figure(ax)) if ax is None else self.figure(ax)
+
+    def figure(self, ax=None):
         """The drop in accuracy from ablating the top-k heads (with its interval) beside each random draw's."""
         from matplotlib.figure import Figure
 

@@ -59,8 +59,10 @@ def plot_head_grid(
     mass = np.ones_like(accuracy) if region_mass is None else np.asarray(region_mass, float)
     layers, heads = accuracy.shape
     if ax is None:
-        # never narrower than the two keys below the grid side by side: a small grid's keys must not overlap
-        fig = Figure(figsize=(max(2.6 + 0.5 * heads, 8.2), 2.4 + 0.42 * layers), dpi=120, layout="constrained")
+        # never narrower than the two keys below the grid side by side, nor lower than the colour bar's label: a small
+        # grid's keys must not overlap, nor its label leave the figure
+        fig = Figure(figsize=(max(2.6 + 0.5 * heads, 8.2), max(2.4 + 0.42 * layers, 4.8)), dpi=120,
+                     layout="constrained")
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -94,7 +96,9 @@ def plot_head_grid(
     ax.set_ylim(layers - 0.3, -0.7)
     ax.set_title(plain(title), fontsize=11)
     bar = fig.colorbar(points, ax=ax, fraction=0.05, pad=0.02)
-    bar.set_label(value_label)
+    import textwrap
+
+    bar.set_label(textwrap.fill(value_label, max(24, int((fig.get_figheight() - 1.8) * 9))))  # on the bar's height
     bar.ax.yaxis.set_ticks_position("left")
     bar.ax.yaxis.set_label_position("left")
     names = sorted(shown, key=shown.get)
