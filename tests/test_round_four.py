@@ -198,6 +198,7 @@ def test_head_words_record_their_parser_and_the_set_default_split(tmp_path):
     """run.json recorded the parser of head words as null; a RefCOCO folder probed without --split used "test",
     which it has not (refused only after the model loaded)."""
     from test_seams import PixelToy, _refcoco_from_world, toy_world  # noqa: F401 (the fixture)
+
     from vb_probe.data.refcoco import RefCoco
 
     world = _write_world(tmp_path / "w")

@@ -10,6 +10,17 @@ import sys
 from pathlib import Path
 
 
+def cmd_tiny(args: argparse.Namespace) -> int:
+    from training.tiny import write_tiny
+
+    out = write_tiny(args.family, args.out, seed=args.seed)
+    print(f"wrote a tiny random {args.family} model (2 layers × 4 heads, the public checkpoints' processor settings) "
+          f"to {out}; try it on the built-in world, e.g. vb-probe entity-grounding --ckpt {out} --flickr30k "
+          "WORLD/flickr30k " + ("--features WORLD/features.tsv" if args.family in ("visualbert", "lxmert")
+                                else "--images WORLD/images") + " --out OUT")
+    return 0
+
+
 def cmd_world(args: argparse.Namespace) -> int:
     from training.world import build_world
     from vb_probe.atomic import check_replaceable, remove_stale_temporaries, writable_folder
@@ -162,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-images", action="store_true", help="skip the rendered PNGs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_world)
+
+    p = add_parser("tiny", "a tiny random model of any family (real processor settings) to try the commands offline")
+    p.add_argument("--family", required=True, choices=["visualbert", "lxmert", "vilt", "llava", "qwen2_vl",
+                                                         "paligemma"], help="the model family")
+    p.add_argument("--out", type=Path, required=True, help="a new folder for the checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    p.set_defaults(func=cmd_tiny)
 
     p = add_parser("pretrain", "masked LM with the image + sentence-image prediction")
     p.add_argument("--config", help="a packaged config (demo, vilt, tasks, paper) or a TOML file; vilt pre-trains a "

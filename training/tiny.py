@@ -1,0 +1,245 @@
+"""Tiny random models of every family, built with transformers' own classes and processors: the decoder VLMs
+(LLaVA, Qwen2-VL, PaliGemma: hidden size 32, 2 layers, a byte-level BPE tokenizer trained here) and, through
+:func:`write_tiny`, a checkpoint folder of any family (``vb-train tiny --family llava --out DIR``) with the public
+checkpoints' processor settings, for trying the commands offline. Random weights: the pipeline is exercised, not the
+science. Nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ("a man in a red shirt rides a brown horse near the blue car on the street two dogs play with the ball "
+         "woman girl boy sits stands holds dog cat grass water snow tree building").split()
+SPECIAL = ["<pad>", "<s>", "</s>", "<image>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_start|>",
+           "<|im_end|>", "<unk>"]
+
+
+def byte_level_tokenizer(words: tuple[str, ...] | list[str] = WORDS):
+    """A GPT-2-style byte-level BPE fast tokenizer over ``words`` (ids 0–9 the special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator([" ".join(words)] * 20 + ["USER: ASSISTANT: caption en system user assistant "
+                                                          "You are a helpful assistant.\n"] * 5, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>")
+    tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[3:9]})
+    return tokenizer
+
+
+def token(tokenizer, text: str) -> int:
+    return tokenizer.convert_tokens_to_ids(text)
+
+
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            max_position_embeddings=1024)
+
+
+def tiny_llava(image_size: int = 56, patch: int = 14, pad: bool = False, layers: int = 2):
+    """LLaVA with a CLIP tower over ``image_size``² (a (image_size/patch)² grid) and its real processor."""
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(0)
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, image_size=image_size, patch_size=patch, projection_dim=32)
+    text = dict(TEXT, model_type="llama", vocab_size=len(tokenizer), num_hidden_layers=layers)
+    config = LlavaConfig(vision_config=vision, text_config=text,
+                         image_token_index=token(tokenizer, "<image>"), vision_feature_layer=-1)
+    model = LlavaForConditionalGeneration(config).eval()
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                            crop_size={"height": image_size, "width": image_size})
+    if pad:
+        from transformers import LlavaImageProcessorPil
+
+        image_processor = LlavaImageProcessorPil(size={"shortest_edge": image_size}, do_pad=True,
+                                                 crop_size={"height": image_size, "width": image_size})
+    model.processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+                                     vision_feature_select_strategy="default", image_token="<image>",
+                                     num_additional_image_tokens=1)
+    return model
+
+
+def tiny_qwen2_vl(max_pixels: int = 112 * 112, layers: int = 2):
+    """Qwen2-VL (patch 14, merge 2: a token per 28 × 28 cell) with its image processor and the prompt expansion."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    from vb_probe.families.decoder.prompts import Qwen2VLPrompts
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(0)
+    text = dict(TEXT, vocab_size=len(tokenizer), num_hidden_layers=layers, bos_token_id=1, eos_token_id=2,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
+    vision = dict(depth=1, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=14, spatial_merge_size=2,
+                  temporal_patch_size=2, in_chans=3)
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=token(tokenizer, "<|image_pad|>"),
+                           video_token_id=token(tokenizer, "<|im_end|>"),
+                           vision_start_token_id=token(tokenizer, "<|vision_start|>"))
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels)
+    model.processor = Qwen2VLPrompts(processor, tokenizer)
+    return model
+
+
+def tiny_paligemma(image_size: int = 32, patch: int = 8, layers: int = 2):
+    """PaliGemma with a SigLIP tower over ``image_size``² and its real processor."""
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessorPil
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(0)
+    text = dict(TEXT, vocab_size=len(tokenizer), head_dim=8, model_type="gemma", num_hidden_layers=layers)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                  image_size=image_size, patch_size=patch)
+    config = PaliGemmaConfig(text_config=text, vision_config=vision, image_token_id=token(tokenizer, "<image>"),
+                             projection_dim=32)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+    image_processor.image_seq_length = (image_size // patch) ** 2
+    model.processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return model
+
+
+BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma}
+
+
+def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:
+    """A tiny model of ``kind`` saved as transformers saves it, with its processor (or its image processor and
+    tokenizer); ``shard``: a max_shard_size, for a sharded checkpoint."""
+    from vb_probe.families import quiet_loading
+
+    model = BUILDERS[kind](**options)
+    with quiet_loading():  # no progress bar among the messages the tests read
+        model.save_pretrained(folder, **({"max_shard_size": shard} if shard else {}))
+    processor = model.processor
+    if hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(folder)
+    else:
+        processor.image_processor.save_pretrained(folder)
+        processor.tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------- a folder of any family
+
+FAMILIES = ("visualbert", "lxmert", "vilt", "llava", "qwen2_vl", "paligemma")
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def world_words(scenes: int = 200, seed: int = 0) -> list[str]:
+    """Every word the built-in world's captions use (its first ``scenes`` scenes), in first-seen order."""
+    from training.world.scenes import WorldGenerator
+
+    generator, seen = WorldGenerator(seed), {}
+    for index in range(scenes):
+        for words, *_ in generator.scene(index).captions:
+            for word in words:
+                seen.setdefault(word.lower(), None)
+    return list(seen)
+
+
+def bert_tokenizer(folder: Path, words: list[str]):
+    """A BERT WordPiece tokenizer whose vocabulary is the specials, ``words`` and every single character of them,
+    saved into ``folder`` (vocab.txt and tokenizer files)."""
+    from transformers import BertTokenizerFast
+
+    characters = sorted({c for word in words for c in word} | set("abcdefghijklmnopqrstuvwxyz0123456789.,!?'"))
+    vocab = BERT_SPECIALS + sorted(set(words) - set(characters)) + characters + [f"##{c}" for c in characters]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True)
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def write_tiny(family: str, out: str | Path, *, seed: int = 0) -> Path:
+    """A checkpoint folder of ``family`` (:data:`FAMILIES`) with random weights, 2 layers × 4 heads of width 32, the
+    public checkpoints' processor settings (ViLT: shortest edge 384, 32-pixel patches; LLaVA-1.5: CLIP at 336², the
+    centre crop; Qwen2-VL: its pixel bounds, 28-pixel cells; PaliGemma: 224², 256 tokens), and a tokenizer of the
+    built-in world's words; region models read the world's region features (its feature width). Written whole
+    (atomically): a folder that exists is refused."""
+    from vb_probe.atomic import atomic_dir
+    from vb_probe.errors import VbProbeError
+
+    if family not in FAMILIES:
+        raise VbProbeError(f"--family {family}: use one of {', '.join(FAMILIES)}")
+    out = Path(out)
+    if out.exists():
+        raise VbProbeError(f"--out {out}: exists; choose a new folder for the tiny model (nothing was changed)")
+    words = world_words()
+    torch.manual_seed(seed)
+    with atomic_dir(out, kind="checkpoint") as tmp:
+        if family in ("visualbert", "lxmert", "vilt"):
+            _write_bert_family(family, tmp, words)
+        else:
+            _write_decoder(family, tmp, words)
+    return out
+
+
+def _write_bert_family(family: str, folder: Path, words: list[str]) -> None:
+    from training.world.scenes import FEATURE_DIM
+    from vb_probe.families import quiet_loading
+
+    tokenizer = bert_tokenizer(folder, words)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    with quiet_loading():
+        if family == "visualbert":
+            from transformers import VisualBertConfig
+
+            from vb_probe.families.visualbert.model import VisualBertModel
+
+            model = VisualBertModel(VisualBertConfig(**shape, num_hidden_layers=2, visual_embedding_dim=FEATURE_DIM,
+                                                     max_position_embeddings=128))
+            model.save_pretrained(folder / "model")  # written whole, then moved beside the tokenizer
+            for path in (folder / "model").iterdir():
+                path.rename(folder / path.name)
+            (folder / "model").rmdir()
+        elif family == "lxmert":
+            from transformers import LxmertConfig, LxmertModel
+
+            LxmertModel(LxmertConfig(**shape, l_layers=1, x_layers=2, r_layers=1, visual_feat_dim=FEATURE_DIM,
+                                     visual_pos_dim=4, max_position_embeddings=128)).save_pretrained(folder)
+        else:
+            from transformers import ViltConfig, ViltImageProcessorPil, ViltModel, ViltProcessor
+
+            ViltModel(ViltConfig(**shape, num_hidden_layers=2, image_size=384, patch_size=32,
+                                 max_position_embeddings=40)).save_pretrained(folder)
+            ViltProcessor(image_processor=ViltImageProcessorPil(size={"shortest_edge": 384}, size_divisor=32),
+                          tokenizer=tokenizer).save_pretrained(folder)
+
+
+def _write_decoder(family: str, folder: Path, words: list[str]) -> None:
+    from vb_probe.families import quiet_loading
+
+    words = [*words, *WORDS]
+    if family == "llava":
+        model = _with_tokenizer(tiny_llava(image_size=336, patch=14), words)
+    elif family == "qwen2_vl":
+        model = _with_tokenizer(tiny_qwen2_vl(max_pixels=12845056), words)
+        model.processor.image_processor.min_pixels = 3136  # Qwen2-VL-2B-Instruct's own bounds
+        model.processor.image_processor.size = {"shortest_edge": 3136, "longest_edge": 12845056}
+    else:
+        model = _with_tokenizer(tiny_paligemma(image_size=224, patch=14), words)
+    with quiet_loading():
+        model.save_pretrained(folder)
+    processor = model.processor
+    if hasattr(processor, "save_pretrained"):
+        processor.save_pretrained(folder)
+    else:  # Qwen2-VL without torchvision: its image processor and tokenizer, as the hub keeps them
+        processor.image_processor.save_pretrained(folder)
+        processor.tokenizer.save_pretrained(folder)
+
+
+def _with_tokenizer(model, words: list[str]):
+    """``model`` (a tiny decoder from the builders above) with its embeddings fitted to a tokenizer of ``words``."""
+    tokenizer = byte_level_tokenizer(words)
+    if len(tokenizer) != model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.processor.tokenizer = tokenizer
+    return model
