@@ -277,7 +277,8 @@ def test_relation_grounding_from_visual_genomes_relationships_needs_no_parser(wo
 
 
 def test_a_pixel_family_reads_refcoco_with_cocos_file_names(world, tmp_path):
-    """A decoder model on RefCOCO: images found by COCO's file names (renamed here as COCO names them)."""
+    """A decoder model on RefCOCO: images found by COCO's file names (renamed here as COCO names them), by the probe
+    and by the explorer (which did not look them up)."""
     import shutil
 
     from decoder_fixtures import tiny_paligemma
@@ -296,6 +297,8 @@ def test_a_pixel_family_reads_refcoco_with_cocos_file_names(world, tmp_path):
     result = vb_probe.entity_grounding(model, None, folder, images, split="val", progress=False)
     expressions = sum(len(c.phrases) for i in RefCoco(folder).split("val") for c in RefCoco(folder).captions(i))
     assert result.n_phrases == expressions and result.n > 0 and result.provenance["dataset"] == "refcoco"
+    page = vb_probe.explore(model, None, folder, images, split="val", limit=2, progress=False).data  # the same names
+    assert page["captions"] and all(c["picture"] for c in page["captions"])
 
 
 def test_check_data_counts_refcoco_and_visual_genome_as_the_probe_does(world, capsys):

@@ -1622,6 +1622,13 @@ def test_an_exif_rotated_jpeg_is_read_upright_as_its_boxes_are_drawn(tmp_path):
     read = np.asarray(folder.image("900"))
     assert read.shape == (300, 400, 3)
     assert read[50:250, 100:300].mean() > 200 and read[:40].mean() < 60  # the block where the box is
+    import base64
+    import io
+
+    from vb_probe.explorer import _image_uri  # the explorer's picture: upright too, the boxes drawn over it
+
+    shown = Image.open(io.BytesIO(base64.b64decode(_image_uri(images["images"], "900").split(",", 1)[1])))
+    assert shown.size == (400, 300) and np.asarray(shown)[60:240, 110:290].mean() > 190
 
 
 @pytest.mark.parametrize("stored", [(100, 75), (1, 1), (461, 525)])

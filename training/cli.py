@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     from training.tasks import TASKS
     from vb_probe.errors import DefaultsHelpFormatter, OneLineArgumentParser, at_least, positive_int
 
-    parser = OneLineArgumentParser(prog="vb-train", description="Build, pre-train and fine-tune VisualBERT.")
+    parser = OneLineArgumentParser(prog="vb-train", description="Build the world, pre-train and fine-tune "
+                                   "VisualBERT (and a small ViLT), and write tiny models of any family.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 

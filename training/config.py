@@ -69,12 +69,17 @@ class TrainSection:
     eval_every: int = 100
     eval_batches: int = 4
     save_every: int = 100
+    # also checkpoint when this many seconds have passed since the last one: an interrupted run loses at most this
+    # much (0: by step only); when a checkpoint is written changes nothing the run computes
+    save_every_s: float = 60.0
     seed: int = 0
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     max_regions: int = 100
     max_text_len: int = 64
     device: str = "cpu"
-    threads: int = 0  # 0: torch's default
+    # torch's threads (0: its default, one a core). The count is part of the result: each count sums in another
+    # order, and runs part after a few hundred steps; the demo's configs fix it (bench/demo_threads.py)
+    threads: int = 0
     # torch.compile of the training forward/backward: "off", "default", "reduce-overhead" (CUDA graphs; GPU) or
     # "max-autotune"; bench/train_step.py measures what each buys
     compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
@@ -106,12 +111,15 @@ class TrainConfig:
         """Hash of everything that changes the trained weights (the demo caches models by it). The keys that only a
         ViLT reads are left out of a VisualBERT's hash (its cached models stay valid)."""
         values = self.to_dict()
+        for section, key in NOT_WEIGHTS:
+            values[section].pop(key)
         if self.model.family == "visualbert":
             for section, key in VILT_ONLY:
                 values[section].pop(key)
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
+NOT_WEIGHTS = (("train", "save_every"), ("train", "save_every_s"))  # when checkpoints are written: not the weights
 VILT_ONLY = (("model", "family"), ("model", "patch_size"), ("model", "image_size"), ("model", "patch_init"),
              ("data", "images"))
 
@@ -230,6 +238,7 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
                                                "save_every", "max_regions", "max_text_len")},
     ("train", "lr"): (0, 1, False), ("train", "warmup_frac"): (0, 1, True), ("train", "weight_decay"): (0, 1e3, True),
     ("train", "clip_norm"): (0, 1e6, True), ("train", "seed"): (0, 2**32 - 1, True), ("train", "threads"): (0, 4096, True),
+    ("train", "save_every_s"): (0, 1e9, True),
 }
 
 

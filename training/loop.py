@@ -14,6 +14,8 @@ import math
 import os
 import pickle
 import random
+import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,12 +25,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from training.config import TrainConfig, TrainSection, config_from_dict
+from training.config import NOT_WEIGHTS, TrainConfig, TrainSection, config_from_dict
 from training.data import PretrainBatch, PretrainData
 from training.vilt import build_vilt, image_processor_for, save_vilt
 from vb_probe.atomic import KIND_NAMES, MANIFEST, Manifest, atomic_open, read_manifest, remove_stale_temporaries
-from vb_probe.devices import resolve_device
-from vb_probe.errors import CheckpointError, VbProbeError
+from vb_probe.devices import resolve_device, torch_threads
+from vb_probe.errors import CheckpointError, Terminated, VbProbeError
 from vb_probe.families.visualbert.checkpoints import init_from_bert, load_model, load_pretraining_model, save_pretraining_model
 from vb_probe.families.visualbert.model import VisualBertConfig, VisualBertModel
 from vb_probe.families.visualbert.pretraining import VisualBertForPreTraining
@@ -234,17 +236,20 @@ def claim_run_folder(out: Path, resume: bool) -> None:
 
 
 def check_resumed_config(saved: TrainConfig, asked: TrainConfig, out: Path) -> TrainConfig:
-    """A resumed run keeps its own config; only ``train.steps`` may change. Any other difference is refused
-    (silently training on with the old values would make the numbers mean something else)."""
+    """A resumed run keeps its own config; only ``train.steps`` and when checkpoints are written may change. Any
+    other difference is refused (silently training on with the old values would make the numbers mean something
+    else)."""
     old, new = saved.to_dict(), asked.to_dict()
+    free = {("train", "steps"), *NOT_WEIGHTS}
     differs = [f"{section}.{key}: {old[section].get(key)!r} → {value!r}"
                for section, values in new.items() for key, value in values.items()
-               if (section, key) != ("train", "steps") and old.get(section, {}).get(key) != value]
+               if (section, key) not in free and old.get(section, {}).get(key) != value]
     if differs:
         shown = "; ".join(differs[:3]) + (f"; and {len(differs) - 3} more" if len(differs) > 3 else "")
         raise VbProbeError(f"--resume {out}: the run was started with another config ({shown}); resume with the "
                            "same --config and --set values (only --steps may change), or start a new --out")
-    return replace(saved, train=replace(saved.train, steps=asked.train.steps))
+    return replace(saved, train=replace(saved.train, steps=asked.train.steps, save_every=asked.train.save_every,
+                                        save_every_s=asked.train.save_every_s))
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -323,11 +328,15 @@ class RunLog:
 def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = False, progress: bool = True,
              init_checkpoint: Path | None = None) -> dict:
     """Pre-train; returns the last evaluation. Writes ``out/final`` (transformers folder) at the end."""
+    with torch_threads(config.train.threads):  # the run's own count (the result depends on it), the caller's given back
+        return _pretrain(config, data_dir, out, resume=resume, progress=progress, init_checkpoint=init_checkpoint)
+
+
+def _pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool, progress: bool,
+              init_checkpoint: Path | None) -> dict:
     from tqdm.auto import tqdm
 
     t = config.train
-    if t.threads:
-        torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
     dd = setup_distributed(t.device)
     if t.batch_size % (t.grad_accum * dd.world):
@@ -363,6 +372,36 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
     out.mkdir(parents=True, exist_ok=True)
     log = RunLog(out, start_step, dd.main)
     bar = tqdm(total=t.steps, initial=start_step, desc="pre-training", unit="step", disable=not (progress and dd.main))
+    saved = {"step": start_step, "at": time.monotonic()}  # the newest checkpoint (the one resumed from, or none)
+    try:
+        last_eval = _train_steps(trained, model, optimizer, data, config, dd, device, cuda_graphs, out, log, bar,
+                                 start_step, saved)
+    except (KeyboardInterrupt, Terminated):
+        if dd.main:
+            bar.close()
+            reached = log.history[-1]["step"] if log.history else start_step
+            print(interrupted_line(out, saved, reached), file=sys.stderr)
+        raise
+    bar.close()
+    if dd.main:
+        log.save()
+        extra = {"training_config.json": json.dumps(config.to_dict(), indent=2)}
+        if vilt:
+            save_vilt(model, out / "final", tokenizer, processor, extra)
+        else:
+            save_pretraining_model(model, out / "final", tokenizer=tokenizer, extra_files=extra)
+        log.close()
+    if dd.world > 1:
+        dist.barrier()
+    return {"history": log.history, "eval": last_eval, "skipped_images": data.skipped_images}
+
+
+def _train_steps(trained, model, optimizer, data, config: TrainConfig, dd, device, cuda_graphs: bool, out: Path,
+                 log, bar, start_step: int, saved: dict) -> dict:
+    """Steps ``start_step`` … ``train.steps``: a checkpoint every ``save_every`` steps, at the last, and whenever
+    ``save_every_s`` seconds have passed since the newest (``saved``: its step and time, kept up to date for the
+    message of an interrupted run). Returns the last evaluation."""
+    t = config.train
     last_eval: dict = {}
     for step in range(start_step, t.steps):
         torch.manual_seed(t.seed * 1_000_003 + step * 101 + dd.rank)  # dropout depends on the step only
@@ -380,21 +419,24 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
         bar.update(1)
         bar.set_postfix(loss=f"{totals[0]:.3f}", **({"ent": f"{last_eval.get('eval_entity_acc', 0):.2f}"} if last_eval else {}))
         log.record(row)
-        if dd.main and ((step + 1) % t.save_every == 0 or step + 1 == t.steps):
+        due = (step + 1) % t.save_every == 0 or step + 1 == t.steps or \
+            (t.save_every_s > 0 and time.monotonic() - saved["at"] >= t.save_every_s)
+        if dd.main and due:
             log.save()
             save_checkpoint(out, step + 1, model, optimizer, config)
-    bar.close()
-    if dd.main:
-        log.save()
-        extra = {"training_config.json": json.dumps(config.to_dict(), indent=2)}
-        if vilt:
-            save_vilt(model, out / "final", tokenizer, processor, extra)
-        else:
-            save_pretraining_model(model, out / "final", tokenizer=tokenizer, extra_files=extra)
-        log.close()
-    if dd.world > 1:
-        dist.barrier()
-    return {"history": log.history, "eval": last_eval, "skipped_images": data.skipped_images}
+            saved.update(step=step + 1, at=time.monotonic())
+    return last_eval
+
+
+def interrupted_line(out: Path, saved: dict, step_reached: int) -> str:
+    """What an interrupted pre-training says: where it stopped, and what a rerun will do (go on from the newest
+    checkpoint, or start again when there is none)."""
+    if saved["step"] > 0:
+        ago = time.monotonic() - saved["at"]
+        return (f"pre-training stopped after step {step_reached}; the checkpoint of step {saved['step']} "
+                f"({ago:.0f} s before) is kept in {checkpoint_dir(out)}: a rerun (vb-train: with --resume) goes on "
+                "from there")
+    return f"pre-training stopped after step {step_reached}, before its first checkpoint: a rerun starts from step 0"
 
 
 def _tensorboard(out: Path):

@@ -28,6 +28,7 @@ _EXPORTS = {
     "load_masked_lm": "vb_probe.api",
     "attribute": "vb_probe.api",
     "causal_check": "vb_probe.api",
+    "ablate_heads": "vb_probe.api",
     "grounding_probes": "vb_probe.api",
     "open_session": "vb_probe.api",
     "attention_figure": "vb_probe.visualize",

@@ -140,21 +140,30 @@ class Session:
 
 def open_session(model, tokenizer=None, dataset=None, inputs=None, *, images=None, features=None, device=None,
                  precision: str = "fp32", device_map=None, dataset_format: str | None = None,
-                 split_by: str | None = None, confidence: str | None = None, relations: bool = False) -> Session:
+                 split_by: str | None = None, confidence: str | None = None, relations: bool = False,
+                 prompt: str | None = None) -> Session:
     """The model (an object, or a folder / hub id loaded here with ``device``, ``precision`` and ``device_map``, its
     notes said), its tokenizer (None: its own; a folder or hub id), the annotation set and the image store, as every
     verb opens them. ``inputs``: the region features for a region family, the images for a pixel family (a path or
-    an object); ``images``/``features``: the same, by name."""
+    an object); ``images``/``features``: the same, by name; ``prompt``: a decoder's prompt around the caption (a
+    preset: chat, plain, kang, or a text with ``{image}`` and ``{caption}``; None: its chat template)."""
     if isinstance(model, (str, Path)):
+        folder = resolve(model, "--ckpt")
+        config = folder_config(folder)
+        problem = family_of(config, str(folder / "config.json")).prompt_problem(str(config.get("model_type")), prompt)
+        if problem:  # before the weights load
+            raise VbProbeError(f"--prompt: {problem}")
         model = load_model(model, device=device, precision=precision, device_map=device_map)
         for note in model.load_notes:
             say(note)
     encoder = _model(model)
     family = family_of(encoder)
+    family.use_prompt(encoder, prompt)
     if inputs is not None:
         images, features = (inputs, features) if reads_pixels(family) else (images, inputs)
     reader = open_grounding_set(dataset, dataset_format, split_by=split_by, relations=relations)
     store = open_inputs(family, features, images, confidence)
+    store.add_names(reader.image_files())  # COCO's own file names (COCO_train2014_….jpg), as the probe finds them
     images_dir = images if isinstance(images, (str, Path)) else store.folder if reads_pixels(family) else None
     if images_dir is None and (reader.root.parent / "images").is_dir():
         images_dir = reader.root.parent / "images"  # the built-in world keeps its renders beside its data
@@ -195,7 +204,7 @@ def _probe(model, tokenizer, dataset, inputs, *, images=None, features=None, dev
     session = open_session(model, tokenizer if tokenizer is not None else cfg.tokenizer, dataset, inputs,
                            images=images, features=features, device=device, precision=precision,
                            device_map=device_map, dataset_format=cfg.dataset_format, split_by=cfg.split_by,
-                           confidence=cfg.confidence, relations=bool(cfg.relations))
+                           confidence=cfg.confidence, relations=bool(cfg.relations), prompt=cfg.prompt)
     if device is None and not from_files:
         cfg = replace(cfg, device=next(session.model.parameters()).device.type)
     if cfg.annotations is None:  # run.json records where a reader given as an object reads from
@@ -263,17 +272,19 @@ class TokenAttention:
 
 
 def image_attention(model, tokenizer, words: Sequence[str] | str, image, *, mask: Literal["posthoc", "intervene"] =
-                    "posthoc", visual_token_type: int | None = None) -> TokenAttention:
+                    "posthoc", visual_token_type: int | None = None, prompt: str | None = None) -> TokenAttention:
     """For one caption and one image, any family: every head's attention from each word to each image token, with
     each token's cell. ``image``: for a model that reads pixels, a PIL image or an image file's path (through the
     model's own processor: its cells are the processor's); for a region model, a :class:`Regions` or a
-    [R, visual_dim] feature array. ``tokenizer``: None for the model's own."""
+    [R, visual_dim] feature array. ``tokenizer``: None for the model's own; ``prompt``: a decoder's (see
+    :func:`open_session`)."""
     from PIL import Image
 
     from vb_probe.caption_rows import OneImage
 
     encoder = _model(model)
     family = family_of(encoder)
+    family.use_prompt(encoder, prompt)
     if isinstance(words, str):  # a caption as one string: its words, split on spaces as the probe splits them
         words = words.split()
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model=encoder)
@@ -363,16 +374,109 @@ def attribute(model: torch.nn.Module, tokenizer, dataset: GroundingSet | str | P
         return tools.attribute(model, items, tokenizer.pad_token_id, steps=steps, progress=progress)
 
 
-def causal_check(model: torch.nn.Module, tokenizer, dataset: GroundingSet | str | Path,
-                 features: RegionFeatures | str | Path, scores: str | Path, *, k: int = 12, draws: int = 20,
-                 seed: int = 0, split: str | None = None, limit: int | None = 20, progress: bool = False
-                 ) -> CausalResult:
+def causal_check(model: ModelSource, tokenizer, dataset: GroundingSet | str | Path, inputs, scores: str | Path, *,
+                 k: int = 12, draws: int = 20, seed: int = 0, split: str | None = None, limit: int | None = 20,
+                 progress: bool = False, batch_size: int = 8, device: str | torch.device | None = None,
+                 precision: str = "fp32", device_map: str | dict | None = None, prompt: str | None = None,
+                 dataset_format: str | None = None, split_by: str | None = None) -> CausalResult:
     """Ablate the ``k`` best grounding heads of ``scores`` (an entity-grounding folder or its CSV) and, per draw, k
-    random others; the drop in masked entity-word accuracy with a bootstrap interval and an empirical p-value.
-    ``model``: from :func:`load_masked_lm`. Returns a :class:`CausalResult` (``save``, ``load``, ``plot``)."""
+    random others; the drop in the family's measure with a bootstrap interval and an empirical p-value:
+
+    - a model with a masked-LM head (VisualBERT; :func:`load_masked_lm`, or its checkpoint): masked entity-word
+      accuracy on the phrases of the first ``limit`` images, ``inputs`` the region features;
+    - a decoder (LLaVA, Qwen2-VL, PaliGemma; an object, a folder or a hub id, loaded with ``device``,
+      ``precision``, ``device_map``): each caption's mean log-probability per token given its image, in ``prompt``,
+      ``inputs`` the images.
+
+    Returns a :class:`CausalResult` (``save``, ``load``, ``plot``)."""
+    if isinstance(model, (str, Path)):
+        folder = resolve(model, "--ckpt")
+        config = folder_config(folder)
+        family, model_type = family_of(config, str(folder / "config.json")), str(config.get("model_type"))
+    else:
+        family, model_type = family_of(model), str(model.config.model_type)
+    problem = family.prompt_problem(model_type, prompt)
+    if problem:
+        raise VbProbeError(f"--prompt: {problem}")
+    if family.has_masked_lm:
+        for option, value, default in (("--precision", precision, "fp32"), ("--device-map", device_map, None)):
+            if value != default:
+                raise VbProbeError(f"{option} {value}: the masked-LM causal check runs in fp32 on one device; leave "
+                                   f"{option} out")
+        if isinstance(model, (str, Path)):
+            model = load_masked_lm(folder, device=device)
+            for note in family.load(model).load_notes:
+                say(note)
+        return _masked_lm_causal_check(model, tokenizer, dataset, inputs, scores, k=k, draws=draws, seed=seed,
+                                       split=split, limit=limit, progress=progress)
+    if not family.generates_text:
+        raise VbProbeError(f"the {family.name} family has no masked-LM head and generates no text: no causal measure "
+                           "is defined for it (its heads can still be ablated: vb_probe.ablate_heads)")
+    return _decoder_causal_check(model, tokenizer, dataset, inputs, scores, k=k, draws=draws, seed=seed, split=split,
+                                 limit=limit, progress=progress, batch_size=batch_size, device=device,
+                                 precision=precision, device_map=device_map, prompt=prompt,
+                                 dataset_format=dataset_format, split_by=split_by)
+
+
+def _masked_lm_causal_check(model, tokenizer, dataset, features, scores, *, k, draws, seed, split, limit, progress):
     _interventions(model)  # a masked-LM model, before the scores are read against its shape
+    if tokenizer is None or isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer, model=family_of(model).load(model))
     heads = top_heads_from_csv(Path(scores), k, model_shape=head_shape(family_of(model).load(model)))
     tools, items = _masked_phrases(model, tokenizer, dataset, features, split, limit, progress)
     with _eval_mode(model):
         return tools.causal_check(model, items, heads, tokenizer.pad_token_id, random_draws=draws, seed=seed,
                                   progress=progress)
+
+
+def _decoder_causal_check(model, tokenizer, dataset, images, scores, *, k, draws, seed, split, limit, progress,
+                          batch_size, device, precision, device_map, prompt, dataset_format, split_by) -> CausalResult:
+    """The captions of the first ``limit`` images of ``split``, their log-probabilities with heads ablated
+    (:func:`vb_probe.causal.caption_log_prob_check`); every check of the data before the long work."""
+    from vb_probe.causal import caption_log_prob_check
+    from vb_probe.pipeline import check_images
+    from vb_probe.queries import collect_items
+
+    def image_ids(reader) -> list[str]:
+        chosen = split or reader.default_split
+        return reader.split(chosen)[:limit] if limit is not None else reader.split(chosen)
+
+    if isinstance(model, (str, Path)):  # the scores, the annotations and the images checked before the weights load
+        top_heads_from_csv(Path(scores), k)
+        folder = resolve(model, "--ckpt")
+        family = family_of(folder_config(folder), str(folder / "config.json"))
+        dataset = open_grounding_set(dataset, dataset_format, split_by=split_by)
+        images = open_inputs(family, None, images, None)
+        images.add_names(dataset.image_files())
+        check_images(family, None, dataset, images, image_ids(dataset))
+    session = open_session(model, tokenizer, dataset, images, device=device, precision=precision,
+                           device_map=device_map, dataset_format=dataset_format, split_by=split_by, prompt=prompt)
+    decoder, family, reader = session.model, session.family, session.dataset
+    heads = top_heads_from_csv(Path(scores), k, model_shape=head_shape(decoder))
+    split = split or reader.default_split
+    check_images(family, decoder, reader, session.store, image_ids(reader))
+    items, _ = collect_items(reader, session.store, image_ids(reader))
+    if not items:
+        raise VbProbeError(f"no caption with gold boxes in the first {limit} images of split {split!r}")
+    facts = family.prepare(decoder, session.store, {"prompt": prompt})
+    where = resolve_device(str(device)) if device is not None else next(decoder.parameters()).device
+    if not getattr(decoder, "hf_device_map", None):  # spread over devices, it stays; the inputs go to ``where``
+        decoder.to(where)
+    with _eval_mode(decoder):
+        return caption_log_prob_check(family, decoder, session.tokenizer, items, session.store, facts, heads,
+                                      draws=draws, seed=seed, batch_size=batch_size,
+                                      max_text_len=min(128, family.text_limit(decoder)), precision=precision,
+                                      device=where, progress=progress)
+
+
+@contextmanager
+def ablate_heads(model: torch.nn.Module, heads: Sequence[tuple[int, int] | str]):
+    """While inside, the heads (``(layer, head)`` pairs or labels such as ``"L8H6"``) of the model's probed site add
+    nothing to their layers' outputs, whatever the family: each head's output is zeroed before its layer's output
+    projection (a decoder's inside its registered attention function), as zeroing its columns of that projection
+    would. ``model``: a probe-ready model or the model it came from (a masked-LM or task model)."""
+    from vb_probe.heads import parse_head_label
+
+    pairs = [parse_head_label(h) if isinstance(h, str) else (int(h[0]), int(h[1])) for h in heads]
+    with family_of(model).ablate_heads(model, pairs):
+        yield

@@ -52,7 +52,8 @@ def _session_options(args: argparse.Namespace) -> dict:
     """What every command that loads a model and reads a dataset passes to the API: the loading options and the
     dataset's."""
     return {"images": args.images, "features": args.features, "device": args.device, "precision": args.precision,
-            "device_map": args.device_map, "dataset_format": args.dataset_format, "split_by": args.split_by}
+            "device_map": args.device_map, "dataset_format": args.dataset_format, "split_by": args.split_by,
+            "prompt": args.prompt.replace("\\n", "\n") if args.prompt else None}
 
 
 def _probe_options(args: argparse.Namespace) -> dict:
@@ -124,6 +125,13 @@ def cmd_syntactic(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
+    # before torch loads OpenMP: threads waiting for work spin briefly, then sleep, so that another busy process on
+    # the same cores slows the demo 1.8x instead of 4x, for 4% on an idle machine (bench/demo_threads.py); a wait
+    # policy of the user's own is kept
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", "3000")
     from vb_probe.demo import run_demo
 
     out = args.out or Path("demo_vilt_out" if args.family == "vilt" else "demo_out")
@@ -212,20 +220,26 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 def cmd_causal(args: argparse.Namespace) -> int:
     from vb_probe.api import causal_check
+    from vb_probe.metrics.causal import MEASURES
     from vb_probe.metrics.intervals import shown
     from vb_probe.results import CausalResult, top_heads_from_csv
 
     out = _writable_out(args.out, CausalResult.FILES)
     top_heads_from_csv(args.scores, args.k)  # checked before the model loads: a bad -k fails fast
-    model, tokenizer = _load_masked_lm(args)
-    result = causal_check(model, tokenizer, args.flickr30k, args.features, args.scores, k=args.k, draws=args.draws,
-                          seed=args.seed, split=args.split, limit=args.limit, progress=not args.quiet)
+    options = _session_options(args)
+    images, features = options.pop("images"), options.pop("features")
+    inputs = images if images is not None else features  # a decoder's images, a region model's features
+    result = causal_check(args.ckpt, args.tokenizer, args.flickr30k, inputs, args.scores, k=args.k, draws=args.draws,
+                          seed=args.seed, split=args.split, limit=args.limit, progress=not args.quiet,
+                          batch_size=args.batch_size, **options)
     result.save(out)
+    measure = result["measure"]
     low, high = result["drop_top_k_ci95"]
-    print(f"masked entity-word accuracy over {result['n']} phrases: intact {result['accuracy_intact']:.3f}; "
-          f"top-{result['k']} grounding heads ablated {result['accuracy_top_k_ablated']:.3f} "
+    items = "phrases" if measure == "accuracy" else "captions"
+    print(f"{MEASURES[measure]} over {result['n']} {items}: intact {result[measure + '_intact']:.3f}; "
+          f"top-{result['k']} grounding heads ablated {result[measure + '_top_k_ablated']:.3f} "
           f"(drop {shown(result['drop_top_k'])}, 95% interval {shown(low)} to {shown(high)}); {result['k']} random heads "
-          f"ablated {result['accuracy_random_k_ablated']:.3f} (drop {result['drop_random_k']:.3f}, mean of "
+          f"ablated {result[measure + '_random_k_ablated']:.3f} (drop {result['drop_random_k']:.3f}, mean of "
           f"{args.draws} draws)")
     print(result["verdict"])
     print(f"wrote {out / 'causal.json'}")
@@ -250,20 +264,27 @@ def _add_loading_options(p: argparse.ArgumentParser, ckpt_help: str = CKPT_HELP)
                         "faster on a GPU; the probed attention rows stay fp32, but near-ties may break differently")
     p.add_argument("--device-map", help="decoder models: spread the weights over the devices with accelerate "
                    "(e.g. auto) for a model bigger than one device")
+    p.add_argument("--prompt", help="decoder models: the prompt around the caption: chat (the model's own chat "
+                   "template, the default), plain (the image, then the caption), kang (Kang et al.'s: the system "
+                   "turn, the image, the caption and a full stop, a line each), or your own text holding {image} and "
+                   "{caption} once each (\\n: a new line)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_dataset_options(p: argparse.ArgumentParser, images_help: str | None = None) -> None:
+def _add_dataset_options(p: argparse.ArgumentParser, images_help: str | None = None, query_word: bool = True
+                         ) -> None:
     """What every command that reads an annotation set takes: the set (one of its format's options), RefCOCO's refs
-    file, the split, how many images, the query word, and the images (or region features) of the model."""
+    file, the split, how many images, the query word (where the command has queries), and the images (or region
+    features) of the model."""
     from vb_probe.errors import positive_int
 
     _add_annotation_options(p)
     p.add_argument("--split", help="split to use (default: the set's own: test; RefCOCO's val)")
     p.add_argument("--limit", type=positive_int, help="use only the first N images of the split")
-    p.add_argument("--query-word", choices=["last", "head"], help="the word an entity is probed on: its phrase's last "
-                   "word (Flickr30K's default, the paper's) or its head in the parse (RefCOCO's and Visual Genome's "
-                   "default; spaCy unless --parses)")
+    if query_word:
+        p.add_argument("--query-word", choices=["last", "head"], help="the word an entity is probed on: its phrase's "
+                       "last word (Flickr30K's default, the paper's) or its head in the parse (RefCOCO's and Visual "
+                       "Genome's default; spaCy unless --parses)")
     p.add_argument("--features", type=Path, help="region features: .tsv (LXMERT), .h5 (BAN) or a folder of .npz "
                                                  "(models that read regions: VisualBERT, LXMERT)")
     p.add_argument("--images", type=Path, help=images_help or "folder of the images (<image_id>.jpg, .jpeg or .png), "
@@ -338,7 +359,7 @@ def _head(text: str) -> tuple[int, int]:
 
 def _add_masked_phrase_options(p: argparse.ArgumentParser) -> None:
     _add_loading_options(p, "a pre-training checkpoint with its masked-LM head (folder or hub id)")
-    _add_dataset_options(p)
+    _add_dataset_options(p, query_word=False)  # the masked word is each phrase's last: no query word to choose
     p.set_defaults(limit=20)
     p.add_argument("--out", type=Path, required=True, help="folder for the results")
 
@@ -443,8 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=positive_int, default=32, help="integration steps")
     p.set_defaults(func=cmd_attribute)
 
-    p = command("causal", "ablate the top-k grounding heads (and k random heads) and measure the drop")
-    _add_masked_phrase_options(p)
+    p = command("causal", "ablate the top-k grounding heads (and k random heads) and measure the drop: in masked "
+                          "entity-word accuracy (VisualBERT) or in the caption's log-probability (decoders)")
+    _add_loading_options(p, "a checkpoint with a masked-LM head (VisualBERT pre-training) or a decoder (LLaVA, "
+                            "Qwen2-VL, PaliGemma): a folder or hub id")
+    _add_dataset_options(p, query_word=False)  # whole phrases masked, or whole captions: no query word
+    p.set_defaults(limit=20)
+    p.add_argument("--batch-size", type=positive_int, default=8, help="decoders: captions per forward pass")
+    p.add_argument("--out", type=Path, required=True, help="folder for causal.json")
     p.add_argument("--scores", type=Path, required=True,
                    help="an entity-grounding --out folder or its entity_grounding.csv")
     p.add_argument("-k", type=positive_int, default=12, help="heads to ablate")

@@ -30,7 +30,7 @@ from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.devices import resolve_device
 from vb_probe.errors import DataError, VbProbeError, say
 from vb_probe.families import Family, family_of, family_rule, open_inputs, reads_pixels
-from vb_probe.families.base import Tally
+from vb_probe.families.base import Tally, model_type_of
 from vb_probe.hub import resolve, weights_file
 from vb_probe.metrics.grounding import HeadCounts, baseline_scores, chosen_hits, head_choices
 from vb_probe.probe_config import MaskMode, Precision, ProbeConfig, config_dict
@@ -277,7 +277,11 @@ def preflight(cfg: ProbeConfig) -> None:
     if cfg.ckpt is None or cfg.annotations is None:
         return
     folder = resolve(cfg.ckpt, "--ckpt")
-    family = family_of(folder_config(folder), str(folder / "config.json"))
+    config = folder_config(folder)
+    family = family_of(config, str(folder / "config.json"))
+    problem = family.prompt_problem(model_type_of(config) or family.model_type, cfg.prompt)
+    if problem:
+        raise VbProbeError(f"--prompt: {problem}")
     dataset, store, cfg = open_probe_data(cfg, family)
     if reads_pixels(family):
         check_images(family, None, dataset, store, [i for ids in probe_image_ids(cfg, dataset).values() for i in ids])
@@ -331,6 +335,7 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
     family = family_of(model)
     dataset, store, cfg = open_probe_data(cfg, family, dataset, store)
     query_word = cfg.query_word or dataset.query_word
+    family.use_prompt(model, cfg.prompt)  # before any image is read: the prompt's prefix holds the image
     notes_before = len(model.load_notes)
     if reads_pixels(family):
         check_images(family, model, dataset, store, [i for ids in probe_image_ids(cfg, dataset).values() for i in ids])

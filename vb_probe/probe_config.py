@@ -61,6 +61,9 @@ class ProbeConfig:
     # of these (layer, head) pairs with their cells
     per_query: bool = False
     save_maps: tuple[tuple[int, int], ...] = ()
+    # decoder families: the prompt around the caption: a preset (chat: the model's own chat template, the default;
+    # plain; kang: Kang et al.'s) or a text holding {image} and {caption}; None: the family's own
+    prompt: str | None = None
 
     def check(self) -> ProbeConfig:
         """Every option in range, as one line naming the option; returns the config (a refusal comes before any
@@ -81,6 +84,8 @@ class ProbeConfig:
             raise VbProbeError("nothing to probe: ask for entity grounding or at least one --relation")
         if any(len(pair) != 2 or min(pair) < 0 for pair in self.save_maps):
             raise VbProbeError(f"--save-maps {self.save_maps}: name heads as L<layer>H<head>, e.g. L8H6")
+        if self.prompt is not None and not self.prompt.strip():
+            raise VbProbeError("--prompt '': give a preset (chat, plain, kang) or a text holding {image} and {caption}")
         if self.parser not in (None, "spacy"):
             raise VbProbeError(f"--parser {self.parser}: use spacy, or pass --parses FILE.conllu")
         return self
@@ -90,7 +95,7 @@ OPTIONS = tuple(f.name for f in fields(ProbeConfig))
 
 # options added after run.json's config was fixed: recorded only when they differ from these defaults
 _LATER_OPTIONS = {"localization_prompts": 500, "device_map": None, "dataset_format": None, "split_by": None,
-                  "query_word": None, "per_query": False, "save_maps": ()}
+                  "query_word": None, "per_query": False, "save_maps": (), "prompt": None}
 
 
 def config_dict(cfg: ProbeConfig) -> dict:

@@ -35,14 +35,17 @@ def heads_for_caption(choices: np.ndarray, hits: list[np.ndarray | None]) -> lis
     return out
 
 
-def find_image(images_dir: Path | None, image_id: str, warn: bool = True) -> Path | None:
-    """``<image_id>.jpg`` (Flickr30K's own), ``.jpeg`` or ``.png`` in ``images_dir``; warns (``warn``) when none
-    is there."""
+def find_image(images_dir: Path | None, image_id: str, warn: bool = True, file_name: str | None = None
+               ) -> Path | None:
+    """``<image_id>.jpg`` (Flickr30K's own), ``.jpeg`` or ``.png`` in ``images_dir``, else the annotation's own
+    ``file_name`` there (COCO's ``COCO_train2014_….jpg``); warns (``warn``) when none is there."""
     if images_dir is None:
         return None
     for suffix in IMAGE_SUFFIXES:
         if (Path(images_dir) / f"{image_id}{suffix}").is_file():
             return Path(images_dir) / f"{image_id}{suffix}"
+    if file_name and (Path(images_dir) / file_name).is_file():
+        return Path(images_dir) / file_name
     if warn:
         warnings.warn(f"{images_dir}: no {image_id}.jpg, .jpeg or .png; the boxes are drawn on a plain background",
                       ProbeNote, stacklevel=2)
@@ -83,7 +86,7 @@ def attention_figure(model, tokenizer=None, dataset=None, inputs=None, image_id:
     panels = [{"layer": h.layer, "head": h.head, "accuracy": h.accuracy, "choices": choices[h.layer, h.head]}
               for h in heads_from_scores(layer_heads)]
     image = None
-    image_path = find_image(images_dir, str(image_id))
+    image_path = find_image(images_dir, str(image_id), file_name=dataset.image_files().get(str(image_id)))
     if image_path is not None:
         from vb_probe.data.images import ImageFolder
 

@@ -19,8 +19,22 @@ DEMO_RELATIONS = ("nsubj", "dobj", "pobj", "amod")
 def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str | Path | None = None,
              overrides: list[str] | None = None, progress: bool = True, log=print, family: str = "visualbert") -> dict:
     """The demo for ``family``: ``visualbert`` (regions, the paper's model) or ``vilt`` (image patches, the
-    pointing rule; a small ViLT pre-trained on the world's images)."""
+    pointing rule; a small ViLT pre-trained on the world's images). Runs on its config's ``train.threads`` torch
+    threads from start to end (its numbers depend on the count), the caller's count given back after."""
     from training.config import load_config
+    from vb_probe.devices import torch_threads
+
+    config = load_config(config_path or ("vilt" if family == "vilt" else "demo"), overrides)
+    if config.model.family != family:
+        from vb_probe.errors import VbProbeError
+
+        raise VbProbeError(f"--config {config_path}: trains a {config.model.family} model, but --family is {family}; "
+                           "pass a config of that family (model.family)")
+    with torch_threads(config.train.threads):
+        return _run(Path(out), config, scenes, seed, progress, log, family)
+
+
+def _run(out: Path, config, scenes: int, seed: int, progress: bool, log, family: str) -> dict:
     from training.loop import pretrain
     from training.world import build_world
     from vb_probe.api import open_session
@@ -28,7 +42,6 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
     from vb_probe.data.flickr30k import Flickr30kEntities
 
     started = time.time()
-    out = Path(out)
     world = out / "world"
     reuse_world = _world_matches(world, scenes, seed)
     check_demo_folder(out, reuse_world)
@@ -41,12 +54,6 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
         for line in stats.lines():
             log("      " + line)
 
-    config = load_config(config_path or ("vilt" if family == "vilt" else "demo"), overrides)
-    if config.model.family != family:
-        from vb_probe.errors import VbProbeError
-
-        raise VbProbeError(f"--config {config_path}: trains a {config.model.family} model, but --family is {family}; "
-                           "pass a config of that family (model.family)")
     # the cache key covers the training config and the world it trains on
     import hashlib
 
@@ -56,9 +63,14 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
     if final.is_dir():
         log(f"[2/4] model: reusing {final} (config and world {key})")
     else:
+        from training.loop import latest_checkpoint
+
+        done = latest_checkpoint(model_dir) if model_dir.is_dir() else None
         log(f"[2/4] model: pre-training {config.model.num_hidden_layers}×{config.model.num_attention_heads} heads, "
-            f"hidden {config.model.hidden_size}, {config.train.steps} steps (cached as {key}); "
-            "interrupt and rerun to resume")
+            f"hidden {config.model.hidden_size}, {config.train.steps} steps (cached as {key}), "
+            f"{config.train.threads or 'default'} torch threads (fixed: the numbers depend on it); "
+            + (f"going on from its checkpoint of step {done['step']}" if done is not None else
+               f"a checkpoint every {config.train.save_every_s:.0f} s, from which an interrupted demo goes on"))
         pretrain(config, world, model_dir, resume=True, progress=progress)
     history = _read_log(model_dir / "log.csv")
     if family == "vilt":

@@ -38,16 +38,17 @@ ALL_HEADS_UP_TO = 256  # beyond this many heads the page keeps the maps of the b
 TOP_HEADS = 16
 
 
-def _image_uri(images_dir: Path | None, image_id: str, max_side: int = 480) -> str | None:
-    """The image as a small JPEG data URI (the page carries it inline), or None when there is none."""
-    from PIL import Image
-
+def _image_uri(images_dir: Path | None, image_id: str, file_name: str | None = None, max_side: int = 480
+               ) -> str | None:
+    """The image (``<image_id>.jpg``/``.png``, else the annotation's ``file_name``) as a small JPEG data URI (the
+    page carries it inline), or None when there is none."""
+    from vb_probe.data.images import ImageFolder
     from vb_probe.visualize import find_image
 
-    path = find_image(images_dir, image_id, warn=False)  # a page without a picture draws the boxes on grey
+    path = find_image(images_dir, image_id, warn=False, file_name=file_name)  # none: the boxes drawn on grey
     if path is None:
         return None
-    image = Image.open(path).convert("RGB")
+    image = ImageFolder(path.parent).image(path.stem)  # upright (EXIF) and 16-bit scaled, as the boxes are
     image.thumbnail((max_side, max_side))
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=80)
@@ -94,6 +95,7 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
     rule = family_rule(family)
     layers, heads = scores.shape
     stored = None if layers * heads <= all_heads_up_to else stored_heads(scores)
+    file_names = dataset.image_files()  # COCO's own names, where the set has them
     captions = []
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0, "phrases_outside_view": 0}
     seen = Collection()
@@ -107,7 +109,7 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
             continue
         regions = image_tokens(family, model, store, image_id)  # detector regions, or a pixel family's cells
         annotation = dataset.annotation(image_id)
-        picture = _image_uri(images_dir, image_id)
+        picture = _image_uri(images_dir, image_id, file_names.get(image_id))
         for caption in dataset.captions(image_id):  # the probe's own queries, skips counted the same way
             head_parse = None if heads_of is None else check_parse_matches(heads_of.get(caption.key), caption.key,
                                                                            caption.words, "the parses")
@@ -150,11 +152,12 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
                 entries[str(word)] = {"rows": _quantised(kept), "argmax": argmax.tolist(),
                                       "hits": {view: [int(i) for i in np.flatnonzero(hit)]
                                                for view, hit in hits.items()}}
+            width = float(regions.image_w or annotation.width)
+            height = float(regions.image_h or annotation.height)
             captions.append({"key": caption.key, "image": image_id, "words": list(caption.words),
-                             "phrases": phrases, "arcs": arcs, "queries": entries,
-                             "width": float(regions.image_w or annotation.width),
-                             "height": float(regions.image_h or annotation.height),
-                             "regions": regions.boxes.round(1).tolist(), "picture": picture})
+                             "phrases": phrases, "arcs": arcs, "queries": entries, "width": width, "height": height,
+                             "regions": regions.boxes.round(1).tolist(), "picture": picture,
+                             "seen": _seen(regions.seen, width, height)})
     return {"split": split, "layers": layers, "heads": heads, "n": scores.n, "family": family.name, "rule": rule,
             "units": family.token_kind, "unit": singular(family.token_kind),
             "accuracy": [[f"{a:.6f}" for a in row] for row in scores.accuracy],
@@ -162,8 +165,20 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
             "per_layer_best": [h.head for h in scores.per_layer_best()],
             "views": sorted({f"{a['relation']}/{a['direction']}" for c in captions for a in c["arcs"]}),
             "modes": {view: _mode_json(counts) for view, counts in sorted(modes.items())},
-            "skipped": skipped, "captions": captions,
+            "skipped": skipped, "captions": captions, "best_head": list(scores.best_head()[:2]),
+            "marks": family.page_marks(scores) if isinstance(scores, GroundingResult) else {},
             **({"stored_heads": [list(pair) for pair in stored]} if stored is not None else {})}
+
+
+def _seen(view: np.ndarray | None, width: float, height: float) -> list[float] | None:
+    """The part of the image the model sees, [x1, y1, x2, y2] in its pixels, where it is not the whole image (a
+    centre crop's bands are drawn as not seen); None: it sees all of it."""
+    if view is None:
+        return None
+    x1, y1, x2, y2 = (float(v) for v in view)
+    if x1 <= 0.5 and y1 <= 0.5 and x2 >= width - 0.5 and y2 >= height - 0.5:
+        return None
+    return [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)]
 
 
 def stored_heads(scores: HeadScores, top: int = TOP_HEADS) -> list[tuple[int, int]]:
@@ -260,7 +275,7 @@ def explore(model, tokenizer=None, dataset=None, inputs=None, *, progress: bool 
     from vb_probe.api import _eval_mode, open_session
 
     session_options = {k: options.pop(k) for k in ("images", "features", "device", "precision", "device_map",
-                                                   "dataset_format", "split_by", "confidence") if k in options}
+                                                   "dataset_format", "split_by", "confidence", "prompt") if k in options}
     session = open_session(model, tokenizer, dataset, inputs, **session_options)
     if isinstance(options.get("parses"), (str, Path)):  # a CoNLL-U file, as the CLI's --parses
         from vb_probe.data.parses import read_conllu

@@ -11,7 +11,8 @@
   }
   for (const unit of document.querySelectorAll("#legend .unit")) unit.textContent = UNIT;
   const SVG = "http://www.w3.org/2000/svg";
-  const state = { layer: 0, head: data.per_layer_best[0], caption: 0, word: null, mode: "entity", timer: null };
+  const state = { layer: 0, head: data.per_layer_best[0], caption: 0, word: null, mode: "entity", timer: null,
+    contrast: "share" };
   const $ = (id) => document.getElementById(id);
   const el = (name, attrs, parent) => {
     const node = document.createElementNS(SVG, name);
@@ -68,27 +69,57 @@
   }
   const grid = () => gridOf(state.mode);
 
+  const MARKS = data.marks || {};
+  const selectedHeads = new Set((MARKS.selected_heads || []).map(([l, h]) => l * data.heads + h));
+
+  // the grid's geometry: cells as large as fit the panel (24 px for a 12 × 12 model, 8 px for 40 × 40), drawn at
+  // their size in pixels (never scaled down), numbers 10 px tall on every `step`-th row and column so none touch
+  function gridGeometry() {
+    const size = Math.max(6, Math.min(24, Math.floor(320 / Math.max(data.heads, data.layers))));
+    return { size, pad: 34, step: Math.ceil(14 / size) };
+  }
+
   function drawGrid() {
-    const g = grid(), svg = $("grid"), size = 24, pad = 34, top = Math.max(...g.accuracy.flat().map(Number), 1e-6);
+    const g = grid(), svg = $("grid"), top = Math.max(...g.accuracy.flat().map(Number), 1e-6);
+    const { size, pad, step } = gridGeometry();
     const width = pad + data.heads * size, height = pad + data.layers * size;
     svg.setAttribute("viewBox", `0 0 ${width + 8} ${height + 40}`);
+    svg.setAttribute("width", width + 8);
+    svg.setAttribute("height", height + 40);
     svg.replaceChildren();
     el("text", { x: pad + data.heads * size / 2, y: 10, "text-anchor": "middle", class: "axis" }, svg).textContent = "head";
     el("text", { x: 0, y: 0, transform: `translate(10 ${pad + data.layers * size / 2}) rotate(-90)`,
       "text-anchor": "middle", class: "axis" }, svg).textContent = "layer";
     for (let l = 0; l < data.layers; l++) {
-      el("text", { x: pad - 4, y: pad + l * size + 15, "text-anchor": "end" }, svg).textContent = l;
+      if (l % step === 0) {
+        el("text", { x: pad - 4, y: pad + l * size + size / 2 + 3.5, "text-anchor": "end", class: "tick" }, svg)
+          .textContent = l;
+      }
       for (let h = 0; h < data.heads; h++) {
-        const value = g.accuracy[l][h];
-        const cell = el("rect", { x: pad + h * size, y: pad + l * size, width: size, height: size,
-          fill: colour(Number(value), top), "data-layer": l, "data-head": h, "data-accuracy": value }, svg);
-        el("title", {}, cell).textContent = `L${l}H${h}: ${value}`;
+        const value = g.accuracy[l][h], x = pad + h * size, y = pad + l * size;
+        const kept = !storedIndex || storedIndex.has(l * data.heads + h);
+        const cell = el("rect", { x, y, width: size, height: size, fill: colour(Number(value), top), "data-layer": l,
+          "data-head": h, "data-accuracy": value, "data-kept": kept }, svg);
+        const notes = [kept ? "" : " (its map is not kept at this model's size: its pick only)",
+          selectedHeads.has(l * data.heads + h) ? ` (${MARKS.selected_by})` : ""].join("");
+        el("title", {}, cell).textContent = `L${l}H${h}: ${value}${notes}`;
         cell.addEventListener("click", () => { stop(); select(l, h); });
+        if (storedIndex && kept) {  // a large model's page: which heads' maps it holds
+          el("circle", { cx: x + size / 2, cy: y + size / 2, r: Math.max(1.5, size / 6), class: "kept" }, svg);
+        }
+        if (selectedHeads.has(l * data.heads + h)) {
+          el("rect", { x: x + 1, y: y + 1, width: size - 2, height: size - 2, class: "chosen" }, svg);
+        }
       }
     }
-    for (let h = 0; h < data.heads; h++) {
-      el("text", { x: pad + h * size + size / 2, y: pad - 4, "text-anchor": "middle" }, svg).textContent = h;
+    for (let h = 0; h < data.heads; h += step) {
+      el("text", { x: pad + h * size + size / 2, y: pad - 4, "text-anchor": "middle", class: "tick" }, svg).textContent = h;
     }
+    const key = [];
+    if (storedIndex) key.push(`white dots: the ${storedIndex.size} heads whose maps this page keeps (each layer's ` +
+      "best and the top heads; every head's pick is kept)");
+    if (selectedHeads.size) key.push(`orange squares: heads ${MARKS.selected_by}`);
+    $("grid-key").textContent = key.join(" · ");
     // the colour bar: the ramp from 0 to the grid's best, the baselines marked on it
     const bar = height + 14, gradient = el("linearGradient", { id: "ramp" }, el("defs", {}, svg));
     for (let i = 0; i <= 4; i++) el("stop", { offset: `${i * 25}%`, "stop-color": colour(i / 4, 1) }, gradient);
@@ -197,9 +228,10 @@
     const slot = slotOf(state.layer, state.head);  // undefined: this head's map is not kept (a large model)
     const rows = entry && slot !== undefined ? rowsOf(state.caption, state.word) : null;
     const offset = (slot || 0) * regions;
-    const peak = rows ? Math.max(...rows.slice(offset, offset + regions)) : 0;
-    c.regions.forEach((b, r) => {
-      const weight = rows ? rows[offset + r] / (peak || 1) : 0;
+    const map = rows ? rows.slice(offset, offset + regions) : [];
+    const peak = rows ? Math.max(...map) : 0, low = rows && state.contrast === "stretch" ? Math.min(...map) : 0;
+    c.regions.forEach((b, r) => {  // share: the map's peak darkest; stretch: its lowest to its highest, per map
+      const weight = rows ? (rows[offset + r] - low) / ((peak - low) || 1) : 0;
       const region = el("rect", { class: "region", x: b[0], y: b[1], width: b[2] - b[0], height: b[3] - b[1],
         "fill-opacity": (0.65 * weight * weight).toFixed(3), "data-region": r }, view);  // squared: the peaks stand out
       if (rows) {
@@ -207,6 +239,8 @@
           `(its share of the word's attention on ${UNITS})`;
       }
     });
+    drawUnseen(c, view);
+    drawFixedPlace(c, view);
     if (!entry) { $("status").textContent = "Hover or click a highlighted word."; return; }
     const phrase = target(c, state.word);
     for (const g of phrase ? phrase.gold : []) el("rect", { class: "gold", x: g[0], y: g[1], width: g[2] - g[0], height: g[3] - g[1] }, view);
@@ -222,6 +256,40 @@
       `; dashed: gold boxes of “` +
       `${c.words.slice(phrase.first, phrase.last + 1).join(" ")}”` +
       (slot === undefined ? "; this head's map is not kept at this model's size (each layer's best and the top heads are)" : ""));
+  }
+
+  function drawUnseen(c, view) {  // the bands a centre crop cut away: hatched, "not seen", never "little attention"
+    if (!c.seen) return;
+    const [x1, y1, x2, y2] = c.seen, defs = el("defs", {}, view);
+    const hatch = el("pattern", { id: "hatch", width: 12, height: 12, patternUnits: "userSpaceOnUse",
+      patternTransform: "rotate(45)" }, defs);
+    el("rect", { width: 12, height: 12, fill: "#bbb", "fill-opacity": 0.75 }, hatch);
+    el("line", { x1: 0, y1: 0, x2: 0, y2: 12, stroke: "#555", "stroke-width": 4 }, hatch);
+    const bands = [[0, 0, x1, c.height], [x2, 0, c.width - x2, c.height], [x1, 0, x2 - x1, y1],
+      [x1, y2, x2 - x1, c.height - y2]].filter(([, , w, h]) => w > 0.5 && h > 0.5);
+    for (const [x, y, w, h] of bands) {
+      const band = el("rect", { class: "unseen", x, y, width: w, height: h, fill: "url(#hatch)" }, view);
+      el("title", {}, band).textContent = "not seen by the model: its processor crops this part away";
+      const along = h >= w, fits = along ? h > 120 && w > 14 : w > 120 && h > 14;
+      if (fits) {  // written along the band where it is wide enough
+        const cx = x + w / 2, cy = y + h / 2;
+        el("text", { x: cx, y: cy, class: "unseen-label", "text-anchor": "middle", "dominant-baseline": "middle",
+          "font-size": Math.min(16, (along ? w : h) * 0.7), transform: along ? `rotate(-90 ${cx} ${cy})` : "" },
+        view).textContent = "not seen";
+      }
+    }
+  }
+
+  function drawFixedPlace(c, view) {  // the fixed-position baseline's place, on the part of the image the model sees
+    const place = MARKS.fixed_place;
+    if (!place) return;
+    const [x1, y1, x2, y2] = c.seen || [0, 0, c.width, c.height];
+    const x = x1 + place.column * (x2 - x1), y = y1 + place.row * (y2 - y1), arm = Math.max(c.width, c.height) / 40;
+    const group = el("g", { class: "fixed-place" }, view);
+    el("circle", { cx: x, cy: y, r: arm }, group);
+    el("path", { d: `M${x - 1.6 * arm},${y}H${x + 1.6 * arm}M${x},${y - 1.6 * arm}V${y + 1.6 * arm}` }, group);
+    el("title", {}, group).textContent = `fixed-position baseline: the place the heads pick most on ` +
+      `${place.chosen_on}; a pointer fixed there scores ${Number(place.accuracy).toFixed(3)}`;
   }
 
   function stop() { if (state.timer) { clearInterval(state.timer); state.timer = null; $("play").textContent = "▶ best head of each layer"; } }
@@ -300,8 +368,13 @@
     .map(([reason, n]) => `${n} ${reason.replaceAll("_", " ")}`);
   $("summary").textContent = `${data.captions.length} captions, ${data.layers} × ${data.heads} heads` +
     (skipped.length ? ` (skipped: ${skipped.join(", ")})` : "");
+  $("contrast").addEventListener("change", (e) => { state.contrast = e.target.value; drawView(); });
+  const unseen = data.captions.some((c) => c.seen), keyOf = (id, shown) => { $(id).hidden = !shown; };
+  keyOf("key-unseen", unseen);
+  keyOf("key-fixed", Boolean(MARKS.fixed_place));
   drawGrid();
   drawList("");
-  select(0, data.per_layer_best[0]);
+  const [bestLayer, bestHead] = data.best_head || [0, data.per_layer_best[0]];
+  select(bestLayer, bestHead);  // the page opens on the best head, wherever it is
   drawCaption();
 })();

@@ -10,6 +10,8 @@ model objects it loads are declared here too (:data:`MODEL_ATTRIBUTES`, :func:`p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -150,6 +152,7 @@ class FamilyBase:
     token_kind: ClassVar[str] = "regions"  # what its image tokens are called on figures and pages
     loads_across_devices: ClassVar[bool] = False  # load() accepts dtype and device_map (accelerate)
     has_masked_lm: ClassVar[bool] = False  # load_masked_lm and interventions exist (attribution, causal check)
+    generates_text: ClassVar[bool] = False  # caption_log_probs exists (the causal check of a decoder)
 
     # ------------------------------------------------------------------------------------------- required
 
@@ -224,6 +227,57 @@ class FamilyBase:
     def summary_lines(self, result) -> list[str]:
         """Lines the console summary adds for a result's blocks of this family (its tally's)."""
         return []
+
+    def page_marks(self, result) -> dict:
+        """What the explorer marks for a result of this family, from its tally's block: ``selected_heads``
+        ([layer, head, votes] chosen without boxes, with ``selected_by`` naming how) and ``fixed_place`` ({``row``,
+        ``column``: fractions of the model's view; ``accuracy``; ``chosen_on``}). Empty: nothing to mark."""
+        return {}
+
+    def prompt_problem(self, model_type: str, prompt: str | None) -> str | None:
+        """Why a model of ``model_type`` cannot read its captions in ``prompt`` (``--prompt``: a preset name or a
+        text with ``{image}`` and ``{caption}``; None: the family's own); None when it can. Asked before the model
+        loads. A family whose models read the caption alone takes no prompt."""
+        if prompt is None:
+            return None
+        return f"a {self.name} model reads the caption alone, with no prompt around it; leave --prompt out"
+
+    def use_prompt(self, model, prompt: str | None) -> None:
+        """From now on ``model`` reads its captions in ``prompt`` (None: the family's own); every verb sets it, so
+        a prompt asked of one call does not stay for the next. Refuses (one line) what :meth:`prompt_problem`
+        refuses."""
+        from vb_probe.errors import VbProbeError
+
+        problem = self.prompt_problem(model_type_of(model) or self.model_type, prompt)
+        if problem:
+            raise VbProbeError(f"--prompt: {problem}")
+
+    def head_outputs(self, model) -> list[torch.nn.Module]:
+        """Of each layer of the probed site, the module whose input is the heads' outputs side by side
+        ([..., heads × d_head]): the attention's output projection, where :meth:`ablate_heads` zeroes a head.
+        Empty: the family cannot ablate heads this way."""
+        return []
+
+    def ablate_heads(self, model, heads: Sequence[tuple[int, int]]) -> AbstractContextManager[None]:
+        """While inside, each head ``(layer, head)`` of the probed site adds nothing to its layer's output: its
+        slice of the output projection's input is zeroed (as zeroing its columns of the projection's weight would;
+        :mod:`vb_probe.families.ablation`). Heads outside the model are refused in one line."""
+        from vb_probe.errors import VbProbeError
+        from vb_probe.families.ablation import heads_by_layer, zero_at_projections
+
+        projections = self.head_outputs(model)
+        if not projections:
+            raise VbProbeError(f"the {self.name} family cannot ablate heads (it names no output projection)")
+        site = self.sites(model)[0]
+        return zero_at_projections(projections, heads_by_layer(heads, site.shape), site.heads)
+
+    def caption_log_probs(self, model, batch: ProbeBatch, precision: str = "fp32") -> torch.Tensor:
+        """[B] each batch row's mean log-probability (nats) of its caption's tokens, each given all before it (the
+        image and the prompt): what ablating heads costs a model that generates text; only where
+        :attr:`generates_text`."""
+        from vb_probe.errors import VbProbeError
+
+        raise VbProbeError(f"the {self.name} family does not generate text; its causal check is the masked-LM one")
 
     def load_masked_lm(self, source: Path):
         """The model with its masked-LM head (attribution and the causal check); only where :attr:`has_masked_lm`."""

@@ -45,6 +45,12 @@ class LxmertFamily(FamilyBase):
     def sites(self, model) -> list[Site]:
         return [Site("cross", model.config.x_layers, model.config.num_attention_heads)]
 
+    def head_outputs(self, model) -> list[torch.nn.Module]:
+        """Each cross layer's ``visual_attention.output.dense``. That module serves both directions (language →
+        vision, the probed one, then vision → language, with the same weights): a head is zeroed in both, as
+        zeroing its weights would."""
+        return [layer.visual_attention.output.dense for layer in getattr(model, "lxmert", model).encoder.x_layers]
+
     def prepare(self, model, features, options: dict) -> dict:
         if features.dim != model.config.visual_feat_dim:
             raise DataError(f"{options.get('features') or features.source}: region features are {features.dim}-d but "

@@ -169,6 +169,10 @@ class ViltFamily(FamilyBase):
     def sites(self, model) -> list[Site]:
         return [Site("self", model.config.num_hidden_layers, model.config.num_attention_heads)]
 
+    def head_outputs(self, model) -> list[torch.nn.Module]:
+        """Each layer's ``attention.output.dense``: the projection of the heads' outputs side by side."""
+        return [layer.attention.output.dense for layer in getattr(model, "vilt", model).encoder.layer]
+
     def prepare(self, model, store, options: dict) -> dict:
         if store.kind != "pixels":
             raise DataError(f"{options.get('features') or store.source}: ViLT reads pixels, not region features; "

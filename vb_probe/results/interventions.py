@@ -121,8 +121,9 @@ class AttributionResult:
 
 @dataclass(eq=False)
 class CausalResult:
-    """The causal check: masked entity-word accuracy with nothing, the top-k grounding heads, or k random heads
-    ablated, with a bootstrap interval, an empirical p-value and a verdict (``causal.json``)."""
+    """The causal check: the family's measure (masked entity-word accuracy, or a decoder's caption log-probability:
+    ``summary["measure"]``) with nothing, the top-k grounding heads, or k random heads ablated, with a bootstrap
+    interval, an empirical p-value and a verdict (``causal.json``)."""
 
     summary: dict
 
@@ -151,8 +152,12 @@ class CausalResult:
                     color="tab:red", capsize=5, label=f"top-{s['k']} grounding heads (95% interval)")
         ax.axhline(0, color="black", lw=0.6)
         ax.set_xticks([0, 1], [f"top-{s['k']}", "random"])
-        ax.set_ylabel("drop in masked entity-word accuracy")
-        ax.set_title(f"Ablation on {s['n']} phrases: p = {s['p_value']:.3f}", fontsize=10)
+        from vb_probe.metrics.causal import MEASURES
+
+        measure = s.get("measure", "accuracy")  # files written before decoders had a causal check: accuracy
+        ax.set_ylabel(f"drop in {MEASURES[measure]}", wrap=True)
+        items = "phrases" if measure == "accuracy" else "captions"
+        ax.set_title(f"Ablation on {s['n']} {items}: p = {s['p_value']:.3f}", fontsize=10)
         ax.legend(fontsize=7)
         return fig
 

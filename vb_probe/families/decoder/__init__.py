@@ -24,8 +24,15 @@ from vb_probe.families import FamilyBase, Site, items_image_tokens, pin, registe
 from vb_probe.families.base import settings_json
 from vb_probe.families.decoder.geometry import ImageCells, ViewMap, cell_boxes, llava_view, squashed_view
 from vb_probe.families.decoder.localization import LocalizationTally
-from vb_probe.families.decoder.prompts import Qwen2VLPrompts, Template, caption_tokens, prompt_tokens, template_for
-from vb_probe.families.decoder.rows import capture_rows, register
+from vb_probe.families.decoder.prompts import (
+    Qwen2VLPrompts,
+    Template,
+    caption_tokens,
+    preset_template,
+    prompt_problem,
+    prompt_tokens,
+)
+from vb_probe.families.decoder.rows import ablate, capture_rows, register
 from vb_probe.families.loading import load_pretrained
 
 MODEL_CLASSES = {"llava": "LlavaForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -70,6 +77,7 @@ class DecoderFamily(FamilyBase):
     reads = "pixels"
     token_kind = "image tokens"
     loads_across_devices = True  # accepts dtype and device_map
+    generates_text = True
 
     def load(self, source: Path | Any, *, dtype: torch.dtype | None = None, device_map: str | dict | None = None):
         """The model (``*ForConditionalGeneration``) from a folder, in ``dtype`` and across ``device_map``
@@ -96,11 +104,49 @@ class DecoderFamily(FamilyBase):
                     raise CheckpointError(f"{type(model).__name__}: a model in memory needs its processor: set "
                                           "model.processor (transformers' AutoProcessor of its checkpoint)")
                 model.processor, _ = load_processor(model.checkpoint_path, model.config.model_type)
-        model.prompt_template = template_for(model.config.model_type, model.processor)  # rendered once
-        if model.prompt_template.note and model.prompt_template.note not in model.load_notes:
-            model.load_notes.append(model.prompt_template.note)
+        if model.prompt_template is None:  # the model's own chat template, rendered once (--prompt sets another)
+            self.use_prompt(model, None)
         model.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
         return model.eval()
+
+    def prompt_problem(self, model_type: str, prompt: str | None) -> str | None:
+        return prompt_problem(model_type, prompt)
+
+    def use_prompt(self, model, prompt: str | None) -> None:
+        """``chat`` (None) the processor's chat template, ``plain``, ``kang`` or a text with ``{image}`` and
+        ``{caption}`` (:mod:`.prompts`); rendered once here, read by every image and caption after."""
+        model.prompt_template = preset_template(model.config.model_type, model.processor, prompt)
+        if model.prompt_template.note and model.prompt_template.note not in model.load_notes:
+            model.load_notes.append(model.prompt_template.note)
+
+    def ablate_heads(self, model, heads):
+        """Through the registered attention function (:func:`.rows.ablate`): the heads' outputs zeroed before
+        each layer's output projection."""
+        from vb_probe.families.ablation import heads_by_layer
+
+        by_layer = heads_by_layer(heads, self.sites(model)[0].shape)
+        config = model.config.get_text_config()
+        if config._attn_implementation != register():  # a model loaded elsewhere: its text attention ours
+            model.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
+        return ablate(by_layer)
+
+    def caption_log_probs(self, model, batch, precision: str = "fp32") -> torch.Tensor:
+        """The model's own forward and LM head (its logit softcapping included) on the positions that predict the
+        caption's tokens only (``logits_to_keep``: [B, L] positions, not [B, T, vocab])."""
+        spans = batch.extras["caption_spans"]  # [B, 2] first and past-last caption token
+        lengths = (spans[:, 1] - spans[:, 0]).clamp(min=0)
+        width = max(1, int(lengths.max()))
+        offsets = torch.arange(width)[None, :]
+        valid = offsets < lengths[:, None]  # [B, L]
+        targets = (spans[:, :1] + offsets).clamp(max=batch.inputs["input_ids"].shape[1] - 1)  # [B, L]
+        predicting = (targets - 1).clamp(min=0)
+        device = batch.inputs["input_ids"].device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(**batch.inputs, logits_to_keep=predicting.to(device)).logits  # [B, L, vocab]
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        token_ids = batch.inputs["input_ids"].gather(1, targets.to(device))
+        picked = log_probs.gather(-1, token_ids[..., None])[..., 0].cpu() * valid
+        return picked.sum(1) / lengths.clamp(min=1)
 
     def tokenizer_of(self, model):
         return model.processor.tokenizer
@@ -113,6 +159,18 @@ class DecoderFamily(FamilyBase):
     def summary_lines(self, result) -> list[str]:
         block = result.extras.get(LocalizationTally.key)
         return LocalizationTally.lines(block) if block else []
+
+    def page_marks(self, result) -> dict:
+        """Kang et al.'s heads (chosen without boxes) and the fixed-position baseline's place."""
+        block = result.extras.get(LocalizationTally.key)
+        if not block:
+            return {}
+        fixed = block["fixed_position"]
+        heads = block.get("unsupervised_selection", {}).get("heads", [])
+        return {"selected_heads": [[h["layer"], h["head"], h["votes"]] for h in heads],
+                "selected_by": "chosen without boxes (Kang et al. 2025)",
+                "fixed_place": {"row": fixed["place"][0], "column": fixed["place"][1], "accuracy": fixed["accuracy"],
+                                "chosen_on": fixed["chosen_on"]}}
 
     def sites(self, model) -> list[Site]:
         text = model.config.text_config
@@ -136,7 +194,7 @@ class DecoderFamily(FamilyBase):
                 "max_pixels", "resample")
         facts = {"model_type": kind,
                  "image_processor": {k: settings_json(getattr(processor, k)) for k in keep if hasattr(processor, k)},
-                 "prompt": {"prefix": template.prefix, "suffix": template.suffix,
+                 "prompt": {"preset": template.preset, "prefix": template.prefix, "suffix": template.suffix,
                             "caption_is_suffix": template.caption_is_suffix},
                  "attention": "row capture (sdpa output, query rows through the model's eager code)"}
         if kind == "llava" and getattr(processor, "do_center_crop", True) and not getattr(processor, "do_pad", False):
@@ -197,7 +255,7 @@ class DecoderFamily(FamilyBase):
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer_of(model)
         template = model.prompt_template
         rows = items_image_tokens(self, model, items, store, ImageCells)
-        sequences, token_types, word_positions = [], [], []
+        sequences, token_types, word_positions, caption_spans = [], [], [], []
         for item, cells in zip(items, rows):
             if template.caption_is_suffix:  # PaliGemma: the caption is a second sequence, as its processor makes it
                 prefix = cells.processed["input_ids"][0].tolist()
@@ -205,10 +263,13 @@ class DecoderFamily(FamilyBase):
                 tokens = prefix + caption.input_ids + [tokenizer.eos_token_id]
                 positions = [None if p is None else len(prefix) + p for p in caption.word_last]
                 types = [0] * len(prefix) + [1] * (len(tokens) - len(prefix))
+                span = (len(prefix) + caption.caption[0], len(prefix) + caption.caption[1])
             else:  # one string, the image placeholder expanded to the image's tokens as the processor expands it
                 expanded = template.prefix.replace(template.placeholder, template.placeholder * len(cells.boxes))
                 prompt = prompt_tokens(tokenizer, expanded, list(item.words), template.suffix, max_text_len)
                 tokens, positions, types = prompt.input_ids, prompt.word_last, [0] * len(prompt.input_ids)
+                span = prompt.caption
+            caption_spans.append(span)
             sequences.append(tokens)
             word_positions.append(positions)
             token_types.append(types)
@@ -233,7 +294,8 @@ class DecoderFamily(FamilyBase):
             image_positions[b, :len(p)] = p
         return layout(items, word_positions, [c.boxes for c in rows], [None] * len(rows), inputs,
                       views=[c.seen for c in rows],
-                      grids=torch.tensor([c.grid for c in rows], dtype=torch.long), image_positions=image_positions)
+                      grids=torch.tensor([c.grid for c in rows], dtype=torch.long), image_positions=image_positions,
+                      caption_spans=torch.tensor(caption_spans, dtype=torch.long))
 
     def rows(self, model, batch, site: Site, mask: str = "posthoc", precision: str = "fp32") -> torch.Tensor:
         """Each query's attention on its image's tokens, in row-major cell order: [layer, n, head, R] fp32 on the

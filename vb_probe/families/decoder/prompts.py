@@ -34,6 +34,7 @@ class Template:
     placeholder: str
     caption_is_suffix: bool = False
     note: str = ""  # why the model's own chat template was not used, when it was not
+    preset: str = "chat"  # which --prompt made it: chat, plain, kang or custom
 
 
 DEFAULT_TEMPLATES = {
@@ -46,6 +47,64 @@ DEFAULT_TEMPLATES = {
     # PaliGemma's captioning task: the processor adds the image tokens, <bos> and the newline; the caption follows
     "paligemma": Template("<image>caption en", "", "<image>", caption_is_suffix=True),
 }
+
+
+PROMPT_PRESETS = ("chat", "plain", "kang")
+
+# each model's default system turn, which Kang et al.'s prompt opens with (LLaVA-1.5's conversation template, the
+# system turn Qwen2-VL-Instruct's chat template adds when none is given)
+SYSTEM_PROMPTS = {
+    "llava": "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+             "detailed, and polite answers to the human's questions.",
+    "qwen2_vl": "You are a helpful assistant.",
+}
+# what {image} stands for in a prompt: the text the model's processor expands to the image's tokens, with its
+# delimiters where the model has them
+IMAGE_TEXT = {"llava": "<image>", "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "paligemma": "<image>"}
+PLAIN_PROMPTS = {"llava": "{image}\n{caption}", "qwen2_vl": "{image}{caption}", "paligemma": "{image}{caption}"}
+KANG_PROMPT = "{system}\n{image}\n{caption}."  # Kang et al. (2025): the query row is this prompt's last token
+
+
+def prompt_problem(model_type: str, prompt: str | None) -> str | None:
+    """Why ``prompt`` (a preset of :data:`PROMPT_PRESETS`, or a text holding ``{image}`` then ``{caption}`` once
+    each) cannot be a ``model_type`` model's prompt; None when it can. Asked before the model loads."""
+    if prompt is None or prompt in ("chat", "plain"):
+        return None
+    if prompt == "kang":
+        if model_type not in SYSTEM_PROMPTS:
+            return (f"Kang et al.'s prompt opens with the model's system turn, and {model_type} has none (its caption "
+                    "is its output part); use --prompt chat or plain, or a prompt of your own ending in {caption}")
+        return None
+    images, captions = prompt.count("{image}"), prompt.count("{caption}")
+    if images != 1 or captions != 1 or prompt.index("{image}") > prompt.index("{caption}"):
+        return (f"{prompt!r} holds {{image}} {images} and {{caption}} {captions} times; a prompt of your own holds "
+                f"{{image}} once, then {{caption}} once (or use a preset: {', '.join(PROMPT_PRESETS)})")
+    if model_type == "paligemma" and (not prompt.startswith("{image}") or not prompt.endswith("{caption}")):
+        return ("PaliGemma's processor puts the image first and reads the caption as its output part, after the "
+                "prompt: a PaliGemma prompt starts with {image} and ends with {caption}, e.g. '{image}caption en{caption}'")
+    return None
+
+
+def preset_template(model_type: str, processor, prompt: str | None) -> Template:
+    """The template ``prompt`` asks for: ``chat`` (None) the model's own chat template (:func:`template_for`),
+    ``plain`` the image then the caption, ``kang`` Kang et al.'s ``<system>\n<image>\n<caption>.``, any other text
+    a prompt of the user's own with ``{image}`` and ``{caption}`` (checked by :func:`prompt_problem` first)."""
+    from vb_probe.errors import VbProbeError
+
+    problem = prompt_problem(model_type, prompt)
+    if problem:
+        raise VbProbeError(f"--prompt: {problem}")
+    if prompt is None or prompt == "chat":
+        return template_for(model_type, processor)
+    preset = prompt if prompt in PROMPT_PRESETS else "custom"
+    text = {"plain": PLAIN_PROMPTS[model_type], "kang": KANG_PROMPT}.get(prompt, prompt)
+    text = text.replace("{system}", SYSTEM_PROMPTS.get(model_type, ""))
+    before, after = text.split("{caption}")
+    default = DEFAULT_TEMPLATES[model_type]
+    prefix = before.replace("{image}", IMAGE_TEXT[model_type])
+    if default.caption_is_suffix:  # PaliGemma: its processor adds the newline that ends the prompt
+        prefix = prefix[:-1] if prefix.endswith("\n") else prefix
+    return Template(prefix, after, default.placeholder, default.caption_is_suffix, preset=preset)
 
 
 def template_for(model_type: str, processor) -> Template:

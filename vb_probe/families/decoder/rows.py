@@ -8,6 +8,10 @@ bidirectional image prefix such as PaliGemma's silently becomes causal). The fun
 unchanged, and, while :func:`capture_rows` is active, also runs the model file's own ``eager_attention_forward`` on
 the chosen query positions only: ``[batch, heads, P, keys]`` per layer, P the number of query rows wanted. Memory is
 the rows, not the maps.
+
+The same function ablates heads: while :func:`ablate` is active, the planned heads' outputs of a layer are zeroed
+before the layer's output projection (the slice :mod:`vb_probe.families.ablation` zeroes for the other families),
+so a head is taken out by the code that computes it, whatever module surrounds it.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class RowPlan:
 
 
 _PLAN: ContextVar[RowPlan | None] = ContextVar("vb_probe_row_plan", default=None)
+_ABLATED: ContextVar[dict[int, list[int]] | None] = ContextVar("vb_probe_ablated_heads", default=None)
 
 
 def _eager_of(module):
@@ -62,7 +67,12 @@ def row_capture_attention(module, query: torch.Tensor, key: torch.Tensor, value:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                       **kwargs)
+                                       **kwargs)  # [B, S, H, D]
+    ablated = _ABLATED.get()
+    if ablated and getattr(module, "layer_idx", None) in ablated:
+        from vb_probe.families.ablation import head_keep
+
+        output = output * head_keep(ablated[module.layer_idx], output.shape[2], output)  # [H, 1] over [B, S, H, D]
     plan = _PLAN.get()
     if plan is not None:
         batch, heads, _, dim = query.shape
@@ -105,3 +115,14 @@ def capture_rows(positions: torch.Tensor, keep: torch.Tensor | None = None) -> I
         yield plan
     finally:
         _PLAN.reset(token)
+
+
+@contextmanager
+def ablate(by_layer: dict[int, list[int]]) -> Iterator[None]:
+    """While inside, every layer running :data:`ROW_CAPTURE` outputs zeros for its heads in ``by_layer``
+    (layer → head indices)."""
+    token = _ABLATED.set(by_layer)
+    try:
+        yield
+    finally:
+        _ABLATED.reset(token)

@@ -102,6 +102,12 @@ class VisualBertFamily(FamilyBase):
                 model(**inputs)
         return cache.stack("attn.pattern_rows")[..., batch.extras["text_len"]:].float().cpu()
 
+    def ablate_heads(self, model, heads):
+        """The model's own hook points: each head's ``z`` zeroed before the output projection."""
+        from vb_probe.families.visualbert.hooks import ablate_heads
+
+        return ablate_heads(getattr(model, "visual_bert", model), heads)
+
     def load_masked_lm(self, folder: Path):
         """The encoder with its masked-LM and sentence-image heads (a pre-training checkpoint), in eval mode: what
         attribution and the causal check need."""

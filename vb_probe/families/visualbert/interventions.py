@@ -109,27 +109,14 @@ def causal_check(model, items: list[MaskedPhrase], top_heads: list[tuple[int, in
                  random_draws: int = 20, seed: int = 0, progress: bool = False) -> CausalResult:
     """Masked-entity-word accuracy with nothing, the top-k grounding heads, or k random heads ablated (one set
     per draw), with a bootstrap interval over phrases and an empirical p-value (:func:`causal_summary`)."""
-    from tqdm.auto import tqdm
+    from vb_probe.causal import ablation_outcomes
 
-    if random_draws < 1:
-        raise VbProbeError(f"--draws {random_draws}: the control needs at least 1 draw of random heads")
     encoder = model.visual_bert
-    layers, heads = len(encoder.blocks), encoder.config.num_attention_heads
-    pool = [(l, h) for l in range(layers) for h in range(heads) if (l, h) not in set(top_heads)]
-    if len(pool) < len(top_heads):
-        raise VbProbeError(f"-k {len(top_heads)}: the model has {layers * heads} heads, too few for k random others "
-                           f"as a control; use -k {layers * heads // 2} or less")
-    intact = masked_word_hits(model, items, pad_id)
-    with ablate_heads(encoder, top_heads):
-        top = masked_word_hits(model, items, pad_id)
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in tqdm(range(random_draws), desc=f"{len(top_heads)} random heads ablated", unit="draw",
-                  disable=not progress, leave=False):
-        chosen = [pool[i] for i in rng.choice(len(pool), len(top_heads), replace=False)]
-        with ablate_heads(encoder, chosen):
-            draws.append(masked_word_hits(model, items, pad_id))
-    summary = causal_summary(intact, top, np.stack(draws), seed=seed)
+    shape = (len(encoder.blocks), encoder.config.num_attention_heads)
+    intact, top, draws = ablation_outcomes(lambda: masked_word_hits(model, items, pad_id),
+                                           lambda heads: ablate_heads(encoder, heads), top_heads, shape,
+                                           draws=random_draws, seed=seed, progress=progress)
+    summary = causal_summary(intact, top, draws, seed=seed)
     return CausalResult({"k": len(top_heads), "heads_ablated": [head_label(l, h) for l, h in top_heads], **summary,
                          "region_to_phrase_r1": None,
                          "region_to_phrase_note": "needs a checkpoint fine-tuned for Flickr30K region-to-phrase "
