@@ -72,10 +72,10 @@
   const MARKS = data.marks || {};
   const selectedHeads = new Set((MARKS.selected_heads || []).map(([l, h]) => l * data.heads + h));
 
-  // the grid's geometry: cells as large as fit the panel (24 px for a 12 × 12 model, 8 px for 40 × 40), drawn at
+  // the grid's geometry: cells as large as fit the panel (26 px for a 12 × 12 model, 8 px for 40 × 40), drawn at
   // their size in pixels (never scaled down), numbers 10 px tall on every `step`-th row and column so none touch
   function gridGeometry() {
-    const size = Math.max(6, Math.min(24, Math.floor(320 / Math.max(data.heads, data.layers))));
+    const size = Math.max(6, Math.min(36, Math.floor(320 / Math.max(data.heads, data.layers))));
     return { size, pad: 34, step: Math.ceil(14 / size) };
   }
 
