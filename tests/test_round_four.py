@@ -284,7 +284,7 @@ def test_prompts_a_model_cannot_take_are_refused_in_one_line_before_it_loads(pix
     data = ["--flickr30k", str(pixel_set["flickr"]), "--images", str(pixel_set["images"]), "--quiet"]
     cases = [(paligemma, "kang", "Kang et al.'s prompt opens with the model's system turn, and paligemma has none"),
              (paligemma, "{image} describe", "holds {image} 1 and {caption} 0 times"),
-             (paligemma, "{caption} {image}", "holds {image} 1 and {caption} 1 times"),
+             (paligemma, "{caption} {image}", "puts {caption} before {image}; the image comes first"),
              (paligemma, "say {image}{caption}", "a PaliGemma prompt starts with {image} and ends with {caption}"),
              (vilt, "kang", "a vilt model reads the caption alone, with no prompt around it; leave --prompt out")]
     for folder, prompt, message in cases:

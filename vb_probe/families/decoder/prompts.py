@@ -76,9 +76,12 @@ def prompt_problem(model_type: str, prompt: str | None) -> str | None:
                     "is its output part); use --prompt chat or plain, or a prompt of your own ending in {caption}")
         return None
     images, captions = prompt.count("{image}"), prompt.count("{caption}")
-    if images != 1 or captions != 1 or prompt.index("{image}") > prompt.index("{caption}"):
+    if images != 1 or captions != 1:
         return (f"{prompt!r} holds {{image}} {images} and {{caption}} {captions} times; a prompt of your own holds "
                 f"{{image}} once, then {{caption}} once (or use a preset: {', '.join(PROMPT_PRESETS)})")
+    if prompt.index("{image}") > prompt.index("{caption}"):
+        return (f"{prompt!r} puts {{caption}} before {{image}}; the image comes first, so that every caption token "
+                "can attend to it")
     if model_type == "paligemma" and (not prompt.startswith("{image}") or not prompt.endswith("{caption}")):
         return ("PaliGemma's processor puts the image first and reads the caption as its output part, after the "
                 "prompt: a PaliGemma prompt starts with {image} and ends with {caption}, e.g. '{image}caption en{caption}'")
