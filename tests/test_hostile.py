@@ -1732,10 +1732,11 @@ def test_a_qwen2_vl_min_pixels_that_makes_thousands_of_tokens_is_said_before_the
     config = json.loads((folder / "config.json").read_text())
     config["text_config"]["max_position_embeddings"] = 32768  # Qwen2-VL's own
     (folder / "config.json").write_text(json.dumps(config))
-    data = json.loads((folder / "preprocessor_config.json").read_text())
+    saved = json.loads((folder / "processor_config.json").read_text())  # as transformers 5 saves a processor
+    data = saved["image_processor"]
     data["min_pixels"] = data["size"]["shortest_edge"] = 5000 * 28 * 28  # 5,000 tokens an image
     data["max_pixels"] = data["size"]["longest_edge"] = 6000 * 28 * 28
-    (folder / "preprocessor_config.json").write_text(json.dumps(data))
+    (folder / "processor_config.json").write_text(json.dumps(saved))
     images = _image_set(tmp_path, n_images=1)
     _block_image((400, 300), (100, 50, 300, 250)).save(images["images"] / "900.png")
     monkeypatch.setattr("vb_probe.pipeline.probe_pass", _never("probe_pass"))
@@ -1745,7 +1746,7 @@ def test_a_qwen2_vl_min_pixels_that_makes_thousands_of_tokens_is_said_before_the
     assert "note: the processor makes up to 50" in out and "image tokens an image" in out
     data["min_pixels"] = data["size"]["shortest_edge"] = 40000 * 28 * 28  # past the model's 32768 positions
     data["max_pixels"] = data["size"]["longest_edge"] = 50000 * 28 * 28
-    (folder / "preprocessor_config.json").write_text(json.dumps(data))
+    (folder / "processor_config.json").write_text(json.dumps(saved))
     assert probe_main(_pixel_probe({"qwen2_vl": folder}, "qwen2_vl", images, tmp_path / "o2")) == 2
     one_line_error(capsys, "more than the model's", "positions; lower the processor's max_pixels")
 

@@ -72,9 +72,9 @@ def tiny_llava(image_size: int = 56, patch: int = 14, pad: bool = False, layers:
 
 def tiny_qwen2_vl(max_pixels: int = 112 * 112, layers: int = 2):
     """Qwen2-VL (patch 14, merge 2: a token per 28 × 28 cell) with its image processor and the prompt expansion."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessorPil, Qwen2VLProcessor
 
-    from vb_probe.families.decoder.prompts import Qwen2VLPrompts
+    from vb_probe.families.decoder.processors import images_only
 
     tokenizer = byte_level_tokenizer()
     torch.manual_seed(0)
@@ -87,7 +87,7 @@ def tiny_qwen2_vl(max_pixels: int = 112 * 112, layers: int = 2):
                            vision_start_token_id=token(tokenizer, "<|vision_start|>"))
     model = Qwen2VLForConditionalGeneration(config).eval()
     processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels)
-    model.processor = Qwen2VLPrompts(processor, tokenizer)
+    model.processor = images_only(Qwen2VLProcessor)(image_processor=processor, tokenizer=tokenizer, video_processor=None)
     return model
 
 

@@ -52,32 +52,22 @@ def cell_boxes(grid: tuple[int, int], view: ViewMap) -> np.ndarray:
 
 @dataclass
 class ImageCells(Regions):
-    """One image as a decoder VLM sees it: ``boxes`` [R, 4] its image tokens' cells in the original pixels, row-major
-    over ``grid`` (rows, columns); ``view`` the processor's resize/crop; ``processed`` the image processor's own
-    output for it (pixel_values, and image_grid_thw for Qwen2-VL)."""
+    """One image as a decoder VLM sees it: ``boxes`` [R, 4] its image tokens' cells in the original pixels, the
+    first view's row-major over ``grid`` (rows, columns) through ``view`` (the processor's resize/crop); ``processed``
+    the processor's own output for the prompt's prefix with this image (input_ids, pixel_values, image_grid_thw …).
+
+    ``slots`` [T]: for each position of the image token in the prompt (in order), the cell it is, or -1 for a token
+    in the image span that is no cell (LLaVA-NeXT's row newlines); None: each position the next cell. ``views``
+    names the views the cells belong to (one: ``image``; tiled models: ``global``, ``tile 1,2`` …) and ``view_of``
+    [R] each cell's view (None: all the first)."""
 
     grid: tuple[int, int] = (0, 0)
     view: ViewMap | None = None
     processed: dict[str, torch.Tensor] = field(default_factory=dict)
+    slots: np.ndarray | None = None
+    views: tuple[str, ...] = ("image",)
+    view_of: np.ndarray | None = None
     kind = "pixels"
-
-
-# ----------------------------------------------------------------------------------------------- per model
-
-def llava_view(image_processor, width: int, height: int, resized: tuple[int, int]) -> ViewMap:
-    """LLaVA-1.5's CLIP processor: (optionally) pad to a square in the middle, resize the short side, centre-crop.
-    ``resized`` (height, width) is what the processor's resize gave (read from its output without the crop)."""
-    crop = image_processor.crop_size
-    crop_h, crop_w = (crop["height"], crop["width"]) if getattr(image_processor, "do_center_crop", True) else resized
-    pad_y = pad_x = 0.0
-    base_w, base_h = width, height
-    if getattr(image_processor, "do_pad", False) and width != height:
-        side = max(width, height)
-        # the processor puts the image at (side − short) // 2 of the square
-        pad_y, pad_x = ((side - height) // 2, 0) if width > height else (0, (side - width) // 2)
-        base_w = base_h = side
-    top, left = (resized[0] - crop_h) // 2, (resized[1] - crop_w) // 2  # transformers' centre crop
-    return ViewMap((crop_h, crop_w), (base_h / resized[0], base_w / resized[1]), (top, left), (float(pad_y), float(pad_x)))
 
 
 def squashed_view(width: int, height: int, size: tuple[int, int]) -> ViewMap:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 MARKER = "VBPROBECAPTION"  # stands for the caption when a chat template is rendered, then split on
 
 
@@ -37,43 +35,21 @@ class Template:
     preset: str = "chat"  # which --prompt made it: chat, plain, kang or custom
 
 
-DEFAULT_TEMPLATES = {
-    # LLaVA-1.5's conversation format (llava-hf's chat template renders the same)
-    "llava": Template("USER: <image>\n", " ASSISTANT:", "<image>"),
-    # Qwen2-VL-Instruct's chat template with its default system turn
-    "qwen2_vl": Template("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                         "<|vision_start|><|image_pad|><|vision_end|>", "<|im_end|>\n<|im_start|>assistant\n",
-                         "<|image_pad|>"),
-    # PaliGemma's captioning task: the processor adds the image tokens, <bos> and the newline; the caption follows
-    "paligemma": Template("<image>caption en", "", "<image>", caption_is_suffix=True),
-}
-
-
 PROMPT_PRESETS = ("chat", "plain", "kang")
-
-# each model's default system turn, which Kang et al.'s prompt opens with (LLaVA-1.5's conversation template, the
-# system turn Qwen2-VL-Instruct's chat template adds when none is given)
-SYSTEM_PROMPTS = {
-    "llava": "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
-             "detailed, and polite answers to the human's questions.",
-    "qwen2_vl": "You are a helpful assistant.",
-}
-# what {image} stands for in a prompt: the text the model's processor expands to the image's tokens, with its
-# delimiters where the model has them
-IMAGE_TEXT = {"llava": "<image>", "qwen2_vl": "<|vision_start|><|image_pad|><|vision_end|>", "paligemma": "<image>"}
-PLAIN_PROMPTS = {"llava": "{image}\n{caption}", "qwen2_vl": "{image}{caption}", "paligemma": "{image}{caption}"}
 KANG_PROMPT = "{system}\n{image}\n{caption}."  # Kang et al. (2025): the query row is this prompt's last token
 
 
-def prompt_problem(model_type: str, prompt: str | None) -> str | None:
+def prompt_problem(kind, prompt: str | None) -> str | None:
     """Why ``prompt`` (a preset of :data:`PROMPT_PRESETS`, or a text holding ``{image}`` then ``{caption}`` once
-    each) cannot be a ``model_type`` model's prompt; None when it can. Asked before the model loads."""
+    each) cannot be the prompt of a model of ``kind`` (its :class:`~.kinds.DecoderKind`); None when it can. Asked
+    before the model loads."""
     if prompt is None or prompt in ("chat", "plain"):
         return None
     if prompt == "kang":
-        if model_type not in SYSTEM_PROMPTS:
-            return (f"Kang et al.'s prompt opens with the model's system turn, and {model_type} has none (its caption "
-                    "is its output part); use --prompt chat or plain, or a prompt of your own ending in {caption}")
+        if kind.default_template.caption_is_suffix:
+            return (f"Kang et al.'s prompt opens with the model's system turn, and {kind.model_types[0]} has none (its "
+                    "caption is its output part); use --prompt chat or plain, or a prompt of your own ending in "
+                    "{caption}")
         return None
     images, captions = prompt.count("{image}"), prompt.count("{caption}")
     if images != 1 or captions != 1:
@@ -82,43 +58,46 @@ def prompt_problem(model_type: str, prompt: str | None) -> str | None:
     if prompt.index("{image}") > prompt.index("{caption}"):
         return (f"{prompt!r} puts {{caption}} before {{image}}; the image comes first, so that every caption token "
                 "can attend to it")
-    if model_type == "paligemma" and (not prompt.startswith("{image}") or not prompt.endswith("{caption}")):
-        return ("PaliGemma's processor puts the image first and reads the caption as its output part, after the "
-                "prompt: a PaliGemma prompt starts with {image} and ends with {caption}, e.g. '{image}caption en{caption}'")
+    if kind.default_template.caption_is_suffix and (not prompt.startswith("{image}") or
+                                                    not prompt.endswith("{caption}")):
+        return (f"{kind.label}'s processor puts the image first and reads the caption as its output part, after the "
+                f"prompt: a {kind.label} prompt starts with {{image}} and ends with {{caption}}, e.g. "
+                "'{image}caption en{caption}'")
     return None
 
 
-def preset_template(model_type: str, processor, prompt: str | None) -> Template:
+def preset_template(kind, processor, prompt: str | None) -> Template:
     """The template ``prompt`` asks for: ``chat`` (None) the model's own chat template (:func:`template_for`),
     ``plain`` the image then the caption, ``kang`` Kang et al.'s ``<system>\n<image>\n<caption>.``, any other text
     a prompt of the user's own with ``{image}`` and ``{caption}`` (checked by :func:`prompt_problem` first)."""
     from vb_probe.errors import VbProbeError
 
-    problem = prompt_problem(model_type, prompt)
+    problem = prompt_problem(kind, prompt)
     if problem:
         raise VbProbeError(f"--prompt: {problem}")
     if prompt is None or prompt == "chat":
-        return template_for(model_type, processor)
+        return template_for(kind, processor)
     preset = prompt if prompt in PROMPT_PRESETS else "custom"
-    text = {"plain": PLAIN_PROMPTS[model_type], "kang": KANG_PROMPT}.get(prompt, prompt)
-    text = text.replace("{system}", SYSTEM_PROMPTS.get(model_type, ""))
+    text = {"plain": kind.plain_prompt, "kang": KANG_PROMPT}.get(prompt, prompt)
+    # a model without a default system turn (Qwen3-VL): Kang et al.'s prompt from the image on
+    text = text.replace("{system}\n", f"{kind.system_prompt}\n" if kind.system_prompt else "")
     before, after = text.split("{caption}")
-    default = DEFAULT_TEMPLATES[model_type]
-    prefix = before.replace("{image}", IMAGE_TEXT[model_type])
+    default = kind.default_template
+    prefix = before.replace("{image}", kind.image_text)
     if default.caption_is_suffix:  # PaliGemma: its processor adds the newline that ends the prompt
         prefix = prefix[:-1] if prefix.endswith("\n") else prefix
     return Template(prefix, after, default.placeholder, default.caption_is_suffix, preset=preset)
 
 
-def template_for(model_type: str, processor) -> Template:
+def template_for(kind, processor) -> Template:
     """The model's own chat template when its processor has one (the caption as the user's text after the image),
-    else the model's documented default (:data:`DEFAULT_TEMPLATES`); a chat template that raises, leaves the image
+    else the model's documented default (``kind.default_template``); a chat template that raises, leaves the image
     out or places it more than once is not used, and the template's ``note`` says so."""
     from dataclasses import replace
 
-    default = DEFAULT_TEMPLATES[model_type]
+    default = kind.default_template
     chat = getattr(processor, "chat_template", None)
-    if model_type == "paligemma" or not chat:
+    if not kind.reads_chat_template or not chat:
         return default
     documented = f"the documented prompt {(default.prefix + '…' + default.suffix)!r} is used instead"
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": MARKER}]}]
@@ -207,26 +186,3 @@ def caption_tokens(tokenizer, words: list[str], max_length: int) -> PromptTokens
     ``max_length`` tokens: PaliGemma's output part, which its processor tokenizes apart from the prefix."""
     return prompt_tokens(tokenizer, "", words, "", max_length, add_special_tokens=False)
 
-
-class Qwen2VLPrompts:
-    """Qwen2-VL's processor without its video half (transformers builds the full one only with torchvision): the
-    model's own image processor (``smart_resize``, ``image_grid_thw``) and tokenizer, each ``<|image_pad|>``
-    expanded to ``t·h·w / merge²`` tokens exactly as ``Qwen2VLProcessor.replace_image_token`` does, and
-    ``mm_token_type_ids`` (1 on image tokens) as the processor returns them."""
-
-    image_token = "<|image_pad|>"
-
-    def __init__(self, image_processor, tokenizer, chat_template: str | None = None):
-        self.image_processor, self.tokenizer, self.chat_template = image_processor, tokenizer, chat_template
-
-    def apply_chat_template(self, messages, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
-
-    def __call__(self, images=None, text: str = "", return_tensors: str = "pt") -> dict[str, torch.Tensor]:
-        processed = dict(self.image_processor(images=images, return_tensors="pt"))
-        merge = self.image_processor.merge_size ** 2
-        count = int(processed["image_grid_thw"][0].prod()) // merge
-        ids = self.tokenizer(text.replace(self.image_token, self.image_token * count), return_tensors="pt")
-        image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        return {**processed, "input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"],
-                "mm_token_type_ids": (ids["input_ids"] == image_id).long()}

@@ -1,0 +1,117 @@
+"""What differs between decoder VLMs: :class:`DecoderKind` declares it, one module a model overrides it.
+
+The decoder family (:mod:`vb_probe.families.decoder`) is the protocol for all of them: the prompt tokenized as one
+string, row capture on the language model, the pointing rule over image tokens. A kind says the rest: transformers'
+class, the processor's image placeholder and how a prompt names the image, the model's documented prompt and system
+turn, where each image token's pixels come from (:meth:`DecoderKind.cells`), which image sizes its processor
+refuses, how many tokens an image makes, and the pixel inputs its forward takes. Adding a model is one module here,
+registered with :func:`register_kind`, and its tests.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import ClassVar
+
+import torch
+
+from vb_probe.errors import VbProbeError
+from vb_probe.families.decoder.geometry import ImageCells
+from vb_probe.families.decoder.prompts import Template
+
+
+class DecoderKind:
+    """One decoder VLM's specifics; the defaults fit a model whose processor puts one image token per cell of one
+    grid (LLaVA-1.5)."""
+
+    model_types: ClassVar[tuple[str, ...]]  # config.json's model_type values
+    label: ClassVar[str]  # how messages name it
+    model_class: ClassVar[str]  # transformers' *ForConditionalGeneration class
+    processor_class: ClassVar[str | None] = None  # where its processor holds a video part (needs torchvision)
+    placeholder: ClassVar[str] = "<image>"  # the processor's image placeholder in a prompt
+    image_text: ClassVar[str] = "<image>"  # what {image} stands for in a prompt (the placeholder and delimiters)
+    default_template: ClassVar[Template]  # the documented prompt, where the processor has no chat template
+    reads_chat_template: ClassVar[bool] = True
+    system_prompt: ClassVar[str | None] = None  # its default system turn (Kang et al.'s prompt opens with it)
+    plain_prompt: ClassVar[str] = "{image}\n{caption}"
+    settings: ClassVar[tuple[str, ...]] = ("size", "crop_size", "do_center_crop", "do_pad", "patch_size",
+                                           "resample")  # the image processor's settings run.json records
+
+    def image_token_id(self, model) -> int:
+        config = model.config
+        value = getattr(config, "image_token_id", None)
+        return int(value if value is not None else config.image_token_index)
+
+    def check_fits(self, model) -> None:
+        """The processor makes what the model takes (one line naming the setting), before the first forward: the
+        placeholder is the model's image token, then :meth:`check_processor`."""
+        where = model.checkpoint_path or "the model"
+        token = model.processor.tokenizer.convert_tokens_to_ids(self.placeholder)
+        if token != self.image_token_id(model):
+            raise VbProbeError(f"{where}: the config's image token id is {self.image_token_id(model)} but the "
+                               f"tokenizer's {self.placeholder} is {token}; pass the config.json and tokenizer files "
+                               "saved together")
+        self.check_processor(model)
+
+    def check_processor(self, model) -> None:
+        """The kind's own checks of its processor against its model."""
+
+    def check_config(self, model) -> None:
+        """Settings of the model vb-probe cannot read right (refused in one line)."""
+
+    def notes(self, model) -> list[str]:
+        """What the run should say about how this model sees images."""
+        return []
+
+    def process(self, model, image) -> dict:
+        """``image`` in the prompt's prefix through the model's own processor: its output, and under ``prefix_text``
+        the prefix as the processor expanded it (the text it gave its tokenizer)."""
+        from vb_probe.families.decoder.processors import process_with_text
+
+        with warnings.catch_warnings():  # some processors trip numpy 2's copy-keyword deprecation: not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            out, text = process_with_text(model.processor, images=image, text=model.prompt_template.prefix,
+                                          return_tensors="pt")
+        out["prefix_text"] = text
+        return out
+
+    def cells(self, model, image, image_id: str) -> ImageCells:
+        """``image`` (RGB PIL) as the model sees it: each image token's cell in the original pixels, and the
+        processor's output (:meth:`process`)."""
+        raise NotImplementedError
+
+    def size_problem(self, model, width: int, height: int) -> str | None:
+        """Why the processor cannot take a ``width`` × ``height`` image (None: it can), from its own sizing."""
+        return None
+
+    def token_count(self, model, width: int, height: int) -> int:
+        """How many image tokens the processor makes of a ``width`` × ``height`` image, without making pixels."""
+        vision = model.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
+    def attention_implementation(self, row_capture: str) -> dict[str, str]:
+        """The attention implementation of each sub-model: row capture on the language model, sdpa elsewhere."""
+        return {"text_config": row_capture, "vision_config": "sdpa"}
+
+    def pixel_inputs(self, model, rows: list[ImageCells], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The forward's image inputs for a batch of images, one a row, from each one's processed output."""
+        return {"pixel_values": torch.cat([c.processed["pixel_values"] for c in rows])}
+
+
+KINDS: dict[str, DecoderKind] = {}
+
+
+def register_kind(cls: type[DecoderKind]) -> type[DecoderKind]:
+    """Class decorator: every model type of ``cls`` is read by an instance of it."""
+    for model_type in cls.model_types:
+        KINDS[model_type] = cls()
+    return cls
+
+
+def kind_of(model_or_type) -> DecoderKind:
+    """The kind of a model (its ``config.model_type``) or of a model type."""
+    model_type = model_or_type if isinstance(model_or_type, str) else model_or_type.config.model_type
+    return KINDS[model_type]
+
+
+__all__ = ["DecoderKind", "KINDS", "kind_of", "register_kind"]
