@@ -103,7 +103,7 @@ def _cell_means(kind: str, model, image: Image.Image, cells) -> np.ndarray:
     PaliGemma from the pixel grid, Qwen2-VL from its flattened patches (merge² patches a token, in token order)."""
     processor = model.processor.image_processor
     out = processor(image, do_normalize=False, return_tensors="pt")
-    if kind == "qwen2_vl":
+    if kind.startswith("qwen"):  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL: flattened patches, merge² a token
         patches = out["pixel_values"].reshape(-1, 3, processor.temporal_patch_size, processor.patch_size,
                                               processor.patch_size)
         per_token = patches.reshape(len(cells.boxes), processor.merge_size ** 2, 3, -1)
@@ -159,9 +159,10 @@ def test_llava_pads_to_a_square_when_its_processor_says_so():
     assert np.all(np.abs(means[inside, 0] - centre_x / 127 * 255) <= 5)
 
 
-def test_qwen2_vl_token_order_matches_its_own_position_ids(world):
+@pytest.mark.parametrize("kind", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_qwen_token_order_matches_its_own_position_ids(kind, world):
     """The image tokens' 3-D rotary positions, as the model computes them, are (row, column) of our row-major grid."""
-    model = _probe_ready("qwen2_vl")
+    model = _probe_ready(kind)
     _, _, batch = _batch(model, world, 2)
     positions, _ = model.model.get_rope_index(batch.inputs["input_ids"], batch.inputs["mm_token_type_ids"],
                                               batch.inputs["image_grid_thw"], None, batch.inputs["attention_mask"])

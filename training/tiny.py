@@ -91,6 +91,56 @@ def tiny_qwen2_vl(max_pixels: int = 112 * 112, layers: int = 2):
     return model
 
 
+def tiny_qwen2_5_vl(max_pixels: int = 112 * 112, layers: int = 2):
+    """Qwen2.5-VL (patch 14, merge 2; window attention in its vision tower, one full-attention block) with its own
+    processor, without its video half."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
+                              Qwen2VLImageProcessorPil)
+
+    from vb_probe.families.decoder.processors import images_only
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(0)
+    text = dict(TEXT, vocab_size=len(tokenizer), num_hidden_layers=layers, bos_token_id=1, eos_token_id=2,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 1, 1]})
+    vision = dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64, num_heads=4, patch_size=14,
+                  spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=token(tokenizer, "<|image_pad|>"),
+                              video_token_id=token(tokenizer, "<|im_end|>"),
+                              vision_start_token_id=token(tokenizer, "<|vision_start|>"))
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=max_pixels)
+    model.processor = images_only(Qwen2_5_VLProcessor)(image_processor=processor, tokenizer=tokenizer,
+                                                       video_processor=None)
+    return model
+
+
+def tiny_qwen3_vl(max_pixels: int = 128 * 128, layers: int = 2):
+    """Qwen3-VL (patch 16, merge 2: a token per 32 × 32 cell; DeepStack features into the first layers) with its own
+    processor, without its video half."""
+    from transformers import Qwen2VLImageProcessorPil, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
+
+    from vb_probe.families.decoder.processors import images_only
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(0)
+    text = dict(TEXT, vocab_size=len(tokenizer), num_hidden_layers=layers, bos_token_id=1, eos_token_id=2, head_dim=8,
+                rope_parameters={"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [2, 1, 1],
+                                 "mrope_interleaved": True})
+    vision = dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=64, num_heads=4, patch_size=16,
+                  spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                  deepstack_visual_indexes=[0])
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=token(tokenizer, "<|image_pad|>"),
+                           video_token_id=token(tokenizer, "<|im_end|>"),
+                           vision_start_token_id=token(tokenizer, "<|vision_start|>"),
+                           vision_end_token_id=token(tokenizer, "<|vision_end|>"))
+    model = Qwen3VLForConditionalGeneration(config).eval()
+    processor = Qwen2VLImageProcessorPil(patch_size=16, min_pixels=32 * 32, max_pixels=max_pixels)
+    model.processor = images_only(Qwen3VLProcessor)(image_processor=processor, tokenizer=tokenizer,
+                                                    video_processor=None)
+    return model
+
+
 def tiny_paligemma(image_size: int = 32, patch: int = 8, layers: int = 2):
     """PaliGemma with a SigLIP tower over ``image_size``² and its real processor."""
     from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessorPil
@@ -109,7 +159,8 @@ def tiny_paligemma(image_size: int = 32, patch: int = 8, layers: int = 2):
     return model
 
 
-BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma}
+BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma, "qwen2_5_vl": tiny_qwen2_5_vl,
+            "qwen3_vl": tiny_qwen3_vl}
 
 
 def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:
