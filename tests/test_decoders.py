@@ -16,7 +16,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
-from decoder_fixtures import BUILDERS, save_model_folder, tiny_llava, tiny_qwen2_vl
+from decoder_fixtures import BUILDERS, save_model_folder, tiny_llava
 from fixtures import lay_out_hub_cache
 from PIL import Image
 from test_vilt import _write_world
@@ -26,6 +26,7 @@ from vb_probe.cli import main as probe_main
 from vb_probe.data.images import ImageFolder
 from vb_probe.families import family_of
 from vb_probe.families.decoder import DecoderFamily, image_cells
+from vb_probe.families.decoder.kinds import kind_of
 from vb_probe.families.decoder.rows import register
 from vb_probe.queries import collect_items
 
@@ -72,7 +73,28 @@ def test_rows_equal_eager_attention_and_the_logits_are_unchanged(kind, world):
             expected = maps[b, :, position, positions[b, :cells]]  # [head, cells]
             torch.testing.assert_close(rows[layer, q, :, :cells], expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(captured_logits, eager.logits, rtol=0, atol=1e-5)
-    assert float(rows.sum(-1).max()) <= 1.0 + 1e-6 and float(rows.sum(-1).min()) > 0.0  # an image share
+    text = model.config.get_text_config()
+    full = [i for i, t in enumerate(getattr(text, "layer_types", None) or ["full"] * len(rows)) if t != "sliding_attention"]
+    assert float(rows.sum(-1).max()) <= 1.0 + 1e-6 and float(rows[full].sum(-1).min()) > 0.0  # an image share
+    # (a sliding-window layer's caption word may be too far from the image to see it: Gemma 3's first layer)
+
+
+@pytest.mark.parametrize("kind", [k for k in KINDS if k != "paligemma"])
+def test_the_batch_is_what_the_processor_makes_of_the_whole_prompt(kind, world):
+    """Each row of a batch (its ids and the token types the model's mask reads: Gemma 3's bidirectional image
+    block, Qwen's rotary positions) equals the model's processor run on the whole prompt with the image."""
+    model = _probe_ready(kind)
+    family, items, batch = _batch(model, world, 2)
+    template = model.prompt_template
+    for b, item in enumerate(items):
+        image = ImageFolder(world["images"]).image(item.image_id)
+        theirs = model.processor(images=image, text=template.prefix + " ".join(item.words) + template.suffix,
+                                 return_tensors="pt", **kind_of(model).processor_options(model))
+        length = int(batch.inputs["attention_mask"][b].sum())
+        for key in theirs.keys() & batch.inputs.keys() - {"pixel_values", "attention_mask"}:
+            value = batch.inputs[key][b]
+            assert torch.equal(value[:length] if value.dim() else value, theirs[key][0]), key
+        assert {"input_ids"} | ({"token_type_ids"} if kind == "gemma3" else set()) <= theirs.keys() & batch.inputs.keys()
 
 
 def test_paligemmas_caption_reads_a_bidirectional_prefix(world):
@@ -102,28 +124,39 @@ def _cell_means(kind: str, model, image: Image.Image, cells) -> np.ndarray:
     """[R, 2] mean (red, green) of each image token's pixels as the processor made them, unnormalised: LLaVA and
     PaliGemma from the pixel grid, Qwen2-VL from its flattened patches (merge² patches a token, in token order)."""
     processor = model.processor.image_processor
-    out = processor(image, do_normalize=False, return_tensors="pt")
     if kind.startswith("qwen"):  # Qwen2-VL, Qwen2.5-VL, Qwen3-VL: flattened patches, merge² a token
+        out = processor(image, do_normalize=False, return_tensors="pt")
         patches = out["pixel_values"].reshape(-1, 3, processor.temporal_patch_size, processor.patch_size,
                                               processor.patch_size)
         per_token = patches.reshape(len(cells.boxes), processor.merge_size ** 2, 3, -1)
         return per_token[:, :, :2].mean(dim=(1, 3)).numpy() * 255
-    pixels = out["pixel_values"][0]  # [3, H, W]
-    rows, cols = cells.grid
-    h, w = pixels.shape[1] // rows, pixels.shape[2] // cols
-    blocks = pixels[:2].reshape(2, rows, h, cols, w).mean(dim=(2, 4))  # [2, rows, cols]
-    return blocks.permute(1, 2, 0).reshape(-1, 2).numpy() * 255
+    views = model.processor(images=image, text=model.prompt_template.prefix, do_normalize=False,
+                            return_tensors="pt", **kind_of(model).processor_options(model))["pixel_values"]
+    means = []
+    for pixels in views:  # the whole image, then each crop (Gemma 3's pan and scan): the same grid each
+        rows, cols = cells.grid
+        h, w = pixels.shape[1] // rows, pixels.shape[2] // cols
+        blocks = pixels[:2].reshape(2, rows, h, cols, w).mean(dim=(2, 4))  # [2, rows, cols]
+        means.append(blocks.permute(1, 2, 0).reshape(-1, 2).numpy() * 255)
+    return np.concatenate(means)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+GEOMETRIES = [(kind, {}) for kind in KINDS] + [("gemma3", {"pan_and_scan": True})]
+
+
+@pytest.mark.parametrize("kind,options", GEOMETRIES, ids=[k + ("-pan-and-scan" if o else "") for k, o in GEOMETRIES])
 @pytest.mark.parametrize("size", SIZES)
-def test_cells_are_where_the_processor_put_the_pixels(kind, size):
+def test_cells_are_where_the_processor_put_the_pixels(kind, options, size):
     """Each image token's cell (original pixels) holds, at its centre, the original position its pixels came from
-    through the processor's resize and crop (a gradient image reads it back), to within a tenth of a cell."""
-    model = _probe_ready(kind)
+    through the processor's resize, crop and pan-and-scan crops (a gradient image reads it back), to within a tenth
+    of a cell."""
+    model = _probe_ready(kind, **options)
     width, height = size
     cells = image_cells(model, _gradient(width, height), "g")
-    assert len(cells.boxes) == cells.grid[0] * cells.grid[1]
+    views = len(cells.views)
+    assert len(cells.boxes) == views * cells.grid[0] * cells.grid[1]
+    # pan and scan: 1.5:1 → round(1.5) = 2 crops of 45 px (≥ 32); 3.2:1 → round(3.2) = 3 crops of 43 px; +1 the whole
+    assert views == (1 if not options else {(90, 60): 3, (60, 90): 3, (128, 40): 4}[size])
     means = _cell_means(kind, model, _gradient(width, height), cells)
     centre_x = (cells.boxes[:, 0] + cells.boxes[:, 2]) / 2
     centre_y = (cells.boxes[:, 1] + cells.boxes[:, 3]) / 2
@@ -228,9 +261,12 @@ def _planted_rows(layer: int = 2, head: int = 1):
     return mock.patch.object(DecoderFamily, "rows", rows)
 
 
-@pytest.mark.parametrize("kind", ["llava", "qwen2_vl"])
+PLANTED = {"llava": {}, "qwen2_vl": {}, "gemma3": {"pan_and_scan": True}}  # one view; native resolution; crops
+
+
+@pytest.mark.parametrize("kind", list(PLANTED))
 def test_a_planted_localization_head_is_found_with_and_without_boxes(kind, world):
-    model = DecoderFamily().load(BUILDERS[kind](layers=4) if kind == "llava" else tiny_qwen2_vl(layers=4))
+    model = DecoderFamily().load(BUILDERS[kind](layers=4, **PLANTED[kind]))
     with _planted_rows():
         result = vb_probe.entity_grounding(model, None, world["flickr"], world["images"], progress=False,
                                            select_on="val")
@@ -244,6 +280,29 @@ def test_a_planted_localization_head_is_found_with_and_without_boxes(kind, world
     fixed = block["fixed_position"]
     assert fixed["chosen_on"] == "val" and 0.0 <= fixed["accuracy"] <= 1.0
     assert result.permuted.best_head().accuracy < 1.0  # shuffled cells break the planted head
+    views = block.get("views")
+    if kind == "gemma3":  # the world's wide and tall images are read whole and in crops
+        flickr, images = vb_probe.Flickr30kEntities(world["flickr"]), ImageFolder(world["images"])
+        tiled = [i for i in flickr.split("test") if len(image_cells(model, images.image(i), i).views) > 1]
+        assert views["queries"] == 2 * len(tiled) > 0  # two phrases an image
+        # the planted map is even over the gold cells of every view: argmax takes the first, the whole image's
+        assert views["best_head"] == {"layer": 2, "head": 1, "primary_share": 1.0}
+    else:
+        assert views is None
+
+
+def test_the_permuted_control_re_deals_cells_within_each_view():
+    """One view: the same shuffle as before views existed; several: each view's cells among themselves."""
+    from vb_probe.batching import image_permutation
+
+    single = image_permutation("42", 12)
+    assert np.array_equal(single, np.random.default_rng(int.from_bytes(
+        __import__("hashlib").sha256(b"permuted-geometry:42").digest()[:8], "little")).permutation(12))
+    assert np.array_equal(image_permutation("42", 12, np.zeros(12, np.int64)), single)
+    view_of = np.repeat([0, 1, 2], 4)
+    order = image_permutation("42", 12, view_of)
+    assert sorted(order) == list(range(12)) and np.array_equal(view_of[order], view_of)
+    assert not np.array_equal(order, np.arange(12))
 
 
 def test_the_fixed_position_baseline_is_the_most_picked_place(world):

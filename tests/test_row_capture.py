@@ -87,6 +87,41 @@ def test_paligemmas_prefix_stays_bidirectional_only_with_the_mask_function():
     assert float(plan.rows[0][0, :, 0, 3:].sum()) == 0.0  # the image token no longer sees past itself
 
 
+def test_gemma3s_image_block_and_sliding_window_are_kept_only_with_the_mask_function():
+    """Gemma 3 (a sliding-window layer of window 8, then a global one): an image token attends to the image tokens
+    after it (its bidirectional block), a caption token 9 or more places past the image sees none of it on the
+    sliding layer and all of it on the global one; rows equal eager with the logits unchanged, and the same
+    function without its mask function loses the block."""
+    from transformers import AttentionInterface
+
+    from training.tiny import tiny_gemma3
+
+    model = tiny_gemma3()
+    inputs = dict(model.processor(images=torch.zeros(3, 64, 64), text="<start_of_image>a man rides a brown horse near "
+                                  "the blue car on the street", return_tensors="pt"))
+    image = (inputs["input_ids"][0] == model.config.image_token_id).nonzero().flatten()  # 16 image tokens
+    last = inputs["input_ids"].shape[1] - 1
+    positions = torch.tensor([[int(image[0]), int(image[7]), last]])
+    assert last - int(image[-1]) >= 8  # the caption's last token is past the sliding window of every image token
+    logits, expected = _eager_rows(model, inputs, positions)
+    model.set_attn_implementation({"text_config": register(), "vision_config": "sdpa"})
+    with torch.no_grad(), capture_rows(positions) as plan:
+        captured = model(**inputs).logits
+    torch.testing.assert_close(captured, logits, rtol=0, atol=1e-5)
+    for layer, rows in plan.rows.items():
+        torch.testing.assert_close(rows, expected[layer], rtol=0, atol=1e-6)
+    first, last_image = int(image[0]), int(image[-1])
+    assert float(plan.rows[1][0, :, 0, first + 1:last_image + 1].sum()) > 0  # the block: the first sees the rest
+    assert float(plan.rows[0][0, :, 2, first:last_image + 1].sum()) == 0.0  # sliding layer: out of the window
+    assert float(plan.rows[1][0, :, 2, first:last_image + 1].sum()) > 0  # global layer: the whole image
+    AttentionInterface.register("vb_probe_rows_without_mask", row_capture_attention)
+    model.set_attn_implementation({"text_config": "vb_probe_rows_without_mask", "vision_config": "sdpa"})
+    with torch.no_grad(), capture_rows(positions) as plan:
+        wrong = model(**inputs).logits
+    assert not torch.allclose(wrong, logits, atol=1e-4)
+    assert float(plan.rows[1][0, :, 0, first + 1:].sum()) == 0.0  # the first image token no longer sees past itself
+
+
 def test_without_a_plan_nothing_is_kept_and_the_name_is_the_registered_one():
     from transformers import LlamaConfig, LlamaForCausalLM
 

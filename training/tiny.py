@@ -16,8 +16,10 @@ SPECIAL = ["<pad>", "<s>", "</s>", "<image>", "<|image_pad|>", "<|vision_start|>
            "<|im_end|>", "<unk>"]
 
 
-def byte_level_tokenizer(words: tuple[str, ...] | list[str] = WORDS):
-    """A GPT-2-style byte-level BPE fast tokenizer over ``words`` (ids 0–9 the special tokens)."""
+def byte_level_tokenizer(words: tuple[str, ...] | list[str] = WORDS, named: dict[str, str] | None = None):
+    """A GPT-2-style byte-level BPE fast tokenizer over ``words`` (ids 0–9 the special tokens); ``named`` special
+    tokens a model's processor reads by attribute (Gemma 3's ``image_token``, ``boi_token`` …) added after the
+    vocabulary, so the other ids stay where they are."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -31,6 +33,9 @@ def byte_level_tokenizer(words: tuple[str, ...] | list[str] = WORDS):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                         unk_token="<unk>")
     tokenizer.add_special_tokens({"additional_special_tokens": SPECIAL[3:9]})
+    if named:
+        tokenizer.add_special_tokens({"additional_special_tokens": list(named.values())}, replace_extra_special_tokens=False)
+        tokenizer._set_model_specific_special_tokens(special_tokens=named)  # what extra_special_tokens={…} sets on load
     return tokenizer
 
 
@@ -94,8 +99,7 @@ def tiny_qwen2_vl(max_pixels: int = 112 * 112, layers: int = 2):
 def tiny_qwen2_5_vl(max_pixels: int = 112 * 112, layers: int = 2):
     """Qwen2.5-VL (patch 14, merge 2; window attention in its vision tower, one full-attention block) with its own
     processor, without its video half."""
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor,
-                              Qwen2VLImageProcessorPil)
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil
 
     from vb_probe.families.decoder.processors import images_only
 
@@ -159,8 +163,35 @@ def tiny_paligemma(image_size: int = 32, patch: int = 8, layers: int = 2):
     return model
 
 
+GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
+
+
+def tiny_gemma3(image_size: int = 64, patch: int = 8, tokens: int = 16, layers: int = 2, sliding_window: int = 8,
+                pan_and_scan: bool = False):
+    """Gemma 3 with a SigLIP tower over ``image_size``² pooled to ``tokens`` image tokens (4 × 4 of 8 × 8 patches),
+    a sliding-window layer (window ``sliding_window``, shorter than a prompt) then a global one, and its real
+    processor; ``pan_and_scan`` saves the processor's pan-and-scan on (crops of 32 pixels at least)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor
+
+    tokenizer = byte_level_tokenizer(named=GEMMA3_TOKENS)
+    torch.manual_seed(0)
+    text = dict(TEXT, vocab_size=len(tokenizer), head_dim=8, num_hidden_layers=layers, query_pre_attn_scalar=8,
+                sliding_window=sliding_window,
+                layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)])
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=4, image_size=image_size, patch_size=patch)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=tokens,
+                          boi_token_index=tokenizer.boi_token_id, eoi_token_index=tokenizer.eoi_token_id,
+                          image_token_index=tokenizer.image_token_id)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    options = dict(do_pan_and_scan=True, pan_and_scan_min_crop_size=32) if pan_and_scan else {}
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, **options)
+    model.processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_length=tokens)
+    return model
+
+
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma, "qwen2_5_vl": tiny_qwen2_5_vl,
-            "qwen3_vl": tiny_qwen3_vl}
+            "qwen3_vl": tiny_qwen3_vl, "gemma3": tiny_gemma3}
 
 
 def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:

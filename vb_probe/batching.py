@@ -92,11 +92,14 @@ def read_regions(items: list[ProbeItem], features) -> list[Regions]:
 
 def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]], cells: Sequence[np.ndarray],
            confidences: Sequence[np.ndarray | None], inputs: dict[str, torch.Tensor], *,
-           views: Sequence[np.ndarray | None] | None = None, **extras) -> ProbeBatch:
+           views: Sequence[np.ndarray | None] | None = None, cell_views: Sequence[np.ndarray | None] | None = None,
+           **extras) -> ProbeBatch:
     """The engine's view of a batch. ``word_positions[b][w]``: the sequence position of word w's last sub-word
     in row b (None: cut by truncation); ``cells[b]`` [R_b, 4] each image token's box in the original image's
     pixels; ``confidences[b]`` [R_b] or None; ``views[b]`` [4] the part of the original image the model sees
-    (None: all of it), a query none of whose gold boxes overlaps it is skipped (``outside_view``). Hits are
+    (None: all of it), a query none of whose gold boxes overlaps it is skipped (``outside_view``);
+    ``cell_views[b]`` [R_b] which of the model's views of the image each cell is in (tiled models; None: one view),
+    so the permuted-geometry control re-deals cells within a view. Hits are
     computed once per image and gold set under both rules (a phrase's captions share them); which one makes the
     grid is the family's rule, the engine's choice."""
     from vb_probe.metrics.boxes import RULES, query_targets
@@ -133,7 +136,8 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
             valid.append(ok)
             if b not in perm_of:
                 perm_of[b] = np.arange(r_max)
-                perm_of[b][:n_tokens] = image_permutation(item.image_id, n_tokens)
+                perm_of[b][:n_tokens] = image_permutation(item.image_id, n_tokens,
+                                                          cell_views[b] if cell_views is not None else None)
             perms.append(perm_of[b])
             if any_confidence:
                 conf = np.zeros(r_max, dtype=np.float32)
@@ -184,13 +188,21 @@ def check_finite_rows(region_rows: torch.Tensor, batch, source: str) -> None:
                     f"on; {cause}")
 
 
-def image_permutation(image_id: str, n_tokens: int) -> np.ndarray:
+def image_permutation(image_id: str, n_tokens: int, view_of: np.ndarray | None = None) -> np.ndarray:
     """The permuted-geometry control's shuffle of one image's ``n_tokens`` cells: seeded by the image's id alone,
-    so it does not depend on batching, order or resuming."""
+    so it does not depend on batching, order or resuming; with ``view_of`` [n_tokens] (each cell's view of a tiled
+    model) each view's cells are re-dealt among themselves, a tile's map staying on that tile."""
     import hashlib
 
     seed = int.from_bytes(hashlib.sha256(f"permuted-geometry:{image_id}".encode()).digest()[:8], "little")
-    return np.random.default_rng(seed).permutation(n_tokens)
+    rng = np.random.default_rng(seed)
+    if view_of is None or not len(view_of) or view_of.min() == view_of.max():
+        return rng.permutation(n_tokens)
+    order = np.arange(n_tokens)
+    for view in np.unique(view_of):
+        cells = np.flatnonzero(view_of == view)
+        order[cells] = cells[rng.permutation(len(cells))]
+    return order
 
 
 def prefetched(jobs: Iterator[Callable[[], T]], depth: int = 2) -> Iterator[T]:

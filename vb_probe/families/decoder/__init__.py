@@ -240,10 +240,16 @@ class DecoderFamily(FamilyBase):
                      for s, cells in zip(sequences, rows)]
         r_max = max(len(p) for p in positions)
         image_positions = torch.zeros(len(rows), r_max, dtype=torch.long)
-        for b, p in enumerate(positions):
+        places = torch.zeros(len(rows), r_max, dtype=torch.long)  # each cell's place on the primary view
+        view_index = torch.zeros(len(rows), r_max, dtype=torch.long)  # 0 the primary view, i the i-th after it
+        for b, (p, cells) in enumerate(zip(positions, rows)):
             image_positions[b, :len(p)] = p
+            places[b, :len(p)] = torch.from_numpy(cells.places())
+            if cells.view_of is not None:
+                view_index[b, :len(p)] = torch.from_numpy(cells.view_of)
         return layout(items, word_positions, [c.boxes for c in rows], [None] * len(rows), inputs,
-                      views=[c.seen for c in rows],
+                      views=[c.seen for c in rows], cell_views=[c.view_of for c in rows], places=places,
+                      view_index=view_index, view_names=[c.views for c in rows],
                       grids=torch.tensor([c.grid for c in rows], dtype=torch.long), image_positions=image_positions,
                       caption_spans=torch.tensor(caption_spans, dtype=torch.long))
 

@@ -33,6 +33,11 @@ class ViewMap:
         sy, sx = self.scale
         return (u + self.crop[1]) * sx - self.pad[1], (v + self.crop[0]) * sy - self.pad[0]
 
+    def to_view(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The inverse of :meth:`to_original`: original pixel ``(x, y)`` → view pixel ``(u, v)``."""
+        sy, sx = self.scale
+        return (x + self.pad[1]) / sx - self.crop[1], (y + self.pad[0]) / sy - self.crop[0]
+
     def seen(self) -> np.ndarray:
         """[4] the part of the original image the view shows, (x1, y1, x2, y2)."""
         x, y = self.to_original(np.array([0.0, self.size[1]]), np.array([0.0, self.size[0]]))
@@ -69,8 +74,49 @@ class ImageCells(Regions):
     view_of: np.ndarray | None = None
     kind = "pixels"
 
+    def places(self) -> np.ndarray:
+        """[R] int64 each cell's place (:mod:`vb_probe.metrics.positions`) on the primary view: its own cell's place
+        for the primary view's cells; for another view's (a tile, a crop), the place of the primary view holding
+        the cell's centre, so a place is one part of the picture whichever view a head picks it in."""
+        from vb_probe.metrics.positions import SIDE, cell_places
+
+        primary = self.grid[0] * self.grid[1]
+        places = np.empty(len(self.boxes), np.int64)
+        places[:primary] = cell_places(torch.tensor([self.grid]), primary)[0].numpy()
+        if len(self.boxes) > primary:
+            centre_x = (self.boxes[primary:, 0] + self.boxes[primary:, 2]) / 2
+            centre_y = (self.boxes[primary:, 1] + self.boxes[primary:, 3]) / 2
+            u, v = self.view.to_view(centre_x.astype(np.float64), centre_y.astype(np.float64))
+            by = np.clip(np.floor(v / self.view.size[0] * SIDE), 0, SIDE - 1).astype(np.int64)
+            bx = np.clip(np.floor(u / self.view.size[1] * SIDE), 0, SIDE - 1).astype(np.int64)
+            places[primary:] = by * SIDE + bx
+        return places
+
 
 def squashed_view(width: int, height: int, size: tuple[int, int]) -> ViewMap:
     """A processor that resizes to a fixed ``size`` (height, width) whatever the aspect ratio (PaliGemma's SigLIP;
     Qwen2-VL's ``smart_resize`` also lands on a size of its own choosing with no crop)."""
     return ViewMap(size, (height / size[0], width / size[1]))
+
+
+@dataclass(frozen=True)
+class View:
+    """One picture a model's processor makes of the image (the whole image, a tile, a crop): its ``name``, how
+    its pixels map to the original (``view``) and its grid of image tokens (rows, columns), row-major."""
+
+    name: str
+    view: ViewMap
+    grid: tuple[int, int]
+
+
+def views_cells(image_id: str, width: int, height: int, views: list[View], processed: dict,
+                slots: np.ndarray | None = None) -> ImageCells:
+    """An image seen through several ``views`` (the first the primary one, the whole image: its grid is the one
+    places and spatial entropies are read on): the cells of every view in order, each cell's view, and
+    ``slots`` (see :class:`ImageCells`; None: the prompt's image tokens are the cells in this order)."""
+    boxes = np.concatenate([cell_boxes(v.grid, v.view) for v in views])
+    view_of = np.concatenate([np.full(v.grid[0] * v.grid[1], i, np.int64) for i, v in enumerate(views)])
+    primary = views[0]
+    return ImageCells(image_id, boxes, np.zeros((len(boxes), 0), np.float32), None, float(width), float(height),
+                      primary.view.seen(), primary.grid, primary.view, processed, slots,
+                      tuple(v.name for v in views), view_of)

@@ -9,6 +9,11 @@ reported into ``run.json`` under ``localization``.
   spatial entropy of its map on the grid (:mod:`vb_probe.metrics.localization`); at report time the elbow of the
   mean shares, the votes per prompt and the heads with most votes, each with its accuracy against gold.
 
+- **Views** (tiled models: LLaVA-NeXT's tiles, Gemma 3's crops …): on images the model sees through more than one
+  view, how often each head's pick falls in the primary (whole-image) view and how often in another (a tile).
+  Places and spatial entropies are read on the primary view (a tile's cell counts for the place of the primary
+  view holding its centre).
+
 The cost: one spatial entropy per head and prompt, for the capped prompts only; picks per place are a bincount.
 """
 
@@ -38,6 +43,8 @@ class LocalizationTally(Tally):
         self.n = 0  # entity queries seen
         self.prompt_share: torch.Tensor | None = None  # [N, layer, head] float32
         self.prompt_entropy: torch.Tensor | None = None  # [N, layer, head] float32
+        self.tiled = 0  # entity queries on an image seen through several views
+        self.view_picks: torch.Tensor | None = None  # [layer, head, 2] int64 picks in the primary view, in another
 
     @property
     def kept(self) -> int:
@@ -48,17 +55,28 @@ class LocalizationTally(Tally):
 
     def add(self, batch, rows: torch.Tensor, mass: torch.Tensor, choice: torch.Tensor, hits: torch.Tensor) -> None:
         """The entity queries of one batch: ``rows`` [layer, n, head, R], ``mass`` and ``choice`` [layer, n, head],
-        ``hits`` [n, R]; each image's grid (rows, columns) from the family's own ``batch.extras["grids"]``."""
+        ``hits`` [n, R]; each image's grid (rows, columns) of its primary view, each cell's place and view from
+        the family's own ``batch.extras`` (``grids``, ``places``, ``view_index``)."""
         from vb_probe.metrics.localization import spatial_entropies
-        from vb_probe.metrics.positions import cell_places, hits_per_place, picks_per_place
+        from vb_probe.metrics.positions import hits_per_place, picks_per_place
 
         entity = torch.from_numpy(np.flatnonzero(np.array(batch.groups) == ENTITY))
         if not len(entity):
             return
         rows, mass, choice, hits = rows[:, entity], mass[:, entity], choice[:, entity], hits[entity]
-        grids = batch.extras["grids"][batch.batch_index.cpu()][entity]  # [n, 2]
-        places = cell_places(grids, rows.shape[-1])
+        rows_of = batch.batch_index.cpu()[entity]
+        grids = batch.extras["grids"][rows_of]  # [n, 2]
+        places = batch.extras["places"][rows_of]  # [n, R]
         self.position_picks += picks_per_place(choice.cpu(), places)
+        view_index = batch.extras["view_index"][rows_of]  # [n, R]
+        tiled = view_index.amax(-1) > 0  # [n]
+        if bool(tiled.any()):
+            picked_view = view_index[tiled][None, :, None, :].expand(choice.shape[0], -1, choice.shape[2], -1).gather(
+                -1, choice[:, tiled.to(choice.device)].cpu()[..., None])[..., 0]  # [layer, n_tiled, head]
+            other = (picked_view > 0).sum(1)  # [layer, head]
+            counts = torch.stack([int(tiled.sum()) - other, other], -1).to(torch.int64)
+            self.view_picks = counts if self.view_picks is None else self.view_picks + counts
+            self.tiled += int(tiled.sum())
         self.position_hits += hits_per_place(hits.cpu(), grids)
         self.n += len(entity)
         take = max(0, min(self.prompts - self.kept, rows.shape[1]))
@@ -85,6 +103,9 @@ class LocalizationTally(Tally):
         self.position_picks += other.position_picks
         self.position_hits += other.position_hits
         self.n += other.n
+        self.tiled += other.tiled
+        if other.view_picks is not None:
+            self.view_picks = other.view_picks.clone() if self.view_picks is None else self.view_picks + other.view_picks
         if other.prompt_share is not None:
             self._append(other.prompt_share, other.prompt_entropy)
 
@@ -98,7 +119,8 @@ class LocalizationTally(Tally):
         from vb_probe.metrics.grounding import tensor_state
 
         return {"prompts": self.prompts, "n": self.n, "position_picks": tensor_state(self.position_picks),
-                "position_hits": tensor_state(self.position_hits),
+                "position_hits": tensor_state(self.position_hits), "tiled": self.tiled,
+                **({"view_picks": tensor_state(self.view_picks)} if self.view_picks is not None else {}),
                 **({"prompt_share": tensor_state(self.prompt_share),
                     "prompt_entropy": tensor_state(self.prompt_entropy)} if self.prompt_share is not None else {})}
 
@@ -109,6 +131,9 @@ class LocalizationTally(Tally):
         tally.n = int(state["n"])
         tally.position_picks = tensor_from_state(state["position_picks"])
         tally.position_hits = tensor_from_state(state["position_hits"])
+        tally.tiled = int(state.get("tiled", 0))  # saved before tiled models: none
+        if "view_picks" in state:
+            tally.view_picks = tensor_from_state(state["view_picks"])
         if "prompt_share" in state:
             tally.prompt_share = tensor_from_state(state["prompt_share"])
             tally.prompt_entropy = tensor_from_state(state["prompt_entropy"])
@@ -137,6 +162,19 @@ class LocalizationTally(Tally):
                 low, high = wilson_interval(correct, counts.n)
                 heads.append({"layer": layer, "head": head, "votes": votes, "accuracy": round(correct / counts.n, 6),
                               "ci95": [round(low, 6), round(high, 6)]})
+        if self.view_picks is not None:
+            best = divmod(int(counts.n_correct.argmax()), int(counts.n_correct.shape[1]))  # (layer, head)
+            total = self.view_picks.sum((0, 1))
+
+            def primary_share(picks: torch.Tensor) -> float:
+                return round(int(picks[0]) / max(int(picks.sum()), 1), 6)
+
+            block["views"] = {"queries": self.tiled, "primary_share_all_heads": primary_share(total),
+                              "best_head": {"layer": int(best[0]), "head": int(best[1]),
+                                            "primary_share": primary_share(self.view_picks[best[0], best[1]])},
+                              "selected": [{"layer": h["layer"], "head": h["head"],
+                                            "primary_share": primary_share(self.view_picks[h["layer"], h["head"]])}
+                                           for h in heads]}
         block["unsupervised_selection"] = {
             "method": "Kang et al. 2025: image share above the elbow, lowest spatial entropy, first layers left out",
             "prompts": self.kept, "split": split, "top_k": TOP_K, "skip_layers": SKIP_LAYERS, "heads": heads}
@@ -155,4 +193,11 @@ class LocalizationTally(Tally):
                           for h in chosen.get("heads", []))
         lines.append(f"localization heads chosen without boxes (Kang et al., {chosen.get('prompts', 0)} prompts): "
                      f"{heads or 'none (too few layers or prompts)'}")
+        views = block.get("views")
+        if views:
+            best = views["best_head"]
+            lines.append(f"views: on {views['queries']} queries of images seen whole and in tiles or crops, the "
+                         f"heads' picks fall in the whole-image view {views['primary_share_all_heads']:.0%} of the "
+                         f"time (best head L{best['layer']}H{best['head']}: {best['primary_share']:.0%}), in a tile "
+                         "or crop the rest")
         return lines

@@ -29,6 +29,7 @@ class DecoderKind:
     model_class: ClassVar[str]  # transformers' *ForConditionalGeneration class
     processor_class: ClassVar[str | None] = None  # where its processor holds a video part (needs torchvision)
     placeholder: ClassVar[str] = "<image>"  # the processor's image placeholder in a prompt
+    expanded_token: ClassVar[str | None] = None  # the image token it expands to, where not the placeholder (Gemma 3)
     image_text: ClassVar[str] = "<image>"  # what {image} stands for in a prompt (the placeholder and delimiters)
     default_template: ClassVar[Template]  # the documented prompt, where the processor has no chat template
     reads_chat_template: ClassVar[bool] = True
@@ -46,10 +47,11 @@ class DecoderKind:
         """The processor makes what the model takes (one line naming the setting), before the first forward: the
         placeholder is the model's image token, then :meth:`check_processor`."""
         where = model.checkpoint_path or "the model"
-        token = model.processor.tokenizer.convert_tokens_to_ids(self.placeholder)
+        name = self.expanded_token or self.placeholder
+        token = model.processor.tokenizer.convert_tokens_to_ids(name)
         if token != self.image_token_id(model):
             raise VbProbeError(f"{where}: the config's image token id is {self.image_token_id(model)} but the "
-                               f"tokenizer's {self.placeholder} is {token}; pass the config.json and tokenizer files "
+                               f"tokenizer's {name} is {token}; pass the config.json and tokenizer files "
                                "saved together")
         self.check_processor(model)
 
@@ -71,9 +73,13 @@ class DecoderKind:
         with warnings.catch_warnings():  # some processors trip numpy 2's copy-keyword deprecation: not ours
             warnings.simplefilter("ignore", DeprecationWarning)
             out, text = process_with_text(model.processor, images=image, text=model.prompt_template.prefix,
-                                          return_tensors="pt")
+                                          return_tensors="pt", **self.processor_options(model))
         out["prefix_text"] = text
         return out
+
+    def processor_options(self, model) -> dict:
+        """Options the processor is called with for every image (settings of its own it does not apply unasked)."""
+        return {}
 
     def cells(self, model, image, image_id: str) -> ImageCells:
         """``image`` (RGB PIL) as the model sees it: each image token's cell in the original pixels, and the
