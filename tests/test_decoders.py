@@ -132,13 +132,21 @@ def _cell_means(kind: str, model, image: Image.Image, cells) -> np.ndarray:
         return per_token[:, :, :2].mean(dim=(1, 3)).numpy() * 255
     views = model.processor(images=image, text=model.prompt_template.prefix, do_normalize=False,
                             return_tensors="pt", **kind_of(model).processor_options(model))["pixel_values"]
+    views = views.flatten(0, views.dim() - 4)  # [V, 3, H, W]: LLaVA-NeXT's [1, V, …] too
     means = []
-    for pixels in views:  # the whole image, then each crop (Gemma 3's pan and scan): the same grid each
+    for pixels in views:  # the whole image, then each crop or tile: the same grid each
         rows, cols = cells.grid
         h, w = pixels.shape[1] // rows, pixels.shape[2] // cols
         blocks = pixels[:2].reshape(2, rows, h, cols, w).mean(dim=(2, 4))  # [2, rows, cols]
         means.append(blocks.permute(1, 2, 0).reshape(-1, 2).numpy() * 255)
-    return np.concatenate(means)
+    means = np.concatenate(means)
+    if kind == "llava_next":  # the cells the model keeps after unpadding, in its order (its own pack code)
+        from vb_probe.families.decoder.kinds.llava_next import NEWLINE, packed_order
+
+        packed = packed_order(model, image.size[1], image.size[0], len(views))
+        packed = packed[packed[:, 0] != NEWLINE]
+        means = means[packed[:, 0] * rows * cols + packed[:, 1] * cols + packed[:, 2]]
+    return means
 
 
 GEOMETRIES = [(kind, {}) for kind in KINDS] + [("gemma3", {"pan_and_scan": True})]
@@ -154,15 +162,23 @@ def test_cells_are_where_the_processor_put_the_pixels(kind, options, size):
     width, height = size
     cells = image_cells(model, _gradient(width, height), "g")
     views = len(cells.views)
-    assert len(cells.boxes) == views * cells.grid[0] * cells.grid[1]
+    if kind != "llava_next":  # (LLaVA-NeXT drops its tiles' padding)
+        assert len(cells.boxes) == views * cells.grid[0] * cells.grid[1]
     # pan and scan: 1.5:1 → round(1.5) = 2 crops of 45 px (≥ 32); 3.2:1 → round(3.2) = 3 crops of 43 px; +1 the whole
-    assert views == (1 if not options else {(90, 60): 3, (60, 90): 3, (128, 40): 4}[size])
+    if kind == "gemma3":
+        assert views == (1 if not options else {(90, 60): 3, (60, 90): 3, (128, 40): 4}[size])
     means = _cell_means(kind, model, _gradient(width, height), cells)
     centre_x = (cells.boxes[:, 0] + cells.boxes[:, 2]) / 2
     centre_y = (cells.boxes[:, 1] + cells.boxes[:, 3]) / 2
     expected = np.stack([centre_x / (width - 1), centre_y / (height - 1)], 1) * 255
     cell_w = (cells.boxes[:, 2] - cells.boxes[:, 0]) / width * 255
     cell_h = (cells.boxes[:, 3] - cells.boxes[:, 1]) / height * 255
+    # LLaVA-NeXT's tiles are padded in the middle and the model keeps a cell part padding at each edge (its pixels
+    # part black): those are read where they lie whole in the image
+    inside = ((cells.boxes[:, 0] >= -0.5) & (cells.boxes[:, 1] >= -0.5) & (cells.boxes[:, 2] <= width + 0.5)
+              & (cells.boxes[:, 3] <= height + 0.5))
+    assert inside.mean() > 0.6
+    means, expected, cell_w, cell_h = means[inside], expected[inside], cell_w[inside], cell_h[inside]
     assert np.all(np.abs(means[:, 0] - expected[:, 0]) <= 0.1 * cell_w + 1.5), (means[:, 0], expected[:, 0])
     assert np.all(np.abs(means[:, 1] - expected[:, 1]) <= 0.1 * cell_h + 1.5), (means[:, 1], expected[:, 1])
 
@@ -206,6 +222,40 @@ def test_qwen_token_order_matches_its_own_position_ids(kind, world):
         h_ids, w_ids = positions[1, b, image], positions[2, b, image]
         cell = torch.arange(rows * cols)
         assert torch.equal(h_ids - h_ids.min(), cell // cols) and torch.equal(w_ids - w_ids.min(), cell % cols)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_llava_next_token_order_is_its_own_forwards(size):
+    """The features LLaVA-NeXT's forward puts at its image tokens (its get_image_features: tower, projector, unpad,
+    newlines) are, slot by slot, the tower's feature of the view, row and column our cell names; the newline
+    slots hold the model's image_newline."""
+    model = _probe_ready("llava_next")
+    width, height = size
+    cells = image_cells(model, _gradient(width, height), "g")
+    pixels, sizes = cells.processed["pixel_values"], cells.processed["image_sizes"]
+    with torch.no_grad():
+        packed = model.model.get_image_features(pixels, sizes, vision_feature_layer=-1,
+                                                vision_feature_select_strategy="default").pooler_output
+        packed = torch.cat(list(packed)) if isinstance(packed, (list, tuple)) else packed  # [T, D]
+        tower = model.model.vision_tower(pixels[0], output_hidden_states=True).hidden_states[-1][:, 1:]
+        per_view = model.model.multi_modal_projector(tower)  # [V, rows · cols, D]
+    from vb_probe.families.decoder.kinds.llava_next import packed_order
+
+    order = packed_order(model, height, width, len(cells.views))  # what the cells were built from
+    assert len(packed) == len(cells.slots) == len(order)
+    rows, cols = cells.grid
+    for slot, cell in enumerate(cells.slots):
+        if cell < 0:  # a row's newline: no cell
+            assert order[slot, 0] == -1
+            torch.testing.assert_close(packed[slot], model.model.image_newline, rtol=0, atol=0)
+            continue
+        view, row, col = order[slot]
+        assert cells.view_of[cell] == view
+        torch.testing.assert_close(packed[slot], per_view[view, row * cols + col], rtol=0, atol=1e-6)
+        others = (per_view[view] - packed[slot]).abs().amax(-1) < 1e-6  # and no other cell of the view
+        assert int(others.sum()) == 1
+    base = rows * cols  # the base view whole, first, row-major
+    assert list(cells.slots[:base]) == list(range(base))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -261,7 +311,8 @@ def _planted_rows(layer: int = 2, head: int = 1):
     return mock.patch.object(DecoderFamily, "rows", rows)
 
 
-PLANTED = {"llava": {}, "qwen2_vl": {}, "gemma3": {"pan_and_scan": True}}  # one view; native resolution; crops
+PLANTED = {"llava": {}, "qwen2_vl": {}, "gemma3": {"pan_and_scan": True}, "llava_next": {}}  # one view; native
+# resolution; the whole image and crops; the whole image and tiles
 
 
 @pytest.mark.parametrize("kind", list(PLANTED))
@@ -281,12 +332,13 @@ def test_a_planted_localization_head_is_found_with_and_without_boxes(kind, world
     assert fixed["chosen_on"] == "val" and 0.0 <= fixed["accuracy"] <= 1.0
     assert result.permuted.best_head().accuracy < 1.0  # shuffled cells break the planted head
     views = block.get("views")
-    if kind == "gemma3":  # the world's wide and tall images are read whole and in crops
+    if kind in ("gemma3", "llava_next"):  # the world's images are read whole and in crops or tiles
         flickr, images = vb_probe.Flickr30kEntities(world["flickr"]), ImageFolder(world["images"])
         tiled = [i for i in flickr.split("test") if len(image_cells(model, images.image(i), i).views) > 1]
         assert views["queries"] == 2 * len(tiled) > 0  # two phrases an image
         # the planted map is even over the gold cells of every view: argmax takes the first, the whole image's
-        assert views["best_head"] == {"layer": 2, "head": 1, "primary_share": 1.0}
+        assert views["selected"][0] == {"layer": 2, "head": 1, "primary_share": 1.0}
+        assert 0.0 <= views["primary_share_all_heads"] <= 1.0
     else:
         assert views is None
 

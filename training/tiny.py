@@ -163,6 +163,34 @@ def tiny_paligemma(image_size: int = 32, patch: int = 8, layers: int = 2):
     return model
 
 
+# llava-hf/llava-v1.6-*'s image_grid_pinpoints, [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+# scaled with the tower (336 → image_size)
+LLAVA_NEXT_PINPOINTS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))
+
+
+def tiny_llava_next(image_size: int = 56, patch: int = 14, layers: int = 2):
+    """LLaVA-NeXT with a CLIP tower over ``image_size``² (a (image_size/patch)² grid a view), anyres over the
+    public checkpoints' pinpoints scaled to it, and its real processor (LlavaNextImageProcessor)."""
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(0)
+    pinpoints = [[h * image_size, w * image_size] for h, w in LLAVA_NEXT_PINPOINTS]
+    vision = dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, image_size=image_size, patch_size=patch, projection_dim=32)
+    text = dict(TEXT, model_type="llama", vocab_size=len(tokenizer), num_hidden_layers=layers,
+                max_position_embeddings=2048)
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=token(tokenizer, "<image>"),
+                             vision_feature_layer=-1, image_grid_pinpoints=pinpoints)
+    model = LlavaNextForConditionalGeneration(config).eval()
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": image_size}, image_grid_pinpoints=pinpoints,
+                                                 crop_size={"height": image_size, "width": image_size})
+    model.processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch,
+                                         vision_feature_select_strategy="default", image_token="<image>",
+                                         num_additional_image_tokens=1)
+    return model
+
+
 GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
 
 
@@ -191,7 +219,8 @@ def tiny_gemma3(image_size: int = 64, patch: int = 8, tokens: int = 16, layers: 
 
 
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma, "qwen2_5_vl": tiny_qwen2_5_vl,
-            "qwen3_vl": tiny_qwen3_vl, "gemma3": tiny_gemma3}
+            "qwen3_vl": tiny_qwen3_vl, "gemma3": tiny_gemma3,
+            "llava_next": tiny_llava_next}
 
 
 def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:
