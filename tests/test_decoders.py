@@ -146,6 +146,10 @@ def _cell_means(kind: str, model, image: Image.Image, cells) -> np.ndarray:
         packed = packed_order(model, image.size[1], image.size[0], len(views))
         packed = packed[packed[:, 0] != NEWLINE]
         means = means[packed[:, 0] * rows * cols + packed[:, 1] * cols + packed[:, 2]]
+    if kind == "internvl" and cells.slots is not None:  # pixels in prompt order (tiles, then the whole image)
+        in_cell_order = np.empty_like(means)
+        in_cell_order[cells.slots] = means
+        means = in_cell_order
     return means
 
 
@@ -256,6 +260,25 @@ def test_llava_next_token_order_is_its_own_forwards(size):
         assert int(others.sum()) == 1
     base = rows * cols  # the base view whole, first, row-major
     assert list(cells.slots[:base]) == list(range(base))
+
+
+def test_internvl_token_order_is_its_own_pixel_shuffle():
+    """InternVL's tokens of a tile: its model's own pixel_shuffle on index features (each patch's row and column)
+    puts patches (2R, 2C), (2R, 2C + 1), (2R + 1, 2C), (2R + 1, 2C + 1) in token R · columns + C: the row-major grid
+    the cells are; and a tiled image's prompt reads the tiles, then the whole image."""
+    model = _probe_ready("internvl")
+    side = 8  # patches a side of a tile (56 / 7)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    index = torch.stack([rows, cols], -1).float()[None]  # [1, 8, 8, 2]
+    shuffled = model.model.pixel_shuffle(index, scale_factor=model.config.downsample_ratio)  # [1, 4, 4, 8]
+    tokens = shuffled.reshape(-1, 4, 2)  # [16, the 4 patches, (row, column)], as get_image_features flattens it
+    for token in range(16):
+        r, c = divmod(token, 4)
+        patches = {tuple(int(v) for v in p) for p in tokens[token]}
+        assert patches == {(2 * r, 2 * c), (2 * r, 2 * c + 1), (2 * r + 1, 2 * c), (2 * r + 1, 2 * c + 1)}
+    cells = image_cells(model, _gradient(128, 40), "w")  # 3 × 1 tiles and the whole image
+    assert cells.views == ("image", "tile 1,1", "tile 1,2", "tile 1,3")
+    assert list(cells.slots[:16]) == list(range(16, 32)) and list(cells.slots[-16:]) == list(range(16))
 
 
 @pytest.mark.parametrize("kind", KINDS)

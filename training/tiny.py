@@ -191,6 +191,34 @@ def tiny_llava_next(image_size: int = 56, patch: int = 14, layers: int = 2):
     return model
 
 
+INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                   "video_token": "<video>"}
+
+
+def tiny_internvl(tile: int = 56, patch: int = 7, max_patches: int = 12, layers: int = 2):
+    """InternVL with a vision tower over ``tile``² tiles of ``patch``-pixel patches (8 × 8, pixel-shuffled to 4 × 4
+    tokens a tile), its real processor (InternVLProcessor with GotOcr2ImageProcessor, tiles of ``tile``² up to
+    ``max_patches``, and a thumbnail), without its video half."""
+    from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
+
+    from vb_probe.families.decoder.processors import images_only
+
+    tokenizer = byte_level_tokenizer(named=INTERNVL_TOKENS)
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                  image_size=[tile, tile], patch_size=[patch, patch])
+    text = dict(TEXT, model_type="qwen2", vocab_size=len(tokenizer), num_hidden_layers=layers)
+    tokens = (tile // patch // 2) ** 2
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tokenizer.context_image_token_id,
+                            image_seq_length=tokens, downsample_ratio=0.5)
+    model = InternVLForConditionalGeneration(config).eval()
+    image_processor = GotOcr2ImageProcessorPil(size={"height": tile, "width": tile}, crop_to_patches=True,
+                                               min_patches=1, max_patches=max_patches)
+    model.processor = images_only(InternVLProcessor)(image_processor=image_processor, tokenizer=tokenizer,
+                                                     video_processor=None, image_seq_length=tokens)
+    return model
+
+
 GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
 
 
@@ -220,7 +248,7 @@ def tiny_gemma3(image_size: int = 64, patch: int = 8, tokens: int = 16, layers: 
 
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma, "qwen2_5_vl": tiny_qwen2_5_vl,
             "qwen3_vl": tiny_qwen3_vl, "gemma3": tiny_gemma3,
-            "llava_next": tiny_llava_next}
+            "llava_next": tiny_llava_next, "internvl": tiny_internvl}
 
 
 def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:
