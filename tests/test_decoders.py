@@ -146,7 +146,8 @@ def _cell_means(kind: str, model, image: Image.Image, cells) -> np.ndarray:
         packed = packed_order(model, image.size[1], image.size[0], len(views))
         packed = packed[packed[:, 0] != NEWLINE]
         means = means[packed[:, 0] * rows * cols + packed[:, 1] * cols + packed[:, 2]]
-    if kind == "internvl" and cells.slots is not None:  # pixels in prompt order (tiles, then the whole image)
+    if kind in ("internvl", "idefics3", "smolvlm") and cells.slots is not None:  # pixels in prompt order (tiles,
+        # then the whole image)
         in_cell_order = np.empty_like(means)
         in_cell_order[cells.slots] = means
         means = in_cell_order
@@ -279,6 +280,33 @@ def test_internvl_token_order_is_its_own_pixel_shuffle():
     cells = image_cells(model, _gradient(128, 40), "w")  # 3 × 1 tiles and the whole image
     assert cells.views == ("image", "tile 1,1", "tile 1,2", "tile 1,3")
     assert list(cells.slots[:16]) == list(range(16, 32)) and list(cells.slots[-16:]) == list(range(16))
+
+
+def test_idefics3_token_order_is_its_own_connectors_and_markers_are_no_image_tokens(world):
+    """Idefics3's connector's own pixel_shuffle on index features puts the 2 × 2 patches of (R, C) in token
+    R · columns + C; its prompt's tile markers (<fake_token_around_image>, <row_r_col_c>, <global-img>) and row
+    newlines are not among the image tokens read, and the global image's tokens, last in the prompt, are the first
+    cells."""
+    model = _probe_ready("idefics3")
+    side = 8
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    index = torch.stack([rows, cols], -1).float().reshape(1, side * side, 2)  # [1, 64 patches, (row, column)]
+    tokens = model.model.connector.pixel_shuffle(index, model.config.scale_factor).reshape(16, 4, 2)
+    for token in range(16):
+        r, c = divmod(token, 4)
+        patches = {tuple(int(v) for v in p) for p in tokens[token]}
+        assert patches == {(2 * r, 2 * c), (2 * r, 2 * c + 1), (2 * r + 1, 2 * c), (2 * r + 1, 2 * c + 1)}
+    family, items, batch = _batch(model, world, 2)
+    tokenizer = family.tokenizer_of(model)
+    for b in range(2):
+        n = int(batch.region_valid[batch.batch_index == b][0].sum())
+        read = batch.inputs["input_ids"][b, batch.extras["image_positions"][b, :n]]
+        assert set(read.tolist()) == {tokenizer.convert_tokens_to_ids("<image>")}
+        ids = batch.inputs["input_ids"][b].tolist()
+        assert ids.count(tokenizer.convert_tokens_to_ids("<image>")) == n  # every image token is a cell
+        assert tokenizer.convert_tokens_to_ids("<row_1_col_1>") in ids  # and the markers are there
+        first_global = ids.index(tokenizer.convert_tokens_to_ids("<global-img>")) + 1
+        assert int(batch.extras["image_positions"][b, 0]) == first_global
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -670,3 +698,16 @@ def test_word_ids_follow_the_tokenizers_own_spacing(kind):
     assert (plain == tokens.input_ids) == (kind == "llama")  # Gemma's pre-split words would lose their spaces
     cut = caption_tokens(tokenizer, words, 3)
     assert len(cut.input_ids) == 3 and cut.word_last[-1] is None and cut.word_last[0] is not None
+
+
+def test_a_processor_missing_a_package_says_which_in_one_line(tmp_path):
+    """SmolVLM's processor refuses to start without num2words: the load says so, naming the folder and the extra."""
+    from vb_probe.errors import CheckpointError
+
+    folder = save_model_folder("smolvlm", tmp_path / "smolvlm")
+    with mock.patch("transformers.models.smolvlm.processing_smolvlm.num2words", None):
+        with pytest.raises(CheckpointError) as caught:
+            DecoderFamily().load(folder)
+    message = str(caught.value)
+    assert str(folder) in message and "num2words" in message and "vb-probe[smolvlm]" in message
+    assert "\n" not in message

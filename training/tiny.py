@@ -219,6 +219,46 @@ def tiny_internvl(tile: int = 56, patch: int = 7, max_patches: int = 12, layers:
     return model
 
 
+IDEFICS3_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"] + [
+    f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+
+
+def tiny_idefics3(tile: int = 56, patch: int = 7, tiles_a_side: int = 4, layers: int = 2, smolvlm: bool = False):
+    """Idefics3 (or SmolVLM) with a vision tower over ``tile``² tiles of ``patch``-pixel patches (8 × 8,
+    pixel-shuffled by 2 to 4 × 4 tokens a tile), images resized to a longest edge of ``tiles_a_side`` tiles (as
+    Idefics3's 1456 = 4 × 364), and its real processor."""
+    import transformers
+
+    name = "SmolVLM" if smolvlm else "Idefics3"
+    tokenizer = byte_level_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": IDEFICS3_TOKENS}, replace_extra_special_tokens=False)
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=tile,
+                  patch_size=patch)
+    text = dict(TEXT, model_type="llama", vocab_size=len(tokenizer), num_hidden_layers=layers)
+    config = getattr(transformers, f"{name}Config")(vision_config=vision, text_config=text, scale_factor=2,
+                                                      image_token_id=token(tokenizer, "<image>"))
+    model = getattr(transformers, f"{name}ForConditionalGeneration")(config).eval()
+    image_processor = getattr(transformers, f"{name}ImageProcessorPil")(
+        size={"longest_edge": tiles_a_side * tile}, max_image_size={"longest_edge": tile}, do_image_splitting=True)
+    tokens = (tile // patch // 2) ** 2
+    if smolvlm:
+        from vb_probe.families.decoder.processors import images_only
+
+        model.processor = images_only(transformers.SmolVLMProcessor)(image_processor=image_processor,
+                                                                     tokenizer=tokenizer, video_processor=None,
+                                                                     image_seq_len=tokens)
+    else:
+        model.processor = transformers.Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                                         image_seq_len=tokens)
+    return model
+
+
+def tiny_smolvlm(**options):
+    """SmolVLM: Idefics3's layout with its own classes and processor (:func:`tiny_idefics3`)."""
+    return tiny_idefics3(smolvlm=True, **options)
+
+
 GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
 
 
@@ -248,7 +288,8 @@ def tiny_gemma3(image_size: int = 64, patch: int = 8, tokens: int = 16, layers: 
 
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma, "qwen2_5_vl": tiny_qwen2_5_vl,
             "qwen3_vl": tiny_qwen3_vl, "gemma3": tiny_gemma3,
-            "llava_next": tiny_llava_next, "internvl": tiny_internvl}
+            "llava_next": tiny_llava_next, "internvl": tiny_internvl, "idefics3": tiny_idefics3,
+            "smolvlm": tiny_smolvlm}
 
 
 def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:

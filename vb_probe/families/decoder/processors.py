@@ -53,6 +53,7 @@ def load_processor(folder: Path, model_type: str, processor_class: str | None):
     except Exception as exc:  # many types: a missing file, a missing optional dependency
         failure = exc
     if processor_class is None or not _for_want_of_torchvision(failure):
+        _refuse_missing_package(folder, failure)
         if _for_want_of_torchvision(failure):
             raise CheckpointError(f"{folder}: its processor cannot load: the installed torchvision does not match "
                                   "torch (a CUDA build beside a CPU torch, or another release); uninstall torchvision "
@@ -72,11 +73,20 @@ def load_processor(folder: Path, model_type: str, processor_class: str | None):
             settings.setdefault("chat_template", chat)
         processor = cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, **settings)
     except Exception as exc:
+        _refuse_missing_package(folder, exc)
         raise CheckpointError(f"{folder}: cannot load its image processor and tokenizer ({type(exc).__name__}: "
                               f"{' '.join(str(exc).split())[:80]}); a {model_type} checkpoint needs "
                               "preprocessor_config.json and tokenizer files") from None
     return processor, (f"{processor_class}'s video processor needs torchvision (not usable here); the processor's "
                        "own class is used for images, without its video half")
+
+
+def _refuse_missing_package(folder: Path, failure: BaseException) -> None:
+    """A processor that needs a package other than torchvision (SmolVLM's num2words) is refused naming it."""
+    if isinstance(failure, ImportError) and not _for_want_of_torchvision(failure):
+        said = " ".join(str(failure).split())[:160]
+        raise CheckpointError(f"{folder}: its processor needs a package that is not installed ({said}); install it "
+                              "(pip install 'vb-probe[smolvlm]' for SmolVLM)") from None
 
 
 def _processor_settings(folder: Path) -> dict:
