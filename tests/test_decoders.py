@@ -140,12 +140,13 @@ def _cell_means(kind: str, model, image: Image.Image, cells) -> np.ndarray:
         blocks = pixels[:2].reshape(2, rows, h, cols, w).mean(dim=(2, 4))  # [2, rows, cols]
         means.append(blocks.permute(1, 2, 0).reshape(-1, 2).numpy() * 255)
     means = np.concatenate(means)
-    if kind == "llava_next":  # the cells the model keeps after unpadding, in its order (its own pack code)
-        from vb_probe.families.decoder.kinds.llava_next import NEWLINE, packed_order
-
-        packed = packed_order(model, image.size[1], image.size[0], len(views))
-        packed = packed[packed[:, 0] != NEWLINE]
-        means = means[packed[:, 0] * rows * cols + packed[:, 1] * cols + packed[:, 2]]
+    if kind in ("llava_next", "llava_onevision"):  # the model's own packing of the views' cell means: the cells it
+        # keeps after unpadding (and OneVision's bilinear shrinking), in its order, newlines dropped
+        per_view = torch.from_numpy(means.reshape(len(views), rows * cols, 2)).double()
+        packed = kind_of(model).pack(model, per_view, torch.tensor([[image.size[1], image.size[0]]]),
+                                     torch.full((2,), float("nan"), dtype=torch.float64))
+        packed = torch.cat(packed).numpy()
+        means = packed[~np.isnan(packed[:, 0])]
     if kind in ("internvl", "idefics3", "smolvlm") and cells.slots is not None:  # pixels in prompt order (tiles,
         # then the whole image)
         in_cell_order = np.empty_like(means)
@@ -167,7 +168,7 @@ def test_cells_are_where_the_processor_put_the_pixels(kind, options, size):
     width, height = size
     cells = image_cells(model, _gradient(width, height), "g")
     views = len(cells.views)
-    if kind != "llava_next":  # (LLaVA-NeXT drops its tiles' padding)
+    if kind not in ("llava_next", "llava_onevision"):  # (they drop their tiles' padding)
         assert len(cells.boxes) == views * cells.grid[0] * cells.grid[1]
     # pan and scan: 1.5:1 → round(1.5) = 2 crops of 45 px (≥ 32); 3.2:1 → round(3.2) = 3 crops of 43 px; +1 the whole
     if kind == "gemma3":
@@ -178,6 +179,12 @@ def test_cells_are_where_the_processor_put_the_pixels(kind, options, size):
     expected = np.stack([centre_x / (width - 1), centre_y / (height - 1)], 1) * 255
     cell_w = (cells.boxes[:, 2] - cells.boxes[:, 0]) / width * 255
     cell_h = (cells.boxes[:, 3] - cells.boxes[:, 1]) / height * 255
+    if kind == "llava_onevision":  # its canvas shrunk bilinearly: a token spans the spacing between tokens, so the
+        # cells of a row abut, no gaps, no overlaps
+        tile = cells.view_of > 0
+        same_row = tile[:-1] & tile[1:] & np.isclose(cells.boxes[:-1, 1], cells.boxes[1:, 1])
+        assert same_row.sum() > 10
+        np.testing.assert_allclose(cells.boxes[:-1, 2][same_row], cells.boxes[1:, 0][same_row], atol=1e-3)
     # LLaVA-NeXT's tiles are padded in the middle and the model keeps a cell part padding at each edge (its pixels
     # part black): those are read where they lie whole in the image
     inside = ((cells.boxes[:, 0] >= -0.5) & (cells.boxes[:, 1] >= -0.5) & (cells.boxes[:, 2] <= width + 0.5)
@@ -244,17 +251,20 @@ def test_llava_next_token_order_is_its_own_forwards(size):
         packed = torch.cat(list(packed)) if isinstance(packed, (list, tuple)) else packed  # [T, D]
         tower = model.model.vision_tower(pixels[0], output_hidden_states=True).hidden_states[-1][:, 1:]
         per_view = model.model.multi_modal_projector(tower)  # [V, rows · cols, D]
-    from vb_probe.families.decoder.kinds.llava_next import packed_order
+    from vb_probe.families.decoder.kinds.llava_next import BASE, NEWLINE, packed_order, tile_columns
 
-    order = packed_order(model, height, width, len(cells.views))  # what the cells were built from
+    order = packed_order(kind_of(model), model, height, width, len(cells.views))  # what the cells were built from
     assert len(packed) == len(cells.slots) == len(order)
     rows, cols = cells.grid
+    columns = tile_columns(model, height, width)
     for slot, cell in enumerate(cells.slots):
+        flag, y, x = (int(round(v)) for v in order[slot])
         if cell < 0:  # a row's newline: no cell
-            assert order[slot, 0] == -1
+            assert flag == NEWLINE
             torch.testing.assert_close(packed[slot], model.model.image_newline, rtol=0, atol=0)
             continue
-        view, row, col = order[slot]
+        # the base view's (row, column), or the tile canvas's: tile (y // rows, x // cols), cell (y % rows, x % cols)
+        view, row, col = (0, y, x) if flag == BASE else (1 + (y // rows) * columns + x // cols, y % rows, x % cols)
         assert cells.view_of[cell] == view
         torch.testing.assert_close(packed[slot], per_view[view, row * cols + col], rtol=0, atol=1e-6)
         others = (per_view[view] - packed[slot]).abs().amax(-1) < 1e-6  # and no other cell of the view

@@ -191,6 +191,41 @@ def tiny_llava_next(image_size: int = 56, patch: int = 14, layers: int = 2):
     return model
 
 
+def tiny_llava_onevision(image_size: int = 56, patch: int = 7, most_tiles: int = 1, layers: int = 2):
+    """LLaVA-OneVision with a SigLIP tower over ``image_size``² (8 × 8 patches a view, read ``full``: no CLS), tiles
+    over every grid of 1–3 × 1–3 tiles (OneVision's 1–6 × 1–6 of 384², scaled), ``anyres_max_{most_tiles}`` (the
+    public checkpoints' 9; 1 here, so that a tiled canvas is shrunk bilinearly as a large image's is there), and
+    its real processor without its video half."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessorPil,
+        LlavaOnevisionProcessor,
+    )
+
+    from vb_probe.families.decoder.processors import images_only
+
+    tokenizer = byte_level_tokenizer()
+    torch.manual_seed(0)
+    pinpoints = [[h * image_size, w * image_size] for h in range(1, 4) for w in range(1, 4)]
+    vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                  num_attention_heads=4, image_size=image_size, patch_size=patch)
+    text = dict(TEXT, model_type="qwen2", vocab_size=len(tokenizer), num_hidden_layers=layers,
+                max_position_embeddings=2048)
+    aspect = f"anyres_max_{most_tiles}"
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=token(tokenizer, "<image>"),
+                                  vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                  image_grid_pinpoints=pinpoints, vision_aspect_ratio=aspect)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": image_size, "width": image_size},
+                                                      image_grid_pinpoints=pinpoints)
+    model.processor = images_only(LlavaOnevisionProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+        num_image_tokens=(image_size // patch) ** 2, vision_feature_select_strategy="full", image_token="<image>",
+        vision_aspect_ratio=aspect)
+    return model
+
+
 INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
                    "video_token": "<video>"}
 
@@ -289,7 +324,7 @@ def tiny_gemma3(image_size: int = 64, patch: int = 8, tokens: int = 16, layers: 
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma, "qwen2_5_vl": tiny_qwen2_5_vl,
             "qwen3_vl": tiny_qwen3_vl, "gemma3": tiny_gemma3,
             "llava_next": tiny_llava_next, "internvl": tiny_internvl, "idefics3": tiny_idefics3,
-            "smolvlm": tiny_smolvlm}
+            "smolvlm": tiny_smolvlm, "llava_onevision": tiny_llava_onevision}
 
 
 def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:
