@@ -226,6 +226,31 @@ def tiny_llava_onevision(image_size: int = 56, patch: int = 7, most_tiles: int =
     return model
 
 
+MLLAMA_TOKENS = ["<|image|>", "<|python_tag|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def tiny_mllama(tile: int = 56, patch: int = 14, max_tiles: int = 4, layers: int = 3):
+    """Llama 3.2 Vision with a vision tower over ``tile``² tiles of ``patch``-pixel patches (4 × 4 and a class
+    token a tile, up to ``max_tiles`` tiles: its 560² and 4, scaled), a language model of ``layers`` layers whose
+    second is a cross-attention layer, and its real processor (MllamaProcessor, MllamaImageProcessor)."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessorPil, MllamaProcessor
+
+    tokenizer = byte_level_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": MLLAMA_TOKENS}, replace_extra_special_tokens=False)
+    torch.manual_seed(0)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1, attention_heads=4,
+                  image_size=tile, patch_size=patch, max_num_tiles=max_tiles, vision_output_dim=64,
+                  intermediate_layers_indices=[0])
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                num_attention_heads=4, num_key_value_heads=2, cross_attention_layers=[1], max_position_embeddings=1024,
+                bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = MllamaConfig(vision_config=vision, text_config=text, image_token_index=token(tokenizer, "<|image|>"))
+    model = MllamaForConditionalGeneration(config).eval()
+    image_processor = MllamaImageProcessorPil(size={"height": tile, "width": tile}, max_image_tiles=max_tiles)
+    model.processor = MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    return model
+
+
 INTERNVL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
                    "video_token": "<video>"}
 
@@ -324,7 +349,8 @@ def tiny_gemma3(image_size: int = 64, patch: int = 8, tokens: int = 16, layers: 
 BUILDERS = {"llava": tiny_llava, "qwen2_vl": tiny_qwen2_vl, "paligemma": tiny_paligemma, "qwen2_5_vl": tiny_qwen2_5_vl,
             "qwen3_vl": tiny_qwen3_vl, "gemma3": tiny_gemma3,
             "llava_next": tiny_llava_next, "internvl": tiny_internvl, "idefics3": tiny_idefics3,
-            "smolvlm": tiny_smolvlm, "llava_onevision": tiny_llava_onevision}
+            "smolvlm": tiny_smolvlm, "llava_onevision": tiny_llava_onevision,
+            "mllama": tiny_mllama}
 
 
 def save_model_folder(kind: str, folder: Path, shard: str | None = None, **options) -> Path:

@@ -149,8 +149,9 @@ class DecoderFamily(FamilyBase):
                                 "chosen_on": fixed["chosen_on"]}}
 
     def sites(self, model) -> list[Site]:
-        text = model.config.get_text_config()
-        return [Site("self", text.num_hidden_layers, text.num_attention_heads)]
+        """The language model's self-attention of every layer; a cross-attention model's cross layers
+        (:meth:`.kinds.DecoderKind.site`)."""
+        return [kind_of(model).site(model)]
 
     def prepare(self, model, store, options: dict) -> dict:
         if store.kind != "pixels":
@@ -212,7 +213,6 @@ class DecoderFamily(FamilyBase):
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer_of(model)
         kind = kind_of(model)
         template = model.prompt_template
-        image_id = kind.image_token_id(model)
         rows = items_image_tokens(self, model, items, store, ImageCells)
         sequences, token_types, word_positions, caption_spans = [], [], [], []
         for item, cells in zip(items, rows):
@@ -236,8 +236,7 @@ class DecoderFamily(FamilyBase):
         if template.caption_is_suffix:
             inputs["token_type_ids"] = pad_sequences(token_types, 1)["input_ids"]
         inputs.update(kind.pixel_inputs(model, rows, inputs["input_ids"]))
-        positions = [image_slots((torch.tensor(s) == image_id).nonzero().flatten(), cells)
-                     for s, cells in zip(sequences, rows)]
+        positions = [kind.key_positions(model, torch.tensor(s), cells) for s, cells in zip(sequences, rows)]
         r_max = max(len(p) for p in positions)
         image_positions = torch.zeros(len(rows), r_max, dtype=torch.long)
         places = torch.zeros(len(rows), r_max, dtype=torch.long)  # each cell's place on the primary view
@@ -278,7 +277,7 @@ class DecoderFamily(FamilyBase):
         image_positions = batch.extras["image_positions"]  # [B, R_max]
         r_max = batch.region_valid.shape[1]
         out = []
-        for layer in range(site.layers):
+        for layer in kind_of(model).site_layers(model):
             rows = plan.rows[layer]  # [B, H, P, K]
             index = image_positions.to(rows.device)[:, None, None, :].expand(-1, rows.shape[1], rows.shape[2], -1)
             on_image = rows.gather(-1, index)  # [B, H, P, R_max]

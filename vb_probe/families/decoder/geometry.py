@@ -64,7 +64,8 @@ class ImageCells(Regions):
     ``slots`` [T]: for each position of the image token in the prompt (in order), the cell it is, or -1 for a token
     in the image span that is no cell (LLaVA-NeXT's row newlines); None: each position the next cell. ``views``
     names the views the cells belong to (one: ``image``; tiled models: ``global``, ``tile 1,2`` …) and ``view_of``
-    [R] each cell's view (None: all the first)."""
+    [R] each cell's view (None: all the first). ``keys`` [R]: a cross-attention model's (Llama 3.2 Vision's) index of
+    each cell among the vision states its text attends to (None: the image tokens are in the prompt)."""
 
     grid: tuple[int, int] = (0, 0)
     view: ViewMap | None = None
@@ -72,6 +73,7 @@ class ImageCells(Regions):
     slots: np.ndarray | None = None
     views: tuple[str, ...] = ("image",)
     view_of: np.ndarray | None = None
+    keys: np.ndarray | None = None
     kind = "pixels"
 
     def places(self) -> np.ndarray:

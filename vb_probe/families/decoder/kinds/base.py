@@ -95,6 +95,25 @@ class DecoderKind:
         vision = model.config.vision_config
         return (vision.image_size // vision.patch_size) ** 2
 
+    def site(self, model):
+        """Where its text reads the image: the language model's self-attention, every layer (the image tokens are
+        in the prompt)."""
+        from vb_probe.families import Site
+
+        text = model.config.get_text_config()
+        return Site("self", text.num_hidden_layers, text.num_attention_heads)
+
+    def site_layers(self, model) -> list[int]:
+        """The language model's layer indices whose attention rows make the site, in order."""
+        return list(range(self.site(model).layers))
+
+    def key_positions(self, model, sequence: torch.Tensor, cells: ImageCells) -> torch.Tensor:
+        """[R] where each cell's key stands among the keys the site's queries read: here the prompt positions of
+        its image tokens (``sequence`` [T] one prompt's ids), in cell order."""
+        from vb_probe.families.decoder import image_slots
+
+        return image_slots((sequence == self.image_token_id(model)).nonzero().flatten(), cells)
+
     def attention_implementation(self, row_capture: str) -> dict[str, str]:
         """The attention implementation of each sub-model: row capture on the language model, sdpa elsewhere."""
         return {"text_config": row_capture, "vision_config": "sdpa"}

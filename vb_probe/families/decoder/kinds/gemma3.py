@@ -68,7 +68,8 @@ class Gemma3(DecoderKind):
         if self.pan_and_scan(model):
             return ["Gemma 3 pans and scans (do_pan_and_scan in the processor's settings): a wide or tall image is "
                     "read as the whole image and up to "
-                    f"{self.pan_and_scan(model)['pan_and_scan_max_num_crops']} crops, 256 tokens each"]
+                    f"{self.pan_and_scan(model)['pan_and_scan_max_num_crops']} crops, {model.config.mm_tokens_per_image} "
+                    "tokens each"]
         return []
 
     def cells(self, model, image, image_id: str) -> ImageCells:
