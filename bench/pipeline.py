@@ -9,10 +9,16 @@ tokenising, collating, the forward, scoring), start-up (imports, loading the mod
     python bench/pipeline.py --quick                  # a few minutes on 2 cores: tiny model and BERT-base
     python bench/pipeline.py --device cuda            # BERT-base on a GPU, larger splits
 
+Every timed figure is the best of several passes (``--passes``; the end-to-end and model-only figures one child
+process a pass, the data path several passes of the whole split in one process, each a second or more), printed
+with the median and the spread: a single pass of about a second moved 2× between runs on one quiet machine.
+``--against COMMIT`` (default d2ab4a6, the end of the round before the families) times that commit's own data path
+on the same files, from a git worktree of it, its passes interleaved with this code's, and prints the ratio.
+
 Ends with one JSON line: ``captions_per_s`` (end to end, BERT-base), ``time_vs_model_only`` (end-to-end time over
-model-only time, BERT-base), ``data_path_captions_per_s`` (reading, tokenising and collating alone, no model),
-``tiny_end_to_end_captions_per_s`` (a tiny model end to end, beyond start-up) and ``peak_rss_ratio`` (peak host
-memory at the larger split over the smaller, tiny model).
+model-only time, BERT-base), ``data_path_captions_per_s`` (reading, tokenising and collating alone, no model; with
+``data_path_vs_reference``), ``tiny_end_to_end_captions_per_s`` (a tiny model end to end, beyond start-up) and
+``peak_rss_ratio`` (peak host memory at the larger split over the smaller, tiny model).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +46,12 @@ from vb_probe.families import family_of
 from vb_probe.pipeline import ProbeConfig, run_probes, score_batch
 from vb_probe.queries import collect_items
 
-mode, ckpt, flickr, features, limit, batch, device, threads = {args!r}
+mode, ckpt, flickr, features, limit, batch, device, threads, passes = {args!r}
 torch.set_num_threads(threads)
 torch.set_grad_enabled(False)
 model = load_model(ckpt, device=device)
 tokenizer = load_tokenizer(model=model)
-cfg = ProbeConfig(ckpt=ckpt, flickr30k=flickr, features=features, split="train", limit=limit, batch_size=batch,
+cfg = ProbeConfig(ckpt=ckpt, annotations=flickr, features=features, split="train", limit=limit, batch_size=batch,
                   device=device)
 sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 if mode == "end_to_end":
@@ -57,10 +64,12 @@ elif mode == "data_only":  # reading, tokenising and collating every batch, no m
     store, fl, family = open_features(features), Flickr30kEntities(flickr), family_of(model)
     items, _ = collect_items(fl, store, fl.split("train")[:limit])
     facts = family.prepare(model, store, {{}})
-    start = time.perf_counter()
-    for i in range(0, len(items), batch):
-        family.collate(model, items[i:i + batch], tokenizer, facts, 128, store)
-    seconds = time.perf_counter() - start
+    seconds = []
+    for _ in range(passes):  # each pass the whole split, reading the features again
+        start = time.perf_counter()
+        for i in range(0, len(items), batch):
+            family.collate(model, items[i:i + batch], tokenizer, facts, 128, store)
+        seconds.append(time.perf_counter() - start)
     captions = len(items)
 else:  # the same model on batches collated beforehand: the ceiling of the pipeline
     store, fl, family = open_features(features), Flickr30kEntities(flickr), family_of(model)
@@ -78,20 +87,72 @@ else:  # the same model on batches collated beforehand: the ceiling of the pipel
     sync()
     seconds = time.perf_counter() - start
     captions = len(items)
-print(json.dumps({{"seconds": seconds, "captions": captions,
+print(json.dumps({{"seconds": seconds if isinstance(seconds, list) else [seconds], "captions": captions,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
 
-def child(mode: str, ckpt: Path, data: dict, limit: int, batch: int, device: str, threads: int) -> dict:
-    script = CHILD.format(root=str(ROOT), args=(mode, str(ckpt), str(data["flickr30k"]), str(data["tsv"]), limit,
-                                                batch, device, threads))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+# the data path as the code before the families (d2ab4a6) runs it: the same files, its own collate
+REFERENCE_DATA_PATH = r"""
+import json, sys, time
+sys.path.insert(0, {root!r})
+import torch
+from vb_probe.api import load_model, load_tokenizer
+from vb_probe.batching import collate
+from vb_probe.data.features import open_features
+from vb_probe.data.flickr30k import Flickr30kEntities
+from vb_probe.pipeline import ProbeConfig, collect_items
+
+mode, ckpt, flickr, features, limit, batch, device, threads, passes = {args!r}
+torch.set_num_threads(threads)
+model = load_model(ckpt, device=device)
+tokenizer = load_tokenizer(model=model)
+cfg = ProbeConfig(ckpt=ckpt, flickr30k=flickr, features=features, split="train", limit=limit, batch_size=batch,
+                  device=device)
+store, fl = open_features(features), Flickr30kEntities(flickr)
+items, *_ = collect_items(cfg, fl, store, fl.split("train")[:limit], None, "")
+seconds = []
+for _ in range(passes):
+    start = time.perf_counter()
+    for i in range(0, len(items), batch):
+        collate(items[i:i + batch], tokenizer, 1, 128, store)
+    seconds.append(time.perf_counter() - start)
+print(json.dumps({{"seconds": seconds, "captions": len(items), "peak_rss_mb": 0}}))
+"""
+
+
+def child(mode: str, ckpt: Path, data: dict, limit: int, batch: int, device: str, threads: int, passes: int = 1,
+          root: Path = ROOT, template: str = CHILD) -> dict:
+    """One child process of ``mode``: its timed passes (``seconds``, a list), captions, peak RSS, and the best
+    pass's ``captions_per_s``."""
+    script = template.format(root=str(root), args=(mode, str(ckpt), str(data["flickr30k"]), str(data["tsv"]), limit,
+                                                   batch, device, threads, passes))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(root))
     if result.returncode:
-        raise SystemExit(f"child {mode} failed:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"child {mode} ({root}) failed:\n{result.stderr[-3000:]}")
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    out["captions_per_s"] = out["captions"] / out["seconds"]
+    out["captions_per_s"] = out["captions"] / min(out["seconds"])
     return out
+
+
+def passes_of(runs: list[dict]) -> dict:
+    """Several children's passes as one figure: the best (the figure), the median and the spread, in seconds and
+    captions a second."""
+    seconds = [s for run in runs for s in run["seconds"]]
+    captions = runs[0]["captions"]
+    return {"seconds": min(seconds), "median_s": statistics.median(seconds), "spread_s": [min(seconds), max(seconds)],
+            "passes": len(seconds), "captions": captions, "captions_per_s": captions / min(seconds),
+            "median_captions_per_s": captions / statistics.median(seconds),
+            "peak_rss_mb": max(run["peak_rss_mb"] for run in runs)}
+
+
+def reference_tree(commit: str, work: Path) -> Path:
+    """A git worktree of ``commit`` under ``work`` (made once)."""
+    tree = work / f"ref-{commit}"
+    if not (tree / "vb_probe").is_dir():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--force", "--detach", str(tree), commit],
+                       check=True, capture_output=True)
+    return tree
 
 
 def make_checkpoint(folder: Path, tokenizer_dir: Path, size: str) -> Path:
@@ -123,6 +184,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small splits (a few minutes on 2 cores)")
     parser.add_argument("--work", type=Path, default=ROOT / "bench_out" / "pipeline")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passes", type=int, default=3, help="timed passes a figure (the best is the figure)")
+    parser.add_argument("--against", default="d2ab4a6", help="a commit whose data path is timed beside (none: skip)")
     args = parser.parse_args()
     gpu = args.device.startswith("cuda")
     small, large = (40, 320) if args.quick else (100, 800)
@@ -138,16 +201,37 @@ def main() -> None:
     runs = {}
     for name, ckpt, limit, batch, mode in (
             ("tiny_small", tiny, small, 64, "end_to_end"), ("tiny_large", tiny, large, 64, "end_to_end"),
-            ("tiny_model_only", tiny, small, 64, "model_only"), ("data_only", tiny, large, 64, "data_only"),
+            ("tiny_model_only", tiny, small, 64, "model_only"),
             ("base_end_to_end", base, base_images, 256 if gpu else 16, "end_to_end"),
             ("base_model_only", base, base_images, 256 if gpu else 16, "model_only")):
-        runs[name] = child(mode, ckpt, data, limit, batch, args.device, args.threads)
-        print(json.dumps({"run": name, **{k: round(v, 3) for k, v in runs[name].items()}}), flush=True)
+        runs[name] = passes_of([child(mode, ckpt, data, limit, batch, args.device, args.threads)
+                                for _ in range(args.passes)])
+        print(json.dumps({"run": name, **_rounded(runs[name])}), flush=True)
+    # the data path: this code's passes and the reference commit's, interleaved process by process
+    reference = reference_tree(args.against, args.work) if args.against != "none" else None
+    ours, theirs = [], []
+    for _ in range(args.passes):
+        ours.append(child("data_only", tiny, data, large, 64, args.device, args.threads, passes=args.passes))
+        if reference is not None:
+            theirs.append(child("data_only", tiny, data, large, 64, args.device, args.threads, passes=args.passes,
+                                root=reference, template=REFERENCE_DATA_PATH))
+    runs["data_only"] = passes_of(ours)
+    print(json.dumps({"run": "data_only", **_rounded(runs["data_only"])}), flush=True)
+    if reference is not None:
+        runs["data_only_reference"] = passes_of(theirs)
+        print(json.dumps({"run": f"data_only at {args.against}", **_rounded(runs["data_only_reference"])}), flush=True)
+        report["data_path_vs_reference"] = {
+            "commit": args.against, "reference_captions_per_s": round(runs["data_only_reference"]["captions_per_s"], 1),
+            "best_ratio": round(runs["data_only"]["captions_per_s"] / runs["data_only_reference"]["captions_per_s"], 2),
+            "median_ratio": round(runs["data_only"]["median_captions_per_s"]
+                                  / runs["data_only_reference"]["median_captions_per_s"], 2)}
     report.update(
         captions_per_s=round(runs["base_end_to_end"]["captions_per_s"], 2),
         model_only_captions_per_s=round(runs["base_model_only"]["captions_per_s"], 2),
         time_vs_model_only=round(runs["base_end_to_end"]["seconds"] / runs["base_model_only"]["seconds"], 3),
         data_path_captions_per_s=round(runs["data_only"]["captions_per_s"], 1),
+        data_path_median_captions_per_s=round(runs["data_only"]["median_captions_per_s"], 1),
+        passes=args.passes,
         tiny_end_to_end_captions_per_s=round(  # beyond start-up: the slope between the two split sizes
             (runs["tiny_large"]["captions"] - runs["tiny_small"]["captions"])
             / (runs["tiny_large"]["seconds"] - runs["tiny_small"]["seconds"]), 1),
@@ -156,6 +240,10 @@ def main() -> None:
         peak_rss_ratio=round(runs["tiny_large"]["peak_rss_mb"] / runs["tiny_small"]["peak_rss_mb"], 3),
         split_images={"small": small, "large": large, "base": base_images})
     print(json.dumps(report))
+
+
+def _rounded(figure: dict) -> dict:
+    return {k: ([round(x, 3) for x in v] if isinstance(v, list) else round(v, 3)) for k, v in figure.items()}
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ class ProbeBatch:
     groups: list[str]
     truncated: list[Query]  # queries whose word fell past the text limit (counted as skipped)
     image_ids: list[str] = field(default_factory=list)  # [B] the image of each row (named in errors)
-    feature_peak: list[float] = field(default_factory=list)  # [B] largest |feature| of each row's image
+    region_features: list[np.ndarray] = field(default_factory=list)  # [B] each row's region features [R_b, D]
+    # (region families: read only when attention is not finite, to say whether the features are to blame)
     extras: dict = field(default_factory=dict)
     permutation: torch.Tensor | None = None  # [n, R_max] long
     outside_view: list[Query] = field(default_factory=list)  # queries whose gold the model cannot see (skipped)
@@ -106,12 +107,9 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
 
     r_max = max(len(c) for c in cells)
     any_confidence = all(c is not None for c in confidences)
-    hits_of: dict[tuple[int, int], dict[str, np.ndarray]] = {}
-    perm_of: dict[int, np.ndarray] = {}
-    b_idx, q_idx, valid, confs, groups, truncated, outside, perms, scored = [], [], [], [], [], [], [], [], []
-    targets: dict[str, list[np.ndarray]] = {name: [] for name in RULES}
-    for b, (item, positions, boxes) in enumerate(zip(items, word_positions, cells)):
-        n_tokens = len(boxes)
+    hits_of: dict[tuple[int, int], dict[str, np.ndarray] | None] = {}
+    b_idx, q_idx, hit_keys, groups, truncated, outside, scored = [], [], [], [], [], [], []
+    for b, (item, positions, boxes) in enumerate(zip(items, word_positions, cells)):  # which queries are scored
         view = views[b] if views is not None else None
         for query in item.queries:
             position = positions[query.word_index]
@@ -126,42 +124,43 @@ def layout(items: list[ProbeItem], word_positions: Sequence[Sequence[int | None]
                 continue
             b_idx.append(b)
             q_idx.append(position)
-            for name in RULES:
-                hit = np.zeros(r_max, dtype=bool)
-                if query.gold is not None:
-                    hit[:n_tokens] = hits_of[key][name]
-                targets[name].append(hit)
-            ok = np.zeros(r_max, dtype=bool)
-            ok[:n_tokens] = True
-            valid.append(ok)
-            if b not in perm_of:
-                perm_of[b] = np.arange(r_max)
-                perm_of[b][:n_tokens] = image_permutation(item.image_id, n_tokens,
-                                                          cell_views[b] if cell_views is not None else None)
-            perms.append(perm_of[b])
-            if any_confidence:
-                conf = np.zeros(r_max, dtype=np.float32)
-                conf[:n_tokens] = confidences[b]
-                confs.append(conf)
+            hit_keys.append(key if query.gold is not None else None)
             groups.append(query.group)
             scored.append(query)
+    # then each row of the batch's arrays filled in place (one allocation an array, not one a query)
     n = len(b_idx)
-
-    def stacked(rows: list[np.ndarray], dtype) -> torch.Tensor:
-        return torch.from_numpy(np.stack(rows)) if n else torch.zeros(0, r_max, dtype=dtype)
+    targets = {name: np.zeros((n, r_max), dtype=bool) for name in RULES}
+    valid = np.zeros((n, r_max), dtype=bool)
+    perms = np.empty((n, r_max), dtype=np.int64)
+    confs = np.zeros((n, r_max), dtype=np.float32) if any_confidence else None
+    perm_of: dict[tuple[str, int], np.ndarray] = {}  # one shuffle an image (its captions share it), not a row
+    for i, (b, key) in enumerate(zip(b_idx, hit_keys)):
+        n_tokens = len(cells[b])
+        if key is not None:
+            for name in RULES:
+                targets[name][i, :n_tokens] = hits_of[key][name]
+        valid[i, :n_tokens] = True
+        image = (items[b].image_id, n_tokens)
+        if image not in perm_of:
+            perm_of[image] = np.arange(r_max)
+            perm_of[image][:n_tokens] = image_permutation(items[b].image_id, n_tokens,
+                                                          cell_views[b] if cell_views is not None else None)
+        perms[i] = perm_of[image]
+        if confs is not None:
+            confs[i, :n_tokens] = confidences[b]
 
     return ProbeBatch(
         inputs=inputs,
         batch_index=torch.tensor(b_idx, dtype=torch.long),
         query_index=torch.tensor(q_idx, dtype=torch.long),
-        targets={name: stacked(rows, torch.bool) for name, rows in targets.items()},
-        region_valid=stacked(valid, torch.bool),
-        confidences=torch.from_numpy(np.stack(confs)) if (n and any_confidence) else None,
+        targets={name: torch.from_numpy(rows) for name, rows in targets.items()},
+        region_valid=torch.from_numpy(valid),
+        confidences=torch.from_numpy(confs) if (n and confs is not None) else None,
         groups=groups,
         truncated=truncated,
         image_ids=[item.image_id for item in items],
         extras=extras,
-        permutation=stacked(perms, torch.long),
+        permutation=torch.from_numpy(perms),
         outside_view=outside,
         scored=scored,
         keys=[item.key for item in items],
@@ -180,7 +179,7 @@ def check_finite_rows(region_rows: torch.Tensor, batch, source: str) -> None:
     bad_layer, query = (int(i) for i in (~finite).nonzero()[0][:2])
     row = int(batch.batch_index[query])
     image_id = batch.image_ids[row] if batch.image_ids else "?"
-    largest = batch.feature_peak[row] if batch.feature_peak else 0.0
+    largest = float(np.abs(batch.region_features[row]).max()) if batch.region_features else 0.0
     cause = (f"its region features reach {largest:.3g}, beyond what the model's arithmetic holds; rescale or "
              "re-extract them" if largest > 1e4 or not math.isfinite(largest) else
              "the model's weights are not finite (a damaged or diverged checkpoint); use another checkpoint")

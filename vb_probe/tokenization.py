@@ -57,14 +57,23 @@ def load_tokenizer(folder: str | Path, vocab_size: int | None = None):
 def tokenize_words(tokenizer, words: list[str], max_length: int = 512) -> TokenizedWords:
     """Tokenise pre-split ``words`` as one sequence; sub-words keep their word index. Words are data, so a word
     that spells a special token (``[SEP]``, ``[MASK]``) is split as text, never read as the control token."""
-    encoding = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+    return tokenize_captions(tokenizer, [words], max_length)[0]
+
+
+def tokenize_captions(tokenizer, captions: list[list[str]], max_length: int = 512) -> list[TokenizedWords]:
+    """:func:`tokenize_words` for a batch of captions in one tokenizer call (the fast tokenizer encodes them
+    together: one call's overhead a batch, not a caption); each caption its own sequence, unpadded."""
+    encoding = tokenizer(captions, is_split_into_words=True, truncation=True, max_length=max_length,
                          add_special_tokens=True, split_special_tokens=True)
-    first: list[int | None] = [None] * len(words)
-    last: list[int | None] = [None] * len(words)
-    for position, word in enumerate(encoding.word_ids()):
-        if word is None:
-            continue
-        if first[word] is None:
-            first[word] = position
-        last[word] = position
-    return TokenizedWords(list(encoding["input_ids"]), first, last)
+    out = []
+    for index, words in enumerate(captions):
+        first: list[int | None] = [None] * len(words)
+        last: list[int | None] = [None] * len(words)
+        for position, word in enumerate(encoding.word_ids(index)):
+            if word is None:
+                continue
+            if first[word] is None:
+                first[word] = position
+            last[word] = position
+        out.append(TokenizedWords(list(encoding["input_ids"][index]), first, last))
+    return out

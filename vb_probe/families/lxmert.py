@@ -63,10 +63,10 @@ class LxmertFamily(FamilyBase):
 
     def collate(self, model, items, tokenizer, facts: dict, max_text_len: int, features=None):
         from vb_probe.batching import layout, pad_regions, pad_text, read_regions
-        from vb_probe.tokenization import tokenize_words
+        from vb_probe.tokenization import tokenize_captions
 
         regions = read_regions(items, features)
-        tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
+        tokenized = tokenize_captions(tokenizer, [list(item.words) for item in items], max_length=max_text_len)
         inputs = pad_text([t.input_ids for t in tokenized], tokenizer.pad_token_id)
         inputs["visual_feats"] = pad_regions([r.features for r in regions])
         inputs["visual_pos"] = pad_regions([normalised_boxes(r) for r in regions])
@@ -76,7 +76,7 @@ class LxmertFamily(FamilyBase):
         inputs["visual_attention_mask"] = mask
         batch = layout(items, [t.word_last_token for t in tokenized], [r.boxes for r in regions],
                        [r.confidences for r in regions], inputs)
-        batch.feature_peak = [float(np.abs(r.features).max()) for r in regions]
+        batch.region_features = [r.features for r in regions]
         return batch
 
     def rows(self, model, batch, site: Site, mask: str = "posthoc", precision: str = "fp32") -> torch.Tensor:

@@ -217,10 +217,10 @@ class ViltFamily(FamilyBase):
 
     def collate(self, model, items, tokenizer, facts: dict, max_text_len: int, store=None):
         from vb_probe.batching import layout, pad_text
-        from vb_probe.tokenization import tokenize_words
+        from vb_probe.tokenization import tokenize_captions
 
         rows = items_image_tokens(self, model, items, store, PatchGrid)
-        tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
+        tokenized = tokenize_captions(tokenizer, [list(item.words) for item in items], max_length=max_text_len)
         inputs = pad_text([t.input_ids for t in tokenized], tokenizer.pad_token_id)
         inputs.update(pad_pixels(rows))
         views = [g.seen for g in rows]  # the patches' part of the image

@@ -295,24 +295,6 @@ class DecoderFamily(FamilyBase):
         return twin
 
 
-def image_slots(positions: torch.Tensor, cells: ImageCells) -> torch.Tensor:
-    """[R] the prompt positions of ``cells``' image tokens, in cell order: ``positions`` [T] are where the image token
-    id stands; ``cells.slots`` says which of them are which cell (the rest, such as row newlines, are no cell)."""
-    if cells.slots is None:
-        if len(positions) != len(cells.boxes):
-            raise DataError(f"image {cells.image_id}: the prompt holds {len(positions)} image tokens but the processor's "
-                            f"grid has {len(cells.boxes)} cells; the processor does not match the model")
-        return positions
-    if len(positions) != len(cells.slots):
-        raise DataError(f"image {cells.image_id}: the prompt holds {len(positions)} image tokens but the processor "
-                        f"laid out {len(cells.slots)}; the processor does not match the model")
-    order = torch.full((len(cells.boxes),), -1, dtype=torch.long)
-    slots = torch.as_tensor(cells.slots, dtype=torch.long)
-    is_cell = slots >= 0
-    order[slots[is_cell]] = positions[is_cell]
-    return order
-
-
 def image_cells(model, image, image_id: str) -> ImageCells:
     """``image`` (RGB PIL) in the model's prompt prefix through its processor: the cells of its image tokens in the
     original pixels, the view, and the processor's output (prefix ids, pixels)."""

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vb_probe.data.features import Regions
+from vb_probe.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -122,3 +123,21 @@ def views_cells(image_id: str, width: int, height: int, views: list[View], proce
     return ImageCells(image_id, boxes, np.zeros((len(boxes), 0), np.float32), None, float(width), float(height),
                       primary.view.seen(), primary.grid, primary.view, processed, slots,
                       tuple(v.name for v in views), view_of)
+
+
+def image_slots(positions: torch.Tensor, cells: ImageCells) -> torch.Tensor:
+    """[R] the prompt positions of ``cells``' image tokens, in cell order: ``positions`` [T] are where the image token
+    id stands; ``cells.slots`` says which of them are which cell (the rest, such as row newlines, are no cell)."""
+    if cells.slots is None:
+        if len(positions) != len(cells.boxes):
+            raise DataError(f"image {cells.image_id}: the prompt holds {len(positions)} image tokens but the processor's "
+                            f"grid has {len(cells.boxes)} cells; the processor does not match the model")
+        return positions
+    if len(positions) != len(cells.slots):
+        raise DataError(f"image {cells.image_id}: the prompt holds {len(positions)} image tokens but the processor "
+                        f"laid out {len(cells.slots)}; the processor does not match the model")
+    order = torch.full((len(cells.boxes),), -1, dtype=torch.long)
+    slots = torch.as_tensor(cells.slots, dtype=torch.long)
+    is_cell = slots >= 0
+    order[slots[is_cell]] = positions[is_cell]
+    return order

@@ -14,7 +14,7 @@ import torch
 from vb_probe.batching import ProbeBatch, layout, pad_regions, pad_text, read_regions
 from vb_probe.data.features import RegionFeatures
 from vb_probe.queries import ProbeItem
-from vb_probe.tokenization import tokenize_words
+from vb_probe.tokenization import tokenize_captions
 
 
 def pad_inputs(
@@ -53,10 +53,10 @@ def collate(items: list[ProbeItem], tokenizer, visual_token_type: int, max_text_
     """Pad a list of items into one batch (text right-padded, regions right-padded), on the CPU. Regions are
     read from ``features`` once per image of the batch; a query's hits are its gold boxes' IoU ≥ 0.5 regions."""
     all_regions = read_regions(items, features)
-    tokenized = [tokenize_words(tokenizer, list(item.words), max_length=max_text_len) for item in items]
+    tokenized = tokenize_captions(tokenizer, [list(item.words) for item in items], max_length=max_text_len)
     inputs = pad_inputs([t.input_ids for t in tokenized], tokenizer.pad_token_id,
                         regions=[r.features for r in all_regions], region_types=visual_token_type)
     batch = layout(items, [t.word_last_token for t in tokenized], [r.boxes for r in all_regions],
                    [r.confidences for r in all_regions], inputs, text_len=inputs["input_ids"].shape[1])
-    batch.feature_peak = [float(np.abs(r.features).max()) for r in all_regions]
+    batch.region_features = [r.features for r in all_regions]
     return batch

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 
 from vb_probe.errors import VbProbeError
-from vb_probe.families.decoder.geometry import ImageCells
+from vb_probe.families.decoder.geometry import ImageCells, image_slots
 from vb_probe.families.decoder.prompts import Template
 
 
@@ -110,8 +110,6 @@ class DecoderKind:
     def key_positions(self, model, sequence: torch.Tensor, cells: ImageCells) -> torch.Tensor:
         """[R] where each cell's key stands among the keys the site's queries read: here the prompt positions of
         its image tokens (``sequence`` [T] one prompt's ids), in cell order."""
-        from vb_probe.families.decoder import image_slots
-
         return image_slots((sequence == self.image_token_id(model)).nonzero().flatten(), cells)
 
     def attention_implementation(self, row_capture: str) -> dict[str, str]:
