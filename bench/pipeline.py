@@ -65,12 +65,13 @@ elif mode == "data_only":  # reading, tokenising and collating every batch, no m
     items, _ = collect_items(fl, store, fl.split("train")[:limit])
     facts = family.prepare(model, store, {{}})
     seconds = []
-    for _ in range(passes):  # each pass the whole split, reading the features again
+    for _ in range(passes):  # each pass the whole split {rounds} times (a few seconds), reading the features again
         start = time.perf_counter()
-        for i in range(0, len(items), batch):
-            family.collate(model, items[i:i + batch], tokenizer, facts, 128, store)
+        for _ in range({rounds}):
+            for i in range(0, len(items), batch):
+                family.collate(model, items[i:i + batch], tokenizer, facts, 128, store)
         seconds.append(time.perf_counter() - start)
-    captions = len(items)
+    captions = len(items) * {rounds}
 else:  # the same model on batches collated beforehand: the ceiling of the pipeline
     store, fl, family = open_features(features), Flickr30kEntities(flickr), family_of(model)
     items, _ = collect_items(fl, store, fl.split("train")[:limit])
@@ -91,6 +92,8 @@ print(json.dumps({{"seconds": seconds if isinstance(seconds, list) else [seconds
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
 
+
+DATA_ROUNDS = 3  # a data-path pass collates the split this many times: a few seconds, not one
 
 # the data path as the code before the families (d2ab4a6) runs it: the same files, its own collate
 REFERENCE_DATA_PATH = r"""
@@ -114,10 +117,11 @@ items, *_ = collect_items(cfg, fl, store, fl.split("train")[:limit], None, "")
 seconds = []
 for _ in range(passes):
     start = time.perf_counter()
-    for i in range(0, len(items), batch):
-        collate(items[i:i + batch], tokenizer, 1, 128, store)
+    for _ in range({rounds}):
+        for i in range(0, len(items), batch):
+            collate(items[i:i + batch], tokenizer, 1, 128, store)
     seconds.append(time.perf_counter() - start)
-print(json.dumps({{"seconds": seconds, "captions": len(items), "peak_rss_mb": 0}}))
+print(json.dumps({{"seconds": seconds, "captions": len(items) * {rounds}, "peak_rss_mb": 0}}))
 """
 
 
@@ -125,8 +129,9 @@ def child(mode: str, ckpt: Path, data: dict, limit: int, batch: int, device: str
           root: Path = ROOT, template: str = CHILD) -> dict:
     """One child process of ``mode``: its timed passes (``seconds``, a list), captions, peak RSS, and the best
     pass's ``captions_per_s``."""
-    script = template.format(root=str(root), args=(mode, str(ckpt), str(data["flickr30k"]), str(data["tsv"]), limit,
-                                                   batch, device, threads, passes))
+    script = template.format(root=str(root), rounds=DATA_ROUNDS,
+                             args=(mode, str(ckpt), str(data["flickr30k"]), str(data["tsv"]), limit, batch, device,
+                                   threads, passes))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(root))
     if result.returncode:
         raise SystemExit(f"child {mode} ({root}) failed:\n{result.stderr[-3000:]}")
@@ -210,7 +215,7 @@ def main() -> None:
     # the data path: this code's passes and the reference commit's, interleaved process by process
     reference = reference_tree(args.against, args.work) if args.against != "none" else None
     ours, theirs = [], []
-    for _ in range(args.passes):
+    for _ in range(max(args.passes, 4)):  # processes of each, alternating
         ours.append(child("data_only", tiny, data, large, 64, args.device, args.threads, passes=args.passes))
         if reference is not None:
             theirs.append(child("data_only", tiny, data, large, 64, args.device, args.threads, passes=args.passes,
