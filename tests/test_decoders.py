@@ -143,8 +143,8 @@ def _cell_means(kind: str, model, image: Image.Image, cells) -> np.ndarray:
     means = []
     for pixels in views:  # the whole image, then each crop or tile: the same grid each
         rows, cols = cells.grid
-        h, w = pixels.shape[1] // rows, pixels.shape[2] // cols
-        blocks = pixels[:2].reshape(2, rows, h, cols, w).mean(dim=(2, 4))  # [2, rows, cols]
+        h, w = pixels.shape[1] // rows, pixels.shape[2] // cols  # (a 384² view in 14-pixel patches: 27 of 14 px)
+        blocks = pixels[:2, :rows * h, :cols * w].reshape(2, rows, h, cols, w).mean(dim=(2, 4))  # [2, rows, cols]
         means.append(blocks.permute(1, 2, 0).reshape(-1, 2).numpy() * 255)
     means = np.concatenate(means)
     if kind in ("llava_next", "llava_onevision"):  # the model's own packing of the views' cell means: the cells it
@@ -173,13 +173,18 @@ def test_cells_are_where_the_processor_put_the_pixels(kind, options, size):
     of a cell."""
     model = _probe_ready(kind, **options)
     width, height = size
+    cells = _check_geometry(kind, model, width, height)
+    # pan and scan: 1.5:1 → round(1.5) = 2 crops of 45 px (≥ 32); 3.2:1 → round(3.2) = 3 crops of 43 px; +1 the whole
+    if kind == "gemma3":
+        assert len(cells.views) == (1 if not options else {(90, 60): 3, (60, 90): 3, (128, 40): 4}[size])
+
+
+def _check_geometry(kind: str, model, width: int, height: int):
+    """The gradient read back: each cell's centre is where its pixels came from (to a tenth of a cell)."""
     cells = image_cells(model, _gradient(width, height), "g")
     views = len(cells.views)
     if kind not in ("llava_next", "llava_onevision"):  # (they drop their tiles' padding)
         assert len(cells.boxes) == views * cells.grid[0] * cells.grid[1]
-    # pan and scan: 1.5:1 → round(1.5) = 2 crops of 45 px (≥ 32); 3.2:1 → round(3.2) = 3 crops of 43 px; +1 the whole
-    if kind == "gemma3":
-        assert views == (1 if not options else {(90, 60): 3, (60, 90): 3, (128, 40): 4}[size])
     means = _cell_means(kind, model, _gradient(width, height), cells)
     centre_x = (cells.boxes[:, 0] + cells.boxes[:, 2]) / 2
     centre_y = (cells.boxes[:, 1] + cells.boxes[:, 3]) / 2
@@ -188,8 +193,9 @@ def test_cells_are_where_the_processor_put_the_pixels(kind, options, size):
     cell_h = (cells.boxes[:, 3] - cells.boxes[:, 1]) / height * 255
     if kind == "llava_onevision":  # its canvas shrunk bilinearly: a token spans the spacing between tokens, so the
         # cells of a row abut, no gaps, no overlaps
-        tile = cells.view_of > 0
-        same_row = tile[:-1] & tile[1:] & np.isclose(cells.boxes[:-1, 1], cells.boxes[1:, 1])
+        tile = cells.view_of > 0  # (within a tile: between tiles lies the band no patch covers, if any)
+        same_row = (tile[:-1] & tile[1:] & np.isclose(cells.boxes[:-1, 1], cells.boxes[1:, 1])
+                    & (cells.view_of[:-1] == cells.view_of[1:]))
         assert same_row.sum() > 10
         np.testing.assert_allclose(cells.boxes[:-1, 2][same_row], cells.boxes[1:, 0][same_row], atol=1e-3)
     # LLaVA-NeXT's tiles are padded in the middle and the model keeps a cell part padding at each edge (its pixels
@@ -200,6 +206,54 @@ def test_cells_are_where_the_processor_put_the_pixels(kind, options, size):
     means, expected, cell_w, cell_h = means[inside], expected[inside], cell_w[inside], cell_h[inside]
     assert np.all(np.abs(means[:, 0] - expected[:, 0]) <= 0.1 * cell_w + 1.5), (means[:, 0], expected[:, 0])
     assert np.all(np.abs(means[:, 1] - expected[:, 1]) <= 0.1 * cell_h + 1.5), (means[:, 1], expected[:, 1])
+    return cells
+
+
+# The public checkpoints' processor settings (the README's table: image tokens of a 500 × 375 image): builder
+# options giving each model's real tower and processor sizes, and the tokens its processor makes, by hand:
+REAL_SETTINGS = {
+    # CLIP 336/14: 24 × 24 = 576 base; 672² best (2 × 2 tiles), canvas 48 × 48 unpadded to 48 × 36 (375/500 · 48),
+    # one newline a row: 576 + 1,728 + 36
+    "llava_next": ({"image_size": 336, "patch": 14}, 2340),
+    # SigLIP 384/14 read full: 27 × 27 = 729; 384 × 768 best (1 × 2 tiles), canvas 27 × 54 unpadded to 27 × 36:
+    # 729 + 972 + 27
+    "llava_onevision": ({"image_size": 384, "patch": 14, "most_tiles": 9, "grid_max": 6}, 1728),
+    "qwen2_5_vl": ({"max_pixels": 12845056}, 234),  # smart_resize: 364 × 504 → 13 × 18 cells of 28
+    "qwen3_vl": ({"max_pixels": 16777216}, 192),  # 384 × 512 → 12 × 16 cells of 32
+    "gemma3": ({"image_size": 896, "patch": 14, "tokens": 256}, 256),  # 64 × 64 patches pooled 4 × 4
+    "internvl": ({"tile": 448, "patch": 14}, 3328),  # 4:3 → 4 × 3 tiles and a thumbnail, 16 × 16 each: 13 × 256
+    "idefics3": ({"tile": 364, "patch": 14}, 2197),  # 1456 × 1092 → 4 × 3 tiles and the global: 13 × 13 × 13
+    "smolvlm": ({"tile": 384, "patch": 14, "scale": 3}, 1053),  # 1536 × 1152 → 4 × 3 and the global: 13 × 9 × 9
+    "mllama": ({"tile": 560, "patch": 14}, 1600),  # one 560² tile (its canvas), 40 × 40 patches (keys, not tokens)
+}
+
+
+@pytest.mark.parametrize("kind", list(REAL_SETTINGS))
+def test_the_public_settings_give_the_readmes_token_counts_and_their_geometry(kind):
+    """Each model with its public checkpoints' tower and processor sizes: a 500 × 375 image makes the tokens the
+    README's table says, and the gradient reads back through every view at that size."""
+    options, expected = REAL_SETTINGS[kind]
+    model = _probe_ready(kind, **options)
+    cells = _check_geometry(kind, model, 500, 375)
+    if kind == "mllama":
+        assert len(cells.keys) == expected
+    else:
+        ids = cells.processed["input_ids"][0]
+        assert int((ids == kind_of(model).image_token_id(model)).sum()) == expected
+        assert kind_of(model).token_count(model, 500, 375) == expected
+
+
+def test_patches_that_do_not_fill_a_view_leave_its_last_pixels_unread():
+    """SmolVLM-Instruct's 384² views in 14-pixel patches: 27 patches (378 pixels) a side, merged 3 × 3 into 9 × 9
+    tokens of 42 pixels. The global view squashes 500 × 375 onto 384²: its cells are 42 · 500/384 = 54.6875 pixels
+    wide and end at 378 · 500/384 = 492.1875 (the last 6 view pixels, 7.8 of the image's, are read by no patch);
+    cells of 384/9 = 42.67 view pixels would end at 500."""
+    model = _probe_ready("smolvlm", tile=384, patch=14, scale=3)
+    cells = image_cells(model, _gradient(500, 375), "g")
+    whole = cells.boxes[:81]  # the global view's cells come first
+    np.testing.assert_allclose(whole[0], [0, 0, 54.6875, 375 * 42 / 384], rtol=1e-5)
+    np.testing.assert_allclose(whole[:, 2].max(), 492.1875, rtol=1e-6)
+    np.testing.assert_allclose(cells.seen, [0, 0, 492.1875, 375 * 378 / 384], rtol=1e-6)
 
 
 def test_grids_follow_each_processor():
@@ -754,3 +808,14 @@ def test_a_processor_missing_a_package_says_which_in_one_line(tmp_path):
     message = str(caught.value)
     assert str(folder) in message and "num2words" in message and "vb-probe[smolvlm]" in message
     assert "\n" not in message
+
+
+def test_a_llava_checkpoint_with_a_pixtral_tower_is_refused_in_one_line(world):
+    """pixtral-12b is model_type `llava` with a Pixtral tower (variable size, break tokens): LLaVA-1.5's square grid
+    would misplace every token, so it is refused before the first forward."""
+    from vb_probe.errors import VbProbeError
+
+    model = _probe_ready("llava")
+    model.config.vision_config.model_type = "pixtral"
+    with pytest.raises(VbProbeError, match="Pixtral vision tower"):
+        family_of(model).prepare(model, ImageFolder(world["images"]), {})

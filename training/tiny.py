@@ -191,9 +191,10 @@ def tiny_llava_next(image_size: int = 56, patch: int = 14, layers: int = 2):
     return model
 
 
-def tiny_llava_onevision(image_size: int = 56, patch: int = 7, most_tiles: int = 1, layers: int = 2):
+def tiny_llava_onevision(image_size: int = 56, patch: int = 7, most_tiles: int = 1, layers: int = 2, grid_max: int = 3):
     """LLaVA-OneVision with a SigLIP tower over ``image_size``² (8 × 8 patches a view, read ``full``: no CLS), tiles
-    over every grid of 1–3 × 1–3 tiles (OneVision's 1–6 × 1–6 of 384², scaled), ``anyres_max_{most_tiles}`` (the
+    over every grid of 1–``grid_max`` × 1–``grid_max`` tiles (OneVision's 1–6 × 1–6 of 384², scaled),
+    ``anyres_max_{most_tiles}`` (the
     public checkpoints' 9; 1 here, so that a tiled canvas is shrunk bilinearly as a large image's is there), and
     its real processor without its video half."""
     from transformers import (
@@ -207,7 +208,7 @@ def tiny_llava_onevision(image_size: int = 56, patch: int = 7, most_tiles: int =
 
     tokenizer = byte_level_tokenizer()
     torch.manual_seed(0)
-    pinpoints = [[h * image_size, w * image_size] for h in range(1, 4) for w in range(1, 4)]
+    pinpoints = [[h * image_size, w * image_size] for h in range(1, grid_max + 1) for w in range(1, grid_max + 1)]
     vision = dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                   num_attention_heads=4, image_size=image_size, patch_size=patch)
     text = dict(TEXT, model_type="qwen2", vocab_size=len(tokenizer), num_hidden_layers=layers,
@@ -283,10 +284,11 @@ IDEFICS3_TOKENS = ["<fake_token_around_image>", "<global-img>", "<end_of_utteran
     f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 
 
-def tiny_idefics3(tile: int = 56, patch: int = 7, tiles_a_side: int = 4, layers: int = 2, smolvlm: bool = False):
+def tiny_idefics3(tile: int = 56, patch: int = 7, tiles_a_side: int = 4, layers: int = 2, smolvlm: bool = False,
+                  scale: int = 2):
     """Idefics3 (or SmolVLM) with a vision tower over ``tile``² tiles of ``patch``-pixel patches (8 × 8,
-    pixel-shuffled by 2 to 4 × 4 tokens a tile), images resized to a longest edge of ``tiles_a_side`` tiles (as
-    Idefics3's 1456 = 4 × 364), and its real processor."""
+    pixel-shuffled by ``scale`` to 4 × 4 tokens a tile: Idefics3's 2, SmolVLM-Instruct's 3), images resized to a
+    longest edge of ``tiles_a_side`` tiles (as Idefics3's 1456 = 4 × 364), and its real processor."""
     import transformers
 
     name = "SmolVLM" if smolvlm else "Idefics3"
@@ -296,12 +298,12 @@ def tiny_idefics3(tile: int = 56, patch: int = 7, tiles_a_side: int = 4, layers:
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=tile,
                   patch_size=patch)
     text = dict(TEXT, model_type="llama", vocab_size=len(tokenizer), num_hidden_layers=layers)
-    config = getattr(transformers, f"{name}Config")(vision_config=vision, text_config=text, scale_factor=2,
+    config = getattr(transformers, f"{name}Config")(vision_config=vision, text_config=text, scale_factor=scale,
                                                       image_token_id=token(tokenizer, "<image>"))
     model = getattr(transformers, f"{name}ForConditionalGeneration")(config).eval()
     image_processor = getattr(transformers, f"{name}ImageProcessorPil")(
         size={"longest_edge": tiles_a_side * tile}, max_image_size={"longest_edge": tile}, do_image_splitting=True)
-    tokens = (tile // patch // 2) ** 2
+    tokens = (tile // patch // scale) ** 2
     if smolvlm:
         from vb_probe.families.decoder.processors import images_only
 

@@ -96,10 +96,18 @@ class ImageCells(Regions):
         return places
 
 
-def squashed_view(width: int, height: int, size: tuple[int, int]) -> ViewMap:
+def squashed_view(width: int, height: int, size: tuple[int, int], covered: tuple[int, int] | None = None) -> ViewMap:
     """A processor that resizes to a fixed ``size`` (height, width) whatever the aspect ratio (PaliGemma's SigLIP;
-    Qwen2-VL's ``smart_resize`` also lands on a size of its own choosing with no crop)."""
-    return ViewMap(size, (height / size[0], width / size[1]))
+    Qwen2-VL's ``smart_resize`` also lands on a size of its own choosing with no crop). ``covered``: the part of it
+    the tower's patches cover, from the top left (a 384² SigLIP view in 14-pixel patches: 27 × 14 = 378; the last
+    6 pixels are read by no patch)."""
+    return ViewMap(covered or size, (height / size[0], width / size[1]))
+
+
+def patch_cover(side: int, patch: int) -> int:
+    """Pixels a side of a ``side``² view that whole ``patch``-pixel patches cover (a stride-``patch`` convolution
+    drops the rest)."""
+    return side // patch * patch
 
 
 @dataclass(frozen=True)

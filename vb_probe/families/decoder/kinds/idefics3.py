@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from vb_probe.errors import VbProbeError
-from vb_probe.families.decoder.geometry import ImageCells, View, ViewMap, squashed_view, views_cells
+from vb_probe.families.decoder.geometry import ImageCells, View, ViewMap, patch_cover, squashed_view, views_cells
 from vb_probe.families.decoder.kinds.base import DecoderKind, register_kind
 from vb_probe.families.decoder.prompts import Template
 
@@ -60,18 +60,19 @@ class Idefics3(DecoderKind):
         processed = self.process(model, image)
         width, height = image.size
         side, grid = self.tile_side(model), self.token_grid(model)
+        cover = patch_cover(side, model.config.vision_config.patch_size)  # (SmolVLM 384/14: 378 pixels)
         markers = [(int(r), int(c)) for r, c in TILE_MARKER.findall(processed["prefix_text"])]
         rows, columns = (max(r for r, _ in markers), max(c for _, c in markers)) if markers else (0, 0)
         made = int(processed["pixel_values"].shape[1])
         if made != rows * columns + 1:
             raise VbProbeError(f"image {image_id}: {self.label}'s processor made {made} images where its prompt names "
                                f"{rows} × {columns} tiles and the global image; the processor does not match")
-        whole = View("image", squashed_view(width, height, (side, side)), (grid, grid))
+        whole = View("image", squashed_view(width, height, (side, side), (cover, cover)), (grid, grid))
         if not markers:
             return views_cells(image_id, width, height, [whole], processed)
         scale = (height / (rows * side), width / (columns * side))
-        views = [whole] + [View(f"tile {r + 1},{c + 1}", ViewMap((side, side), scale, (r * side, c * side)), (grid, grid))
-                           for r in range(rows) for c in range(columns)]
+        views = [whole] + [View(f"tile {r + 1},{c + 1}", ViewMap((cover, cover), scale, (r * side, c * side)),
+                                (grid, grid)) for r in range(rows) for c in range(columns)]
         per_view, tiles = grid * grid, rows * columns
         # the prompt holds the tiles' tokens, then the global image's: position → cell (the global image's first)
         slots = np.concatenate([np.arange(per_view, per_view * (tiles + 1)), np.arange(per_view)])

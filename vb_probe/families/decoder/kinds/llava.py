@@ -33,6 +33,10 @@ class Llava(DecoderKind):
                      "helpful, detailed, and polite answers to the human's questions.")
 
     def check_config(self, model) -> None:
+        if model.config.vision_config.model_type == "pixtral":  # mistral-community/pixtral-12b is a `llava`
+            raise VbProbeError(f"{model.checkpoint_path or 'the model'}: a LLaVA checkpoint with a Pixtral vision tower "
+                               "(variable size, break tokens): not supported yet; its processor's geometry is "
+                               "untested here (its module needs torchvision)")
         strategy = getattr(model.config, "vision_feature_select_strategy", "default")
         if strategy != "default":
             raise VbProbeError(f"{model.checkpoint_path or 'the model'}: vision_feature_select_strategy {strategy!r}: "

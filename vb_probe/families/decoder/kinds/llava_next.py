@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vb_probe.errors import VbProbeError
-from vb_probe.families.decoder.geometry import ImageCells, View, ViewMap, cell_boxes, squashed_view
+from vb_probe.families.decoder.geometry import ImageCells, View, ViewMap, cell_boxes, patch_cover, squashed_view
 from vb_probe.families.decoder.kinds.base import register_kind
 from vb_probe.families.decoder.kinds.llava import Llava
 from vb_probe.families.decoder.prompts import Template
@@ -61,10 +61,10 @@ class LlavaNext(Llava):
     def cells(self, model, image, image_id: str) -> ImageCells:
         processed = self.process(model, image)
         width, height = image.size
-        side = model.config.vision_config.image_size
-        grid = side // model.config.vision_config.patch_size
-        tiles, canvas = tile_views(model.processor.image_processor, width, height, side)
-        base = View("image", squashed_view(width, height, (side, side)), (grid, grid))
+        side, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
+        grid, cover = side // patch, patch_cover(side, patch)  # (SigLIP 384/14: 27 patches cover 378 pixels)
+        tiles, canvas = tile_views(model.processor.image_processor, width, height, side, cover)
+        base = View("image", squashed_view(width, height, (side, side), (cover, cover)), (grid, grid))
         views = [base] + [View(f"tile {r + 1},{c + 1}", view, (grid, grid)) for (r, c), view in tiles]
         columns = max((c for (_, c), _ in tiles), default=0) + 1
         packed = packed_order(self, model, height, width, len(views))  # [T, 3]
@@ -79,9 +79,9 @@ class LlavaNext(Llava):
         if on_tile.any():
             y, x = packed[on_tile, 1], packed[on_tile, 2]  # canvas patch coordinates the tokens sample
             ey, ex = _spacing(y), _spacing(x)  # how many patches a token spans (1 unless shrunk)
-            patch = side / grid
-            u1, u2 = (x + 0.5 - ex / 2) * patch, (x + 0.5 + ex / 2) * patch
-            v1, v2 = (y + 0.5 - ey / 2) * patch, (y + 0.5 + ey / 2) * patch
+            u1 = _canvas_pixel(x + 0.5 - ex / 2, grid, side, patch)  # its first patch's left edge, on the canvas
+            v1 = _canvas_pixel(y + 0.5 - ey / 2, grid, side, patch)
+            u2, v2 = u1 + ex * patch, v1 + ey * patch
             x1, y1 = canvas.to_original(u1, v1)
             x2, y2 = canvas.to_original(u2, v2)
             boxes[cell_of_slot[on_tile]] = np.stack([x1, y1, x2, y2], 1)
@@ -117,17 +117,25 @@ class LlavaNext(Llava):
         return {"pixel_values": pixels, "image_sizes": torch.cat([c.processed["image_sizes"] for c in rows])}
 
 
+def _canvas_pixel(patches: np.ndarray, grid: int, side: int, patch: int) -> np.ndarray:
+    """Canvas pixel of a coordinate in patches across tiles (``grid`` patches a tile of ``side`` pixels, each
+    ``patch`` pixels: a tile's patches may cover less than its side)."""
+    tile = np.floor(patches / grid)
+    return tile * side + (patches - tile * grid) * patch
+
+
 def _spacing(values: np.ndarray) -> float:
     """The step between a token grid's distinct coordinates along one axis (1 for a single row or column)."""
     distinct = np.unique(np.round(values, 6))
     return float(np.median(np.diff(distinct))) if len(distinct) > 1 else 1.0
 
 
-def tile_views(image_processor, width: int, height: int,
-               side: int) -> tuple[list[tuple[tuple[int, int], ViewMap]], ViewMap]:
+def tile_views(image_processor, width: int, height: int, side: int,
+               cover: int | None = None) -> tuple[list[tuple[tuple[int, int], ViewMap]], ViewMap]:
     """((row, column), view) of each tile, row-major, and the view of their whole canvas: the image resized by the
     processor's own ``get_patch_output_size`` to fit the resolution its ``select_best_resolution`` picks, padded in
-    the middle (``(target − resized) // 2`` before, as its ``_get_padding_size``), cut into ``side``² tiles."""
+    the middle (``(target − resized) // 2`` before, as its ``_get_padding_size``), cut into ``side``² tiles (of
+    which the patches cover ``cover``² from the top left)."""
     from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
     from transformers.image_utils import ChannelDimension
 
@@ -137,7 +145,7 @@ def tile_views(image_processor, width: int, height: int,
     pad_y, pad_x = (best_h - new_h) // 2, (best_w - new_w) // 2
     scale = (height / new_h, width / new_w)
     pad = (pad_y * scale[0], pad_x * scale[1])
-    tiles = [((r, c), ViewMap((side, side), scale, (r * side, c * side), pad))
+    tiles = [((r, c), ViewMap((cover or side, cover or side), scale, (r * side, c * side), pad))
              for r in range(best_h // side) for c in range(best_w // side)]
     return tiles, ViewMap((best_h, best_w), scale, (0, 0), pad)
 
