@@ -1,4 +1,5 @@
-"""Decoder VLMs (LLaVA, Qwen2-VL, PaliGemma) as one family: tiny random models built in memory with their real
+"""Decoder VLMs (LLaVA, LLaVA-NeXT/OneVision, Qwen2/2.5/3-VL, PaliGemma, Gemma 3, InternVL, Idefics3, SmolVLM, Llama
+3.2 Vision) as one family: tiny random models built in memory with their real
 processors. Rows against eager output_attentions with the logits unchanged; geometry against each processor's own
 pixels on three aspect ratios and against Qwen2-VL's own position ids; words through word_ids(); LLaVA's crop
 skipping what it cuts away; a planted head found by the gold probe and by the criterion without boxes; hub ids,

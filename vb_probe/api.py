@@ -56,8 +56,8 @@ def load_model(src: ModelSource, *, device: str | torch.device | None = None, pr
     - a model in memory: ours (returned as it is, edits included), our pre-training model (its encoder), or
       transformers' own models of a known family (VisualBERT converted by parameter name; task heads set aside).
 
-    Decoder models (LLaVA, Qwen2-VL, PaliGemma) load in bf16 with ``precision="bf16"`` and across devices with
-    ``device_map`` (accelerate's, e.g. ``"auto"``: then ``device`` is where the inputs go).
+    Decoder models (LLaVA, Qwen-VL, PaliGemma, Gemma 3, InternVL, …) load in bf16 with ``precision="bf16"`` and
+    across devices with ``device_map`` (accelerate's, e.g. ``"auto"``: then ``device`` is where the inputs go).
     """
     device = resolve_device(str(device)) if device is not None else None  # before anything is loaded
     model = _model(src, precision=precision, device_map=device_map)
@@ -384,7 +384,7 @@ def causal_check(model: ModelSource, tokenizer, dataset: GroundingSet | str | Pa
 
     - a model with a masked-LM head (VisualBERT; :func:`load_masked_lm`, or its checkpoint): masked entity-word
       accuracy on the phrases of the first ``limit`` images, ``inputs`` the region features;
-    - a decoder (LLaVA, Qwen2-VL, PaliGemma; an object, a folder or a hub id, loaded with ``device``,
+    - a decoder (LLaVA, Qwen-VL, PaliGemma, Gemma 3 …; an object, a folder or a hub id, loaded with ``device``,
       ``precision``, ``device_map``): each caption's mean log-probability per token given its image, in ``prompt``,
       ``inputs`` the images.
 

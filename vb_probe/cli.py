@@ -248,8 +248,10 @@ def cmd_causal(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- options
 
-CKPT_HELP = ("checkpoint of a known family (VisualBERT, LXMERT, ViLT, LLaVA-1.5, Qwen2-VL, PaliGemma): a transformers "
-             "folder or a hub id (uclanlp/visualbert-vqa-coco-pre, dandelin/vilt-b32-mlm, llava-hf/llava-1.5-7b-hf, …)")
+CKPT_HELP = ("checkpoint of a known family (VisualBERT, LXMERT, ViLT, or a decoder: LLaVA-1.5, LLaVA-NeXT, "
+             "LLaVA-OneVision, Qwen2/2.5/3-VL, PaliGemma, Gemma 3, InternVL, Idefics3, SmolVLM, Llama 3.2 Vision): a "
+             "transformers folder or a hub id (uclanlp/visualbert-vqa-coco-pre, dandelin/vilt-b32-mlm, "
+             "llava-hf/llava-1.5-7b-hf, …)")
 
 
 def _add_loading_options(p: argparse.ArgumentParser, ckpt_help: str = CKPT_HELP) -> None:
@@ -467,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("causal", "ablate the top-k grounding heads (and k random heads) and measure the drop: in masked "
                           "entity-word accuracy (VisualBERT) or in the caption's log-probability (decoders)")
     _add_loading_options(p, "a checkpoint with a masked-LM head (VisualBERT pre-training) or a decoder (LLaVA, "
-                            "Qwen2-VL, PaliGemma): a folder or hub id")
+                            "Qwen-VL, PaliGemma, Gemma 3, InternVL, …): a folder or hub id")
     _add_dataset_options(p, query_word=False)  # whole phrases masked, or whole captions: no query word
     p.set_defaults(limit=20)
     p.add_argument("--batch-size", type=positive_int, default=8, help="decoders: captions per forward pass")

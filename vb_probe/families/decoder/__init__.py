@@ -1,5 +1,6 @@
-"""Decoder vision-language models as one model family: LLaVA-1.5, the Qwen VL models and PaliGemma, transformers'
-own ``*ForConditionalGeneration`` classes (not re-implemented), loaded from a folder, a hub id or an object.
+"""Decoder vision-language models as one model family: LLaVA-1.5, LLaVA-NeXT and OneVision, the Qwen VL models,
+PaliGemma, Gemma 3, InternVL, Idefics3 and SmolVLM, Llama 3.2 Vision; transformers' own ``*ForConditionalGeneration``
+classes (not re-implemented), loaded from a folder, a hub id or an object.
 
 The image comes first, then the caption in the model's own prompt template (:mod:`.prompts`), tokenized as one
 string with the image placeholder expanded as the model's processor expands it; each caption word's last sub-word is
