@@ -124,6 +124,16 @@ class DecoderKind:
 KINDS: dict[str, DecoderKind] = {}
 
 
+def pad_views(per_image: list[torch.Tensor], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Each image's views [V_b, ...] stacked into [B, max V_b, ...], zero-filled past an image's own views, as the
+    processors batch tiled images (the models skip all-zero views or read how many are real elsewhere)."""
+    most = max(v.shape[0] for v in per_image)
+    batch = torch.zeros(len(per_image), most, *per_image[0].shape[1:], dtype=dtype or per_image[0].dtype)
+    for b, views in enumerate(per_image):
+        batch[b, :views.shape[0]] = views
+    return batch
+
+
 def register_kind(cls: type[DecoderKind]) -> type[DecoderKind]:
     """Class decorator: every model type of ``cls`` is read by an instance of it."""
     for model_type in cls.model_types:

@@ -24,7 +24,7 @@ import torch
 
 from vb_probe.errors import VbProbeError
 from vb_probe.families.decoder.geometry import ImageCells, View, ViewMap, patch_cover, squashed_view, views_cells
-from vb_probe.families.decoder.kinds.base import DecoderKind, register_kind
+from vb_probe.families.decoder.kinds.base import DecoderKind, pad_views, register_kind
 from vb_probe.families.decoder.prompts import Template
 
 TILE_MARKER = re.compile(r"<row_(\d+)_col_(\d+)>")
@@ -84,13 +84,8 @@ class Idefics3(DecoderKind):
     def pixel_inputs(self, model, rows: list[ImageCells], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each image's tiles and global image [N_b, 3, S, S], zero-padded to the batch's most (the model skips
         all-zero images), with the processor's pixel masks padded alike."""
-        views = [c.processed["pixel_values"][0] for c in rows]
-        most = max(v.shape[0] for v in views)
-        pixels = torch.zeros(len(views), most, *views[0].shape[1:], dtype=views[0].dtype)
-        masks = torch.zeros(len(views), most, *views[0].shape[2:], dtype=torch.bool)
-        for b, (v, c) in enumerate(zip(views, rows)):
-            pixels[b, :v.shape[0]] = v
-            masks[b, :v.shape[0]] = c.processed["pixel_attention_mask"][0].bool()
+        pixels = pad_views([c.processed["pixel_values"][0] for c in rows])
+        masks = pad_views([c.processed["pixel_attention_mask"][0] for c in rows], dtype=torch.bool)
         return {"pixel_values": pixels, "pixel_attention_mask": masks}
 
 

@@ -25,7 +25,7 @@ import torch
 
 from vb_probe.errors import VbProbeError
 from vb_probe.families.decoder.geometry import ImageCells, View, ViewMap, cell_boxes, patch_cover, squashed_view
-from vb_probe.families.decoder.kinds.base import register_kind
+from vb_probe.families.decoder.kinds.base import pad_views, register_kind
 from vb_probe.families.decoder.kinds.llava import Llava
 from vb_probe.families.decoder.prompts import Template
 
@@ -109,11 +109,7 @@ class LlavaNext(Llava):
     def pixel_inputs(self, model, rows: list[ImageCells], input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each image's views [V_b, 3, H, W], zero-padded to the batch's most (the model reads ``image_sizes`` to
         know how many are real), and ``image_sizes``."""
-        views = [c.processed["pixel_values"][0] for c in rows]
-        most = max(v.shape[0] for v in views)
-        pixels = torch.zeros(len(views), most, *views[0].shape[1:], dtype=views[0].dtype)
-        for b, v in enumerate(views):
-            pixels[b, :v.shape[0]] = v
+        pixels = pad_views([c.processed["pixel_values"][0] for c in rows])
         return {"pixel_values": pixels, "image_sizes": torch.cat([c.processed["image_sizes"] for c in rows])}
 
 
