@@ -230,8 +230,9 @@ def entity_grounding(model, tokenizer=None, dataset=None, inputs=None, **options
     RefCOCO and Visual Genome ``head``), ``mask``, ``batch_size``, ``device``, ``precision``, ``device_map``,
     ``limit``, ``select_on`` (also choose heads on that split: the unbiased number), ``control`` (also probe a
     random-initialised twin), ``confidence``, ``skip_unannotated``, ``skip_missing_features``,
-    ``localization_prompts``, ``parses``/``parser``/``spacy_model`` (for head words), ``visual_token_type``,
-    ``max_text_len``, ``out`` (progress for ``resume``), ``resume``, ``progress``."""
+    ``localization_prompts`` and ``entropy`` (decoders: how Kang et al.'s heads are chosen, on ``select_on`` when
+    given), ``parses``/``parser``/``spacy_model`` (for head words), ``visual_token_type``, ``max_text_len``, ``out``
+    (progress for ``resume``), ``resume``, ``progress``."""
     return grounding_result(_probe(model, tokenizer, dataset, inputs, **options))
 
 

@@ -62,7 +62,7 @@ def _probe_options(args: argparse.Namespace) -> dict:
             "visual_token_type": args.visual_token_type, "mask": args.mask, "batch_size": args.batch_size,
             "limit": args.limit, "confidence": args.confidence, "skip_unannotated": args.skip_unannotated,
             "skip_missing_features": args.skip_missing_features, "select_on": args.select_on, "control": args.control,
-            "localization_prompts": args.localization_prompts, "query_word": args.query_word,
+            "localization_prompts": args.localization_prompts, "entropy": args.entropy, "query_word": args.query_word,
             "per_query": args.per_query or bool(args.save_maps), "save_maps": tuple(args.save_maps),
             "out": args.out, "resume": args.resume, "progress": not args.quiet}
 
@@ -341,6 +341,10 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in the same --out")
     p.add_argument("--localization-prompts", type=positive_int, default=500,
                    help="decoder models: entity queries that feed the unsupervised choice of localization heads")
+    p.add_argument("--entropy", choices=["paper", "released-mean", "released"], default="paper",
+                   help="decoder models: the spatial entropy of that choice: paper (components above the mean, by "
+                        "area; the default), released-mean (by attention mass), released (by mass above 2 × mean, "
+                        "the authors' later code)")
     p.add_argument("--per-query", action="store_true", help="also write queries.csv: one row a query (its word, "
                    "token position, every head's pick and hit, or why it was skipped), to audit the run")
     p.add_argument("--save-maps", action="append", type=_head, default=[], metavar="L<layer>H<head>",

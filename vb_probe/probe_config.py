@@ -14,6 +14,7 @@ MaskMode = Literal["posthoc", "intervene"]
 Precision = Literal["fp32", "bf16"]
 MASKS = ("posthoc", "intervene")
 PRECISIONS = ("fp32", "bf16")
+ENTROPY_NAMES = ("paper", "released-mean", "released")  # the keys of vb_probe.metrics.readouts.ENTROPY_VARIANTS
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,9 @@ class ProbeConfig:
     # decoder families: the prompt around the caption: a preset (chat: the model's own chat template, the default;
     # plain; kang: Kang et al.'s) or a text holding {image} and {caption}; None: the family's own
     prompt: str | None = None
+    # decoder families: the spatial entropy that chooses Kang et al.'s heads (vb_probe.metrics.readouts: paper, by
+    # area above the mean; released-mean, by mass; released, by mass above 2 × mean)
+    entropy: str = "paper"
 
     def check(self) -> ProbeConfig:
         """Every option in range, as one line naming the option; returns the config (a refusal comes before any
@@ -86,6 +90,8 @@ class ProbeConfig:
             raise VbProbeError(f"--save-maps {self.save_maps}: name heads as L<layer>H<head>, e.g. L8H6")
         if self.prompt is not None and not self.prompt.strip():
             raise VbProbeError("--prompt '': give a preset (chat, plain, kang) or a text holding {image} and {caption}")
+        if self.entropy not in ENTROPY_NAMES:
+            raise VbProbeError(f"--entropy {self.entropy}: use {', '.join(ENTROPY_NAMES)}")
         if self.parser not in (None, "spacy"):
             raise VbProbeError(f"--parser {self.parser}: use spacy, or pass --parses FILE.conllu")
         return self
@@ -95,7 +101,12 @@ OPTIONS = tuple(f.name for f in fields(ProbeConfig))
 
 # options added after run.json's config was fixed: recorded only when they differ from these defaults
 _LATER_OPTIONS = {"localization_prompts": 500, "device_map": None, "dataset_format": None, "split_by": None,
-                  "query_word": None, "per_query": False, "save_maps": (), "prompt": None}
+                  "query_word": None, "per_query": False, "save_maps": (), "prompt": None, "entropy": "paper"}
+
+
+def option(options: dict, name: str):
+    """Option ``name`` of a :func:`config_dict` (later options are recorded only where set: their default else)."""
+    return options[name] if name in options else _LATER_OPTIONS[name]
 
 
 def config_dict(cfg: ProbeConfig) -> dict:
@@ -104,4 +115,5 @@ def config_dict(cfg: ProbeConfig) -> dict:
             for k, v in asdict(cfg).items() if k not in _LATER_OPTIONS or v != _LATER_OPTIONS[k]}
 
 
-__all__ = ["MASKS", "OPTIONS", "PRECISIONS", "MaskMode", "Precision", "ProbeConfig", "config_dict"]
+__all__ = ["ENTROPY_NAMES", "MASKS", "OPTIONS", "PRECISIONS", "MaskMode", "Precision", "ProbeConfig", "config_dict",
+           "option"]

@@ -10,47 +10,28 @@ that selection against gold boxes (beside the heads chosen on a val split) is wh
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from vb_probe.metrics.readouts import ENTROPY_VARIANTS, EntropyVariant, label_components
+from vb_probe.metrics.readouts import spatial_entropies as entropies_of
+
 
 def connected_components(mask: np.ndarray) -> np.ndarray:
     """Labels of the 8-connected components of ``mask`` [h, w] bool: [h, w] int, 0 background, 1.. in raster order
-    of each component's first cell."""
-    labels = np.zeros(mask.shape, dtype=np.int64)
-    height, width = mask.shape
-    current = 0
-    for start in zip(*np.nonzero(mask)):
-        if labels[start]:
-            continue
-        current += 1
-        labels[start] = current
-        stack = [start]
-        while stack:
-            r, c = stack.pop()
-            for dr in (-1, 0, 1):
-                for dc in (-1, 0, 1):
-                    rr, cc = r + dr, c + dc
-                    if 0 <= rr < height and 0 <= cc < width and mask[rr, cc] and not labels[rr, cc]:
-                        labels[rr, cc] = current
-                        stack.append((rr, cc))
-    return labels
+    of each component's first cell (``scipy.ndimage.label``)."""
+    return label_components(np.asarray(mask, dtype=bool)[None])[0][0]
 
 
-def spatial_entropy(attention: np.ndarray) -> float:
+def spatial_entropy(attention: np.ndarray, variant: EntropyVariant = ENTROPY_VARIANTS["released-mean"]) -> float:
     """``attention`` [h, w] on the image grid → the entropy (nats) of the attention held by each connected component
-    of the cells above the map's mean. 0 for a single blob, log k for k equal blobs; a flat map (nothing above its
-    mean) is +inf (not localized at all)."""
-    attention = np.asarray(attention, dtype=np.float64)
-    labels = connected_components(attention > attention.mean())
-    if labels.max() == 0:
-        return float("inf")
-    mass = np.bincount(labels.ravel(), weights=attention.ravel())[1:]
-    p = mass / mass.sum()
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum() + 0.0)
+    of the cells above the map's mean (by default; other variants in :mod:`.readouts`). 0 for a single blob, log k
+    for k equal blobs; a flat map (nothing above its mean) is +inf (not localized at all)."""
+    return float(entropies_of(np.asarray(attention, dtype=np.float64)[None], variant)[0])
 
 
 def elbow_threshold(values: np.ndarray) -> float:
@@ -66,53 +47,64 @@ def elbow_threshold(values: np.ndarray) -> float:
     return float(ordered[int(np.argmax(below))])
 
 
-def spatial_entropies(maps: torch.Tensor) -> torch.Tensor:
+def spatial_entropies(maps: torch.Tensor, variant: EntropyVariant = ENTROPY_VARIANTS["released-mean"]) -> torch.Tensor:
     """:func:`spatial_entropy` of many maps at once: ``maps`` [M, h, w] → [M] float64 (inf where nothing is above a
-    map's mean). Components are labelled by spreading the largest cell index over 8-neighbours until nothing changes,
-    so the whole batch of heads is one tensor computation."""
-    maps = maps.double()
-    count, height, width = maps.shape
-    above = maps > maps.mean(dim=(1, 2), keepdim=True)
-    index = torch.arange(1, height * width + 1, dtype=torch.float64).reshape(1, height, width)
-    labels = torch.where(above, index, torch.zeros(()))
-    while True:
-        spread = torch.nn.functional.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0]
-        spread = torch.where(above, spread, torch.zeros(()))
-        if torch.equal(spread, labels):
-            break
-        labels = spread
-    slots = height * width + 1
-    keys = (labels.long() + slots * torch.arange(count)[:, None, None]).flatten()
-    mass = torch.zeros(count * slots, dtype=torch.float64).index_add_(0, keys, maps.flatten()).reshape(count, slots)
-    mass = mass[:, 1:]  # label 0: the cells at or below the mean
-    total = mass.sum(1, keepdim=True)
-    p = mass / total.clamp(min=torch.finfo(torch.float64).tiny)
-    entropy = -(torch.where(p > 0, p * p.log(), torch.zeros(()))).sum(1) + 0.0
-    return torch.where(above.flatten(1).any(1), entropy, torch.full_like(entropy, float("inf")))
+    map's mean), the whole stack labelled in one library call."""
+    return torch.from_numpy(entropies_of(maps.detach().double().cpu().numpy(), variant))
 
 
-def select_from_entropies(image_share: np.ndarray, entropy: np.ndarray, *, top_k: int = 10, skip_layers: int = 2,
-                          count: int = 3) -> list[tuple[int, int, int]]:
-    """The selection of :func:`select_localization_heads` from each prompt's spatial entropies ``entropy``
-    [N, L, H] (computed as the prompts were probed) and image shares ``image_share`` [N, L, H]. A prompt votes for
-    ``top_k`` heads, at most half the candidates (a small model keeps few heads; Kang et al.'s 10 of a 7B model's
-    ~1,000 stands)."""
+@dataclass
+class Selection:
+    """Kang et al.'s choice, shown as their Figure 2 shows it: the elbow of the heads' mean image shares, every
+    candidate above it with its mean share, mean spatial entropy (over the prompts where it is finite) and votes,
+    and the ``selected`` heads (layer, head, votes), most votes first."""
+
+    elbow: float
+    candidates: list[dict]
+    selected: list[tuple[int, int, int]]
+    top_k: int
+
+
+def kang_selection(image_share: np.ndarray, entropy: np.ndarray, *, top_k: int = 10, skip_layers: int = 2,
+                   count: int = 3, excluded: set[tuple[int, int]] | frozenset = frozenset()) -> Selection:
+    """Kang et al.'s selection from each prompt's image shares ``image_share`` [N, L, H] and spatial entropies
+    ``entropy`` [N, L, H]: heads whose mean share is at or above the elbow (layers below ``skip_layers`` and the
+    ``excluded`` heads, e.g. sink heads, left out) are candidates; each prompt votes for its ``top_k`` candidates of
+    lowest entropy (at most half the candidates: a small model keeps few heads; Kang et al.'s 10 of a 7B model's
+    ~1,000 stands); the ``count`` heads with the most votes are chosen (ties: the lower layer, then head)."""
     image_share = np.asarray(image_share, dtype=np.float64)
     entropy = np.asarray(entropy, dtype=np.float64)
+    if image_share.ndim != 3 or image_share.shape[1] <= skip_layers or not len(image_share):
+        return Selection(0.0, [], [], top_k)
     _, layers, heads = image_share.shape
-    if layers <= skip_layers or not len(image_share):
-        return []
     mean_share = image_share.mean(0)
-    eligible = mean_share >= elbow_threshold(mean_share[skip_layers:])
+    elbow = elbow_threshold(mean_share[skip_layers:])
+    eligible = mean_share >= elbow
     eligible[:skip_layers] = False
-    candidates = [(layer, head) for layer in range(layers) for head in range(heads) if eligible[layer, head]]
+    candidates = [(layer, head) for layer in range(layers) for head in range(heads)
+                  if eligible[layer, head] and (layer, head) not in excluded]
     votes: Counter = Counter()
     top_k = min(top_k, max(1, len(candidates) // 2))  # a vote must choose: at most half the candidates
     for prompt in entropy:
         ranked = sorted((prompt[layer, head], layer, head) for layer, head in candidates)
         votes.update((layer, head) for _, layer, head in ranked[:top_k])
     ranked = sorted(votes.items(), key=lambda item: (-item[1], item[0]))
-    return [(layer, head, n) for (layer, head), n in ranked[:count]]
+    finite = np.where(np.isfinite(entropy), entropy, np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a head never localized: its mean entropy is None
+        mean_entropy = np.nanmean(finite, axis=0)
+    rows = [{"layer": layer, "head": head, "mean_image_share": round(float(mean_share[layer, head]), 6),
+             "mean_spatial_entropy": None if np.isnan(mean_entropy[layer, head])
+             else round(float(mean_entropy[layer, head]), 6), "votes": int(votes.get((layer, head), 0))}
+            for layer, head in candidates]
+    rows.sort(key=lambda r: (-r["votes"], r["layer"], r["head"]))
+    return Selection(round(float(elbow), 6), rows, [(layer, head, n) for (layer, head), n in ranked[:count]], top_k)
+
+
+def select_from_entropies(image_share: np.ndarray, entropy: np.ndarray, *, top_k: int = 10, skip_layers: int = 2,
+                          count: int = 3) -> list[tuple[int, int, int]]:
+    """The heads :func:`kang_selection` chooses, as (layer, head, votes)."""
+    return kang_selection(image_share, entropy, top_k=top_k, skip_layers=skip_layers, count=count).selected
 
 
 def select_localization_heads(image_share: np.ndarray, maps: np.ndarray, *, top_k: int = 10, skip_layers: int = 2,
@@ -122,6 +114,6 @@ def select_localization_heads(image_share: np.ndarray, maps: np.ndarray, *, top_
     votes first (ties: the lower layer, then head): a prompt votes for its ``top_k`` heads of lowest spatial entropy
     among those whose mean image share is at or above the elbow, layers below ``skip_layers`` left out."""
     maps = np.asarray(maps, dtype=np.float64)
-    entropy = np.array([[[spatial_entropy(head) for head in layer] for layer in prompt] for prompt in maps])
+    entropy = entropies_of(maps.reshape(-1, *maps.shape[-2:]))
     return select_from_entropies(image_share, entropy.reshape(maps.shape[:3]), top_k=top_k, skip_layers=skip_layers,
                                  count=count)

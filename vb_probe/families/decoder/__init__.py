@@ -34,6 +34,7 @@ from vb_probe.families.decoder.prompts import (
 )
 from vb_probe.families.decoder.rows import ablate, capture_rows, register
 from vb_probe.families.loading import load_pretrained
+from vb_probe.probe_config import option
 
 LONG_SEQUENCE = 4096  # image tokens an image beyond which a run is said to be long
 
@@ -130,8 +131,10 @@ class DecoderFamily(FamilyBase):
 
     def tally(self, model, options: dict, pass_name: str) -> LocalizationTally:
         """The fixed-position baseline on every pass; image shares and entropies for the first
-        ``localization_prompts`` entity queries of the probed split (:mod:`.localization`)."""
-        return LocalizationTally(options.get("localization_prompts", 500) if pass_name == "main" else 0)
+        ``localization_prompts`` entity queries of the selection split (``select_on``; without one, the probed
+        split), Kang et al.'s choice made from them (:mod:`.localization`)."""
+        chooses = pass_name == ("select" if options["select_on"] else "main")
+        return LocalizationTally(option(options, "localization_prompts") if chooses else 0, option(options, "entropy"))
 
     def summary_lines(self, result) -> list[str]:
         block = result.extras.get(LocalizationTally.key)

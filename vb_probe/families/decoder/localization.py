@@ -34,10 +34,11 @@ class LocalizationTally(Tally):
 
     key = "localization"
 
-    def __init__(self, prompts: int):
+    def __init__(self, prompts: int, entropy: str = "paper"):
         from vb_probe.metrics.positions import BINS
 
         self.prompts = max(0, int(prompts))
+        self.entropy = entropy  # the spatial entropy's variant (:data:`vb_probe.metrics.readouts.ENTROPY_VARIANTS`)
         self.position_picks = torch.zeros(BINS, dtype=torch.int64)
         self.position_hits = torch.zeros(BINS, dtype=torch.int64)
         self.n = 0  # entity queries seen
@@ -51,7 +52,7 @@ class LocalizationTally(Tally):
         return 0 if self.prompt_share is None else int(self.prompt_share.shape[0])
 
     def empty(self) -> LocalizationTally:
-        return LocalizationTally(self.prompts - self.kept)
+        return LocalizationTally(self.prompts - self.kept, self.entropy)
 
     def add(self, batch, rows: torch.Tensor, mass: torch.Tensor, choice: torch.Tensor, hits: torch.Tensor) -> None:
         """The entity queries of one batch: ``rows`` [layer, n, head, R], ``mass`` and ``choice`` [layer, n, head],
@@ -59,6 +60,7 @@ class LocalizationTally(Tally):
         the family's own ``batch.extras`` (``grids``, ``places``, ``view_index``)."""
         from vb_probe.metrics.localization import spatial_entropies
         from vb_probe.metrics.positions import hits_per_place, picks_per_place
+        from vb_probe.metrics.readouts import ENTROPY_VARIANTS
 
         entity = torch.from_numpy(np.flatnonzero(np.array(batch.groups) == ENTITY))
         if not len(entity):
@@ -88,7 +90,7 @@ class LocalizationTally(Tally):
         for shape in set(shapes):  # maps of one grid shape at once
             which = torch.from_numpy(np.flatnonzero([s == shape for s in shapes]))
             maps = rows[:, which, :, :shape[0] * shape[1]].permute(1, 0, 2, 3).reshape(-1, *shape)
-            entropy[which] = spatial_entropies(maps).reshape(len(which), layers, heads).float()
+            entropy[which] = spatial_entropies(maps, ENTROPY_VARIANTS[self.entropy]).reshape(len(which), layers, heads).float()
         share = mass[:, :take].permute(1, 0, 2).float().cpu()
         self._append(share, entropy)
 
@@ -118,7 +120,8 @@ class LocalizationTally(Tally):
     def state(self) -> dict:
         from vb_probe.metrics.grounding import tensor_state
 
-        return {"prompts": self.prompts, "n": self.n, "position_picks": tensor_state(self.position_picks),
+        return {"prompts": self.prompts, "entropy": self.entropy, "n": self.n,
+                "position_picks": tensor_state(self.position_picks),
                 "position_hits": tensor_state(self.position_hits), "tiled": self.tiled,
                 **({"view_picks": tensor_state(self.view_picks)} if self.view_picks is not None else {}),
                 **({"prompt_share": tensor_state(self.prompt_share),
@@ -127,7 +130,7 @@ class LocalizationTally(Tally):
     def restored(self, state: dict) -> LocalizationTally:
         from vb_probe.metrics.grounding import tensor_from_state
 
-        tally = LocalizationTally(int(state["prompts"]))
+        tally = LocalizationTally(int(state["prompts"]), state["entropy"])
         tally.n = int(state["n"])
         tally.position_picks = tensor_from_state(state["position_picks"])
         tally.position_hits = tensor_from_state(state["position_hits"])
@@ -144,7 +147,7 @@ class LocalizationTally(Tally):
         often a pointer fixed there hits gold here), and the heads Kang et al.'s criterion selects without boxes,
         each with its accuracy against gold here (``counts``: this pass's entity counts)."""
         from vb_probe.metrics.intervals import wilson_interval
-        from vb_probe.metrics.localization import select_from_entropies
+        from vb_probe.metrics.localization import kang_selection
         from vb_probe.metrics.positions import place_label
 
         source, chosen_on = (select, select_on) if select is not None else (self, split)
@@ -153,15 +156,21 @@ class LocalizationTally(Tally):
         block = {"fixed_position": {"chosen_on": chosen_on, "place": [round(v, 6) for v in place_label(place)],
                                     "share_of_picks": round(int(source.position_picks[place]) / max(picks, 1), 6),
                                     "accuracy": round(int(self.position_hits[place]) / max(counts.n, 1), 6)}}
-        heads = []
-        if self.prompt_share is not None:
-            selected = select_from_entropies(self.prompt_share.numpy(), self.prompt_entropy.numpy(), top_k=TOP_K,
-                                             skip_layers=SKIP_LAYERS, count=SELECTED)
-            for layer, head, votes in selected:
+        heads, shown = [], {}
+        chooser, chosen_from = (select, select_on) if select is not None and select.kept else (self, split)
+        if chooser.prompt_share is not None:
+            selection = kang_selection(chooser.prompt_share.numpy(), chooser.prompt_entropy.numpy(), top_k=TOP_K,
+                                       skip_layers=SKIP_LAYERS, count=SELECTED)
+            order = np.argsort(-counts.n_correct.flatten().numpy(), kind="stable")
+            rank = np.empty(len(order), dtype=np.int64)
+            rank[order] = np.arange(1, len(order) + 1)  # 1: the head with the most hits here
+            for layer, head, votes in selection.selected:
                 correct = int(counts.n_correct[layer, head])
                 low, high = wilson_interval(correct, counts.n)
                 heads.append({"layer": layer, "head": head, "votes": votes, "accuracy": round(correct / counts.n, 6),
-                              "ci95": [round(low, 6), round(high, 6)]})
+                              "ci95": [round(low, 6), round(high, 6)],
+                              "gold_rank": int(rank[layer * counts.n_correct.shape[1] + head])})
+            shown = {"elbow": selection.elbow, "candidates": selection.candidates}
         if self.view_picks is not None:
             best = divmod(int(counts.n_correct.argmax()), int(counts.n_correct.shape[1]))  # (layer, head)
             total = self.view_picks.sum((0, 1))
@@ -177,7 +186,8 @@ class LocalizationTally(Tally):
                                            for h in heads]}
         block["unsupervised_selection"] = {
             "method": "Kang et al. 2025: image share above the elbow, lowest spatial entropy, first layers left out",
-            "prompts": self.kept, "split": split, "top_k": TOP_K, "skip_layers": SKIP_LAYERS, "heads": heads}
+            "prompts": chooser.kept, "split": chosen_from, "entropy": chooser.entropy, "top_k": TOP_K,
+            "skip_layers": SKIP_LAYERS, "heads": heads, **shown}
         return block
 
     @staticmethod
@@ -189,10 +199,11 @@ class LocalizationTally(Tally):
                  f"{fixed['share_of_picks']:.0%} of picks, at row {row:.2f} column {col:.2f} of the image): "
                  f"{fixed['accuracy']:.3f}"]
         chosen = block.get("unsupervised_selection", {})
-        heads = "  ".join(f"L{h['layer']}H{h['head']} {h['accuracy']:.3f} ({h['votes']} votes)"
-                          for h in chosen.get("heads", []))
-        lines.append(f"localization heads chosen without boxes (Kang et al., {chosen.get('prompts', 0)} prompts): "
-                     f"{heads or 'none (too few layers or prompts)'}")
+        heads = "  ".join(f"L{h['layer']}H{h['head']} {h['accuracy']:.3f} ({h['votes']} votes, "
+                          f"rank {h['gold_rank']} by gold)" for h in chosen.get("heads", []))
+        lines.append(f"localization heads chosen without boxes (Kang et al., {chosen.get('prompts', 0)} prompts of "
+                     f"{chosen.get('split')}, {len(chosen.get('candidates', []))} heads above the elbow "
+                     f"{chosen.get('elbow', 0.0):.3f}): {heads or 'none (too few layers or prompts)'}")
         views = block.get("views")
         if views:
             best = views["best_head"]
