@@ -21,6 +21,7 @@ _EXPORTS = {
     "load_model": "vb_probe.api",
     "load_tokenizer": "vb_probe.api",
     "entity_grounding": "vb_probe.api",
+    "ground": "vb_probe.api",
     "syntactic_grounding": "vb_probe.api",
     "region_attention": "vb_probe.api",
     "image_attention": "vb_probe.api",

@@ -173,10 +173,10 @@ def open_session(model, tokenizer=None, dataset=None, inputs=None, *, images=Non
 
 
 def _probe(model, tokenizer, dataset, inputs, *, images=None, features=None, device=None, precision="fp32",
-           device_map=None, out=None, resume=False, progress=False, **options) -> ProbeResults:
+           device_map=None, out=None, resume=False, progress=False, runner=run_probes, **options) -> ProbeResults:
     """The one door of every probe verb: ``options`` (every :class:`ProbeConfig` option the CLI has) checked in one
     place, the data checked before a model given as a folder or hub id loads, then one probe pass per split (see
-    :func:`open_session` for the arguments)."""
+    :func:`open_session` for the arguments), or what ``runner`` (called as :func:`run_probes` is) runs instead."""
     unknown = set(options) - PROBE_OPTIONS
     if unknown:
         raise VbProbeError(f"unknown probe option {', '.join(sorted(unknown))}; the options are "
@@ -215,8 +215,8 @@ def _probe(model, tokenizer, dataset, inputs, *, images=None, features=None, dev
     encoder = session.model
     with _eval_mode(encoder):
         placed = encoder if getattr(encoder, "hf_device_map", None) else encoder.to(resolve_device(cfg.device))
-        return run_probes(cfg, placed, session.tokenizer, out=Path(out) if out is not None else None,
-                          progress=progress, resume=resume, dataset=session.dataset, store=session.store)
+        return runner(cfg, placed, session.tokenizer, out=Path(out) if out is not None else None,
+                      progress=progress, resume=resume, dataset=session.dataset, store=session.store)
 
 
 def entity_grounding(model, tokenizer=None, dataset=None, inputs=None, **options) -> GroundingResult:
@@ -259,6 +259,27 @@ def grounding_probes(model, tokenizer=None, dataset=None, inputs=None, *, relati
                      parses=Path(parses) if parses else None, parser=parser or (None if parses else "spacy"),
                      **options)
     return grounding_result(results), syntactic_result(results)
+
+
+def ground(model, tokenizer=None, dataset=None, inputs=None, *, select_on: str | None = None,
+           ks: Sequence[int] = (1, 3, 5), readouts: Sequence[str] = ("paper", "released", "peak", "centroid"),
+           choices: Sequence[str] = ("fixed", "per-sample", "gold", "random"), **options):
+    """Boxes from heads (Kang et al. 2025 and every variant of it): heads chosen on ``select_on`` (default: the
+    set's train split) by Kang et al.'s votes (``fixed``), by each expression's own entropies (``per-sample``), by
+    accuracy against gold (``gold``) or at random (``random``); each expression's maps of the first k of them
+    (each k of ``ks``) summed and read out as a box (``readouts``: ``paper``, the largest blob of the 7-tap-smoothed
+    map above its mean; ``released``, the box around all foreground after scipy's 9-tap smoothing; ``peak``;
+    ``centroid``), scored by Acc@0.5, mean IoU and pointing. Returns a
+    :class:`~vb_probe.grounding_harness.GroundResult`. Kang et al.'s own setting: ``prompt="kang"`` (the query row is
+    then the prompt's last token) and, for LLaVA-1.5, ``view="pad"``. Other options as :func:`entity_grounding`'s
+    (``entropy``: the spatial entropy's variant; ``localization_prompts``: the selection's N)."""
+    from functools import partial
+
+    from vb_probe.grounding_harness import run_ground
+
+    runner = partial(run_ground, select_on=select_on, ks=tuple(int(k) for k in ks), readouts=tuple(readouts),
+                     choices=tuple(choices))
+    return _probe(model, tokenizer, dataset, inputs, runner=runner, **options)
 
 
 @dataclass

@@ -100,6 +100,36 @@ def cmd_entity_grounding(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ground(args: argparse.Namespace) -> int:
+    from vb_probe.api import ground
+    from vb_probe.grounding_harness import GroundResult
+    from vb_probe.results import check_result_folder
+
+    check_result_folder(args.out, "ground", GroundResult.FILES)
+    _writable_out(args.out)
+    _start(args)
+    options = {k: v for k, v in _probe_options(args).items() if k not in ("select_on", "control", "per_query",
+                                                                         "save_maps")}
+    result = ground(args.ckpt, args.tokenizer, args.flickr30k, None, select_on=args.select_on,
+                    ks=tuple(args.k or (1, 3, 5)), readouts=tuple(args.readout or ("paper", "released", "peak",
+                                                                                    "centroid")),
+                    choices=tuple(args.choice or ("fixed", "per-sample", "gold", "random")), parses=args.parses,
+                    view=args.view, query_row=args.query_row, **options)
+    if not _writes_results():
+        return 0
+    result.save(args.out)
+    selection = result.selection
+    fixed = " ".join(f"L{layer}H{head}" for layer, head in selection["plan"]["sets"].get("fixed", []))
+    print(f"heads chosen on {selection['split']} ({selection['prompts']} prompts, {len(selection['candidates'])} "
+          f"above the elbow {selection['elbow']:.3f}; entropy {selection['entropy']}): fixed {fixed or 'none'}")
+    from vb_probe.families.decoder.harness import GroundTally
+
+    for line in GroundTally.lines(result.block):
+        print(line)
+    print("wrote " + ", ".join(str(args.out / name) for name in GroundResult.FILES))
+    return 0
+
+
 def cmd_syntactic(args: argparse.Namespace) -> int:
     from vb_probe.api import syntactic_grounding
     from vb_probe.queries import parses_copy_name
@@ -397,6 +427,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parses", type=Path, help="CoNLL-U parses of the captions, for --query-word head (default: "
                                                "spaCy's)")
     p.set_defaults(func=cmd_entity_grounding)
+
+    p = command("ground", "boxes from heads (Kang et al. 2025, every published variant): heads chosen on one split, "
+                          "each expression's box read from their maps on another, Acc@0.5 per setting")
+    _add_probe_options(p)
+    p.add_argument("--parses", type=Path, help="CoNLL-U parses of the captions, for --query-word head")
+    p.add_argument("--k", type=positive_int, action="append", help="heads summed (repeatable; default 1, 3 and 5)")
+    p.add_argument("--readout", action="append", choices=["paper", "released", "peak", "centroid"],
+                   help="how a summed map becomes a box (repeatable; default all): paper (7-tap smoothing, above the "
+                        "mean, the largest blob's box), released (9 taps, the box around all foreground), peak, "
+                        "centroid")
+    p.add_argument("--choice", action="append", choices=["fixed", "per-sample", "gold", "random"],
+                   help="how heads are chosen (repeatable; default all): fixed (Kang et al.'s votes), per-sample "
+                        "(each expression's lowest entropies), gold (most accurate on the selection split), random")
+    p.add_argument("--view", default="processor", help="how the image is read: processor (as saved), or for "
+                   "LLaVA-1.5 pad (its own code's square, Kang et al.'s) or crop (transformers' centre crop)")
+    p.add_argument("--query-row", choices=["word", "end"], help="the entity's word, or the prompt's last token "
+                   "(default: end under --prompt kang, else word)")
+    p.set_defaults(func=cmd_ground)
 
     p = command("syntactic", "syntactic grounding per relation, layer and head (Fig. 4)")
     _add_probe_options(p)

@@ -321,13 +321,15 @@ def items_digest(items: list[ProbeItem]) -> str:
 # ----------------------------------------------------------------------------------------------- the run
 
 def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, progress: bool = True,
-               resume: bool = False, dataset: GroundingSet | None = None, store=None) -> ProbeResults:
+               resume: bool = False, dataset: GroundingSet | None = None, store=None,
+               tallies: dict[str, Tally] | None = None) -> ProbeResults:
     """Run the probes ``cfg`` asks for (entity grounding and/or syntactic) in one pass per split and model.
 
     ``model`` and ``tokenizer`` as :mod:`vb_probe.api` loads them; ``dataset`` (a reader) and ``store`` (region
     features, or the images for a pixel family) may be given as objects, else they are opened from ``cfg``.
     ``out``: where progress is kept for ``resume`` (and a copy of spaCy's parses); the results themselves are
-    written by :mod:`vb_probe.results`.
+    written by :mod:`vb_probe.results`. ``tallies``: fresh tallies of a caller's own (key → tally) that the probed
+    split's pass feeds beside the family's (the grounding harness's boxes).
     """
     started = time.time()
     cfg.check()
@@ -336,6 +338,10 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
     dataset, store, cfg = open_probe_data(cfg, family, dataset, store)
     query_word = cfg.query_word or dataset.query_word
     family.use_prompt(model, cfg.prompt)  # before any image is read: the prompt's prefix holds the image
+    family.use_view(model, cfg.view)
+    if cfg.query_row is not None and cfg.query_row not in family.query_rows:
+        raise VbProbeError(f"--query-row {cfg.query_row}: a {family.name} model is probed on the entity's word; "
+                           "leave --query-row out")
     notes_before = len(model.load_notes)
     if reads_pixels(family):
         check_images(family, model, dataset, store, [i for ids in probe_image_ids(cfg, dataset).values() for i in ids])
@@ -375,7 +381,8 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
                            precision=cfg.precision, device=device, progress=progress, description=label,
                            state_path=progress_path(out, pass_name) if out is not None else None, resume=resume,
                            fingerprint=fingerprint, features=store,
-                           tallies=pass_tallies(family, model, cfg, pass_name))
+                           tallies={**pass_tallies(family, model, cfg, pass_name),
+                                    **(tallies or {} if pass_name == "main" else {})})
         for group, reasons in state.late_skips.items():
             seen.skipped.setdefault(group, Counter()).update(reasons)
         return SplitResult(state.counts, seen.skipped, dict(seen.n_units), len(image_ids), seen.n_captions,

@@ -68,6 +68,11 @@ class ProbeConfig:
     # decoder families: the spatial entropy that chooses Kang et al.'s heads (vb_probe.metrics.readouts: paper, by
     # area above the mean; released-mean, by mass; released, by mass above 2 × mean)
     entropy: str = "paper"
+    # decoder families: how the image is read (processor: as the processor is saved; LLaVA: pad, its own code's
+    # square, or crop, transformers' centre crop), and the query row: the entity's word ("word") or the prompt's
+    # last token ("end", Kang et al.'s); None: "end" under --prompt kang, else "word"
+    view: str = "processor"
+    query_row: Literal["word", "end"] | None = None
 
     def check(self) -> ProbeConfig:
         """Every option in range, as one line naming the option; returns the config (a refusal comes before any
@@ -92,6 +97,9 @@ class ProbeConfig:
             raise VbProbeError("--prompt '': give a preset (chat, plain, kang) or a text holding {image} and {caption}")
         if self.entropy not in ENTROPY_NAMES:
             raise VbProbeError(f"--entropy {self.entropy}: use {', '.join(ENTROPY_NAMES)}")
+        if self.query_row not in (None, "word", "end"):
+            raise VbProbeError(f"--query-row {self.query_row}: use word (the entity's word) or end (the prompt's last "
+                               "token)")
         if self.parser not in (None, "spacy"):
             raise VbProbeError(f"--parser {self.parser}: use spacy, or pass --parses FILE.conllu")
         return self
@@ -101,7 +109,8 @@ OPTIONS = tuple(f.name for f in fields(ProbeConfig))
 
 # options added after run.json's config was fixed: recorded only when they differ from these defaults
 _LATER_OPTIONS = {"localization_prompts": 500, "device_map": None, "dataset_format": None, "split_by": None,
-                  "query_word": None, "per_query": False, "save_maps": (), "prompt": None, "entropy": "paper"}
+                  "query_word": None, "per_query": False, "save_maps": (), "prompt": None, "entropy": "paper",
+                  "view": "processor", "query_row": None}
 
 
 def option(options: dict, name: str):

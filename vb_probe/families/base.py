@@ -252,6 +252,27 @@ class FamilyBase:
         if problem:
             raise VbProbeError(f"--prompt: {problem}")
 
+    # where a query's attention row is read: the entity's word; a prompted family may also read the prompt's last
+    # token ("end": Kang et al.'s query row, the token that would predict the answer)
+    query_rows: ClassVar[tuple[str, ...]] = ("word",)
+    # whether each query's rows lie on a grid of the image (the primary view's cells first, row-major) with the
+    # batch's ``extras`` holding ``grids`` [B, 2] and ``image_sizes`` [B, 2]: what boxes are read from heads on
+    maps_on_grid: ClassVar[bool] = False
+
+    def views(self, model) -> tuple[str, ...]:
+        """The image views :meth:`use_view` can set for ``model``: ``processor`` (as its processor is saved) and any
+        other the family can read (LLaVA: ``pad``, its own code's square, and ``crop``, transformers' centre crop)."""
+        return ("processor",)
+
+    def use_view(self, model, view: str) -> None:
+        """From now on ``model``'s images are read through ``view`` (one of :meth:`views`); refused in one line
+        otherwise. Set by every verb before any image is read."""
+        from vb_probe.errors import VbProbeError
+
+        if view not in self.views(model):
+            raise VbProbeError(f"--view {view}: a {model_type_of(model) or self.name} model's images are read as its "
+                               f"processor reads them; use {' or '.join(self.views(model))}")
+
     def head_outputs(self, model) -> list[torch.nn.Module]:
         """Of each layer of the probed site, the module whose input is the heads' outputs side by side
         ([..., heads × d_head]): the attention's output projection, where :meth:`ablate_heads` zeroes a head.

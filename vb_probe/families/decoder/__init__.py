@@ -97,6 +97,18 @@ class DecoderFamily(FamilyBase):
         if model.prompt_template.note and model.prompt_template.note not in model.load_notes:
             model.load_notes.append(model.prompt_template.note)
 
+    query_rows = ("word", "end")
+    maps_on_grid = True
+
+    def views(self, model) -> tuple[str, ...]:
+        return ("processor", *kind_of(model).views)
+
+    def use_view(self, model, view: str) -> None:
+        """The kind's own (:meth:`.kinds.DecoderKind.use_view`): e.g. LLaVA padded to a square or centre-cropped."""
+        super().use_view(model, view)
+        if view != "processor":
+            kind_of(model).use_view(model, view)
+
     def ablate_heads(self, model, heads):
         """Through the registered attention function (:func:`.rows.ablate`): the heads' outputs zeroed before
         each layer's output projection."""
@@ -173,7 +185,10 @@ class DecoderFamily(FamilyBase):
                                      if hasattr(processor, k)},
                  "prompt": {"preset": template.preset, "prefix": template.prefix, "suffix": template.suffix,
                             "caption_is_suffix": template.caption_is_suffix},
-                 "attention": "row capture (sdpa output, query rows through the model's eager code)"}
+                 "attention": "row capture (sdpa output, query rows through the model's eager code)",
+                 # the query row: the entity's word, or the prompt's last token (Kang et al.'s, under their prompt)
+                 "query_row": option(options, "query_row") or ("end" if template.preset == "kang" else "word"),
+                 "view": option(options, "view")}
         for note in kind.notes(model):
             if note not in model.load_notes:
                 model.load_notes.append(note)
@@ -232,6 +247,8 @@ class DecoderFamily(FamilyBase):
                                        max_text_len)
                 tokens, positions, types = prompt.input_ids, prompt.word_last, [0] * len(prompt.input_ids)
                 span = prompt.caption
+            if facts["query_row"] == "end":  # every query reads the prompt's last token (Kang et al.'s "." )
+                positions = [None if p is None else len(tokens) - 1 for p in positions]
             caption_spans.append(span)
             sequences.append(tokens)
             word_positions.append(positions)
@@ -254,6 +271,7 @@ class DecoderFamily(FamilyBase):
                       views=[c.seen for c in rows], cell_views=[c.view_of for c in rows], places=places,
                       view_index=view_index, view_names=[c.views for c in rows],
                       grids=torch.tensor([c.grid for c in rows], dtype=torch.long), image_positions=image_positions,
+                      image_sizes=torch.tensor([[c.image_w, c.image_h] for c in rows], dtype=torch.float64),
                       caption_spans=torch.tensor(caption_spans, dtype=torch.long))
 
     def rows(self, model, batch, site: Site, mask: str = "posthoc", precision: str = "fp32") -> torch.Tensor:

@@ -77,6 +77,12 @@ class DecoderKind:
         out["prefix_text"] = text
         return out
 
+    views: ClassVar[tuple[str, ...]] = ()  # image views other than the processor's own it can be set to
+
+    def use_view(self, model, view: str) -> None:
+        """Set ``model``'s processor to read images through ``view`` (one of :attr:`views`)."""
+        raise NotImplementedError
+
     def processor_options(self, model) -> dict:
         """Options the processor is called with for every image (settings of its own it does not apply unasked)."""
         return {}

@@ -31,6 +31,19 @@ class Llava(DecoderKind):
     # the system turn of LLaVA-1.5's conversation template
     system_prompt = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
                      "helpful, detailed, and polite answers to the human's questions.")
+    # LLaVA's own code pads the image to a square (its mean colour) before the CLIP processor; transformers' CLIP
+    # processor centre-crops. Kang et al. report on LLaVA's own view; llava-hf checkpoints save the crop.
+    views = ("pad", "crop")
+
+    def use_view(self, model, view: str) -> None:
+        """A fresh image processor of the same settings that pads to a square (``pad``: LLaVA's image processor
+        with ``do_pad``) or centre-crops (``crop``); fresh, so nothing cached for the old one is read for it."""
+        from transformers import LlavaImageProcessorPil
+
+        settings = model.processor.image_processor.to_dict()
+        settings.pop("image_processor_type", None)
+        model.processor.image_processor = LlavaImageProcessorPil.from_dict(settings, do_pad=view == "pad",
+                                                                          do_center_crop=True)
 
     def check_config(self, model) -> None:
         if model.config.vision_config.model_type == "pixtral":  # mistral-community/pixtral-12b is a `llava`

@@ -39,6 +39,7 @@ class LlavaNext(Llava):
     model_types = ("llava_next",)
     label = "LLaVA-NeXT"
     model_class = "LlavaNextForConditionalGeneration"
+    views = ()  # anyres: its own padding of the tiles, read as it is
     # llava-hf/llava-v1.6-mistral-7b-hf's chat template for one image then text
     default_template = Template("[INST] <image>\n", " [/INST]", "<image>")
     system_prompt = None  # the Mistral template has no system turn
