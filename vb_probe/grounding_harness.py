@@ -196,8 +196,10 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
     if out is not None and (out / PLAN_FILE).is_file():
         (out / PLAN_FILE).unlink()  # the run is whole: nothing left to resume
     block = probe.extras[GroundTally.key]
+    facts = main.facts
     config = {**config_dict(cfg), "select_on": select_on, "ks": list(ks), "readouts": list(readouts),
-              "choices": list(choices)}
+              "choices": list(choices), "entropy": cfg.entropy, "view": cfg.view, "prompt": facts["prompt"]["preset"],
+              "query_row": facts["query_row"], "localization_prompts": cfg.localization_prompts}
     return GroundResult(block, csv_rows(tally), {**record, "plan": plan.state()}, probe, config)
 
 

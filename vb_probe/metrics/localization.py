@@ -85,8 +85,9 @@ def kang_selection(image_share: np.ndarray, entropy: np.ndarray, *, top_k: int =
                   if eligible[layer, head] and (layer, head) not in excluded]
     votes: Counter = Counter()
     top_k = min(top_k, max(1, len(candidates) // 2))  # a vote must choose: at most half the candidates
-    for prompt in entropy:
-        ranked = sorted((prompt[layer, head], layer, head) for layer, head in candidates)
+    for prompt in entropy:  # a map never localized (nothing above its threshold: +inf) gets no vote
+        ranked = sorted((prompt[layer, head], layer, head) for layer, head in candidates
+                        if np.isfinite(prompt[layer, head]))
         votes.update((layer, head) for _, layer, head in ranked[:top_k])
     ranked = sorted(votes.items(), key=lambda item: (-item[1], item[0]))
     finite = np.where(np.isfinite(entropy), entropy, np.nan)
