@@ -214,10 +214,10 @@ def _far_cell(cells: np.ndarray, width: float, height: float, gold: np.ndarray) 
 def _planted(second_blob_on: frozenset = frozenset(), distractor_every: int = 3):
     """DecoderFamily.rows with every head replaced. L2H1: 0.8 spread over the cells whose centre lies in the gold
     box, and, on the images of ``second_blob_on``, 0.7 of a gold cell's share on the 3 × 3 cells around the image's
-    cell farthest from it (a second, smaller blob, not the peak, that survives smoothing). L3H0: on every ``distractor_every``-th query one bright cell, that far
-    cell (entropy 0: a perfect blob, in the wrong place); on the others 0.9 spread evenly over every cell (nothing
-    above the mean: never localized). Every other head spreads 0.1 to 0.3 evenly over the image (never localized,
-    and below the planted pair's image share)."""
+    cell farthest from it (a second, smaller blob, not the peak, that survives smoothing). L3H0: on every
+    ``distractor_every``-th query one bright cell, that far cell (entropy 0: a perfect blob, in the wrong place); on
+    the others 0.9 spread evenly over every cell (nothing above the mean: never localized). Every other head
+    spreads 0.1 to 0.3 evenly over the image (never localized, and below the planted pair's image share)."""
 
     def rows(self, model, batch, site, mask="posthoc", precision="fp32"):
         gold_cells = batch.targets["pointing"].float()
