@@ -420,3 +420,129 @@ def test_kangs_heads_are_chosen_on_the_selection_split_not_the_probed_one(tmp_pa
     assert chosen["heads"][0]["votes"] == 6 and "elbow" in chosen and chosen["candidates"]
     assert all({"mean_image_share", "mean_spatial_entropy", "votes"} <= set(c) for c in chosen["candidates"])
     assert torch.is_tensor(result.accuracy) or isinstance(result.accuracy, np.ndarray)
+
+
+# ------------------------------------------------------------------------------------------- sinks
+
+SINK_DIM, MASSIVE = 5, 1000.0
+
+
+def test_the_massive_ratio_by_hand():
+    """[3, 4, 0, 0] has RMS √(25 / 4) = 2.5: its largest |value| 4 is 1.6 × the RMS; over dims {0} it is 3 / 2.5 =
+    1.2. A state of 31 ones and one 200: RMS √((31 + 40000) / 32) = 35.37, ratio 200 / 35.37 = 5.655; of 255 ones
+    and one 1000: RMS √((255 + 10⁶) / 256) = 62.55, ratio 15.99: a massive value is relative to the whole state."""
+    from vb_probe.metrics.sinks import found_dims, massive_ratio, sink_tokens
+
+    ratio, dim = massive_ratio(torch.tensor([[3.0, 4.0, 0.0, 0.0]]))
+    assert ratio.item() == pytest.approx(1.6) and dim.item() == 1
+    ratio, dim = massive_ratio(torch.tensor([[3.0, 4.0, 0.0, 0.0]]), torch.tensor([0]))
+    assert ratio.item() == pytest.approx(1.2) and dim.item() == 0
+    state = torch.ones(32)
+    state[7] = 200.0
+    assert massive_ratio(state)[0].item() == pytest.approx(200 / math.sqrt(40031 / 32), rel=1e-6)
+    # a token is a sink when it reaches 20 in any layer from the third on
+    ratios = torch.tensor([[[25.0, 1.0]], [[25.0, 1.0]], [[1.0, 19.0]], [[1.0, 20.0]]])  # [layer, B, R]
+    assert sink_tokens(ratios).tolist() == [[False, True]]
+    assert found_dims(torch.tensor([0, 90, 0, 6, 4])) == [1]  # 90 of 100 already hold 90%
+    assert found_dims(torch.tensor([0, 80, 0, 15, 5])) == [1, 3]  # 80 + 15: the fewest holding 90%
+
+
+def _with_a_sink(heads: dict):
+    """DecoderFamily.rows with a massive value written into one image token's residual (dim 5, after decoder
+    layer 1: the stream carries it to layers 2 and 3) at each image's cell farthest from the gold, and ``heads``
+    planted: name → (layer, head) of "sink" (0.5 on that cell, 0.4 over the gold cells), "sink_only" (0.9 on
+    that cell) and "gold" (0.9 over the gold cells)."""
+    original = DecoderFamily.rows
+
+    def rows(self, model, batch, site, mask="posthoc", precision="fp32"):
+        far = []
+        for b in range(len(batch.image_ids)):
+            width, height = (float(v) for v in batch.extras["image_sizes"][b])
+            first = int(np.flatnonzero(batch.batch_index.numpy() == b)[0])
+            far.append(_far_cell(np.asarray(batch.cells[b]), width, height,
+                                 np.asarray(batch.scored[first].gold).reshape(-1, 4)))
+        where = batch.extras["image_positions"][torch.arange(len(far)), torch.tensor(far)]  # [B]
+
+        def write(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden = hidden.clone()
+            hidden[torch.arange(len(far)), where, SINK_DIM] += MASSIVE
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        handle = model.get_decoder().layers[1].register_forward_hook(write)
+        try:
+            out = original(self, model, batch, site, mask, precision)
+        finally:
+            handle.remove()
+        gold = batch.targets["pointing"].float()
+        spread = gold / gold.sum(-1, keepdim=True).clamp(min=1)
+        for i, b in enumerate(batch.batch_index.tolist()):
+            if "sink" in heads:
+                layer, head = heads["sink"]
+                out[layer, i, head] = 0.4 * spread[i]
+                out[layer, i, head, far[b]] = 0.5
+            if "sink_only" in heads:
+                layer, head = heads["sink_only"]
+                out[layer, i, head] = 0.0
+                out[layer, i, head, far[b]] = 0.9
+            if "gold" in heads:
+                layer, head = heads["gold"]
+                out[layer, i, head] = 0.9 * spread[i]
+        return out
+
+    return mock.patch.object(DecoderFamily, "rows", rows)
+
+
+def test_a_massive_value_in_one_image_tokens_residual_is_found_as_a_sink_and_masking_it_moves_the_peak(world):
+    model = DecoderFamily().load(BUILDERS["llava"](layers=4, image_size=112, pad=True, hidden=1024))
+    with _with_a_sink({"sink": (2, 1)}):
+        result = vb_probe.entity_grounding(model, None, world["flickr"], world["images"], progress=False, sinks=True)
+    block = result.extras["sinks"]
+    assert block["dims"]["found"] == [SINK_DIM]  # found from the model: no dimension was given
+    assert block["images"] == 6 and block["sinks_per_image"] == 1.0 and block["images_with_sinks"] == 6
+    assert block["sinks_per_layer"] == [1.0, 1.0]  # layers 2 and 3 carry it; the write came after layer 1
+    assert block["share_of_sinks_in_gold"] == 0.0 and 0 < block["share_of_cells_in_gold"] < 1
+    # the planted head's peak is the sink cell (outside the gold): 0 by the pointing rule; masked, 1.0
+    assert result.accuracy[2, 1] == 0.0
+    assert block["accuracy_sinks_masked"][2][1] == 1.0
+    assert block["share_on_sinks"][2][1] == pytest.approx(0.5 / 0.9, abs=1e-6)
+    assert [(h["layer"], h["head"]) for h in block["sink_heads"]] == [(2, 1)]
+
+
+def test_the_sink_audit_leaves_the_models_logits_unchanged(world):
+    """The audit's hooks read the stream; the forward's logits are bit for bit the same with them and without."""
+    from vb_probe.families.decoder.sinks import SinkTally
+    from vb_probe.queries import collect_items
+
+    model = DecoderFamily().load(BUILDERS["llava"](layers=4))
+    family = DecoderFamily()
+    flickr, images = vb_probe.Flickr30kEntities(world["flickr"]), vb_probe.data.images.ImageFolder(world["images"])
+    items, _ = collect_items(flickr, images, flickr.split("test")[:2])
+    batch = family.collate(model, items, None, family.prepare(model, images, {"select_on": None}), 128, images)
+    with torch.no_grad():
+        plain = model(**batch.inputs).logits
+        tally = family.sink_tally(model, ())
+        with tally.watching(model, batch):
+            audited = model(**batch.inputs).logits
+    assert torch.equal(plain, audited) and len(tally._ratios) == 4  # one [B, R] a layer
+    assert tally._ratios[0].shape == batch.extras["image_positions"].shape and isinstance(tally, SinkTally)
+    assert all(not m._forward_hooks for m in model.get_decoder().layers)  # removed on exit
+
+
+def test_a_sink_head_that_gets_every_vote_is_left_out_on_request(world):
+    """L2H0 puts 0.9 on the sink cell (one cell: entropy 0, high image share) and wins every vote over L2H1, a
+    clean gold blob (entropy 0 too: the tie goes to the lower head); with --exclude-sink-heads the audit on the
+    selection split drops it and the run says so."""
+    model = DecoderFamily().load(BUILDERS["llava"](layers=4, image_size=112, pad=True, hidden=1024))
+    plain = {"sink_only": (2, 0), "gold": (2, 1)}
+    with _with_a_sink(plain):
+        chosen = vb_probe.ground(model, None, world["flickr"], world["images"], progress=False, ks=(1,),
+                                 choices=("fixed",), readouts=("paper",))
+    with _with_a_sink(plain):
+        cleaned = vb_probe.ground(model, None, world["flickr"], world["images"], progress=False, ks=(1,),
+                                  choices=("fixed",), readouts=("paper",), exclude_sink_heads=True)
+    assert chosen.selection["plan"]["sets"]["fixed"][0] == [2, 0] and chosen.selection["excluded"] == []
+    assert cleaned.selection["excluded"] == [[2, 0]]
+    assert cleaned.selection["plan"]["sets"]["fixed"][0] == [2, 1]
+    assert cleaned.accuracy("fixed/k1/paper") > chosen.accuracy("fixed/k1/paper")
+    assert cleaned.config["exclude_sink_heads"] and "sinks" in cleaned.probe.extras

@@ -47,9 +47,11 @@ TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_atten
             max_position_embeddings=1024)
 
 
-def tiny_llava(image_size: int = 56, patch: int = 14, pad: bool = False, layers: int = 2, heads: int = 4):
+def tiny_llava(image_size: int = 56, patch: int = 14, pad: bool = False, layers: int = 2, heads: int = 4,
+               hidden: int | None = None):
     """LLaVA with a CLIP tower over ``image_size``² (a (image_size/patch)² grid) and its real processor; its
-    language model ``layers`` × ``heads`` (width 8 a head, 32 at least: a 40 × 40 model is 1,600 heads of 2)."""
+    language model ``layers`` × ``heads`` (width 8 a head, 32 at least: a 40 × 40 model is 1,600 heads of 2), or
+    ``hidden`` wide (a residual stream wide enough for a 20 × RMS massive value: √D ≥ 20 needs D ≥ 400)."""
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer = byte_level_tokenizer()
@@ -59,6 +61,8 @@ def tiny_llava(image_size: int = 56, patch: int = 14, pad: bool = False, layers:
     text = dict(TEXT, model_type="llama", vocab_size=len(tokenizer), num_hidden_layers=layers)
     if heads != TEXT["num_attention_heads"]:
         text.update(num_attention_heads=heads, num_key_value_heads=heads, hidden_size=max(32, 2 * heads))
+    if hidden is not None:
+        text.update(hidden_size=hidden)
     config = LlavaConfig(vision_config=vision, text_config=text,
                          image_token_index=token(tokenizer, "<image>"), vision_feature_layer=-1)
     model = LlavaForConditionalGeneration(config).eval()

@@ -263,7 +263,8 @@ def grounding_probes(model, tokenizer=None, dataset=None, inputs=None, *, relati
 
 def ground(model, tokenizer=None, dataset=None, inputs=None, *, select_on: str | None = None,
            ks: Sequence[int] = (1, 3, 5), readouts: Sequence[str] = ("paper", "released", "peak", "centroid"),
-           choices: Sequence[str] = ("fixed", "per-sample", "gold", "random"), **options):
+           choices: Sequence[str] = ("fixed", "per-sample", "gold", "random"), exclude_sink_heads: bool = False,
+           **options):
     """Boxes from heads (Kang et al. 2025 and every variant of it): heads chosen on ``select_on`` (default: the
     set's train split) by Kang et al.'s votes (``fixed``), by each expression's own entropies (``per-sample``), by
     accuracy against gold (``gold``) or at random (``random``); each expression's maps of the first k of them
@@ -272,13 +273,15 @@ def ground(model, tokenizer=None, dataset=None, inputs=None, *, select_on: str |
     ``centroid``), scored by Acc@0.5, mean IoU and pointing. Returns a
     :class:`~vb_probe.grounding_harness.GroundResult`. Kang et al.'s own setting: ``prompt="kang"`` (the query row is
     then the prompt's last token) and, for LLaVA-1.5, ``view="pad"``. Other options as :func:`entity_grounding`'s
-    (``entropy``: the spatial entropy's variant; ``localization_prompts``: the selection's N)."""
+    (``entropy``: the spatial entropy's variant; ``localization_prompts``: the selection's N; ``sinks``: the sink
+    audit beside each pass, ``sink_dims`` its dimensions if known). ``exclude_sink_heads``: heads that put half or
+    more of their image attention on sinks (audited on the selection split) are not chosen."""
     from functools import partial
 
     from vb_probe.grounding_harness import run_ground
 
     runner = partial(run_ground, select_on=select_on, ks=tuple(int(k) for k in ks), readouts=tuple(readouts),
-                     choices=tuple(choices))
+                     choices=tuple(choices), exclude_sink_heads=exclude_sink_heads)
     return _probe(model, tokenizer, dataset, inputs, runner=runner, **options)
 
 

@@ -63,6 +63,7 @@ def _probe_options(args: argparse.Namespace) -> dict:
             "limit": args.limit, "confidence": args.confidence, "skip_unannotated": args.skip_unannotated,
             "skip_missing_features": args.skip_missing_features, "select_on": args.select_on, "control": args.control,
             "localization_prompts": args.localization_prompts, "entropy": args.entropy, "query_word": args.query_word,
+            "sinks": args.sinks, "sink_dims": tuple(args.sink_dim or ()),
             "per_query": args.per_query or bool(args.save_maps), "save_maps": tuple(args.save_maps),
             "out": args.out, "resume": args.resume, "progress": not args.quiet}
 
@@ -110,11 +111,12 @@ def cmd_ground(args: argparse.Namespace) -> int:
     _start(args)
     options = {k: v for k, v in _probe_options(args).items() if k not in ("select_on", "control", "per_query",
                                                                          "save_maps")}
+    options["sinks"] = args.sinks or args.exclude_sink_heads
     result = ground(args.ckpt, args.tokenizer, args.flickr30k, None, select_on=args.select_on,
                     ks=tuple(args.k or (1, 3, 5)), readouts=tuple(args.readout or ("paper", "released", "peak",
                                                                                     "centroid")),
                     choices=tuple(args.choice or ("fixed", "per-sample", "gold", "random")), parses=args.parses,
-                    view=args.view, query_row=args.query_row, **options)
+                    view=args.view, query_row=args.query_row, exclude_sink_heads=args.exclude_sink_heads, **options)
     if not _writes_results():
         return 0
     result.save(args.out)
@@ -123,9 +125,16 @@ def cmd_ground(args: argparse.Namespace) -> int:
     print(f"heads chosen on {selection['split']} ({selection['prompts']} prompts, {len(selection['candidates'])} "
           f"above the elbow {selection['elbow']:.3f}; entropy {selection['entropy']}): fixed {fixed or 'none'}")
     from vb_probe.families.decoder.harness import GroundTally
+    from vb_probe.families.decoder.sinks import SinkTally
 
+    if selection.get("excluded"):
+        print("sink heads left out of the choice: " + " ".join(f"L{layer}H{head}" for layer, head in
+                                                               selection["excluded"]))
     for line in GroundTally.lines(result.block):
         print(line)
+    if SinkTally.key in result.probe.extras:
+        for line in SinkTally.lines(result.probe.extras[SinkTally.key]):
+            print(line)
     print("wrote " + ", ".join(str(args.out / name) for name in GroundResult.FILES))
     return 0
 
@@ -375,6 +384,11 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
                    help="decoder models: the spatial entropy of that choice: paper (components above the mean, by "
                         "area; the default), released-mean (by attention mass), released (by mass above 2 × mean, "
                         "the authors' later code)")
+    p.add_argument("--sinks", action="store_true", help="decoder models: audit visual attention sinks (Kang et al., "
+                   "ICLR 2025): image tokens with a massive activation (≥ 20 × RMS), each head's share on them, every "
+                   "head's accuracy with them masked (run.json: sinks)")
+    p.add_argument("--sink-dim", type=int, action="append", help="decoder models: a sink dimension of the hidden "
+                   "state, when known (repeatable; default: found from the model)")
     p.add_argument("--per-query", action="store_true", help="also write queries.csv: one row a query (its word, "
                    "token position, every head's pick and hit, or why it was skipped), to audit the run")
     p.add_argument("--save-maps", action="append", type=_head, default=[], metavar="L<layer>H<head>",
@@ -444,6 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "LLaVA-1.5 pad (its own code's square, Kang et al.'s) or crop (transformers' centre crop)")
     p.add_argument("--query-row", choices=["word", "end"], help="the entity's word, or the prompt's last token "
                    "(default: end under --prompt kang, else word)")
+    p.add_argument("--exclude-sink-heads", action="store_true", help="heads that put half or more of their image "
+                   "attention on sinks (on the selection split) are not chosen (implies --sinks)")
     p.set_defaults(func=cmd_ground)
 
     p = command("syntactic", "syntactic grounding per relation, layer and head (Fig. 4)")

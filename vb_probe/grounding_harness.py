@@ -140,10 +140,12 @@ def csv_rows(tally: GroundTally) -> list[dict]:
 
 def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = None, ks: tuple[int, ...] = (1, 3, 5),
                readouts: tuple[str, ...] = ("paper", "released", "peak", "centroid"),
-               choices: tuple[str, ...] = CHOICES, out: Path | None = None, progress: bool = True,
-               resume: bool = False, dataset=None, store=None) -> GroundResult:
+               choices: tuple[str, ...] = CHOICES, exclude_sink_heads: bool = False, out: Path | None = None,
+               progress: bool = True, resume: bool = False, dataset=None, store=None) -> GroundResult:
     """Choose heads on ``select_on`` (default: the set's train split), then read the probed split's boxes under
-    every (choice, k, readout) setting. ``cfg``: the probe's options (its ``select_on`` is this function's)."""
+    every (choice, k, readout) setting. ``cfg``: the probe's options (its ``select_on`` is this function's).
+    ``exclude_sink_heads``: the sink audit runs on the selection split and heads that put half or more of their
+    image attention on sinks are no candidates (the authors' later code drops them by a bottom-row rule)."""
     from vb_probe.metrics.readouts import READOUT_SETTINGS
     from vb_probe.pipeline import grounding_result, open_probe_data, run_probes
     from vb_probe.queries import ENTITY
@@ -166,8 +168,10 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
     if select_on == probed:
         raise VbProbeError(f"--select-on {select_on}: heads chosen on the probed split itself would be scored on the "
                            "expressions that chose them; choose on another split (Kang et al.: train)")
+    cfg = replace(cfg, sinks=cfg.sinks or exclude_sink_heads)  # the audit that excludes is reported on both splits
     select_cfg = replace(cfg, split=select_on, select_on=None, control=False, per_query=False, save_maps=())
-    plan_key = {**config_dict(select_cfg), "ks": list(ks), "readouts": list(readouts), "choices": list(choices)}
+    plan_key = {**config_dict(select_cfg), "ks": list(ks), "readouts": list(readouts), "choices": list(choices),
+                "exclude_sink_heads": exclude_sink_heads}
     saved = _read_plan(out, plan_key) if resume and out is not None else None
     chosen = None
     if saved is not None:
@@ -179,8 +183,11 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
         counts = chosen.main.counts.get(ENTITY)
         if counts is None or counts.n == 0:
             raise VbProbeError(f"no expression of split {select_on!r} could be scored: heads cannot be chosen there")
+        from vb_probe.families.decoder.sinks import SinkTally
+
+        excluded = frozenset(chosen.main.tallies[SinkTally.key].sink_heads()) if exclude_sink_heads else frozenset()
         plan, record = head_plan(chosen.main.tallies["localization"], counts, ks=ks, readouts=readouts,
-                                 choices=choices, entropy=cfg.entropy, seed=cfg.seed)
+                                 choices=choices, entropy=cfg.entropy, seed=cfg.seed, excluded=excluded)
         record = {**record, "split": select_on, "entropy": cfg.entropy, "expressions": counts.n}
         if out is not None:
             _write_plan(out, plan_key, plan, record)
@@ -199,7 +206,8 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
     facts = main.facts
     config = {**config_dict(cfg), "select_on": select_on, "ks": list(ks), "readouts": list(readouts),
               "choices": list(choices), "entropy": cfg.entropy, "view": cfg.view, "prompt": facts["prompt"]["preset"],
-              "query_row": facts["query_row"], "localization_prompts": cfg.localization_prompts}
+              "query_row": facts["query_row"], "localization_prompts": cfg.localization_prompts,
+              "sinks": cfg.sinks, "sink_dims": list(cfg.sink_dims), "exclude_sink_heads": exclude_sink_heads}
     return GroundResult(block, csv_rows(tally), {**record, "plan": plan.state()}, probe, config)
 
 

@@ -16,6 +16,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -96,7 +97,10 @@ def score_batch(family: Family, model, batch, counts: dict[str, HeadCounts], mas
     if not len(batch.groups):
         return
     site = family.sites(model)[0]
-    region_rows = family.rows(model, batch, site, mask, precision)  # [layer, n, head, R]
+    with ExitStack() as watched:  # tallies that read hidden states hook the forward (and unhook after)
+        for tally in (tallies or {}).values():
+            watched.enter_context(tally.watching(model, batch))
+        region_rows = family.rows(model, batch, site, mask, precision)  # [layer, n, head, R]
     check_finite_rows(region_rows, batch, source)
     mass = region_rows.sum(-1)  # [layer, n, head]
     choice = head_choices(region_rows, batch.region_valid)  # [layer, n, head]: one argmax for every rule
@@ -339,6 +343,9 @@ def run_probes(cfg: ProbeConfig, model, tokenizer, *, out: Path | None = None, p
     query_word = cfg.query_word or dataset.query_word
     family.use_prompt(model, cfg.prompt)  # before any image is read: the prompt's prefix holds the image
     family.use_view(model, cfg.view)
+    if cfg.sinks and family.sink_tally(model, cfg.sink_dims) is None:
+        raise VbProbeError(f"--sinks: a {family.name} model's image tokens are not in a residual stream vb-probe can "
+                           "read (decoder VLMs with the image in the prompt have one); leave --sinks out")
     if cfg.query_row is not None and cfg.query_row not in family.query_rows:
         raise VbProbeError(f"--query-row {cfg.query_row}: a {family.name} model is probed on the entity's word; "
                            "leave --query-row out")
@@ -416,6 +423,9 @@ def pass_tallies(family: Family, model, cfg: ProbeConfig, pass_name: str) -> dic
         tallies[own.key] = own
     if cfg.per_query and pass_name == "main":
         tallies[QueryRecords.key] = QueryRecords(cfg.save_maps)
+    if cfg.sinks:
+        sinks = family.sink_tally(model, cfg.sink_dims)
+        tallies[sinks.key] = sinks
     return tallies
 
 

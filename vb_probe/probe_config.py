@@ -73,6 +73,10 @@ class ProbeConfig:
     # last token ("end", Kang et al.'s); None: "end" under --prompt kang, else "word"
     view: str = "processor"
     query_row: Literal["word", "end"] | None = None
+    # decoder families: the sink audit (Kang et al., ICLR 2025) beside every pass, with the sink dimensions given
+    # (empty: found from the model)
+    sinks: bool = False
+    sink_dims: tuple[int, ...] = ()
 
     def check(self) -> ProbeConfig:
         """Every option in range, as one line naming the option; returns the config (a refusal comes before any
@@ -97,6 +101,8 @@ class ProbeConfig:
             raise VbProbeError("--prompt '': give a preset (chat, plain, kang) or a text holding {image} and {caption}")
         if self.entropy not in ENTROPY_NAMES:
             raise VbProbeError(f"--entropy {self.entropy}: use {', '.join(ENTROPY_NAMES)}")
+        if any(d < 0 for d in self.sink_dims):
+            raise VbProbeError(f"--sink-dims {list(self.sink_dims)}: hidden dimensions are 0 or more")
         if self.query_row not in (None, "word", "end"):
             raise VbProbeError(f"--query-row {self.query_row}: use word (the entity's word) or end (the prompt's last "
                                "token)")
@@ -110,7 +116,7 @@ OPTIONS = tuple(f.name for f in fields(ProbeConfig))
 # options added after run.json's config was fixed: recorded only when they differ from these defaults
 _LATER_OPTIONS = {"localization_prompts": 500, "device_map": None, "dataset_format": None, "split_by": None,
                   "query_word": None, "per_query": False, "save_maps": (), "prompt": None, "entropy": "paper",
-                  "view": "processor", "query_row": None}
+                  "view": "processor", "query_row": None, "sinks": False, "sink_dims": ()}
 
 
 def option(options: dict, name: str):

@@ -11,7 +11,7 @@ model objects it loads are declared here too (:data:`MODEL_ATTRIBUTES`, :func:`p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -102,6 +102,11 @@ class Tally:
     def empty(self) -> Tally:
         """A tally with nothing added, for one batch (with whatever budget this one has left)."""
         raise NotImplementedError
+
+    def watching(self, model, batch: ProbeBatch) -> AbstractContextManager:
+        """Entered around the batch's forward (on the batch's own :meth:`empty` tally): a tally that reads the
+        model's hidden states hooks them here and removes its hooks on exit. Nothing by default."""
+        return nullcontext()
 
     def add(self, batch: ProbeBatch, rows: torch.Tensor, mass: torch.Tensor, choice: torch.Tensor,
             hits: torch.Tensor) -> None:
@@ -258,6 +263,11 @@ class FamilyBase:
     # whether each query's rows lie on a grid of the image (the primary view's cells first, row-major) with the
     # batch's ``extras`` holding ``grids`` [B, 2] and ``image_sizes`` [B, 2]: what boxes are read from heads on
     maps_on_grid: ClassVar[bool] = False
+
+    def sink_tally(self, model, dims: tuple[int, ...]) -> Tally | None:
+        """The sink audit's tally for ``model`` (``--sinks``: hidden states read at the image tokens), or None where
+        the family has no image tokens in a residual stream to read (the default)."""
+        return None
 
     def views(self, model) -> tuple[str, ...]:
         """The image views :meth:`use_view` can set for ``model``: ``processor`` (as its processor is saved) and any

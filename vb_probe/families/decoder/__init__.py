@@ -33,6 +33,7 @@ from vb_probe.families.decoder.prompts import (
     prompt_tokens,
 )
 from vb_probe.families.decoder.rows import ablate, capture_rows, register
+from vb_probe.families.decoder.sinks import SinkTally
 from vb_probe.families.loading import load_pretrained
 from vb_probe.probe_config import option
 
@@ -103,6 +104,13 @@ class DecoderFamily(FamilyBase):
     def views(self, model) -> tuple[str, ...]:
         return ("processor", *kind_of(model).views)
 
+    def sink_tally(self, model, dims: tuple[int, ...]) -> SinkTally | None:
+        """The language model's decoder layers, read at the image tokens; none for a cross-attention model (its
+        image is keys of its own, not tokens of the stream)."""
+        if kind_of(model).site(model).name != "self":
+            return None
+        return SinkTally(decoder_layers, dims)
+
     def use_view(self, model, view: str) -> None:
         """The kind's own (:meth:`.kinds.DecoderKind.use_view`): e.g. LLaVA padded to a square or centre-cropped."""
         super().use_view(model, view)
@@ -149,8 +157,11 @@ class DecoderFamily(FamilyBase):
         return LocalizationTally(option(options, "localization_prompts") if chooses else 0, option(options, "entropy"))
 
     def summary_lines(self, result) -> list[str]:
-        block = result.extras.get(LocalizationTally.key)
-        return LocalizationTally.lines(block) if block else []
+        lines = []
+        for tally in (LocalizationTally, SinkTally):
+            if tally.key in result.extras:
+                lines.extend(tally.lines(result.extras[tally.key]))
+        return lines
 
     def page_marks(self, result) -> dict:
         """Kang et al.'s heads (chosen without boxes) and the fixed-position baseline's place."""
@@ -272,6 +283,7 @@ class DecoderFamily(FamilyBase):
                       view_index=view_index, view_names=[c.views for c in rows],
                       grids=torch.tensor([c.grid for c in rows], dtype=torch.long), image_positions=image_positions,
                       image_sizes=torch.tensor([[c.image_w, c.image_h] for c in rows], dtype=torch.float64),
+                      image_counts=torch.tensor([len(p) for p in positions], dtype=torch.long),
                       caption_spans=torch.tensor(caption_spans, dtype=torch.long))
 
     def rows(self, model, batch, site: Site, mask: str = "posthoc", precision: str = "fp32") -> torch.Tensor:
@@ -315,6 +327,11 @@ class DecoderFamily(FamilyBase):
                    checkpoint_path=None, load_notes=[], processor=model.processor, prompt_template=model.prompt_template)
         twin.set_attn_implementation(kind_of(model).attention_implementation(register()))
         return twin
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The language model's decoder layers, whose outputs are the residual stream."""
+    return list(model.get_decoder().layers)
 
 
 def image_cells(model, image, image_id: str) -> ImageCells:
