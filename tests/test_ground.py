@@ -311,6 +311,18 @@ def test_the_run_records_every_switch_and_the_figure_and_files(planted_run, tmp_
     hits = table[table.setting == "fixed/k1/paper"].hit_iou50
     assert hits.mean() == result.accuracy("fixed/k1/paper")
     assert (folder / "ground.png").stat().st_size > 0
+    assert run["ground"]["fixed_position"]["chosen_on"] == "train"
+
+
+def test_a_native_resolution_model_reads_boxes_the_same_way(world):
+    """Qwen2-VL (a 28-pixel cell a token, the grid from the image's own size): the planted head is chosen and its
+    largest blob holds the gold box on every expression."""
+    model = DecoderFamily().load(BUILDERS["qwen2_vl"](max_pixels=448 * 448, layers=4))
+    with _planted():
+        result = vb_probe.ground(model, None, world["flickr"], world["images"], progress=False, ks=(1,),
+                                 choices=("fixed", "per-sample"), readouts=("paper", "released"))
+    assert tuple(result.selection["plan"]["sets"]["fixed"][0]) == PLANTED
+    assert result.accuracy("fixed/k1/paper") == 1.0 and result.block["queries"] == 12
 
 
 def test_llavas_padded_view_sees_a_box_its_centre_crop_cuts_away(tmp_path):
@@ -531,7 +543,7 @@ def test_the_sink_audit_leaves_the_models_logits_unchanged(world):
 
 def test_a_sink_head_that_gets_every_vote_is_left_out_on_request(world):
     """L2H0 puts 0.9 on the sink cell (one cell: entropy 0, high image share) and wins every vote over L2H1, a
-    clean gold blob (entropy 0 too: the tie goes to the lower head); with --exclude-sink-heads the audit on the
+    clean gold blob (entropy 0 too: the tie goes to the lower head); with --sink-filter audit the audit on the
     selection split drops it and the run says so."""
     model = DecoderFamily().load(BUILDERS["llava"](layers=4, image_size=112, pad=True, hidden=1024))
     plain = {"sink_only": (2, 0), "gold": (2, 1)}
@@ -540,9 +552,25 @@ def test_a_sink_head_that_gets_every_vote_is_left_out_on_request(world):
                                  choices=("fixed",), readouts=("paper",))
     with _with_a_sink(plain):
         cleaned = vb_probe.ground(model, None, world["flickr"], world["images"], progress=False, ks=(1,),
-                                  choices=("fixed",), readouts=("paper",), exclude_sink_heads=True)
+                                  choices=("fixed",), readouts=("paper",), sink_filter="audit")
     assert chosen.selection["plan"]["sets"]["fixed"][0] == [2, 0] and chosen.selection["excluded"] == []
     assert cleaned.selection["excluded"] == [[2, 0]]
     assert cleaned.selection["plan"]["sets"]["fixed"][0] == [2, 1]
     assert cleaned.accuracy("fixed/k1/paper") > chosen.accuracy("fixed/k1/paper")
-    assert cleaned.config["exclude_sink_heads"] and "sinks" in cleaned.probe.extras
+    assert cleaned.config["sink_filter"] == "audit" and "sinks" in cleaned.probe.extras
+    # the released code's bottom-row rule: the sink cell (the far corner) is on the bottom row of some images only
+    with _with_a_sink(plain):
+        bottom = vb_probe.ground(model, None, world["flickr"], world["images"], progress=False, ks=(1,),
+                                 choices=("fixed",), readouts=("paper",), sink_filter="bottom-row")
+    assert bottom.selection["sink_filter"] == "bottom-row" and "sinks" not in bottom.probe.extras
+    fixed = {tuple(h) for h in bottom.selection["plan"]["sets"]["fixed"]}
+    assert fixed and fixed.isdisjoint(tuple(h) for h in bottom.selection["excluded"])
+
+
+def test_the_released_codes_bottom_row_rule_by_hand():
+    """Four prompts, three heads: the largest bottom-row attention 0.1, 0.1, 0, 0 (above 0.05 on half the prompts:
+    dropped); 0.06, 0, 0, 0 (a quarter: kept); 0.05 on every prompt (not above: kept)."""
+    from vb_probe.families.decoder.localization import bottom_row_heads
+
+    bottom = torch.tensor([[0.1, 0.06, 0.05], [0.1, 0.0, 0.05], [0.0, 0.0, 0.05], [0.0, 0.0, 0.05]])[:, None, :]
+    assert bottom_row_heads(bottom) == [(0, 0)]

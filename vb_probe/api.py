@@ -263,7 +263,7 @@ def grounding_probes(model, tokenizer=None, dataset=None, inputs=None, *, relati
 
 def ground(model, tokenizer=None, dataset=None, inputs=None, *, select_on: str | None = None,
            ks: Sequence[int] = (1, 3, 5), readouts: Sequence[str] = ("paper", "released", "peak", "centroid"),
-           choices: Sequence[str] = ("fixed", "per-sample", "gold", "random"), exclude_sink_heads: bool = False,
+           choices: Sequence[str] = ("fixed", "per-sample", "gold", "random"), sink_filter: str = "none",
            **options):
     """Boxes from heads (Kang et al. 2025 and every variant of it): heads chosen on ``select_on`` (default: the
     set's train split) by Kang et al.'s votes (``fixed``), by each expression's own entropies (``per-sample``), by
@@ -274,14 +274,15 @@ def ground(model, tokenizer=None, dataset=None, inputs=None, *, select_on: str |
     :class:`~vb_probe.grounding_harness.GroundResult`. Kang et al.'s own setting: ``prompt="kang"`` (the query row is
     then the prompt's last token) and, for LLaVA-1.5, ``view="pad"``. Other options as :func:`entity_grounding`'s
     (``entropy``: the spatial entropy's variant; ``localization_prompts``: the selection's N; ``sinks``: the sink
-    audit beside each pass, ``sink_dims`` its dimensions if known). ``exclude_sink_heads``: heads that put half or
-    more of their image attention on sinks (audited on the selection split) are not chosen."""
+    audit beside each pass, ``sink_dims`` its dimensions if known). ``sink_filter``: ``audit`` (heads that put half
+    or more of their image attention on sinks, audited on the selection split, are not chosen), ``bottom-row`` (the
+    authors' later rule: a bottom-row cell above 0.05) or ``none``."""
     from functools import partial
 
     from vb_probe.grounding_harness import run_ground
 
     runner = partial(run_ground, select_on=select_on, ks=tuple(int(k) for k in ks), readouts=tuple(readouts),
-                     choices=tuple(choices), exclude_sink_heads=exclude_sink_heads)
+                     choices=tuple(choices), sink_filter=sink_filter)
     return _probe(model, tokenizer, dataset, inputs, runner=runner, **options)
 
 

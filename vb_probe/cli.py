@@ -111,12 +111,12 @@ def cmd_ground(args: argparse.Namespace) -> int:
     _start(args)
     options = {k: v for k, v in _probe_options(args).items() if k not in ("select_on", "control", "per_query",
                                                                          "save_maps")}
-    options["sinks"] = args.sinks or args.exclude_sink_heads
+    options["sinks"] = args.sinks or args.sink_filter == "audit"
     result = ground(args.ckpt, args.tokenizer, args.flickr30k, None, select_on=args.select_on,
                     ks=tuple(args.k or (1, 3, 5)), readouts=tuple(args.readout or ("paper", "released", "peak",
                                                                                     "centroid")),
                     choices=tuple(args.choice or ("fixed", "per-sample", "gold", "random")), parses=args.parses,
-                    view=args.view, query_row=args.query_row, exclude_sink_heads=args.exclude_sink_heads, **options)
+                    view=args.view, query_row=args.query_row, sink_filter=args.sink_filter, **options)
     if not _writes_results():
         return 0
     result.save(args.out)
@@ -128,10 +128,12 @@ def cmd_ground(args: argparse.Namespace) -> int:
     from vb_probe.families.decoder.sinks import SinkTally
 
     if selection.get("excluded"):
-        print("sink heads left out of the choice: " + " ".join(f"L{layer}H{head}" for layer, head in
-                                                               selection["excluded"]))
+        left_out = " ".join(f"L{layer}H{head}" for layer, head in selection["excluded"])
+        print(f"heads on sinks left out of the choice ({selection['sink_filter']}): {left_out}")
     for line in GroundTally.lines(result.block):
         print(line)
+    fixed_place = result.block["fixed_position"]
+    print(f"fixed-position pointer (chosen on {fixed_place['chosen_on']}): pointing {fixed_place['accuracy']:.3f}")
     if SinkTally.key in result.probe.extras:
         for line in SinkTally.lines(result.probe.extras[SinkTally.key]):
             print(line)
@@ -458,8 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "LLaVA-1.5 pad (its own code's square, Kang et al.'s) or crop (transformers' centre crop)")
     p.add_argument("--query-row", choices=["word", "end"], help="the entity's word, or the prompt's last token "
                    "(default: end under --prompt kang, else word)")
-    p.add_argument("--exclude-sink-heads", action="store_true", help="heads that put half or more of their image "
-                   "attention on sinks (on the selection split) are not chosen (implies --sinks)")
+    p.add_argument("--sink-filter", choices=["none", "audit", "bottom-row"], default="none",
+                   help="keep heads on attention sinks out of the choice: audit (half or more of their image attention "
+                        "on the sinks the audit finds on the selection split; implies --sinks), bottom-row (the "
+                        "authors' later rule: a bottom-row cell above 0.05)")
     p.set_defaults(func=cmd_ground)
 
     p = command("syntactic", "syntactic grounding per relation, layer and head (Fig. 4)")

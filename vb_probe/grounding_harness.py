@@ -18,12 +18,13 @@ import numpy as np
 
 from vb_probe.errors import VbProbeError
 from vb_probe.families.decoder.harness import CHOICES, GroundTally, HeadPlan
-from vb_probe.families.decoder.localization import SKIP_LAYERS, TOP_K
+from vb_probe.families.decoder.localization import SKIP_LAYERS, TOP_K, bottom_row_heads
 from vb_probe.probe_config import ProbeConfig, config_dict
 
 COLUMNS = ["image_id", "unit", "expression", "gold", "setting", "heads", "x1", "y1", "x2", "y2", "iou", "hit_iou50",
            "hit_pointing"]
 PLAN_FILE = ".ground-plan.json"  # the selection pass's plan, kept for --resume (keyed on what made it)
+SINK_FILTERS = ("none", "audit", "bottom-row")  # how heads on attention sinks are kept out of the choice
 SELECTION_COUNT = 10  # heads kept in each choice's order (Jaccard at k = 10 needs ten)
 
 
@@ -140,16 +141,20 @@ def csv_rows(tally: GroundTally) -> list[dict]:
 
 def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = None, ks: tuple[int, ...] = (1, 3, 5),
                readouts: tuple[str, ...] = ("paper", "released", "peak", "centroid"),
-               choices: tuple[str, ...] = CHOICES, exclude_sink_heads: bool = False, out: Path | None = None,
+               choices: tuple[str, ...] = CHOICES, sink_filter: str = "none", out: Path | None = None,
                progress: bool = True, resume: bool = False, dataset=None, store=None) -> GroundResult:
     """Choose heads on ``select_on`` (default: the set's train split), then read the probed split's boxes under
     every (choice, k, readout) setting. ``cfg``: the probe's options (its ``select_on`` is this function's).
-    ``exclude_sink_heads``: the sink audit runs on the selection split and heads that put half or more of their
-    image attention on sinks are no candidates (the authors' later code drops them by a bottom-row rule)."""
+    ``sink_filter``: ``audit`` (the sink audit runs on both splits and heads that put half or more of their image
+    attention on sinks on the selection split are no candidates) or ``bottom-row`` (the authors' later code: heads
+    with a bottom-row cell above 0.05 on half the selection prompts are no candidates); ``none`` keeps every head."""
     from vb_probe.metrics.readouts import READOUT_SETTINGS
     from vb_probe.pipeline import grounding_result, open_probe_data, run_probes
     from vb_probe.queries import ENTITY
 
+    if sink_filter not in SINK_FILTERS:
+        raise VbProbeError(f"--sink-filter {sink_filter}: use {', '.join(SINK_FILTERS)}")
+    exclude_sink_heads = sink_filter == "audit"
     if not ks or min(ks) < 1:
         raise VbProbeError(f"--k {ks}: each k must be at least 1")
     unknown = [r for r in readouts if r not in READOUT_SETTINGS] + [c for c in choices if c not in CHOICES]
@@ -171,7 +176,7 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
     cfg = replace(cfg, sinks=cfg.sinks or exclude_sink_heads)  # the audit that excludes is reported on both splits
     select_cfg = replace(cfg, split=select_on, select_on=None, control=False, per_query=False, save_maps=())
     plan_key = {**config_dict(select_cfg), "ks": list(ks), "readouts": list(readouts), "choices": list(choices),
-                "exclude_sink_heads": exclude_sink_heads}
+                "sink_filter": sink_filter}
     saved = _read_plan(out, plan_key) if resume and out is not None else None
     chosen = None
     if saved is not None:
@@ -185,10 +190,13 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
             raise VbProbeError(f"no expression of split {select_on!r} could be scored: heads cannot be chosen there")
         from vb_probe.families.decoder.sinks import SinkTally
 
-        excluded = frozenset(chosen.main.tallies[SinkTally.key].sink_heads()) if exclude_sink_heads else frozenset()
-        plan, record = head_plan(chosen.main.tallies["localization"], counts, ks=ks, readouts=readouts,
+        localization = chosen.main.tallies["localization"]
+        excluded = frozenset(chosen.main.tallies[SinkTally.key].sink_heads() if sink_filter == "audit" else
+                             bottom_row_heads(localization.prompt_bottom) if sink_filter == "bottom-row" else ())
+        plan, record = head_plan(localization, counts, ks=ks, readouts=readouts,
                                  choices=choices, entropy=cfg.entropy, seed=cfg.seed, excluded=excluded)
-        record = {**record, "split": select_on, "entropy": cfg.entropy, "expressions": counts.n}
+        record = {**record, "split": select_on, "entropy": cfg.entropy, "expressions": counts.n,
+                  "sink_filter": sink_filter}
         if out is not None:
             _write_plan(out, plan_key, plan, record)
             if selection_out.is_dir() and not any(selection_out.iterdir()):
@@ -200,14 +208,15 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
     probe = grounding_result(replace(main, select=chosen.main if chosen is not None else None,
                                      config=replace(main.config, select_on=select_on if chosen is not None else None)))
     tally = main.main.tallies[GroundTally.key]
+    # the fixed-position pointer (the place the heads pick most on the selection split), by the pointing rule
+    block = {**probe.extras[GroundTally.key], "fixed_position": probe.extras["localization"]["fixed_position"]}
     if out is not None and (out / PLAN_FILE).is_file():
         (out / PLAN_FILE).unlink()  # the run is whole: nothing left to resume
-    block = probe.extras[GroundTally.key]
     facts = main.facts
     config = {**config_dict(cfg), "select_on": select_on, "ks": list(ks), "readouts": list(readouts),
               "choices": list(choices), "entropy": cfg.entropy, "view": cfg.view, "prompt": facts["prompt"]["preset"],
               "query_row": facts["query_row"], "localization_prompts": cfg.localization_prompts,
-              "sinks": cfg.sinks, "sink_dims": list(cfg.sink_dims), "exclude_sink_heads": exclude_sink_heads}
+              "sinks": cfg.sinks, "sink_dims": list(cfg.sink_dims), "sink_filter": sink_filter}
     return GroundResult(block, csv_rows(tally), {**record, "plan": plan.state()}, probe, config)
 
 

@@ -26,6 +26,17 @@ from vb_probe.families.base import Tally
 from vb_probe.queries import ENTITY
 
 TOP_K, SKIP_LAYERS, SELECTED = 10, 2, 3  # Kang et al.: votes per prompt, first layers left out, heads reported
+BOTTOM_ROW_LIMIT = 0.05  # the authors' later code: a head with a bottom-row cell above this attends to a sink
+
+
+def bottom_row_heads(bottom: torch.Tensor) -> list[tuple[int, int]]:
+    """The released code's sink rule over the selection prompts: ``bottom`` [N, layer, head] each prompt's largest
+    attention on the grid's bottom row; a head is dropped when it exceeds :data:`BOTTOM_ROW_LIMIT` on half the
+    prompts or more (the code drops it per sample; a fixed choice drops it when it usually would)."""
+    if bottom is None or not len(bottom):
+        return []
+    often = (bottom > BOTTOM_ROW_LIMIT).float().mean(0) >= 0.5
+    return [(int(layer), int(head)) for layer, head in torch.nonzero(often).tolist()]
 
 
 class LocalizationTally(Tally):
@@ -44,6 +55,8 @@ class LocalizationTally(Tally):
         self.n = 0  # entity queries seen
         self.prompt_share: torch.Tensor | None = None  # [N, layer, head] float32
         self.prompt_entropy: torch.Tensor | None = None  # [N, layer, head] float32
+        # [N, layer, head] float32: the largest attention on the grid's bottom row (the released code's sink rule)
+        self.prompt_bottom: torch.Tensor | None = None
         self.tiled = 0  # entity queries on an image seen through several views
         self.view_picks: torch.Tensor | None = None  # [layer, head, 2] int64 picks in the primary view, in another
 
@@ -86,20 +99,24 @@ class LocalizationTally(Tally):
             return
         layers, _, heads, _ = rows.shape
         entropy = torch.empty(take, layers, heads, dtype=torch.float32)
+        bottom = torch.empty(take, layers, heads, dtype=torch.float32)
         shapes = [tuple(g) for g in grids[:take].tolist()]
         for shape in set(shapes):  # maps of one grid shape at once
             which = torch.from_numpy(np.flatnonzero([s == shape for s in shapes]))
             maps = rows[:, which, :, :shape[0] * shape[1]].permute(1, 0, 2, 3).reshape(-1, *shape)
-            entropy[which] = spatial_entropies(maps, ENTROPY_VARIANTS[self.entropy]).reshape(len(which), layers, heads).float()
+            found = spatial_entropies(maps, ENTROPY_VARIANTS[self.entropy])
+            entropy[which] = found.reshape(len(which), layers, heads).float()
+            bottom[which] = maps[:, -1, :].amax(-1).reshape(len(which), layers, heads).float().cpu()
         share = mass[:, :take].permute(1, 0, 2).float().cpu()
-        self._append(share, entropy)
+        self._append(share, entropy, bottom)
 
-    def _append(self, share: torch.Tensor, entropy: torch.Tensor) -> None:
+    def _append(self, share: torch.Tensor, entropy: torch.Tensor, bottom: torch.Tensor) -> None:
         if self.prompt_share is None:
-            self.prompt_share, self.prompt_entropy = share.clone(), entropy.clone()
+            self.prompt_share, self.prompt_entropy, self.prompt_bottom = share.clone(), entropy.clone(), bottom.clone()
         else:
             self.prompt_share = torch.cat([self.prompt_share, share])
             self.prompt_entropy = torch.cat([self.prompt_entropy, entropy])
+            self.prompt_bottom = torch.cat([self.prompt_bottom, bottom])
 
     def merge(self, other: LocalizationTally) -> None:
         self.position_picks += other.position_picks
@@ -109,13 +126,14 @@ class LocalizationTally(Tally):
         if other.view_picks is not None:
             self.view_picks = other.view_picks.clone() if self.view_picks is None else self.view_picks + other.view_picks
         if other.prompt_share is not None:
-            self._append(other.prompt_share, other.prompt_entropy)
+            self._append(other.prompt_share, other.prompt_entropy, other.prompt_bottom)
 
     def finish(self) -> None:
         """Keep the first ``prompts`` prompts in batch order (each process kept a prefix of its own batches')."""
         if self.prompt_share is not None:
             self.prompt_share = self.prompt_share[:self.prompts]
             self.prompt_entropy = self.prompt_entropy[:self.prompts]
+            self.prompt_bottom = self.prompt_bottom[:self.prompts]
 
     def state(self) -> dict:
         from vb_probe.metrics.grounding import tensor_state
@@ -125,7 +143,8 @@ class LocalizationTally(Tally):
                 "position_hits": tensor_state(self.position_hits), "tiled": self.tiled,
                 **({"view_picks": tensor_state(self.view_picks)} if self.view_picks is not None else {}),
                 **({"prompt_share": tensor_state(self.prompt_share),
-                    "prompt_entropy": tensor_state(self.prompt_entropy)} if self.prompt_share is not None else {})}
+                    "prompt_entropy": tensor_state(self.prompt_entropy),
+                    "prompt_bottom": tensor_state(self.prompt_bottom)} if self.prompt_share is not None else {})}
 
     def restored(self, state: dict) -> LocalizationTally:
         from vb_probe.metrics.grounding import tensor_from_state
@@ -140,6 +159,7 @@ class LocalizationTally(Tally):
         if "prompt_share" in state:
             tally.prompt_share = tensor_from_state(state["prompt_share"])
             tally.prompt_entropy = tensor_from_state(state["prompt_entropy"])
+            tally.prompt_bottom = tensor_from_state(state["prompt_bottom"])
         return tally
 
     def report(self, counts, select: LocalizationTally | None, split: str, select_on: str | None) -> dict:
