@@ -197,3 +197,57 @@ def test_each_mode_has_its_own_grid_and_the_page_says_what_it_shows(page, browse
     browser.set_window_size(1500, 950)
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not errors, errors
+
+
+def test_the_page_draws_each_phrases_box_from_heads_beside_its_gold(browser, tmp_path):
+    """A vb-probe ground run on a tiny LLaVA, then the explorer with --ground: for each phrase the page draws the
+    box ground.csv holds under the chosen setting (another setting, another box), and says its IoU."""
+    import csv
+    import sys
+    from pathlib import Path
+
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from decoder_fixtures import save_model_folder
+    from test_vilt import _write_world
+
+    world = _write_world(tmp_path / "world")
+    save_model_folder("llava", tmp_path / "ckpt", layers=4, image_size=112)
+    common = ["--ckpt", str(tmp_path / "ckpt"), "--flickr30k", str(world["flickr"]), "--images", str(world["images"]),
+              "--quiet"]
+    assert probe_main(["ground", *common, "--k", "1", "--k", "3", "--choice", "gold", "--choice", "random",
+                       "--out", str(tmp_path / "ground")]) == 0
+    assert probe_main(["explore", *common, "--ground", str(tmp_path / "ground"), "--limit", "2",
+                       "--out", str(tmp_path / "explorer")]) == 0
+    with open(tmp_path / "ground" / "ground.csv") as handle:
+        rows = {(r["image_id"], r["expression"], r["setting"]): r for r in csv.DictReader(handle)}
+    browser.get((tmp_path / "explorer" / "index.html").as_uri())
+    settings = [o.get_attribute("value") for o in browser.find_elements(By.CSS_SELECTOR, "#ground option")]
+    assert settings[:2] == ["gold/k1/paper", "gold/k1/released"] and len(settings) == 16
+    checked = 0
+    for setting in ("gold/k1/paper", "random/k3/centroid"):
+        Select(browser.find_element(By.ID, "ground")).select_by_value(setting)
+        for caption_index in (0, 1):
+            browser.find_element(By.CSS_SELECTOR, f'#captions li[data-caption="{caption_index}"]').click()
+            key = browser.find_element(By.CSS_SELECTOR, "#captions li.selected").text.split(":")[0]
+            image_id = key.rsplit("_", 1)[0]
+            span = browser.find_element(By.CSS_SELECTOR, "#caption span.query")
+            ActionChains(browser).move_to_element(span).perform()
+            phrase = " ".join(s.text for s in browser.find_elements(By.CSS_SELECTOR, "#caption span")[:3]
+                              if s.text != ".")
+            row = next(r for (i, text, s), r in rows.items() if i == image_id and s == setting
+                       and phrase.startswith(text))
+            drawn = browser.find_element(By.CSS_SELECTOR, "#view rect.ground")
+            box = [float(drawn.get_attribute(a)) for a in ("x", "y", "width", "height")]
+            expected = [float(row["x1"]), float(row["y1"]), float(row["x2"]) - float(row["x1"]),
+                        float(row["y2"]) - float(row["y1"])]
+            assert box == pytest.approx(expected, abs=0.11)  # one decimal on the page
+            assert ("hit" in drawn.get_attribute("class")) == (row["hit_iou50"] == "1")
+            assert f"IoU {float(row['iou']):.3f}" in browser.find_element(By.ID, "status").text
+            checked += 1
+    assert checked == 4 and not browser.find_element(By.ID, "key-ground").get_attribute("hidden")
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, errors

@@ -201,8 +201,13 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
     out = _writable_out(args.out, [PAGE])
     scores = GroundingResult.load(args.scores) if args.scores is not None else None
+    ground = None
+    if args.ground is not None:  # a vb-probe ground run: its boxes beside the gold
+        from vb_probe.results.files import read_table
+
+        ground = read_table(args.ground / "ground.csv", "--ground ")
     explorer = explore(args.ckpt, args.tokenizer, args.flickr30k, None, split=args.split, limit=args.limit,
-                       scores=scores, parses=read_conllu(args.parses) if args.parses else None,
+                       scores=scores, parses=read_conllu(args.parses) if args.parses else None, ground=ground,
                        query_word=args.query_word, progress=not args.quiet, **_session_options(args))
     data = explorer.data
     path = explorer.save(out)
@@ -510,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores", type=Path, help="an entity-grounding --out folder for the head grid (default: "
                                                "computed on the captions shown)")
     p.add_argument("--parses", type=Path, help="CoNLL-U parses: adds the nsubj / dobj / pobj views")
+    p.add_argument("--ground", type=Path, help="a vb-probe ground --out folder: each phrase's boxes read from heads, "
+                                               "drawn beside its gold (a setting chosen on the page)")
     p.add_argument("--out", type=Path, required=True, help="folder for index.html")
     p.set_defaults(func=cmd_explore)
 

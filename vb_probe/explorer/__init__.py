@@ -65,7 +65,7 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
                   limit: int | None = 20, scores: GroundingResult | None = None, parses: dict[str, Parse] | None = None,
                   relations: tuple[str, ...] = ("nsubj", "dobj", "pobj", "amod"), images_dir: Path | None = None,
                   skip_missing_features: bool = False, progress: bool = False, all_heads_up_to: int = ALL_HEADS_UP_TO,
-                  query_word: str | None = None, parser: str | None = None) -> dict:
+                  query_word: str | None = None, parser: str | None = None, ground: list[dict] | None = None) -> dict:
     """Everything the page shows, as plain JSON-able data: the head grid (``scores``, else computed here on the
     same captions), and per caption its words, phrases, regions, gold boxes, arcs, and for every query word the
     attention of every head on every region (quantised), the probe's argmax region and which regions hit gold.
@@ -76,7 +76,10 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
 
     A model of more than ``all_heads_up_to`` heads (a 7B decoder has 1,024, over 576 image tokens) keeps the
     attention maps of each layer's best head and the top heads only (``stored_heads``); every head's pick and
-    hits are still kept."""
+    hits are still kept.
+
+    ``ground``: the rows of a ``vb-probe ground`` run's ``ground.csv`` (:func:`ground_boxes`): each phrase then
+    carries the boxes read from heads under every setting, drawn beside its gold boxes."""
     from vb_probe.api import entity_grounding
     from vb_probe.caption_rows import word_region_attention
     from vb_probe.probe_config import ProbeConfig
@@ -100,6 +103,7 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
     skipped = {"images_without_features": 0, "query_words_cut_by_truncation": 0, "phrases_outside_view": 0}
     seen = Collection()
     modes: dict[str, HeadCounts] = {}
+    settings, boxes = ground_boxes(ground) if ground else ([], {})
     from tqdm.auto import tqdm
 
     for image_id in tqdm(image_ids, desc="explorer: attention of every head", unit="image", disable=not progress,
@@ -119,7 +123,8 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
                     skipped["phrases_outside_view"] += 1
                     continue
                 phrases.append({"entity": q.entity_id, "first": q.first_word_index, "last": q.phrase_last,
-                                "query": q.word_index, "gold": q.gold.round(1).tolist()})
+                                "query": q.word_index, "gold": q.gold.round(1).tolist(),
+                                **({"boxes": boxes[(image_id, q.unit)]} if (image_id, q.unit) in boxes else {})})
             arcs = []
             if parses is not None:
                 parse = check_parse_matches(parses.get(caption.key), caption.key, caption.words, "the parses")
@@ -167,7 +172,20 @@ def explorer_data(model, tokenizer, dataset: GroundingSet, store: RegionFeatures
             "modes": {view: _mode_json(counts) for view, counts in sorted(modes.items())},
             "skipped": skipped, "captions": captions, "best_head": list(scores.best_head()[:2]),
             "marks": family.page_marks(scores) if isinstance(scores, GroundingResult) else {},
+            **({"ground_settings": settings} if settings else {}),
             **({"stored_heads": [list(pair) for pair in stored]} if stored is not None else {})}
+
+
+def ground_boxes(rows: list[dict]) -> tuple[list[str], dict[tuple[str, str], dict]]:
+    """A ground run's ``ground.csv`` rows → the settings in the run's order, and per (image, unit) each setting's
+    box [x1, y1, x2, y2], IoU, whether it hits (IoU ≥ 0.5) and the heads it was read from."""
+    settings = list(dict.fromkeys(row["setting"] for row in rows))
+    boxes: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        boxes.setdefault((row["image_id"], row["unit"]), {})[row["setting"]] = {
+            "box": [round(float(row[k]), 1) for k in ("x1", "y1", "x2", "y2")], "iou": round(float(row["iou"]), 3),
+            "hit": row["hit_iou50"] == "1", "heads": row["heads"]}
+    return settings, boxes
 
 
 def _seen(view: np.ndarray | None, width: float, height: float) -> list[float] | None:

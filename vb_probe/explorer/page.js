@@ -12,7 +12,7 @@
   for (const unit of document.querySelectorAll("#legend .unit")) unit.textContent = UNIT;
   const SVG = "http://www.w3.org/2000/svg";
   const state = { layer: 0, head: data.per_layer_best[0], caption: 0, word: null, mode: "entity", timer: null,
-    contrast: "share" };
+    contrast: "share", ground: null };
   const $ = (id) => document.getElementById(id);
   const el = (name, attrs, parent) => {
     const node = document.createElementNS(SVG, name);
@@ -244,6 +244,13 @@
     if (!entry) { $("status").textContent = "Hover or click a highlighted word."; return; }
     const phrase = target(c, state.word);
     for (const g of phrase ? phrase.gold : []) el("rect", { class: "gold", x: g[0], y: g[1], width: g[2] - g[0], height: g[3] - g[1] }, view);
+    const read = phrase && phrase.boxes && state.ground ? phrase.boxes[state.ground] : undefined;
+    if (read) {  // the box vb-probe ground read from heads under the chosen setting, beside the gold
+      const [x1, y1, x2, y2] = read.box;
+      const box = el("rect", { class: `ground ${read.hit ? "hit" : "miss"}`, x: x1, y: y1, width: x2 - x1,
+        height: y2 - y1 }, view);
+      el("title", {}, box).textContent = `${state.ground} (${read.heads}): IoU ${read.iou.toFixed(3)} with the gold`;
+    }
     const picked = entry.argmax[state.layer][state.head], b = c.regions[picked];
     const hit = (entry.hits[state.mode] || []).includes(picked);
     const pointing = data.rule === "pointing";  // patches: scored by the pointing rule
@@ -255,7 +262,8 @@
       ` ${hit ? (pointing ? "hits gold (its centre lies in a gold box)" : "hits gold (IoU ≥ 0.5)") : "misses gold"}` +
       `; dashed: gold boxes of “` +
       `${c.words.slice(phrase.first, phrase.last + 1).join(" ")}”` +
-      (slot === undefined ? "; this head's map is not kept at this model's size (each layer's best and the top heads are)" : ""));
+      (slot === undefined ? "; this head's map is not kept at this model's size (each layer's best and the top heads are)" : "") +
+      (read ? `; box from heads (${state.ground}): IoU ${read.iou.toFixed(3)}${read.hit ? ", a hit" : ""}` : ""));
   }
 
   function drawUnseen(c, view) {  // the bands a centre crop cut away: hatched, "not seen", never "little attention"
@@ -369,7 +377,18 @@
   $("summary").textContent = `${data.captions.length} captions, ${data.layers} × ${data.heads} heads` +
     (skipped.length ? ` (skipped: ${skipped.join(", ")})` : "");
   $("contrast").addEventListener("change", (e) => { state.contrast = e.target.value; drawView(); });
+  const settings = data.ground_settings || [];
+  for (const setting of settings) {  // the ground run's settings, as text
+    const option = document.createElement("option");
+    option.value = setting;
+    option.textContent = setting;
+    $("ground").appendChild(option);
+  }
+  state.ground = settings.length ? settings[0] : null;
+  $("ground-control").hidden = !settings.length;
+  $("ground").addEventListener("change", (e) => { state.ground = e.target.value; drawView(); });
   const unseen = data.captions.some((c) => c.seen), keyOf = (id, shown) => { $(id).hidden = !shown; };
+  keyOf("key-ground", settings.length > 0);
   keyOf("key-unseen", unseen);
   keyOf("key-fixed", Boolean(MARKS.fixed_place));
   drawGrid();
