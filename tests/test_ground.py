@@ -574,3 +574,16 @@ def test_the_released_codes_bottom_row_rule_by_hand():
 
     bottom = torch.tensor([[0.1, 0.06, 0.05], [0.1, 0.0, 0.05], [0.0, 0.0, 0.05], [0.0, 0.0, 0.05]])[:, None, :]
     assert bottom_row_heads(bottom) == [(0, 0)]
+
+
+def test_kangs_one_criterion_ablations_choose_other_heads(world):
+    """Image share alone picks the distractor (share 0.9 against the planted head's 0.8) and misses on its
+    queries; entropy alone, with no elbow cut, still finds the planted head (every other map is never localized)."""
+    model = DecoderFamily().load(BUILDERS["llava"](layers=4, image_size=168, pad=True))
+    with _planted():
+        result = vb_probe.ground(model, None, world["flickr"], world["images"], progress=False, ks=(1,),
+                                 readouts=("paper",), choices=("fixed", "share-only", "entropy-only"))
+    sets = result.selection["plan"]["sets"]
+    assert tuple(sets["share-only"][0]) == DISTRACTOR and tuple(sets["entropy-only"][0]) == PLANTED
+    assert tuple(sets["fixed"][0]) == PLANTED
+    assert result.accuracy("share-only/k1/paper") < result.accuracy("fixed/k1/paper")

@@ -62,7 +62,7 @@ def _as_run_here(command: str, world: Path) -> list[str]:
     """The README's command with its data folders pointed at the built-in world, the GPU at the CPU and ``-k`` at 2."""
     words = shlex.split(command)
     names = {"flickr30k_entities": world / "flickr30k", "features.tsv": world / "features.tsv",
-             "flickr30k-images": world / "images"}
+             "flickr30k-images": world / "images", "refcoco": world / "refcoco", "train2014": world / "images"}
     words = [str(names.get(w, w)) for w in words]
     for i, word in enumerate(words[:-1]):
         if word == "--device" and words[i + 1] == "cuda":

@@ -458,9 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how a summed map becomes a box (repeatable; default all): paper (7-tap smoothing, above the "
                         "mean, the largest blob's box), released (9 taps, the box around all foreground), peak, "
                         "centroid")
-    p.add_argument("--choice", action="append", choices=["fixed", "per-sample", "gold", "random"],
-                   help="how heads are chosen (repeatable; default all): fixed (Kang et al.'s votes), per-sample "
-                        "(each expression's lowest entropies), gold (most accurate on the selection split), random")
+    p.add_argument("--choice", action="append",
+                   choices=["fixed", "per-sample", "gold", "random", "share-only", "entropy-only"],
+                   help="how heads are chosen (repeatable; default the first four): fixed (Kang et al.'s votes), "
+                        "per-sample (each expression's lowest entropies), gold (most accurate on the selection split), "
+                        "random; Kang et al.'s one-criterion ablations: share-only, entropy-only")
     p.add_argument("--view", default="processor", help="how the image is read: processor (as saved), or for "
                    "LLaVA-1.5 pad (its own code's square, Kang et al.'s) or crop (transformers' centre crop)")
     p.add_argument("--query-row", choices=["word", "end"], help="the entity's word, or the prompt's last token "

@@ -60,6 +60,15 @@ def head_plan(localization, counts, *, ks: tuple[int, ...], readouts: tuple[str,
     if "gold" in choices:
         order = np.argsort(-counts.n_correct.flatten().numpy(), kind="stable")[:largest]
         sets["gold"] = tuple(divmod(int(j), heads) for j in order)
+    if "share-only" in choices:  # Kang et al.'s ablation: the image share alone (first layers left out)
+        share = localization.prompt_share.numpy().mean(0)
+        share[:SKIP_LAYERS] = -np.inf
+        order = np.argsort(-share.ravel(), kind="stable")[:largest]
+        sets["share-only"] = tuple(divmod(int(j), heads) for j in order)
+    if "entropy-only" in choices:  # the spatial entropy alone: votes among every head, no elbow
+        alone = kang_selection(localization.prompt_share.numpy(), localization.prompt_entropy.numpy(), top_k=TOP_K,
+                               skip_layers=SKIP_LAYERS, count=largest, excluded=excluded, elbow_cut=False)
+        sets["entropy-only"] = tuple((layer, head) for layer, head, _ in alone.selected)
     if "random" in choices:
         drawn = np.random.default_rng(seed).choice(layers * heads, size=min(largest, layers * heads), replace=False)
         sets["random"] = tuple(divmod(int(j), heads) for j in drawn)
@@ -106,7 +115,7 @@ class GroundResult:
 
         shown = [s for s in self.block["settings"] if s["n"]]
         fig, ax = plt.subplots(figsize=(max(6.0, 0.28 * len(shown)), 4.0))
-        colours = dict(zip(CHOICES, ("tab:blue", "tab:orange", "tab:green", "tab:grey")))
+        colours = dict(zip(CHOICES, ("tab:blue", "tab:orange", "tab:green", "tab:grey", "tab:purple", "tab:brown")))
         for x, s in enumerate(shown):
             low, high = s["acc50_ci95"]
             ax.errorbar(x, s["acc50"], yerr=[[s["acc50"] - low], [high - s["acc50"]]], fmt="o",

@@ -66,12 +66,14 @@ class Selection:
 
 
 def kang_selection(image_share: np.ndarray, entropy: np.ndarray, *, top_k: int = 10, skip_layers: int = 2,
-                   count: int = 3, excluded: set[tuple[int, int]] | frozenset = frozenset()) -> Selection:
+                   count: int = 3, excluded: set[tuple[int, int]] | frozenset = frozenset(),
+                   elbow_cut: bool = True) -> Selection:
     """Kang et al.'s selection from each prompt's image shares ``image_share`` [N, L, H] and spatial entropies
     ``entropy`` [N, L, H]: heads whose mean share is at or above the elbow (layers below ``skip_layers`` and the
     ``excluded`` heads, e.g. sink heads, left out) are candidates; each prompt votes for its ``top_k`` candidates of
     lowest entropy (at most half the candidates: a small model keeps few heads; Kang et al.'s 10 of a 7B model's
-    ~1,000 stands); the ``count`` heads with the most votes are chosen (ties: the lower layer, then head)."""
+    ~1,000 stands); the ``count`` heads with the most votes are chosen (ties: the lower layer, then head).
+    ``elbow_cut`` False: every head past the first layers is a candidate (Kang et al.'s entropy-only ablation)."""
     image_share = np.asarray(image_share, dtype=np.float64)
     entropy = np.asarray(entropy, dtype=np.float64)
     if image_share.ndim != 3 or image_share.shape[1] <= skip_layers or not len(image_share):
@@ -79,7 +81,7 @@ def kang_selection(image_share: np.ndarray, entropy: np.ndarray, *, top_k: int =
     _, layers, heads = image_share.shape
     mean_share = image_share.mean(0)
     elbow = elbow_threshold(mean_share[skip_layers:])
-    eligible = mean_share >= elbow
+    eligible = mean_share >= elbow if elbow_cut else np.ones_like(mean_share, dtype=bool)
     eligible[:skip_layers] = False
     candidates = [(layer, head) for layer in range(layers) for head in range(heads)
                   if eligible[layer, head] and (layer, head) not in excluded]

@@ -10,7 +10,9 @@ per kernel, then a sum and one labelling per setting: a few milliseconds, agains
 
 Head choices: ``fixed`` (Kang et al.'s: the most-voted heads on the selection split), ``gold`` (the heads most
 accurate against gold on the selection split: what a supervised choice reaches), ``random`` (k heads drawn once,
-seeded), ``per-sample`` (each query's own k lowest-entropy candidates above the elbow: Kang et al.'s 67.4 setting).
+seeded), ``per-sample`` (each query's own k lowest-entropy candidates above the elbow: Kang et al.'s 67.4 setting),
+and Kang et al.'s one-criterion ablations: ``share-only`` (the heads of highest mean image share) and
+``entropy-only`` (votes by entropy among every head, no elbow cut).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from vb_probe.families.base import Tally
 from vb_probe.queries import ENTITY
 
-CHOICES = ("fixed", "per-sample", "gold", "random")
+CHOICES = ("fixed", "per-sample", "gold", "random", "share-only", "entropy-only")
 JACCARD_KS = (3, 10)  # the overlaps of unsupervised and gold-best sets reported
 
 
