@@ -127,6 +127,8 @@ def cmd_ground(args: argparse.Namespace) -> int:
     from vb_probe.families.decoder.harness import GroundTally
     from vb_probe.families.decoder.sinks import SinkTally
 
+    for choice, why in selection["unavailable"].items():
+        print(f"{choice}: {why}")
     if selection.get("excluded"):
         left_out = " ".join(f"L{layer}H{head}" for layer, head in selection["excluded"])
         print(f"heads on sinks left out of the choice ({selection['sink_filter']}): {left_out}")

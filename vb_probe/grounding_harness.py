@@ -54,17 +54,13 @@ def head_plan(localization, counts, *, ks: tuple[int, ...], readouts: tuple[str,
     sets: dict[str, tuple] = {}
     if "fixed" in choices:
         sets["fixed"] = tuple((layer, head) for layer, head, _ in selection.selected)
-        if not sets["fixed"]:
-            raise VbProbeError("Kang et al.'s selection found no candidate head (too few layers or prompts); "
-                               "raise --localization-prompts or use a deeper model")
     if "gold" in choices:
         order = np.argsort(-counts.n_correct.flatten().numpy(), kind="stable")[:largest]
         sets["gold"] = tuple(divmod(int(j), heads) for j in order)
     if "share-only" in choices:  # Kang et al.'s ablation: the image share alone (first layers left out)
-        share = localization.prompt_share.numpy().mean(0)
-        share[:SKIP_LAYERS] = -np.inf
+        share = localization.prompt_share.numpy().mean(0)[SKIP_LAYERS:]  # [layer - SKIP_LAYERS, head]
         order = np.argsort(-share.ravel(), kind="stable")[:largest]
-        sets["share-only"] = tuple(divmod(int(j), heads) for j in order)
+        sets["share-only"] = tuple((SKIP_LAYERS + int(j) // heads, int(j) % heads) for j in order)
     if "entropy-only" in choices:  # the spatial entropy alone: votes among every head, no elbow
         alone = kang_selection(localization.prompt_share.numpy(), localization.prompt_entropy.numpy(), top_k=TOP_K,
                                skip_layers=SKIP_LAYERS, count=largest, excluded=excluded, elbow_cut=False)
@@ -73,10 +69,19 @@ def head_plan(localization, counts, *, ks: tuple[int, ...], readouts: tuple[str,
         drawn = np.random.default_rng(seed).choice(layers * heads, size=min(largest, layers * heads), replace=False)
         sets["random"] = tuple(divmod(int(j), heads) for j in drawn)
     candidates = tuple(sorted((c["layer"], c["head"]) for c in selection.candidates)) if "per-sample" in choices else ()
+    # a choice that found no head (a model of no more layers than are left out, no localized map) is said, not run
+    unavailable = sorted(c for c in choices if c in sets and not sets[c]) + (
+        ["per-sample"] if "per-sample" in choices and not candidates else [])
+    sets = {c: heads_ for c, heads_ in sets.items() if heads_}
     plan = HeadPlan(sets, candidates, entropy, ks, readouts)
+    if not plan.settings():
+        raise VbProbeError(f"no head could be chosen by {', '.join(choices)} (the first {SKIP_LAYERS} layers are "
+                           f"left out and the model has {layers}); add --choice gold or random, or use a deeper model")
     record = {"elbow": selection.elbow, "top_k": selection.top_k, "skip_layers": SKIP_LAYERS,
               "prompts": localization.kept, "candidates": selection.candidates,
-              "excluded": [list(h) for h in sorted(excluded)]}
+              "excluded": [list(h) for h in sorted(excluded)],
+              "unavailable": {c: "no head found (no candidate above the elbow past the first layers)"
+                              for c in unavailable}}
     return plan, record
 
 
