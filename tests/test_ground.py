@@ -587,3 +587,33 @@ def test_kangs_one_criterion_ablations_choose_other_heads(world):
     assert tuple(sets["share-only"][0]) == DISTRACTOR and tuple(sets["entropy-only"][0]) == PLANTED
     assert tuple(sets["fixed"][0]) == PLANTED
     assert result.accuracy("share-only/k1/paper") < result.accuracy("fixed/k1/paper")
+
+
+def test_an_interrupted_ground_run_resumes_without_choosing_again(world, tmp_path):
+    """The plan chosen on the selection split is kept in --out until the run is whole: a run stopped in the probed
+    pass resumes from it (the selection pass not run again) and gives the same boxes as an uninterrupted run."""
+    import vb_probe.grounding_harness as harness
+
+    model = DecoderFamily().load(BUILDERS["llava"](layers=4, image_size=112))
+    options = dict(progress=False, ks=(1,), readouts=("paper",), choices=("gold", "random"))
+    whole = vb_probe.ground(model, None, world["flickr"], world["images"], **options)
+    from vb_probe import pipeline
+
+    passes = []
+    real = pipeline.run_probes
+
+    def stopping(cfg, *args, **kwargs):
+        passes.append(cfg.split)
+        if cfg.split == "test" and len(passes) == 2:
+            raise KeyboardInterrupt  # stopped in the probed pass
+        return real(cfg, *args, **kwargs)
+
+    with mock.patch.object(pipeline, "run_probes", stopping), pytest.raises(KeyboardInterrupt):
+        vb_probe.ground(model, None, world["flickr"], world["images"], out=tmp_path / "run", **options)
+    assert (tmp_path / "run" / ".ground-plan.json").is_file()
+    with mock.patch.object(pipeline, "run_probes", stopping):
+        resumed = vb_probe.ground(model, None, world["flickr"], world["images"], out=tmp_path / "run", resume=True,
+                                  **options)
+    assert passes == ["train", "test", "test"]  # the selection pass ran once
+    assert resumed.rows == whole.rows and resumed.selection["plan"] == whole.selection["plan"]
+    assert not (tmp_path / "run" / ".ground-plan.json").exists() and harness.PLAN_FILE == ".ground-plan.json"

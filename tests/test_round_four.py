@@ -259,13 +259,15 @@ def test_each_prompt_is_the_token_sequence_the_processor_makes_of_the_whole_prom
     words = "the man on the left".split()
     item = ProbeItem("700_0", words, "700", [Query("entity", 1, np.array([[200, 150, 300, 250]], np.float32))])
     item.regions = cells
-    batch = family.collate(model, [item], family.tokenizer_of(model), {}, 64)
+    batch = family.collate(model, [item], family.tokenizer_of(model), {"query_row": "word"}, 64)
     expected = model.processor(images=image, text=whole, return_tensors="pt")["input_ids"][0].tolist()
     assert batch.inputs["input_ids"][0].tolist() == expected
     pieces = model.processor.tokenizer.convert_ids_to_tokens(expected)
     assert pieces[int(batch.query_index[0])].lstrip("▁") == "man"
-    if prompt == "kang":  # Kang et al.'s query row, the prompt's last token, is the full stop
+    if prompt == "kang":  # Kang et al.'s query row, the prompt's last token, is the full stop: the default there
         assert pieces[-1] == "." and batch.extras["caption_spans"][0].tolist()[1] == len(expected) - 1
+        default = family.collate(model, [item], family.tokenizer_of(model), {}, 64)
+        assert int(default.query_index[0]) == len(expected) - 1
 
 
 def test_prompts_a_model_cannot_take_are_refused_in_one_line_before_it_loads(pixel_set, tmp_path, capsys):

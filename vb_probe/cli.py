@@ -63,7 +63,7 @@ def _probe_options(args: argparse.Namespace) -> dict:
             "limit": args.limit, "confidence": args.confidence, "skip_unannotated": args.skip_unannotated,
             "skip_missing_features": args.skip_missing_features, "select_on": args.select_on, "control": args.control,
             "localization_prompts": args.localization_prompts, "entropy": args.entropy, "query_word": args.query_word,
-            "sinks": args.sinks, "sink_dims": tuple(args.sink_dim or ()),
+            "sinks": args.sinks, "sink_dims": tuple(args.sink_dims or ()),
             "per_query": args.per_query or bool(args.save_maps), "save_maps": tuple(args.save_maps),
             "out": args.out, "resume": args.resume, "progress": not args.quiet}
 
@@ -396,8 +396,9 @@ def _add_probe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sinks", action="store_true", help="decoder models: audit visual attention sinks (Kang et al., "
                    "ICLR 2025): image tokens with a massive activation (≥ 20 × RMS), each head's share on them, every "
                    "head's accuracy with them masked (run.json: sinks)")
-    p.add_argument("--sink-dim", type=int, action="append", help="decoder models: a sink dimension of the hidden "
-                   "state, when known (repeatable; default: found from the model)")
+    p.add_argument("--sink-dim", dest="sink_dims", type=int, action="append",
+                   help="decoder models: a sink dimension of the hidden state, when known (repeatable; default: found "
+                        "from the model)")
     p.add_argument("--per-query", action="store_true", help="also write queries.csv: one row a query (its word, "
                    "token position, every head's pick and hit, or why it was skipped), to audit the run")
     p.add_argument("--save-maps", action="append", type=_head, default=[], metavar="L<layer>H<head>",

@@ -215,7 +215,7 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
             _write_plan(out, plan_key, plan, record)
             if selection_out.is_dir() and not any(selection_out.iterdir()):
                 selection_out.rmdir()
-    main = run_probes(replace(cfg, select_on=None), model, tokenizer, out=out, progress=progress, resume=resume,
+    main = run_probes(replace(cfg, split=probed, select_on=None), model, tokenizer, out=out, progress=progress, resume=resume,
                       dataset=dataset, store=store, tallies={GroundTally.key: GroundTally(plan)})
     # the probe's own report with the selection split's pass beside it (its fixed position, Kang et al.'s heads,
     # the gold-chosen head); a resumed run whose selection was saved reports them from the probed split

@@ -198,7 +198,7 @@ class DecoderFamily(FamilyBase):
                             "caption_is_suffix": template.caption_is_suffix},
                  "attention": "row capture (sdpa output, query rows through the model's eager code)",
                  # the query row: the entity's word, or the prompt's last token (Kang et al.'s, under their prompt)
-                 "query_row": option(options, "query_row") or ("end" if template.preset == "kang" else "word"),
+                 "query_row": query_row(option(options, "query_row"), template),
                  "view": option(options, "view")}
         for note in kind.notes(model):
             if note not in model.load_notes:
@@ -243,6 +243,7 @@ class DecoderFamily(FamilyBase):
         tokenizer = tokenizer if tokenizer is not None else self.tokenizer_of(model)
         kind = kind_of(model)
         template = model.prompt_template
+        query_at = query_row(facts.get("query_row"), template)  # prepare's facts hold it; a caller's own may not
         rows = items_image_tokens(self, model, items, store, ImageCells)
         sequences, token_types, word_positions, caption_spans = [], [], [], []
         for item, cells in zip(items, rows):
@@ -258,7 +259,7 @@ class DecoderFamily(FamilyBase):
                                        max_text_len)
                 tokens, positions, types = prompt.input_ids, prompt.word_last, [0] * len(prompt.input_ids)
                 span = prompt.caption
-            if facts["query_row"] == "end":  # every query reads the prompt's last token (Kang et al.'s "." )
+            if query_at == "end":  # every query reads the prompt's last token (Kang et al.'s "." )
                 positions = [None if p is None else len(tokens) - 1 for p in positions]
             caption_spans.append(span)
             sequences.append(tokens)
@@ -327,6 +328,12 @@ class DecoderFamily(FamilyBase):
                    checkpoint_path=None, load_notes=[], processor=model.processor, prompt_template=model.prompt_template)
         twin.set_attn_implementation(kind_of(model).attention_implementation(register()))
         return twin
+
+
+def query_row(asked: str | None, template: Template) -> str:
+    """Where a query's row is read: as asked (``word`` or ``end``), else the prompt's last token under Kang et al.'s
+    prompt (their query row) and the entity's word under any other."""
+    return asked or ("end" if template.preset == "kang" else "word")
 
 
 def decoder_layers(model) -> list[torch.nn.Module]:
