@@ -29,7 +29,8 @@ class ModelSection:
     attention_probs_dropout_prob: float = 0.1
     init: str = "random"
     early_fusion: bool = True
-    family: Literal["visualbert", "vilt"] = "visualbert"  # vilt: image patches from data.images, not regions
+    # vilt: image patches from data.images, not regions; llava: a LLaVA grown in stages ([llava], training/llava.py)
+    family: Literal["visualbert", "vilt", "llava"] = "visualbert"
     patch_size: int = 32  # vilt: patch side in pixels
     image_size: int = 384  # vilt: the image processor's shortest edge (longest ≤ 1333/800 of it)
     # vilt: "colour" starts 12 patch-embedding channels as the mean red, green and blue of each patch quadrant (a
@@ -98,11 +99,36 @@ class DataSection:
 
 
 @dataclass(frozen=True)
+class LlavaSection:
+    """The LLaVA grown on the world (``model.family = "llava"``): its vision tower and language model, and each
+    stage's steps and learning rate (training/llava.py)."""
+
+    image_size: int = 112
+    patch_size: int = 14
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    batch_size: int = 32
+    lm_steps: int = 300
+    lm_lr: float = 1e-3
+    clip_steps: int = 600
+    clip_lr: float = 1e-3
+    align_steps: int = 200
+    align_lr: float = 1e-3
+    caption_steps: int = 800
+    caption_lr: float = 5e-4
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     train: TrainSection = field(default_factory=TrainSection)
     data: DataSection = field(default_factory=DataSection)
+    llava: LlavaSection = field(default_factory=LlavaSection)
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))
@@ -116,6 +142,8 @@ class TrainConfig:
         if self.model.family == "visualbert":
             for section, key in VILT_ONLY:
                 values[section].pop(key)
+        if self.model.family != "llava":  # a section only the LLaVA reads: the other models' hashes stay as they were
+            values.pop("llava")
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -124,7 +152,8 @@ VILT_ONLY = (("model", "family"), ("model", "patch_size"), ("model", "image_size
              ("data", "images"))
 
 
-_SECTIONS = {"model": ModelSection, "objective": ObjectiveSection, "train": TrainSection, "data": DataSection}
+_SECTIONS = {"model": ModelSection, "objective": ObjectiveSection, "train": TrainSection, "data": DataSection,
+             "llava": LlavaSection}
 
 
 def _coerce(section: str, key: str, value, target_type, source: str):
@@ -239,6 +268,11 @@ _RANGES: dict[tuple[str, str], tuple[float, float, bool]] = {
     ("train", "lr"): (0, 1, False), ("train", "warmup_frac"): (0, 1, True), ("train", "weight_decay"): (0, 1e3, True),
     ("train", "clip_norm"): (0, 1e6, True), ("train", "seed"): (0, 2**32 - 1, True), ("train", "threads"): (0, 4096, True),
     ("train", "save_every_s"): (0, 1e9, True),
+    **{("llava", k): (1, 1e6, True) for k in ("image_size", "patch_size", "vision_hidden", "vision_layers",
+                                              "vision_heads", "text_hidden", "text_layers", "text_heads",
+                                              "batch_size")},
+    **{("llava", k): (0, 1e9, True) for k in ("lm_steps", "clip_steps", "align_steps", "caption_steps")},
+    **{("llava", k): (0, 1, False) for k in ("lm_lr", "clip_lr", "align_lr", "caption_lr")},
 }
 
 
@@ -256,6 +290,11 @@ def _validate(config: TrainConfig, source: str) -> None:
         raise VbProbeError(f"{source}: model.max_position_embeddings={m.max_position_embeddings} is fewer than the "
                            f"{config.train.max_text_len} text tokens a caption is cut to (train.max_text_len); raise it "
                            "or lower train.max_text_len")
+    v = config.llava
+    if m.family == "llava" and (v.image_size % v.patch_size or v.vision_hidden % v.vision_heads
+                                or v.text_hidden % v.text_heads):
+        raise VbProbeError(f"{source}: llava.image_size must be a multiple of llava.patch_size and each hidden size of "
+                           "its heads; fix the values")
     if m.family == "vilt" and m.patch_size > m.image_size:
         raise VbProbeError(f"{source}: model.patch_size={m.patch_size} is larger than model.image_size={m.image_size}; "
                            "an image would have no patch")

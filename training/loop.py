@@ -201,7 +201,7 @@ def latest_checkpoint(out: Path) -> dict | None:
     return None
 
 
-RUN_ENTRIES = {"checkpoints", "final", "log.csv", "tensorboard", "cache", MANIFEST}  # what a run folder holds
+RUN_ENTRIES = {"checkpoints", "final", "log.csv", "tensorboard", "cache", "stages", MANIFEST}  # what a run folder holds
 
 
 _CLAIMED: set[Path] = set()  # run folders this process claimed (the CLI claims before writing a task's text)
@@ -329,6 +329,13 @@ def pretrain(config: TrainConfig, data_dir: Path, out: Path, *, resume: bool = F
              init_checkpoint: Path | None = None) -> dict:
     """Pre-train; returns the last evaluation. Writes ``out/final`` (transformers folder) at the end."""
     with torch_threads(config.train.threads):  # the run's own count (the result depends on it), the caller's given back
+        if config.model.family == "llava":  # grown in stages, each cached by what it depends on (training/llava.py)
+            from training.llava import pretrain_llava
+
+            if init_checkpoint is not None:
+                raise VbProbeError("--init: a LLaVA is grown from its own stages; leave --init out")
+            claim_run_folder(Path(out), resume=True)  # its stages are reused by key: a rerun goes on
+            return pretrain_llava(config, Path(data_dir), Path(out), progress=progress)
         return _pretrain(config, data_dir, out, resume=resume, progress=progress, init_checkpoint=init_checkpoint)
 
 
