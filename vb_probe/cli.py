@@ -177,7 +177,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ.setdefault("GOMP_SPINCOUNT", "3000")
     from vb_probe.demo import run_demo
 
-    out = args.out or Path("demo_vilt_out" if args.family == "vilt" else "demo_out")
+    out = args.out or Path({"vilt": "demo_vilt_out", "llava": "demo_llava_out"}.get(args.family, "demo_out"))
     run_demo(_writable_out(out), scenes=args.scenes, seed=args.seed, config_path=args.config,
              overrides=args.set, progress=not args.quiet, family=args.family)
     return 0
@@ -488,9 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("demo", "the whole pipeline on the built-in world, ending in report.md")
     p.add_argument("--out", type=Path, help="output folder (default demo_out; demo_vilt_out with --family vilt)")
-    p.add_argument("--family", choices=["visualbert", "vilt"], default="visualbert",
-                   help="the model: VisualBERT over detector regions (the paper's), or a small ViLT over image "
-                        "patches (scored by the pointing rule)")
+    p.add_argument("--family", choices=["visualbert", "vilt", "llava"], default="visualbert",
+                   help="the model: VisualBERT over detector regions (the paper's), a small ViLT over image "
+                        "patches, or a small LLaVA grown on the world (CLIP, then LLaVA's two stages); the last two "
+                        "scored by the pointing rule")
     p.add_argument("--scenes", type=at_least(10), default=1000,
                    help="how many scenes (images) the built-in world has; --images, elsewhere, is a folder of images")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in world")

@@ -230,3 +230,97 @@ def report(entity: GroundingResult, syntactic: SyntacticResult, history: list[di
     lines += ["", "Files: `entity_grounding/` and `syntactic/` (CSV + run.json as the probe commands write), "
               "`figures/`.", ""]
     return "\n".join(lines)
+
+
+def selection_verdict(entity: GroundingResult) -> str:
+    """Whether Kang et al.'s selection (no gold) found the grounding heads, in one line: its most-voted head is
+    among the three best heads by gold on the probed split, and its 95% interval clears the random-init control's
+    best head."""
+    block = entity.extras.get("localization", {}).get("unsupervised_selection", {})
+    heads = block.get("heads") or []
+    if not heads:
+        return "the selection without boxes chose no head (too few layers or prompts)"
+    top = heads[0]
+    label = f"L{top['layer']}H{top['head']}"
+    low = top["ci95"][0]
+    control = entity.control.best_head().accuracy if entity.control is not None else None
+    clears = control is None or low > control
+    if top["gold_rank"] <= 3 and clears:
+        return (f"the selection without boxes found them: its most-voted head {label} ranks {top['gold_rank']} of "
+                f"{entity.shape[0] * entity.shape[1]} by gold ({shown(top['accuracy'])}"
+                + (f", interval from {shown(low)} above the control's {shown(control)})" if control is not None else ")"))
+    why = (f"it ranks {top['gold_rank']} by gold" if top["gold_rank"] > 3 else
+           f"its interval (from {shown(low)}) does not clear the random-init control's {shown(control)}")
+    return (f"the selection without boxes did not find them: its most-voted head {label} scores "
+            f"{shown(top['accuracy'])} and {why}")
+
+
+def llava_report(entity: GroundingResult, other: dict, boxes, history: list[dict], config, seconds: float, key: str,
+                 examples: list[str]) -> str:
+    """``report.md`` of the LLaVA grown on the world: the pointing-rule numbers beside their baselines and controls,
+    the two verdicts (did localization heads emerge; did the selection without boxes find them), RefCOCO, boxes from
+    heads per readout, the sink audit and each stage's last loss."""
+    b, selected, best = entity.baselines, entity.selected_head, entity.best_head()
+    s = config.llava
+    lines = ["# vb-probe demo report: a LLaVA grown on the world", "",
+             f"A LLaVA (transformers' `LlavaForConditionalGeneration`) of a {s.vision_layers}-layer CLIP ViT (hidden "
+             f"{s.vision_hidden}, {s.patch_size}-pixel patches of the image padded to a {s.image_size}² square: "
+             f"{(s.image_size // s.patch_size) ** 2} image tokens) and a {s.text_layers}-layer × {s.text_heads}-head "
+             f"Llama (hidden {s.text_hidden}), grown as LLaVA is: the language model on the captions ({s.lm_steps} "
+             f"steps), CLIP contrastive ({s.clip_steps}), the projector alone on captioning ({s.align_steps}), "
+             f"projector and language model on captioning ({s.caption_steps}). Probed on "
+             f"{entity.provenance['n_images']} held-out test images. Total time {seconds / 60:.1f} min.", "",
+             f"- **Verdict: {emergence_verdict(entity)}.**",
+             f"- **Selection without boxes: {selection_verdict(entity)}.**", "",
+             "## Entity grounding, pointing rule (Figure 3)", "",
+             f"- Phrases: {entity.n_phrases}, scored {entity.n}, skipped {entity.skipped}.",
+             f"- Baselines: a random image token {shown(b['random'])}; oracle {shown(b['oracle'])}."]
+    if selected:
+        low, high = entity.interval(selected.layer, selected.head)
+        lines.append(f"- **Head chosen on val, scored on test: {selected.label} {shown(selected.accuracy)}** (95% "
+                     f"interval {shown(low)}–{shown(high)}).")
+    if entity.control is not None:
+        control = entity.control.best_head()
+        lines.append(f"- Control, a random-initialised LLaVA of the same shape: best head {control.label} "
+                     f"{shown(control.accuracy)} (chosen on test: an upper bound for the control).")
+    if entity.permuted is not None:
+        permuted = entity.permuted.best_head()
+        lines.append(f"- Control, permuted geometry: best head {permuted.label} {shown(permuted.accuracy)}.")
+    localization = entity.extras.get("localization", {})
+    fixed = localization.get("fixed_position")
+    if fixed:
+        lines.append(f"- Fixed-position baseline (the place picked most on {fixed['chosen_on']}): "
+                     f"{shown(fixed['accuracy'])}.")
+    for h in localization.get("unsupervised_selection", {}).get("heads", []):
+        lines.append(f"- Kang et al.'s head L{h['layer']}H{h['head']} ({h['votes']} votes): {shown(h['accuracy'])}, "
+                     f"rank {h['gold_rank']} by gold.")
+    lines += [f"- Best of {entity.shape[0] * entity.shape[1]} heads chosen on test itself (biased upwards): "
+              f"{best.label} {shown(best.accuracy)}.", "", "![Figure 3](entity_grounding/entity_grounding.png)", ""]
+    lines += [f"![{name}](figures/{name})" for name in examples]
+    if other:
+        lines += ["", "## RefCOCO (the world's layout; the query word each expression's head)", "",
+                  "| split | expressions | head chosen on val | random |", "|---|---|---|---|"]
+        for name, result in other.items():
+            lines.append(f"| {name.split()[1]} | {result.n} | {chosen_cell(result, result.selected_head)} | "
+                         f"{shown(result.baselines['random'])} |")
+    lines += ["", "## Boxes from heads on RefCOCO val (`ground/`: heads chosen on train)", "",
+              "| setting | Acc@0.5 (95% interval) | mean IoU | pointing |", "|---|---|---|---|"]
+    for row in boxes.block["settings"]:
+        if row["n"] and (row["k"] == 3 or row["choice"] == "fixed"):  # every readout of the voted heads; k 3 of all
+            low, high = row["acc50_ci95"]
+            lines.append(f"| {row['setting']} | {shown(row['acc50'])} ({shown(low)}–{shown(high)}) | "
+                         f"{shown(row['mean_iou'])} | {shown(row['pointing'])} |")
+    sinks = entity.extras.get("sinks")
+    if sinks:
+        from vb_probe.families.decoder.sinks import SinkTally
+
+        lines += ["", "## Attention sinks", "", "- " + "; ".join(SinkTally.lines(sinks))]
+    losses = {}
+    for row in history:
+        losses[row.get("stage")] = row.get("loss")
+    if losses:
+        lines += ["", "## Growing it", "", "Last logged loss of each stage: " + ", ".join(
+            f"{stage} {float(loss):.3f}" for stage, loss in losses.items() if stage) + f" (log: `models/{key}/log.csv`)."]
+    lines += ["", "Explore the first 20 RefCOCO val images with each expression's box from heads: "
+              "[`explorer/index.html`](explorer/index.html).", ""]
+    return "\n".join(lines)

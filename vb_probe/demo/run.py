@@ -24,7 +24,7 @@ def run_demo(out: Path, *, scenes: int = 1000, seed: int = 0, config_path: str |
     from training.config import load_config
     from vb_probe.devices import torch_threads
 
-    config = load_config(config_path or ("vilt" if family == "vilt" else "demo"), overrides)
+    config = load_config(config_path or (family if family in ("vilt", "llava") else "demo"), overrides)
     if config.model.family != family:
         from vb_probe.errors import VbProbeError
 
@@ -66,8 +66,10 @@ def _run(out: Path, config, scenes: int, seed: int, progress: bool, log, family:
         from training.loop import latest_checkpoint
 
         done = latest_checkpoint(model_dir) if model_dir.is_dir() else None
-        log(f"[2/4] model: pre-training {config.model.num_hidden_layers}×{config.model.num_attention_heads} heads, "
-            f"hidden {config.model.hidden_size}, {config.train.steps} steps (cached as {key}), "
+        shape = ((config.llava.text_layers, config.llava.text_heads, config.llava.text_hidden) if family == "llava"
+                 else (config.model.num_hidden_layers, config.model.num_attention_heads, config.model.hidden_size))
+        steps = ("stages lm, clip, align, caption" if family == "llava" else f"{config.train.steps} steps")
+        log(f"[2/4] model: pre-training {shape[0]}×{shape[1]} heads, hidden {shape[2]}, {steps} (cached as {key}), "
             f"{config.train.threads or 'default'} torch threads (fixed: the numbers depend on it); "
             + (f"going on from its checkpoint of step {done['step']}" if done is not None else
                f"a checkpoint every {config.train.save_every_s:.0f} s, from which an interrupted demo goes on"))
@@ -75,6 +77,8 @@ def _run(out: Path, config, scenes: int, seed: int, progress: bool, log, family:
     history = _read_log(model_dir / "log.csv")
     if family == "vilt":
         return _patch_demo(out, world, final, config, history, key, started, progress, log)
+    if family == "llava":
+        return _llava_demo(out, world, final, config, history, key, started, progress, log)
 
     log("[3/4] probing held-out images: entity grounding + syntactic grounding in one pass "
         "(heads chosen on val, scored on test; random-init control)")
@@ -154,6 +158,54 @@ def _patch_demo(out: Path, world: Path, final: Path, config, history: list[dict]
     return {"entity": entity, "syntactic": syntactic, "report": out / "report.md"}
 
 
+def _llava_demo(out: Path, world: Path, final: Path, config, history: list[dict], key: str, started: float,
+                progress: bool, log) -> dict:
+    """Steps 3 and 4 for the LLaVA grown on the world: entity grounding on Flickr30K's layout by the pointing rule
+    (heads chosen on val, scored on test; the random-init and permuted-geometry controls; the fixed-position
+    baseline, Kang et al.'s heads scored against gold, the sink audit), the world's RefCOCO layout, the grounding
+    harness's boxes on RefCOCO, Figures 1/3/5, the explorer with the boxes, and ``report.md`` with the verdicts."""
+    from vb_probe.api import entity_grounding, ground, open_session
+    from vb_probe.data.flickr30k import Flickr30kEntities
+    from vb_probe.data.images import ImageFolder
+    from vb_probe.data.refcoco import RefCoco
+    from vb_probe.demo.report import llava_report
+    from vb_probe.explorer import explorer_data, write_explorer
+    from vb_probe.families import family_of
+    from vb_probe.figures import write_figures
+    from vb_probe.hub import folder_config
+    from vb_probe.tables import format_entity_summary
+
+    log("[3/4] probing held-out images (image tokens, pointing rule): heads chosen on val, scored on test; "
+        "random-init and permuted-geometry controls, Kang et al.'s selection, the sink audit")
+    dataset, store = Flickr30kEntities(world / "flickr30k"), ImageFolder(world / "images")
+    entity = entity_grounding(final, None, dataset, store, split="test", select_on="val", control=True, sinks=True,
+                              batch_size=32, progress=progress)
+    entity.save(out / "entity_grounding")
+    log(format_entity_summary(entity, family_of(folder_config(final)).summary_lines(entity)))
+    refcoco = RefCoco(world / "refcoco")
+    other = {}
+    for split in (s for s in ("testA", "testB") if s in refcoco.split_of.values()):
+        other[f"refcoco {split}"] = entity_grounding(final, None, refcoco, store, split=split, select_on="val",
+                                                     progress=progress)
+        log("      RefCOCO " + format_entity_summary(other[f"refcoco {split}"]).splitlines()[0])
+    log("      boxes from heads on RefCOCO val (heads chosen on train; every readout)")
+    boxes = ground(final, None, refcoco, store, split="val", localization_prompts=300, sinks=True, progress=progress)
+    boxes.save(out / "ground")
+    session = open_session(final, None, dataset, store)
+    log("[4/4] figures, explorer and report")
+    examples = [name for name in write_figures(entity, None, session.model, session.tokenizer, dataset, store,
+                                               out / "figures", world / "images")
+                if name.startswith(("fig1", "fig5"))]
+    write_explorer(explorer_data(session.model, session.tokenizer, refcoco, store, split="val", limit=20,
+                                 images_dir=world / "images", progress=progress,
+                                 ground=boxes.rows), out / "explorer")
+    text = llava_report(entity, other, boxes, history, config, time.time() - started, key, examples)
+    with atomic_files(out) as staged:
+        staged.text("report.md", text)
+    log(f"report: {out / 'report.md'}")
+    return {"entity": entity, "ground": boxes, "other": other, "report": out / "report.md"}
+
+
 def _world_matches(world: Path, images: int, seed: int) -> bool:
     """The world already in ``world`` is the one asked for, with every layout this version writes (so it is
     reused, not rebuilt)."""
@@ -195,6 +247,7 @@ def check_demo_folder(out: Path, reuse_world: bool) -> None:
     if not reuse_world:
         check_replaceable(out / "world", "--out's world/", kind="world")
     check_outputs(out / "entity_grounding", GroundingResult.FILES, what="--out's entity_grounding/")
+    check_outputs(out / "ground", ("ground.csv", "ground.png", "run.json"), what="--out's ground/")
     check_outputs(out / "syntactic", (*SyntacticResult.FILES, parses_copy_name("test")), what="--out's syntactic/")
     check_progress_files(out / "syntactic", resume=False)
     check_outputs(out / "figures", None, what="--out's figures/")

@@ -184,7 +184,7 @@ def ground_boxes(rows: list[dict]) -> tuple[list[str], dict[tuple[str, str], dic
     for row in rows:
         boxes.setdefault((row["image_id"], row["unit"]), {})[row["setting"]] = {
             "box": [round(float(row[k]), 1) for k in ("x1", "y1", "x2", "y2")], "iou": round(float(row["iou"]), 3),
-            "hit": row["hit_iou50"] == "1", "heads": row["heads"]}
+            "hit": str(row["hit_iou50"]) == "1", "heads": row["heads"]}
     return settings, boxes
 
 
