@@ -487,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_syntactic)
 
     p = command("demo", "the whole pipeline on the built-in world, ending in report.md")
-    p.add_argument("--out", type=Path, help="output folder (default demo_out; demo_vilt_out with --family vilt)")
+    p.add_argument("--out", type=Path, help="output folder (default demo_out; demo_vilt_out or demo_llava_out with --family)")
     p.add_argument("--family", choices=["visualbert", "vilt", "llava"], default="visualbert",
                    help="the model: VisualBERT over detector regions (the paper's), a small ViLT over image "
                         "patches, or a small LLaVA grown on the world (CLIP, then LLaVA's two stages); the last two "
