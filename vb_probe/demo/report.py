@@ -46,7 +46,7 @@ def pretraining_lines(history: list[dict], key: str, without_image: str, matchin
 def patch_report(entity: GroundingResult, syntactic: SyntacticResult, history: list[dict], config, seconds: float,
                   key: str) -> str:
     """``report.md`` of the ViLT demo: pointing-rule numbers beside their baselines and controls."""
-    b, selected, best = entity.baselines, entity.selected_head, entity.best_head()
+    b, best = entity.baselines, entity.best_head()
     m = config.model
     lines = ["# vb-probe demo report: ViLT (image patches)", "",
              f"A {m.num_hidden_layers}-layer × {m.num_attention_heads}-head ViLT (hidden {m.hidden_size}, "
@@ -58,14 +58,7 @@ def patch_report(entity: GroundingResult, syntactic: SyntacticResult, history: l
              f"- Phrases: {entity.n_phrases}, scored {entity.n}, skipped {entity.skipped}.",
              f"- Baselines: a random patch {shown(b['random'])} (about the gold boxes' share of the image); oracle "
              f"{shown(b['oracle'])}; no detector, so no highest-confidence baseline."]
-    if selected:
-        low, high = entity.interval(selected.layer, selected.head)
-        lines.append(f"- **Head chosen on val, scored on test: {selected.label} {shown(selected.accuracy)}** (95% "
-                     f"interval {shown(low)}–{shown(high)}).")
-    if entity.control is not None:
-        control = entity.control.best_head()
-        lines.append(f"- Control, a random-initialised ViLT of the same shape: best head {control.label} "
-                     f"{shown(control.accuracy)} (chosen on test: an upper bound for the control).")
+    lines += chosen_and_control(entity, "ViLT")
     lines += controls_and_rules(entity, "patch cells")
     lines += [f"- Best of {entity.shape[0] * entity.shape[1]} heads chosen on test itself (biased upwards): "
               f"{best.label} {shown(best.accuracy)}.",
@@ -79,6 +72,20 @@ def patch_report(entity: GroundingResult, syntactic: SyntacticResult, history: l
     lines += ["", "Explore every head on the first 20 test images, patch cells drawn on the image: "
               "[`explorer/index.html`](explorer/index.html).", ""]
     return "\n".join(lines)
+
+
+def chosen_and_control(entity: GroundingResult, model: str) -> list[str]:
+    """The report's lines on the head chosen on val (with its interval) and the random-initialised ``model``'s."""
+    lines, selected = [], entity.selected_head
+    if selected:
+        low, high = entity.interval(selected.layer, selected.head)
+        lines.append(f"- **Head chosen on val, scored on test: {selected.label} {shown(selected.accuracy)}** (95% "
+                     f"interval {shown(low)}–{shown(high)}).")
+    if entity.control is not None:
+        control = entity.control.best_head()
+        lines.append(f"- Control, a random-initialised {model} of the same shape: best head {control.label} "
+                     f"{shown(control.accuracy)} (chosen on test: an upper bound for the control).")
+    return lines
 
 
 def controls_and_rules(entity: GroundingResult, cells: str) -> list[str]:
@@ -260,7 +267,7 @@ def llava_report(entity: GroundingResult, other: dict, boxes, history: list[dict
     """``report.md`` of the LLaVA grown on the world: the pointing-rule numbers beside their baselines and controls,
     the two verdicts (did localization heads emerge; did the selection without boxes find them), RefCOCO, boxes from
     heads per readout, the sink audit and each stage's last loss."""
-    b, selected, best = entity.baselines, entity.selected_head, entity.best_head()
+    b, best = entity.baselines, entity.best_head()
     s = config.llava
     lines = ["# vb-probe demo report: a LLaVA grown on the world", "",
              f"A LLaVA (transformers' `LlavaForConditionalGeneration`) of a {s.vision_layers}-layer CLIP ViT (hidden "
@@ -275,14 +282,7 @@ def llava_report(entity: GroundingResult, other: dict, boxes, history: list[dict
              "## Entity grounding, pointing rule (Figure 3)", "",
              f"- Phrases: {entity.n_phrases}, scored {entity.n}, skipped {entity.skipped}.",
              f"- Baselines: a random image token {shown(b['random'])}; oracle {shown(b['oracle'])}."]
-    if selected:
-        low, high = entity.interval(selected.layer, selected.head)
-        lines.append(f"- **Head chosen on val, scored on test: {selected.label} {shown(selected.accuracy)}** (95% "
-                     f"interval {shown(low)}–{shown(high)}).")
-    if entity.control is not None:
-        control = entity.control.best_head()
-        lines.append(f"- Control, a random-initialised LLaVA of the same shape: best head {control.label} "
-                     f"{shown(control.accuracy)} (chosen on test: an upper bound for the control).")
+    lines += chosen_and_control(entity, "LLaVA")
     if entity.permuted is not None:
         permuted = entity.permuted.best_head()
         lines.append(f"- Control, permuted geometry: best head {permuted.label} {shown(permuted.accuracy)}.")
