@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from training.cli import main as train_main
 from vb_probe.cli import main as probe_main
@@ -147,3 +148,28 @@ def test_the_llava_demo_runs_end_to_end_and_its_numbers_repeat(tmp_path, capsys)
     assert probe_main([*args, "--out", str(tmp_path / "b")]) == 0  # from scratch again: the same numbers
     for name in ("entity_grounding/entity_grounding.csv", "ground/ground.csv"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+
+
+def test_the_trainer_captions_on_the_token_sequence_the_probe_reads(world, tmp_path):
+    """The captioning stages see the prompt and caption exactly as the probe tokenizes them from the model's own
+    processor (the prompt expanded and tokenized as one string, no BOS), up to the caption's last token."""
+    from PIL import Image
+
+    from training.config import load_config
+    from training.llava import captioning_batch, pretrain_llava, prompt_ids
+    from vb_probe.families.decoder import DecoderFamily
+    from vb_probe.queries import ProbeItem, Query
+
+    done = pretrain_llava(load_config("llava", TOY), world, tmp_path / "run", progress=False, log=lambda *_: None)
+    family = DecoderFamily()
+    model = family.load(str(done["final"]))
+    tokenizer = model.processor.tokenizer
+    words = ("a", "red", "dog", "chases", "the", "ball")
+    image = Image.open(next((world / "images").iterdir())).convert("RGB")
+    item = ProbeItem("x_0", words, "x", [Query("entity", 5, np.array([[0, 0, 5, 5]], np.float32))])
+    item.regions = family.image_tokens(model, type("One", (), {"image": lambda self, i: image})(), "x")
+    probed = family.collate(model, [item], tokenizer, {}, 64).inputs["input_ids"][0].tolist()
+    trained = captioning_batch(prompt_ids(model, tokenizer), tokenizer, [" ".join(words)],
+                               torch.zeros(1, 3, 56, 56), 40)["input_ids"][0].tolist()
+    assert trained[-1] == tokenizer.eos_token_id and tokenizer.bos_token_id not in trained
+    assert probed[:len(trained) - 1] == trained[:-1]  # the probe's suffix follows the caption; training's </s>

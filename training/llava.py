@@ -156,14 +156,17 @@ def caption_ids(tokenizer, captions: list[str], max_len: int) -> tuple[torch.Ten
     return ids, mask
 
 
-def captioning_batch(model, tokenizer, captions: list[str], pixels: torch.Tensor, max_len: int) -> dict:
-    """LLaVA's inputs for captioning: ``PREFIX`` with the image expanded to its tokens, the caption, ``</s>``; the
-    labels are the caption's tokens and ``</s>`` only (-100 elsewhere), as LLaVA trains."""
-    prefix_ids = tokenizer(PREFIX.split(IMAGE_TOKEN)[0], add_special_tokens=False)["input_ids"]
-    after = tokenizer(PREFIX.split(IMAGE_TOKEN)[1], add_special_tokens=False)["input_ids"]
-    image = [tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)] * model_image_tokens(model)
+def prompt_ids(model, tokenizer) -> list[int]:
+    """``PREFIX`` with the image placeholder expanded to the image's tokens, tokenized as one string, as LLaVA's
+    processor makes the prompt the probe reads (no BOS: this tokenizer adds none, nor does the processor)."""
+    return tokenizer(PREFIX.replace(IMAGE_TOKEN, IMAGE_TOKEN * model_image_tokens(model)))["input_ids"]
+
+
+def captioning_batch(head: list[int], tokenizer, captions: list[str], pixels: torch.Tensor, max_len: int) -> dict:
+    """LLaVA's inputs for captioning: the prompt ``head`` (:func:`prompt_ids`), the caption, ``</s>``; the labels are
+    the caption's tokens and ``</s>`` only (-100 elsewhere), as LLaVA trains."""
     ids, mask = caption_ids(tokenizer, captions, max_len)
-    head = torch.tensor([tokenizer.bos_token_id] + prefix_ids + image + after)
+    head = torch.tensor(head)
     input_ids = torch.cat([head.expand(len(captions), -1), ids], 1)
     attention = torch.cat([torch.ones(len(captions), len(head), dtype=torch.long), mask], 1)
     labels = torch.where(attention.bool(), input_ids, torch.full_like(input_ids, -100))
@@ -188,7 +191,8 @@ def stage_keys(config: TrainConfig) -> dict[str, str]:
     vision = {k: s[k] for k in ("image_size", "patch_size", "vision_hidden", "vision_layers", "vision_heads")}
     reads = {"lm": {**text, "steps": s["lm_steps"], "lr": s["lm_lr"]},
              "clip": {**vision, "steps": s["clip_steps"], "lr": s["clip_lr"]},
-             "align": {"steps": s["align_steps"], "lr": s["align_lr"]},
+             # the captioning prompt as the probe reads it: one string, no BOS (an earlier trainer put a BOS first)
+             "align": {"steps": s["align_steps"], "lr": s["align_lr"], "prompt": PREFIX, "bos": False},
              "caption": {"steps": s["caption_steps"], "lr": s["caption_lr"]}}
     before = {"lm": (), "clip": (), "align": ("lm", "clip"), "caption": ("align",)}
     keys: dict[str, str] = {}
@@ -345,19 +349,21 @@ def pretrain_llava(config: TrainConfig, data_dir: Path, out: Path, *, progress: 
     model.lm_head.load_state_dict({"weight": lm_weights["lm_head.weight"]})
     for parameter in model.model.vision_tower.parameters():
         parameter.requires_grad_(False)
-    pick = _sampler(len(captions), batch, config.train.seed + 2)
+    head = prompt_ids(model, tokenizer)  # the prompt the probe reads, tokenized once
 
     def caption_loss(step: int) -> torch.Tensor:
         chosen = pick(step)
-        inputs = captioning_batch(model, tokenizer, [captions[i] for i in chosen], pixels[image_of[chosen]],
+        inputs = captioning_batch(head, tokenizer, [captions[i] for i in chosen], pixels[image_of[chosen]],
                                   config.train.max_text_len)
         return model(**inputs).loss
 
-    for stage, steps, lr, trained in (
-            ("align", s.align_steps, s.align_lr, list(model.model.multi_modal_projector.parameters())),
-            ("caption", s.caption_steps, s.caption_lr,
+    for stage, steps, lr, seed, trained in (
+            ("align", s.align_steps, s.align_lr, config.train.seed + 2,
+             list(model.model.multi_modal_projector.parameters())),
+            ("caption", s.caption_steps, s.caption_lr, config.train.seed + 3,
              list(model.model.multi_modal_projector.parameters()) + list(language.parameters())
              + list(model.lm_head.parameters()))):
+        pick = _sampler(len(captions), batch, seed)  # read by caption_loss: each stage its own order
         if (state := done(stage)) is None:
             log(f"      stage {stage}: captioning, {steps} steps, training "
                 + ("the projector" if stage == "align" else "the projector and the language model"))
@@ -367,12 +373,10 @@ def pretrain_llava(config: TrainConfig, data_dir: Path, out: Path, *, progress: 
                 parameter.requires_grad_(stage == "caption")
             logs[stage] = run_stage(stage, folders[stage], model, trained, steps, lr, caption_loss, config, progress,
                                     log)
-            pick = _sampler(len(captions), batch, config.train.seed + 3)
         else:
             log(f"      stage {stage}: reusing {folders[stage]}")
             model.load_state_dict(state["model"])
             logs.setdefault(stage, state["history"])
-            pick = _sampler(len(captions), batch, config.train.seed + 3)
     model.eval()
     final = out / "final"
     from vb_probe.families import quiet_loading
