@@ -29,6 +29,7 @@ from vb_probe.data.grounding_sets import open_grounding_set
 from vb_probe.devices import resolve_device
 from vb_probe.errors import ProbeNote, VbProbeError, say
 from vb_probe.families import family_of, head_shape, open_inputs, pin, reads_pixels
+from vb_probe.grounding_harness import DEFAULT_CHOICES, DEFAULT_KS, DEFAULT_READOUTS
 from vb_probe.hub import folder_config, read_config_json, resolve
 from vb_probe.pipeline import ProbeResults, grounding_result, preflight, run_probes, syntactic_result
 from vb_probe.probe_config import OPTIONS, ProbeConfig
@@ -262,9 +263,8 @@ def grounding_probes(model, tokenizer=None, dataset=None, inputs=None, *, relati
 
 
 def ground(model, tokenizer=None, dataset=None, inputs=None, *, select_on: str | None = None,
-           ks: Sequence[int] = (1, 3, 5), readouts: Sequence[str] = ("paper", "released", "peak", "centroid"),
-           choices: Sequence[str] = ("fixed", "per-sample", "gold", "random"), sink_filter: str = "none",
-           **options):
+           ks: Sequence[int] = DEFAULT_KS, readouts: Sequence[str] = DEFAULT_READOUTS,
+           choices: Sequence[str] = DEFAULT_CHOICES, sink_filter: str = "none", **options):
     """Boxes from heads (Kang et al. 2025 and every variant of it): heads chosen on ``select_on`` (default: the
     set's train split) by Kang et al.'s votes (``fixed``), by each expression's own entropies (``per-sample``), by
     accuracy against gold (``gold``) or at random (``random``); each expression's maps of the first k of them

@@ -112,11 +112,10 @@ def cmd_ground(args: argparse.Namespace) -> int:
     options = {k: v for k, v in _probe_options(args).items() if k not in ("select_on", "control", "per_query",
                                                                          "save_maps")}
     options["sinks"] = args.sinks or args.sink_filter == "audit"
-    result = ground(args.ckpt, args.tokenizer, args.flickr30k, None, select_on=args.select_on,
-                    ks=tuple(args.k or (1, 3, 5)), readouts=tuple(args.readout or ("paper", "released", "peak",
-                                                                                    "centroid")),
-                    choices=tuple(args.choice or ("fixed", "per-sample", "gold", "random")), parses=args.parses,
-                    view=args.view, query_row=args.query_row, sink_filter=args.sink_filter, **options)
+    switches = {name: tuple(given) for name, given in (("ks", args.k), ("readouts", args.readout),
+                                                       ("choices", args.choice)) if given}  # else the API's defaults
+    result = ground(args.ckpt, args.tokenizer, args.flickr30k, None, select_on=args.select_on, parses=args.parses,
+                    view=args.view, query_row=args.query_row, sink_filter=args.sink_filter, **switches, **options)
     if not _writes_results():
         return 0
     result.save(args.out)

@@ -115,6 +115,14 @@ class HeadCounts:
         layer, head = divmod(flat, self.heads)
         return {"layer": layer, "head": head, "accuracy": float(acc[layer, head])}
 
+    def ranked(self) -> tuple[list[tuple[int, int]], torch.Tensor]:
+        """Every head from most hits to fewest (ties: the lower layer, then head) as (layer, head), and each head's
+        rank [layer, head] in that order (1: the most hits)."""
+        order = torch.argsort(-self.n_correct.flatten(), stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(1, len(order) + 1)
+        return [divmod(int(j), self.heads) for j in order], rank.reshape(self.layers, self.heads)
+
     def per_layer_best(self) -> list[dict]:
         acc = self.accuracy()
         return [{"layer": l, "head": int(acc[l].argmax()), "accuracy": float(acc[l].max())} for l in range(self.layers)]

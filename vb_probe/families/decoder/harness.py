@@ -189,19 +189,15 @@ class GroundTally(Tally):
                              "mean_iou": round(float(np.mean([r[7] for r in rows])), 6) if n else None,
                              "pointing": round(point / n, 6) if n else None,
                              "pointing_ci95": [round(v, 6) for v in wilson_interval(point, n)] if n else None})
-        heads = counts.heads
-        accuracy = (counts.n_correct.double() / max(counts.n, 1)).numpy()  # [layer, head] pointing, here
-        order = np.argsort(-accuracy.ravel(), kind="stable")
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(1, len(order) + 1)
+        accuracy = counts.accuracy().numpy()  # [layer, head] by the family's rule, here
+        gold_best, rank = counts.ranked()
         enrichment = (self.enrichment / max(self.enrichment_n, 1)).numpy() if self.enrichment is not None else None
 
         def described(layer: int, head: int) -> dict:
             return {"layer": layer, "head": head, "accuracy": round(float(accuracy[layer, head]), 6),
-                    "gold_rank": int(rank[layer * heads + head]),
+                    "gold_rank": int(rank[layer, head]),
                     "enrichment": None if enrichment is None else round(float(enrichment[layer, head]), 6)}
 
-        gold_best = [divmod(int(j), heads) for j in order]
         fixed = list(self.plan.sets.get("fixed", ()))
         return {"settings": settings, "queries": len({(r[0], r[1]) for r in self.rows}),
                 "heads": {choice: [described(*h) for h in chosen] for choice, chosen in self.plan.sets.items()},

@@ -181,15 +181,13 @@ class LocalizationTally(Tally):
         if chooser.prompt_share is not None:
             selection = kang_selection(chooser.prompt_share.numpy(), chooser.prompt_entropy.numpy(), top_k=TOP_K,
                                        skip_layers=SKIP_LAYERS, count=SELECTED)
-            order = np.argsort(-counts.n_correct.flatten().numpy(), kind="stable")
-            rank = np.empty(len(order), dtype=np.int64)
-            rank[order] = np.arange(1, len(order) + 1)  # 1: the head with the most hits here
+            _, rank = counts.ranked()  # 1: the head with the most hits here
             for layer, head, votes in selection.selected:
                 correct = int(counts.n_correct[layer, head])
                 low, high = wilson_interval(correct, counts.n)
                 heads.append({"layer": layer, "head": head, "votes": votes, "accuracy": round(correct / counts.n, 6),
                               "ci95": [round(low, 6), round(high, 6)],
-                              "gold_rank": int(rank[layer * counts.n_correct.shape[1] + head])})
+                              "gold_rank": int(rank[layer, head])})
             shown = {"elbow": selection.elbow, "candidates": selection.candidates}
         if self.view_picks is not None:
             best = divmod(int(counts.n_correct.argmax()), int(counts.n_correct.shape[1]))  # (layer, head)

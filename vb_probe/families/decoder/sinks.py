@@ -145,10 +145,9 @@ class SinkTally(Tally):
         images = list(self.images.values())
         per_image = [c[0] for c in images]
         per_layer = np.mean([c[1:] for c in images], axis=0).round(4).tolist() if images else []
+        found = found_dims(self.dim_counts) if self.dim_counts is not None else []
         dims = {"given": list(self.dims)} if self.dims else {
-            "found": found_dims(self.dim_counts) if self.dim_counts is not None else [],
-            "counts": {str(d): int(self.dim_counts[d]) for d in found_dims(self.dim_counts)}
-            if self.dim_counts is not None else {}}
+            "found": found, "counts": {str(d): int(self.dim_counts[d]) for d in found}}
         block = {"ratio": SINK_RATIO, "from_layer": FIRST_LAYER, "dims": dims, "images": len(images),
                  "sinks_per_image": round(float(np.mean(per_image)), 4) if images else 0.0,
                  "images_with_sinks": int(sum(1 for c in per_image if c)), "sinks_per_layer": per_layer,
