@@ -89,6 +89,9 @@ def test_spatial_entropy_variants_by_hand():
     assert spatial_entropies(grid, ENTROPY_VARIANTS["paper"])[0] == pytest.approx(0.325083, abs=1e-6)
     assert spatial_entropies(grid, ENTROPY_VARIANTS["released-mean"])[0] == pytest.approx(0.523586, abs=1e-6)
     assert spatial_entropies(grid, ENTROPY_VARIANTS["released"])[0] == pytest.approx(0.523586, abs=1e-6)
+    from vb_probe.probe_config import ENTROPY_NAMES
+
+    assert ENTROPY_NAMES == tuple(ENTROPY_VARIANTS)  # the options the config checks are the variants there are
     flat = np.full((1, 4, 4), 1 / 16)
     assert math.isinf(spatial_entropies(flat, ENTROPY_VARIANTS["paper"])[0])
     assert spatial_entropies(flat, ENTROPY_VARIANTS["released"])[0] == 0.0
@@ -359,6 +362,9 @@ def test_llavas_padded_view_sees_a_box_its_centre_crop_cuts_away(tmp_path):
     assert padded.probe.skipped == {} and padded.block["queries"] == 2
     row = next(r for r in padded.rows if r["setting"] == "gold/k1/paper" and r["image_id"] == "2")
     assert row["heads"] == "L2H1" and row["x1"] == 0.0 and row["x2"] < 80.0 and row["iou"] >= 0.5
+    with _planted():  # the next call without --view reads the image as the processor saved with the model: cropped
+        again = vb_probe.entity_grounding(model, None, flickr, images, progress=False)
+    assert again.skipped == {"outside_view": 1}
 
 
 def test_kangs_prompt_reads_the_prompts_last_token_without_the_flag(world):

@@ -25,6 +25,9 @@ COLUMNS = ["image_id", "unit", "expression", "gold", "setting", "heads", "x1", "
            "hit_pointing"]
 PLAN_FILE = ".ground-plan.json"  # the selection pass's plan, kept for --resume (keyed on what made it)
 SINK_FILTERS = ("none", "audit", "bottom-row")  # how heads on attention sinks are kept out of the choice
+DEFAULT_KS = (1, 3, 5)  # heads summed, as Kang et al. vary them
+DEFAULT_READOUTS = ("paper", "released", "peak", "centroid")  # every readout of vb_probe.metrics.readouts
+DEFAULT_CHOICES = CHOICES[:4]  # fixed, per-sample, gold, random (the one-criterion ablations on request)
 SELECTION_COUNT = 10  # heads kept in each choice's order (Jaccard at k = 10 needs ten)
 
 
@@ -55,8 +58,7 @@ def head_plan(localization, counts, *, ks: tuple[int, ...], readouts: tuple[str,
     if "fixed" in choices:
         sets["fixed"] = tuple((layer, head) for layer, head, _ in selection.selected)
     if "gold" in choices:
-        order = np.argsort(-counts.n_correct.flatten().numpy(), kind="stable")[:largest]
-        sets["gold"] = tuple(divmod(int(j), heads) for j in order)
+        sets["gold"] = tuple(counts.ranked()[0][:largest])
     if "share-only" in choices:  # Kang et al.'s ablation: the image share alone (first layers left out)
         share = localization.prompt_share.numpy().mean(0)[SKIP_LAYERS:]  # [layer - SKIP_LAYERS, head]
         order = np.argsort(-share.ravel(), kind="stable")[:largest]
@@ -153,9 +155,9 @@ def csv_rows(tally: GroundTally) -> list[dict]:
             for r in tally.rows]
 
 
-def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = None, ks: tuple[int, ...] = (1, 3, 5),
-               readouts: tuple[str, ...] = ("paper", "released", "peak", "centroid"),
-               choices: tuple[str, ...] = CHOICES, sink_filter: str = "none", out: Path | None = None,
+def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = None, ks: tuple[int, ...] = DEFAULT_KS,
+               readouts: tuple[str, ...] = DEFAULT_READOUTS, choices: tuple[str, ...] = DEFAULT_CHOICES,
+               sink_filter: str = "none", out: Path | None = None,
                progress: bool = True, resume: bool = False, dataset=None, store=None) -> GroundResult:
     """Choose heads on ``select_on`` (default: the set's train split), then read the probed split's boxes under
     every (choice, k, readout) setting. ``cfg``: the probe's options (its ``select_on`` is this function's).
@@ -169,6 +171,8 @@ def run_ground(cfg: ProbeConfig, model, tokenizer, *, select_on: str | None = No
     if sink_filter not in SINK_FILTERS:
         raise VbProbeError(f"--sink-filter {sink_filter}: use {', '.join(SINK_FILTERS)}")
     exclude_sink_heads = sink_filter == "audit"
+    # a switch given twice (--k 3 --k 3) is one setting, not two copies of every expression's rows
+    ks, readouts, choices = (tuple(dict.fromkeys(v)) for v in (ks, readouts, choices))
     if not ks or min(ks) < 1:
         raise VbProbeError(f"--k {ks}: each k must be at least 1")
     unknown = [r for r in readouts if r not in READOUT_SETTINGS] + [c for c in choices if c not in CHOICES]
@@ -252,4 +256,5 @@ def _write_plan(out: Path, key: dict, plan: HeadPlan, record: dict) -> None:
     write_json(out / PLAN_FILE, {"key": key, "plan": plan.state(), "selection": record})
 
 
-__all__ = ["COLUMNS", "GroundResult", "default_selection_split", "head_plan", "run_ground"]
+__all__ = ["COLUMNS", "DEFAULT_CHOICES", "DEFAULT_KS", "DEFAULT_READOUTS", "GroundResult", "default_selection_split",
+           "head_plan", "run_ground"]

@@ -47,6 +47,7 @@ MODEL_ATTRIBUTES: dict[str, Any] = {
     "image_processor": None,  # ViLT: its image processor
     "processor": None,  # decoders: their processor (tokenizer, image processor, chat template)
     "prompt_template": None,  # decoders: the prompt rendered once at load
+    "saved_image_processor": None,  # decoders: the image processor as loaded, put back by --view processor
 }
 
 

@@ -112,8 +112,13 @@ class DecoderFamily(FamilyBase):
         return SinkTally(decoder_layers, dims)
 
     def use_view(self, model, view: str) -> None:
-        """The kind's own (:meth:`.kinds.DecoderKind.use_view`): e.g. LLaVA padded to a square or centre-cropped."""
+        """The kind's own (:meth:`.kinds.DecoderKind.use_view`): e.g. LLaVA padded to a square or centre-cropped,
+        from the image processor as loaded; ``processor`` puts that one back (a view asked of one call does not
+        stay for the next)."""
         super().use_view(model, view)
+        if model.saved_image_processor is None:
+            model.saved_image_processor = model.processor.image_processor
+        model.processor.image_processor = model.saved_image_processor
         if view != "processor":
             kind_of(model).use_view(model, view)
 
